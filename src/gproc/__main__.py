@@ -1,0 +1,5 @@
+import sys
+
+from gproc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,113 @@
+"""Running daemons: the master, one node, or many nodes in one process (local clusters, scale tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from gproc import credential, platform
+from gproc.address import Address, parse_address, parse_address_list
+from gproc.errors import GprocError
+from gproc.master import Master
+from gproc.overlay import Node, NodeConfig
+
+
+def setup_logging(level: int, stream: Any = None) -> None:
+    """``-debug`` 0 shows warnings, 1-4 information, 5-10 everything."""
+    lvl = logging.WARNING if level <= 0 else logging.INFO if level < 5 else logging.DEBUG
+    logging.basicConfig(level=lvl, stream=stream or sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+async def serve_master(cfg: NodeConfig, socket_path: str, state_dir: str, ready_file: str | None = None) -> int:
+    """Run the master until Ctrl-C (which shuts the whole tree down)."""
+    platform.raise_fd_limit()
+    master = Master(cfg, socket_path=socket_path, state_dir=state_dir)
+    await master.start()
+    loop = asyncio.get_running_loop()
+    platform.install_shutdown_signals(loop, lambda: _forget(master.spawn(master.shutdown_tree())))
+    if ready_file:
+        _write_atomic(ready_file, str(master.listen_address))
+    await master.stopped.wait()
+    return 0
+
+
+async def serve_node(cfg: NodeConfig) -> int:
+    """Run one node daemon until the tree shuts down (0) or it is refused for good (1)."""
+    platform.raise_fd_limit()
+    node = Node(cfg)
+    loop = asyncio.get_running_loop()
+    platform.install_shutdown_signals(loop, lambda: _forget(node.spawn(node.stop())))
+    await node.run()
+    if node.fatal is not None:
+        print(f"gproc: {node.fatal}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def serve_many(spec: dict[str, Any]) -> int:
+    """Many nodes in one OS process, as ``gproc up --local`` lays them out.
+
+    ``spec``: ``{"key", "master", "host", "heartbeat", "dead_after", "nodes": [{"name", "id",
+    "parent": index or -1, "listen": bool}]}``; parents come before their children.
+    """
+    platform.raise_fd_limit()
+    server_ssl = credential.server_context(spec["key"])
+    client_ssl = credential.client_context(spec["key"])
+    master_addr = parse_address(spec["master"])
+    host = spec.get("host", "127.0.0.1")
+    nodes: dict[int, Node] = {}
+    for entry in spec["nodes"]:
+        parent_idx = entry["parent"]
+        parent = master_addr if parent_idx < 0 else nodes[parent_idx].listen_address
+        assert parent is not None, "a parent in this process must listen"
+        cfg = NodeConfig(
+            name=entry["name"],
+            id=entry["id"],
+            parents=[parent],
+            listen=Address(host, 0) if entry.get("listen") else None,
+            key=spec["key"],
+            heartbeat=spec.get("heartbeat", 1.0),
+            dead_after=spec.get("dead_after", 3.5),
+            bin_root=spec.get("bin_root", "/tmp/xproc"),
+        )
+        node = Node(cfg, server_ssl=server_ssl, client_ssl=client_ssl)
+        await node.start()
+        nodes[entry["index"]] = node
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    platform.install_shutdown_signals(loop, stop.set)
+
+    async def all_stopped() -> None:
+        for n in nodes.values():
+            await n.stopped.wait()
+        stop.set()
+
+    watcher = asyncio.ensure_future(all_stopped())
+    await stop.wait()
+    watcher.cancel()
+    await asyncio.gather(*(n.stop() for n in nodes.values()), return_exceptions=True)
+    return 0
+
+
+def _forget(task: object) -> None:
+    """Signal handlers start a task the node owns; nothing to return."""
+
+
+def serve_many_file(path: str) -> int:
+    with open(path) as f:
+        spec = json.load(f)
+    return platform.run(serve_many(spec))
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+__all__ = ["GprocError", "parse_address_list", "serve_many", "serve_master", "serve_node", "setup_logging"]

@@ -1,0 +1,57 @@
+"""One error hierarchy for gproc; the CLI turns each into one line and an exit status."""
+
+from __future__ import annotations
+
+
+class GprocError(Exception):
+    """Base of every error gproc raises on purpose. ``exit_status`` is what the CLI exits with."""
+
+    exit_status = 1
+
+
+class UsageError(GprocError):
+    """Bad command line or bad argument (exit 2)."""
+
+    exit_status = 2
+
+
+class NodeSpecError(UsageError):
+    """A node selection (tree path or hostlist) that does not parse."""
+
+
+class NoMatchError(GprocError):
+    """A node selection that parsed but matched no node (exit 1)."""
+
+    exit_status = 1
+
+
+class ExpressionError(UsageError):
+    """A bootstrap (postfix) expression that cannot be evaluated."""
+
+
+class ProtocolError(GprocError):
+    """A malformed frame, a wrong protocol version or an unexpected message."""
+
+
+class AuthError(GprocError):
+    """A peer that could not prove it holds the cluster credential."""
+
+
+class ConnectError(GprocError):
+    """The master or a node could not be reached."""
+
+    exit_status = 255
+
+
+class RegistrationError(GprocError):
+    """A node that its parent refused (duplicate id, bad hello)."""
+
+
+class StagingError(GprocError):
+    """A bundle that could not be built or staged (missing library, unsafe path)."""
+
+    exit_status = 255
+
+
+class RemoteError(GprocError):
+    """An error reported by the master or a node for a request."""

@@ -1,0 +1,259 @@
+"""A whole cluster on this machine: ``gproc up --local N [--fanout K]`` and ``gproc down``.
+
+One master process and a few worker processes, each hosting whole subtrees of node daemons (many
+``Node`` objects on one event loop), all linked by real TLS over loopback TCP. The cluster's files
+(credential, logs, master state) live in one temporary directory that ``down`` removes; a small
+``<socket>.up`` file next to the master's socket records what to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from gproc import credential
+from gproc.client import Cluster, socket_path
+from gproc.errors import ConnectError, GprocError, UsageError
+
+
+def layout(n: int, fanout: int) -> list[int]:
+    """Parent index of each of ``n`` nodes (-1: the master) in a tree ``fanout`` wide.
+
+    Levels fill in turn (``fanout`` nodes, then ``fanout²`` …) and within a level children are dealt
+    round-robin to the level above, as the seed's ``hostbase % 4`` rule does for two levels.
+    """
+    if fanout < 1:
+        raise UsageError("fanout must be at least 1")
+    parents: list[int] = []
+    prev_start, prev_size, start, size = -1, 0, 0, fanout
+    while start < n:
+        count = min(size, n - start)
+        for j in range(count):
+            parents.append(-1 if prev_size == 0 else prev_start + j % prev_size)
+        prev_start, prev_size, start, size = start, count, start + count, count * fanout
+    return parents
+
+
+@dataclass
+class UpRecord:
+    """What ``down`` needs: the run directory and the processes (pid, start time) we started."""
+
+    socket: str
+    rundir: str
+    procs: list[tuple[int, float]]
+    nodes: int
+
+    def save(self) -> None:
+        tmp = self.socket + ".up.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.__dict__, f)
+        os.replace(tmp, self.socket + ".up")
+
+    @classmethod
+    def load(cls, sock: str) -> UpRecord | None:
+        try:
+            with open(sock + ".up") as f:
+                d = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return cls(d["socket"], d["rundir"], [tuple(p) for p in d["procs"]], d["nodes"])
+
+
+def _start(argv: list[str], log: str) -> tuple[int, float]:
+    with open(log, "ab") as out:
+        p = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True
+        )
+    return p.pid, psutil.Process(p.pid).create_time()
+
+
+def up(
+    n: int,
+    *,
+    fanout: int = 32,
+    socket: str | None = None,
+    procs: int | None = None,
+    prefix: str = "node",
+    ipv6: bool = False,
+    key: str | None = None,
+    heartbeat: float | None = None,
+    dead_after: float | None = None,
+    timeout: float | None = None,
+    debug: int = 0,
+) -> UpRecord:
+    """Start a master and ``n`` nodes on loopback; return once every node is registered."""
+    if n < 1:
+        raise UsageError("a local cluster needs at least one node")
+    sock = socket_path(socket)
+    old = UpRecord.load(sock)
+    if old is not None and any(_alive(p) for p in old.procs):
+        raise UsageError(f"a local cluster already runs at {sock} (run 'gproc down' first)")
+    if old is not None:
+        _cleanup_files(old)
+    rundir = tempfile.mkdtemp(prefix="gproc-local-")
+    rec = UpRecord(sock, rundir, [], n)
+    try:
+        keyfile = key or credential.keygen(os.path.join(rundir, "cluster.key"))
+        host = "::1" if ipv6 else "127.0.0.1"
+        hb = heartbeat if heartbeat is not None else (1.0 if n <= 2048 else 3.0)
+        dead = dead_after if dead_after is not None else max(3.5, hb * 3.5)
+        py = [sys.executable, "-m", "gproc"]
+        ready = os.path.join(rundir, "master.addr")
+        rec.procs.append(
+            _start(
+                [
+                    *py,
+                    "m",
+                    "--socket",
+                    sock,
+                    "--state",
+                    os.path.join(rundir, "state"),
+                    "--listen",
+                    f"[{host}]:0" if ipv6 else f"{host}:0",
+                    "--key",
+                    keyfile,
+                    "--ready-file",
+                    ready,
+                    "--debug",
+                    str(debug),
+                ],
+                os.path.join(rundir, "master.log"),
+            )
+        )
+        rec.save()
+        master_addr = _wait_file(ready, 30.0, rec)
+        parents = layout(n, fanout)
+        has_kids = {p for p in parents if p >= 0}
+        top = [i for i, p in enumerate(parents) if p < 0]
+        workers = procs or max(1, min(math.ceil(n / 256), 2 * (os.cpu_count() or 1), len(top)))
+        owner: list[int] = [0] * n
+        for i, p in enumerate(parents):
+            owner[i] = top.index(i) % workers if p < 0 else owner[p]
+        for w in range(workers):
+            spec: dict[str, Any] = {
+                "key": keyfile,
+                "master": master_addr,
+                "host": host,
+                "heartbeat": hb,
+                "dead_after": dead,
+                "nodes": [
+                    {
+                        "index": i,
+                        "name": f"{prefix}{i}",
+                        "id": str(i),
+                        "parent": parents[i],
+                        "listen": i in has_kids,
+                    }
+                    for i in range(n)
+                    if owner[i] == w
+                ],
+            }
+            path = os.path.join(rundir, f"worker{w}.json")
+            with open(path, "w") as f:
+                json.dump(spec, f)
+            rec.procs.append(
+                _start([*py, "_worker", path, "--debug", str(debug)], os.path.join(rundir, f"worker{w}.log"))
+            )
+            rec.save()
+        wait_nodes(sock, n, timeout if timeout is not None else 60.0 + n / 20, rec)
+        return rec
+    except BaseException:
+        down(sock, quiet=True)
+        raise
+
+
+def _wait_file(path: str, timeout: float, rec: UpRecord) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            pass
+        if not _alive(rec.procs[0]):
+            raise GprocError(f"the master did not start (see {os.path.join(rec.rundir, 'master.log')})")
+        time.sleep(0.02)
+    raise GprocError("the master did not start in time")
+
+
+def wait_nodes(sock: str, n: int, timeout: float, rec: UpRecord | None = None) -> int:
+    """Wait until ``n`` nodes are up; returns how many are."""
+
+    async def count() -> int:
+        info = await Cluster(sock).info()
+        return sum(1 for r in info["nodes"] if r["state"] == "up")
+
+    deadline = time.monotonic() + timeout
+    got = 0
+    while time.monotonic() < deadline:
+        try:
+            got = asyncio.run(count())
+        except GprocError:
+            got = 0
+        if got >= n:
+            return got
+        if rec is not None and not all(_alive(p) for p in rec.procs):
+            raise GprocError(f"a daemon of the local cluster died (logs in {rec.rundir})")
+        time.sleep(0.1)
+    raise GprocError(f"only {got} of {n} nodes registered within {timeout:.0f}s (logs in {rec.rundir if rec else '?'})")
+
+
+def _alive(proc: tuple[int, float]) -> bool:
+    """Is this still the process we started (same pid and start time), and not a zombie?"""
+    pid, created = proc
+    try:
+        p = psutil.Process(pid)
+        return abs(p.create_time() - created) < 0.01 and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def down(socket: str | None = None, quiet: bool = False, timeout: float = 10.0) -> bool:
+    """Stop the local cluster at ``socket``: ask the tree to shut down, then end what remains."""
+    sock = socket_path(socket)
+    rec = UpRecord.load(sock)
+    if rec is None:
+        if quiet:
+            return False
+        raise UsageError(f"no local cluster recorded at {sock}")
+    try:
+        asyncio.run(Cluster(sock, timeout=3.0).shutdown())
+    except (GprocError, ConnectError, OSError):
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in rec.procs):
+        time.sleep(0.05)
+    for p in rec.procs:
+        if _alive(p):
+            try:
+                os.killpg(p[0], signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    for p in rec.procs:  # reap what we started when we are its parent (up() in this process)
+        try:
+            os.waitpid(p[0], os.WNOHANG)
+        except ChildProcessError:
+            pass
+    _cleanup_files(rec)
+    return True
+
+
+def _cleanup_files(rec: UpRecord) -> None:
+    shutil.rmtree(rec.rundir, ignore_errors=True)
+    for path in (rec.socket, rec.socket + ".up"):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass

@@ -1,0 +1,675 @@
+"""A node of the tree: its links, registration, heartbeats, routing down and reducing up.
+
+Every feature is the same motion: an *operation* (``op``) goes down only into the subtrees that hold
+selected ranks, each selected node runs the op's handler, and every node merges its children's
+``Groups`` with its own before passing one reply up. A ``Node`` holds all of its state (no module
+globals), so thousands of nodes can share one process.
+
+Links are TLS 1.3 with mutual authentication (see ``credential``); frames are described in ``wire``
+and the messages in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import re
+import secrets
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gproc import ranks as rankset
+from gproc import wire
+from gproc.address import Address, parse_address
+from gproc.errors import GprocError, ProtocolError, RegistrationError
+from gproc.groups import Groups, Key
+
+log = logging.getLogger("gproc.overlay")
+
+ID_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
+
+LOST: Key = ("s", 255, "lost")
+
+
+@dataclass
+class NodeConfig:
+    """What a node needs to know to join a tree."""
+
+    name: str
+    id: str
+    parents: list[Address] = field(default_factory=list)  # first the parent, then fallbacks
+    listen: Address | None = None  # where children connect; None: accept no children
+    key: str = ""  # the cluster credential
+    heartbeat: float = 1.0  # seconds between pings on an idle link
+    dead_after: float = 3.5  # a link silent this long is dead
+    window: float = 0.01  # how long replies are gathered before going up
+    connect_timeout: float = 3.0
+    bin_root: str = "/tmp/xproc"
+
+
+class Link:
+    """One TLS connection to a parent or a child, with its byte counters and liveness clock."""
+
+    __slots__ = ("closed", "counter", "last_rx", "last_tx", "peer", "reader", "writer")
+
+    HIGH_WATER = 1 << 20
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: dict[str, Any]):
+        self.reader = reader
+        self.writer = writer
+        self.peer = peer
+        self.last_rx = self.last_tx = time.monotonic()
+        self.closed = False
+        self.counter = wire.Counter()
+
+    def send(self, msg: wire.Message) -> bool:
+        """Queue one message; False when the link is closed."""
+        if self.closed:
+            return False
+        data = wire.pack(msg)
+        try:
+            self.writer.write(data)
+        except (OSError, RuntimeError):
+            self.abort()
+            return False
+        self.counter.bytes_out += len(data)
+        self.counter.frames_out += 1
+        self.last_tx = time.monotonic()
+        return True
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Wait while the link's send buffer is above its high-water mark (flow control)."""
+        transport = self.writer.transport
+        if self.closed or transport.get_write_buffer_size() < self.HIGH_WATER:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self.writer.drain()
+        except (OSError, TimeoutError, ConnectionError):
+            self.abort()
+
+    async def receive(self) -> wire.Message:
+        msg = await wire.read_message(self.reader)
+        self.last_rx = time.monotonic()
+        self.counter.frames_in += 1
+        return msg
+
+    def abort(self) -> None:
+        """Close at once (a dead or misbehaving peer)."""
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(Exception):
+                self.writer.transport.abort()
+
+    def __repr__(self) -> str:
+        return f"<Link {self.peer.get('name', '?')}>"
+
+
+Sink = Callable[[list[list[Any]], bool], None]
+
+
+class Op:
+    """One operation as seen by one node: what it waits for and what it has gathered."""
+
+    __slots__ = ("body", "groups", "id", "kind", "local", "node", "sink", "timer", "waiting")
+
+    def __init__(self, node: Node, op_id: int, kind: str, body: dict[str, Any], sink: Sink):
+        self.node = node
+        self.id = op_id
+        self.kind = kind
+        self.body = body
+        self.sink = sink
+        self.groups = Groups()
+        self.waiting: dict[Link, set[int]] = {}
+        self.local = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def emit(self, key: Key, ranks: set[int] | None = None) -> None:
+        """Add a result for this node (or the given ranks) and schedule a flush upward."""
+        self.groups.add(key, ranks if ranks is not None else (self.node.rank or 0,))
+        if self.timer is None and self.id in self.node.ops:
+            self.timer = asyncio.get_running_loop().call_later(self.node.cfg.window, self.flush)
+
+    def flush(self, end: bool = False) -> None:
+        self.timer = None
+        if self.groups or end:
+            self.sink(self.groups.take().to_wire(), end)
+
+    async def backpressure(self) -> None:
+        """Wait while the way up is congested."""
+        parent = self.node.parent
+        if parent is not None:
+            await parent.drain()
+
+
+Handler = Callable[[Op], Awaitable[None]]
+
+
+class Node:
+    """A node daemon: connects to its parent, accepts children, runs ops, reduces replies."""
+
+    is_master = False
+
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        *,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+    ) -> None:
+        from gproc import credential  # contexts are costly: many nodes of a process share them
+
+        self.cfg = cfg
+        self.server_ssl = server_ssl or credential.server_context(cfg.key)
+        self.client_ssl = client_ssl or credential.client_context(cfg.key)
+        self.rank: int | None = None
+        self.instance = secrets.token_hex(8)
+        self.parent: Link | None = None
+        self.parent_address: Address | None = None
+        self.ancestors: list[Address] = []
+        self.children: dict[str, Link] = {}
+        self.route: dict[int, Link] = {}
+        self.ops: dict[int, Op] = {}
+        self.handlers: dict[str, Handler] = {}
+        self.listen_address: Address | None = None
+        self.registered = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self.fatal: GprocError | None = None
+        self._relay: dict[int, tuple[Link, int, str]] = {}
+        self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: asyncio.Server | None = None
+        self._shutdown_requested = False
+        self.log = logging.getLogger(f"gproc.node.{cfg.name}")
+        self.handlers["noop"] = self._noop
+        from gproc.services.execute import ExecService
+
+        self.exec = ExecService(self)
+
+    # ---- lifetime -------------------------------------------------------------------------------
+
+    def spawn(self, coro: Awaitable[Any], name: str | None = None) -> asyncio.Task[Any]:
+        """Start a task owned by this node; it is cancelled when the node stops."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def start(self) -> None:
+        """Listen (if configured) and begin joining the parent; returns at once."""
+        if self.cfg.listen is not None:
+            await self._listen(self.cfg.listen)
+        if self.cfg.parents:
+            self.spawn(self._parent_loop())
+        self.spawn(self._heartbeat_loop())
+
+    async def run(self) -> None:
+        """Start and serve until stopped."""
+        await self.start()
+        await self.stopped.wait()
+
+    async def stop(self) -> None:
+        """Stop serving: end local jobs, close every link and task. Safe to call twice."""
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        self.exec.kill_all()
+        if self._server is not None:
+            self._server.close()
+        for link in [*self.children.values(), *([self.parent] if self.parent else [])]:
+            link.abort()
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for op in list(self.ops.values()):
+            if op.timer:
+                op.timer.cancel()
+        self.ops.clear()
+
+    # ---- the parent side of this node ------------------------------------------------------------
+
+    async def _listen(self, addr: Address) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, addr.host, addr.port, ssl=self.server_ssl, ssl_handshake_timeout=10, backlog=1024
+        )
+        sock = self._server.sockets[0].getsockname()
+        self.listen_address = Address(addr.host, sock[1])
+
+    def _parent_candidates(self) -> list[Address]:
+        seen: list[Address] = []
+        for a in [*self.cfg.parents, *self.ancestors]:
+            if a not in seen:
+                seen.append(a)
+        return seen
+
+    async def _parent_loop(self) -> None:
+        """Stay attached: connect, serve the parent link, and on loss try the parent, then fallbacks."""
+        delay = 0.1
+        while not self.stopped.is_set():
+            attached = False
+            for addr in self._parent_candidates():
+                try:
+                    link = await self._join(addr)
+                except RegistrationError as e:
+                    if e.args and str(e.args[0]).startswith("retry:"):
+                        self.log.info("parent %s: %s", addr, e)
+                        continue
+                    self.fatal = e
+                    self.log.error("%s", e)
+                    self.spawn(self.stop())
+                    return
+                except (OSError, GprocError, TimeoutError, ssl.SSLError, EOFError) as e:
+                    self.log.debug("cannot join %s: %s", addr, e)
+                    continue
+                attached, delay = True, 0.1
+                await self._serve_parent(link)
+                break
+            if self.stopped.is_set() or self._shutdown_requested:
+                return
+            if not attached:
+                await asyncio.sleep(delay + secrets.randbelow(100) / 1000 * delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _join(self, addr: Address) -> Link:
+        async with asyncio.timeout(self.cfg.connect_timeout):
+            reader, writer = await asyncio.open_connection(
+                addr.host, addr.port, ssl=self.client_ssl, server_hostname="gproc"
+            )
+        link = Link(reader, writer, {"name": f"parent {addr}"})
+        try:
+            link.send(
+                wire.hello(
+                    "node",
+                    name=self.cfg.name,
+                    id=self.cfg.id,
+                    instance=self.instance,
+                    rank=self.rank,
+                    addr=str(self.listen_address) if self.listen_address else None,
+                )
+            )
+            async with asyncio.timeout(max(self.cfg.connect_timeout, 10.0)):
+                wire.check_hello(await link.receive(), "parent")
+                reply = await link.receive()
+        except BaseException:
+            link.abort()
+            raise
+        if reply.get("t") == "error":
+            link.abort()
+            raise RegistrationError(str(reply.get("msg", "refused"))[:500])
+        if reply.get("t") != "welcome" or not isinstance(reply.get("rank"), int):
+            link.abort()
+            raise ProtocolError("bad welcome")
+        self.rank = reply["rank"]
+        self.ancestors = [parse_address(a) for a in reply.get("ancestors", []) if isinstance(a, str)]
+        self.parent_address = addr
+        hb = reply.get("hb")
+        if isinstance(hb, list) and len(hb) == 2:
+            self.cfg.heartbeat, self.cfg.dead_after = float(hb[0]), float(hb[1])
+        self.parent = link
+        self.registered.set()
+        for child in self.children.values():  # a re-attached subtree announces itself again
+            child.send({"t": "reannounce"})
+        self.log.debug("joined %s as rank %s", addr, self.rank)
+        return link
+
+    async def _serve_parent(self, link: Link) -> None:
+        try:
+            while True:
+                msg = await link.receive()
+                self._dispatch_down(link, msg)
+        except (EOFError, ProtocolError, OSError, ssl.SSLError, asyncio.IncompleteReadError) as e:
+            self.log.debug("parent link ended: %s", e)
+        finally:
+            link.abort()
+            if self.parent is link:
+                self.parent = None
+                self.registered.clear()
+                for fut in self._calls.values():
+                    if not fut.done():
+                        fut.set_exception(RegistrationError("lost the parent"))
+                self._calls.clear()
+
+    def _dispatch_down(self, link: Link, msg: wire.Message) -> None:
+        t = msg["t"]
+        if t == "ping":
+            link.send({"t": "pong"})
+        elif t == "op":
+            self._on_op(msg)
+        elif t == "ret":
+            self._on_ret(msg)
+        elif t == "shutdown":
+            self._shutdown_requested = True
+            for child in self.children.values():
+                child.send({"t": "shutdown"})
+            self.spawn(self._drain_and_stop())
+        elif t == "reannounce":
+            self.spawn(self._reannounce())
+        elif t in ("pong", "welcome"):
+            pass
+        else:
+            raise ProtocolError(f"unexpected message {t[:40]!r} from parent")
+
+    async def _drain_and_stop(self) -> None:
+        for child in self.children.values():
+            with contextlib.suppress(Exception):
+                await child.drain(1.0)
+        await self.stop()
+
+    async def _reannounce(self) -> None:
+        try:
+            await self.call_up(
+                "attach",
+                {
+                    "name": self.cfg.name,
+                    "id": self.cfg.id,
+                    "instance": self.instance,
+                    "rank": self.rank,
+                    "addr": str(self.listen_address) if self.listen_address else None,
+                },
+            )
+        except (GprocError, TimeoutError) as e:
+            self.log.debug("reannounce failed: %s", e)
+            return
+        for child in self.children.values():
+            child.send({"t": "reannounce"})
+
+    # ---- upward calls (hop-by-hop RPC to the master) ---------------------------------------------
+
+    async def call_up(self, fn: str, args: dict[str, Any], timeout: float = 15.0) -> Any:
+        """Ask the master something; the request and its reply travel hop by hop."""
+        if self.is_master:
+            return await self.master_call(fn, args, None)
+        parent = self.parent
+        if parent is None:
+            raise RegistrationError("not attached to a parent")
+        cid = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls[cid] = fut
+        parent.send({"t": "call", "id": cid, "fn": fn, "a": args, "from": self.rank})
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        finally:
+            self._calls.pop(cid, None)
+
+    async def master_call(self, fn: str, args: dict[str, Any], via: Link | None) -> Any:
+        raise RegistrationError(f"{fn}: only the master answers calls")
+
+    def _on_call(self, link: Link, msg: wire.Message) -> None:
+        cid, fn, args = msg.get("id"), msg.get("fn"), msg.get("a")
+        if not isinstance(cid, int) or not isinstance(fn, str) or not isinstance(args, dict):
+            raise ProtocolError("malformed call")
+        if self.is_master:
+            self.spawn(self._answer_call(link, cid, fn, args))
+            return
+        if self.parent is None:
+            link.send({"t": "ret", "id": cid, "err": "retry: parent not attached"})
+            return
+        my = next(self._ids)
+        self._relay[my] = (link, cid, fn)
+        self.parent.send({**msg, "id": my})
+
+    async def _answer_call(self, link: Link, cid: int, fn: str, args: dict[str, Any]) -> None:
+        try:
+            result = await self.master_call(fn, args, link)
+            reply: wire.Message = {"t": "ret", "id": cid, "r": result}
+            if fn == "attach":
+                self._route_add(result["rank"], link)
+        except GprocError as e:
+            reply = {"t": "ret", "id": cid, "err": str(e)}
+        link.send(reply)
+
+    def _on_ret(self, msg: wire.Message) -> None:
+        cid = msg.get("id")
+        relay = self._relay.pop(cid, None) if isinstance(cid, int) else None
+        if relay is not None:
+            link, orig, fn = relay
+            r = msg.get("r")
+            if fn == "attach" and isinstance(r, dict) and isinstance(r.get("rank"), int):
+                self._route_add(r["rank"], link)
+            link.send({**msg, "id": orig})
+            return
+        fut = self._calls.get(cid) if isinstance(cid, int) else None
+        if fut is not None and not fut.done():
+            if "err" in msg:
+                fut.set_exception(RegistrationError(str(msg["err"])[:500]))
+            else:
+                fut.set_result(msg.get("r"))
+
+    def _route_add(self, rank: int, link: Link) -> None:
+        self.route[rank] = link
+
+    # ---- the child side of this node -------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link = Link(reader, writer, {})
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            async with asyncio.timeout(10):
+                h = wire.check_hello(await link.receive(), "node")
+            link.send(wire.hello("parent", name=self.cfg.name))
+            await self._admit(link, h)
+        except (EOFError, GprocError, OSError, ssl.SSLError, TimeoutError) as e:
+            self.log.debug("refused a child: %s", e)
+            link.abort()
+            return
+        await self._serve_child(link)
+
+    async def _admit(self, link: Link, h: wire.Message) -> None:
+        name, cid = h.get("name"), h.get("id")
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise ProtocolError(f"bad node name {str(name)[:80]!r}")
+        if not isinstance(cid, str) or not ID_RE.match(cid):
+            raise ProtocolError(f"bad node id {str(cid)[:80]!r}")
+        link.peer = {"name": name, "id": cid, "instance": h.get("instance"), "addr": h.get("addr")}
+        old = self.children.get(cid)
+        if old is not None and not old.closed:
+            if old.peer.get("name") != name:
+                msg = f"id {cid} is already taken under {self.cfg.name} by {old.peer.get('name')}"
+                link.send({"t": "error", "msg": msg})
+                raise RegistrationError(msg)
+            old.abort()  # the same node coming back: the old link is stale
+        if self.rank is None or (not self.is_master and not self.registered.is_set()):
+            try:
+                async with asyncio.timeout(5):
+                    await self.registered.wait()
+            except TimeoutError:
+                link.send({"t": "error", "msg": "retry: parent is not attached yet"})
+                raise RegistrationError("not attached yet") from None
+        args = {
+            "name": name,
+            "id": cid,
+            "instance": h.get("instance"),
+            "rank": h.get("rank"),
+            "addr": h.get("addr"),
+            "parent": self.rank,
+        }
+        try:
+            result = await self.call_up("attach", args)
+        except GprocError as e:
+            link.send({"t": "error", "msg": str(e)})
+            raise
+        rank = result["rank"]
+        link.peer["rank"] = rank
+        self._route_add(rank, link)
+        self.children[cid] = link
+        up = [str(self.parent_address)] + [str(a) for a in self.ancestors] if self.parent_address else []
+        link.send({"t": "welcome", "rank": rank, "ancestors": up, "hb": [self.cfg.heartbeat, self.cfg.dead_after]})
+
+    async def _serve_child(self, link: Link) -> None:
+        try:
+            while True:
+                msg = await link.receive()
+                self._dispatch_up(link, msg)
+        except (EOFError, ProtocolError, OSError, ssl.SSLError) as e:
+            self.log.debug("child %s ended: %s", link.peer.get("name"), e)
+        finally:
+            link.abort()
+            self._child_gone(link)
+
+    def _dispatch_up(self, link: Link, msg: wire.Message) -> None:
+        t = msg["t"]
+        if t == "rep":
+            self._on_rep(link, msg)
+        elif t == "pong":
+            pass
+        elif t == "call":
+            self._on_call(link, msg)
+        elif t == "detach":
+            try:
+                gone = rankset.decode(msg.get("r", []))
+            except (ValueError, TypeError):
+                raise ProtocolError("bad detach") from None
+            self._detach({r for r in gone if self.route.get(r) is link})
+        else:
+            raise ProtocolError(f"unexpected message {t[:40]!r} from a child")
+
+    def _child_gone(self, link: Link) -> None:
+        cid = link.peer.get("id")
+        if cid is not None and self.children.get(cid) is link:
+            del self.children[cid]
+        gone = {r for r, lk in self.route.items() if lk is link}
+        for op in list(self.ops.values()):
+            lost = op.waiting.pop(link, None)
+            if lost:
+                op.groups.add(LOST, lost)
+                self._maybe_finish(op)
+        for cid2, (lk, _, _) in list(self._relay.items()):
+            if lk is link:
+                del self._relay[cid2]
+        if gone and not self.stopped.is_set():
+            self._detach(gone)
+
+    def _detach(self, gone: set[int]) -> None:
+        """Forget ranks that were reached through a link that died; tell the master."""
+        for r in gone:
+            self.route.pop(r, None)
+        if gone:
+            self.on_detach(gone)
+
+    def on_detach(self, gone: set[int]) -> None:
+        if self.parent is not None:
+            self.parent.send({"t": "detach", "r": rankset.encode(gone)})
+
+    # ---- operations -------------------------------------------------------------------------------
+
+    def _on_op(self, msg: wire.Message) -> None:
+        op_id, kind, body, tg = msg.get("op"), msg.get("k"), msg.get("b", {}), msg.get("tg")
+        if not isinstance(op_id, int) or not isinstance(kind, str) or not isinstance(body, dict):
+            raise ProtocolError("malformed op")
+        try:
+            targets = rankset.decode(tg if isinstance(tg, list) else [])
+        except (ValueError, TypeError):
+            raise ProtocolError("bad op targets") from None
+        self.start_op(op_id, kind, body, targets, self._sink_up(op_id))
+
+    def _sink_up(self, op_id: int) -> Sink:
+        def sink(groups: list[list[Any]], end: bool) -> None:
+            parent = self.parent
+            if parent is not None:
+                parent.send({"t": "rep", "op": op_id, "g": groups, "end": end})
+
+        return sink
+
+    def start_op(self, op_id: int, kind: str, body: dict[str, Any], targets: set[int], sink: Sink) -> Op:
+        """Run an op here if this rank is a target, forward it into subtrees holding targets."""
+        op = Op(self, op_id, kind, body, sink)
+        buckets: dict[Link, set[int]] = {}
+        unreachable: set[int] = set()
+        route = self.route
+        for r in targets:
+            if r == self.rank:
+                op.local = True
+                continue
+            lk = route.get(r)
+            if lk is None or lk.closed:
+                unreachable.add(r)
+            else:
+                b = buckets.get(lk)
+                if b is None:
+                    buckets[lk] = {r}
+                else:
+                    b.add(r)
+        if unreachable:
+            op.groups.add(("s", 255, "unreachable"), unreachable)
+        self.ops[op_id] = op
+        for lk, rs in buckets.items():
+            if lk.send({"t": "op", "op": op_id, "k": kind, "b": body, "tg": rankset.encode(rs)}):
+                op.waiting[lk] = rs
+            else:
+                op.groups.add(LOST, rs)
+        if op.local:
+            self.spawn(self._run_local(op))
+        else:
+            self._maybe_finish(op)
+        return op
+
+    async def _run_local(self, op: Op) -> None:
+        handler = self.handlers.get(op.kind)
+        try:
+            if handler is None:
+                op.emit(("s", 255, f"unknown operation {op.kind[:40]}"))
+            else:
+                await handler(op)
+        except asyncio.CancelledError:
+            raise
+        except GprocError as e:
+            op.emit(("s", 255, str(e)[:500]))
+        except Exception as e:  # a handler bug must not take the node down
+            self.log.exception("op %s (%s) failed", op.id, op.kind)
+            op.emit(("s", 255, f"internal error: {type(e).__name__}: {e}"[:500]))
+        finally:
+            op.local = False
+            self._maybe_finish(op)
+
+    def _on_rep(self, link: Link, msg: wire.Message) -> None:
+        op = self.ops.get(msg.get("op"))  # type: ignore[arg-type]
+        if op is None:
+            return  # late reply for an op already finished (its ranks were reported lost)
+        op.groups.merge_wire(msg.get("g", []))
+        if msg.get("end"):
+            op.waiting.pop(link, None)
+            self._maybe_finish(op)
+        elif op.groups and op.timer is None:
+            op.timer = asyncio.get_running_loop().call_later(self.cfg.window, op.flush)
+
+    def _maybe_finish(self, op: Op) -> None:
+        if op.local or op.waiting or self.ops.get(op.id) is not op:
+            return
+        del self.ops[op.id]
+        if op.timer is not None:
+            op.timer.cancel()
+        op.flush(end=True)
+
+    async def _noop(self, op: Op) -> None:
+        op.emit(("s", 0, ""))
+
+    # ---- liveness --------------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat)
+            now = time.monotonic()
+            for link in list(self.children.values()):
+                if now - link.last_rx > self.cfg.dead_after:
+                    self.log.info("child %s silent for %.1fs: lost", link.peer.get("name"), now - link.last_rx)
+                    link.abort()
+                    self._child_gone(link)
+                else:
+                    link.send({"t": "ping"})
+            p = self.parent
+            if p is not None and now - p.last_rx > self.cfg.dead_after:
+                self.log.info("parent silent for %.1fs: re-attaching", now - p.last_rx)
+                p.abort()

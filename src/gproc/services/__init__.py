@@ -1,0 +1,1 @@
+"""One module per feature; each registers op handlers on a node."""

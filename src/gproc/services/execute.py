@@ -1,0 +1,165 @@
+"""Running a command on a node: spawn it, stream its output lines up, report its exit status.
+
+Output travels as groups keyed ``("o", stream, lineno, data)`` so that identical lines from many nodes
+merge into one record on the way up; the exit status is ``("s", status, error)``: 128+N for a signal,
+255 with a reason when the command could not start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import TYPE_CHECKING, Any
+
+from gproc import platform
+
+if TYPE_CHECKING:
+    from gproc.overlay import Node, Op
+
+STDOUT, STDERR = 1, 2
+MAX_LINE = 64 * 1024
+EXIT_GRACE = 2.0  # how long output pipes are read after the command exited (background children)
+
+
+class ExecService:
+    """The jobs a node runs, by op id; handlers for ``exec`` and ``signal`` ops."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.jobs: dict[int, platform.Process] = {}
+        node.handlers["exec"] = self.run
+        node.handlers["signal"] = self.signal
+
+    def kill_all(self) -> None:
+        for proc in self.jobs.values():
+            proc.signal_group(signal.SIGKILL)
+
+    async def signal(self, op: Op) -> None:
+        job, sig = op.body.get("job"), op.body.get("sig")
+        if not isinstance(job, int) or not isinstance(sig, int) or not 0 <= sig < 65:
+            op.emit(("s", 2, "bad signal request"))
+            return
+        proc = self.jobs.get(job)
+        op.emit(("s", 0 if proc is not None and proc.signal_group(sig) else 1, ""))
+
+    async def run(self, op: Op) -> None:
+        b = op.body
+        argv, cwd, env = b.get("argv"), b.get("cwd"), b.get("env")
+        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+            op.emit(("s", 255, "bad command"))
+            return
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            op.emit(("s", 255, "bad environment"))
+            return
+        uid, gid = b.get("uid"), b.get("gid")
+        if not isinstance(uid, int) or not isinstance(gid, int):
+            op.emit(("s", 255, "request carries no user"))
+            return
+        euid = os.geteuid()
+        if euid != 0 and uid != euid:
+            op.emit(("s", 255, f"node daemon runs as uid {euid} and cannot run jobs for uid {uid}"))
+            return
+        node = self.node
+        env = {
+            **env,
+            "GPROC_NAME": node.cfg.name,
+            "GPROC_RANK": str(node.rank),
+            "GPROC_JOBID": str(b.get("job", op.id)),
+            "GPROC_NNODES": str(b.get("nnodes", 1)),
+        }
+        workdir = self._workdir(cwd, uid, gid)
+        try:
+            proc = platform.spawn(argv, cwd=workdir, env=env, uid=uid, gid=gid, groups=platform.user_groups(uid, gid))
+        except OSError as e:
+            op.emit(("s", 255, f"cannot run {argv[0]}: {e.strerror or e}"))
+            return
+        except (ValueError, TypeError) as e:
+            op.emit(("s", 255, f"cannot run {argv[0]}: {e}"))
+            return
+        self.jobs[op.id] = proc
+        try:
+            pumps = [
+                asyncio.ensure_future(self._pump(op, proc.stdout, STDOUT)),
+                asyncio.ensure_future(self._pump(op, proc.stderr, STDERR)),
+            ]
+            status, error = await self._wait(proc, b.get("timeout"))
+            _, pending = await asyncio.wait(pumps, timeout=EXIT_GRACE)
+            for p in pending:
+                p.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            op.emit(("s", status, error))
+        finally:
+            self.jobs.pop(op.id, None)
+            if not proc.exited.done():
+                proc.signal_group(signal.SIGKILL)
+            proc.close_pipes()
+
+    @staticmethod
+    def _workdir(cwd: Any, uid: int, gid: int) -> str | None:
+        """The client's working directory, created on the node when missing; else the home of binRoot."""
+        if not isinstance(cwd, str) or not cwd.startswith("/"):
+            return None
+        if os.path.isdir(cwd):
+            return cwd
+        try:
+            os.makedirs(cwd, mode=0o755)
+            if os.geteuid() == 0:
+                os.chown(cwd, uid, gid)
+            return cwd
+        except OSError:
+            return None
+
+    @staticmethod
+    async def _wait(proc: platform.Process, timeout: Any) -> tuple[int, str]:
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            return await proc.exited, ""
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(proc.exited), ""
+        except TimeoutError:
+            proc.signal_group(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(2.0):
+                    return await asyncio.shield(proc.exited), "timeout"
+            except TimeoutError:
+                proc.signal_group(signal.SIGKILL)
+                return await proc.exited, "timeout"
+
+    async def _pump(self, op: Op, fd: int, stream: int) -> None:
+        """Read a pipe to its end, emitting one group per line (long lines are cut at 64 KiB)."""
+        loop = asyncio.get_running_loop()
+        lineno = 0
+        carry = b""
+        while True:
+            ready = loop.create_future()
+            loop.add_reader(fd, ready.set_result, None)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(fd)
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            carry += data
+            start = 0
+            while True:
+                nl = carry.find(b"\n", start)
+                if nl < 0:
+                    break
+                op.emit(("o", stream, lineno, carry[start : nl + 1]))
+                lineno += 1
+                start = nl + 1
+            carry = carry[start:]
+            while len(carry) >= MAX_LINE:
+                op.emit(("o", stream, lineno, carry[:MAX_LINE]))
+                lineno += 1
+                carry = carry[MAX_LINE:]
+            await op.backpressure()
+        if carry:
+            op.emit(("o", stream, lineno, carry))
