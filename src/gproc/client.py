@@ -202,6 +202,7 @@ class Cluster:
         timeout: float | None = None,
     ) -> Job:
         """Start ``argv`` on the selected nodes; returns once the master accepted the job."""
+        check_selection(nodes, include, exclude)
         conn = await Connection.open(self.socket, self.timeout)
         conn.send(
             {
@@ -232,6 +233,16 @@ class Cluster:
         events = [ev async for ev in job]
         assert job.exit_status is not None
         return job.exit_status, events
+
+
+def check_selection(nodes: str | None, include: str | None, exclude: str | None) -> None:
+    """Reject a malformed selection here, before any connection (the master checks again)."""
+    from gproc import nodespec
+
+    if nodes:
+        nodespec.parse_tree_spec(nodes)
+    if include or exclude:
+        nodespec.match_names(include, exclude, [])
 
 
 def _cwd() -> str | None:

@@ -260,8 +260,9 @@ class Node:
                 try:
                     link = await self._join(addr)
                 except RegistrationError as e:
-                    if e.args and str(e.args[0]).startswith("retry:"):
-                        self.log.info("parent %s: %s", addr, e)
+                    if (e.args and str(e.args[0]).startswith("retry:")) or self.rank is not None:
+                        # transient, or refused by a fallback while re-attaching: try the next one
+                        self.log.warning("parent %s: %s", addr, e)
                         continue
                     self.fatal = e
                     self.log.error("%s", e)

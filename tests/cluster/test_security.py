@@ -1,0 +1,142 @@
+"""Only holders of the cluster credential can join; garbage closes one connection and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import ssl
+import struct
+
+import msgpack
+import pytest
+from tests.conftest import LocalCluster
+
+from gproc import credential, wire
+from gproc.address import parse_address
+from gproc.errors import GprocError
+from gproc.overlay import Node, NodeConfig
+
+pytestmark = pytest.mark.cluster
+
+
+def still_serves(c: LocalCluster) -> None:
+    r = c.gproc("e", "**", "echo", "alive")
+    assert r.returncode == 0 and "node[0-15]: alive" in r.stdout, r.stderr
+    assert "intruder" not in c.gproc("i").stdout
+
+
+def tls_connect(addr: str, key: str) -> ssl.SSLSocket:
+    a = parse_address(addr)
+    raw = socket.create_connection((a.host, a.port), timeout=5)
+    return credential.client_context(key).wrap_socket(raw, server_hostname="gproc")
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    sock.settimeout(5)
+    try:
+        return sock.recv(1) == b""
+    except (ConnectionResetError, ssl.SSLError, BrokenPipeError):
+        return True
+
+
+def test_raw_socket_and_garbage_cannot_register(cluster16: LocalCluster) -> None:
+    a = parse_address(cluster16.master_address)
+    for payload in (
+        b"",
+        b"GET / HTTP/1.0\r\n\r\n",
+        os.urandom(4096),
+        wire.pack(wire.hello("node", name="intruder", id="9")),
+    ):
+        s = socket.create_connection((a.host, a.port), timeout=5)
+        s.sendall(payload)
+        if not payload:
+            s.shutdown(socket.SHUT_WR)  # a peer that connects and says nothing is cut at the handshake timeout
+        assert closed_by_peer(s)
+        s.close()
+    still_serves(cluster16)
+
+
+def test_other_credential_cannot_register(cluster16: LocalCluster, tmpdir_short: str) -> None:
+    other = credential.keygen(os.path.join(tmpdir_short, "other.key"))
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        s = tls_connect(cluster16.master_address, other)
+        s.sendall(wire.pack(wire.hello("node", name="intruder", id="9")))
+        assert closed_by_peer(s)
+        s.recv(1)
+
+    async def try_join() -> None:
+        cfg = NodeConfig(name="intruder", id="99", parents=[parse_address(cluster16.master_address)], key=other)
+        n = Node(cfg)
+        with pytest.raises((ssl.SSLError, OSError, GprocError, EOFError, asyncio.IncompleteReadError)):
+            await n._join(cfg.parents[0])
+        await n.stop()
+
+    asyncio.run(try_join())
+    still_serves(cluster16)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [struct.pack(">I", 0xFFFFFFF0)],  # a frame header beyond the size limit
+        [struct.pack(">I", 5) + b"\xc1\xc1\xc1\xc1\xc1"],  # not msgpack
+        [wire.pack({"t": "hello", "v": 999, "role": "node", "name": "intruder", "id": "9"})],  # wrong version
+        [wire.pack({"t": "hello", "v": wire.PROTOCOL_VERSION, "role": "node", "name": "in truder", "id": "9"})],
+        [struct.pack(">I", 3) + msgpack.packb([1, 2])],  # a frame that is not a message
+        [wire.pack(wire.hello("node", name="intruder", id="0"))],  # id taken by node0 under the master
+    ],
+)
+def test_authenticated_but_malformed_peer_is_closed(cluster16: LocalCluster, frames: list[bytes]) -> None:
+    s = tls_connect(cluster16.master_address, cluster16.key)
+    for f in frames:
+        s.sendall(f)
+    s.settimeout(5)
+    got = b""
+    try:
+        while chunk := s.recv(65536):
+            got += chunk
+    except (ConnectionResetError, ssl.SSLError):
+        pass
+    s.close()
+    still_serves(cluster16)
+
+
+def test_registered_child_sending_garbage_is_dropped_alone(cluster16: LocalCluster) -> None:
+    """A peer that registers properly and then misbehaves loses its link; everyone else carries on."""
+    s = tls_connect(cluster16.master_address, cluster16.key)
+    s.sendall(wire.pack(wire.hello("node", name="intruder", id="77", instance="x")))
+    s.settimeout(5)
+    buf = b""
+    while buf.count(b"welcome") == 0:
+        chunk = s.recv(65536)
+        assert chunk, "the master closed a valid registration"
+        buf += chunk
+    s.sendall(wire.pack({"t": "op", "op": 1, "k": "exec", "b": {}, "tg": [0, 0]}))  # ops never travel up
+    assert closed_by_peer(s)
+    s.close()
+    rows = [json.loads(x) for x in cluster16.gproc("i", "--json").stdout.splitlines() if x.strip()]
+    assert [r["state"] for r in rows if r["name"] == "intruder"] == ["lost"]
+    r = cluster16.gproc("e", "**", "echo", "alive")
+    assert r.returncode == 0 and "node[0-15]: alive" in r.stdout
+
+
+def test_client_socket_survives_garbage(cluster16: LocalCluster) -> None:
+    for payload in (
+        os.urandom(100),
+        struct.pack(">I", 0xFFFFFFFF),
+        wire.pack({"t": "hello", "v": 1, "role": "client"}) + wire.pack({"t": "req", "fn": "exec", "argv": "notalist"}),
+    ):
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(5)
+        s.connect(cluster16.socket)
+        s.sendall(payload)
+        try:
+            while s.recv(65536):
+                pass
+        except (ConnectionResetError, TimeoutError):
+            pass
+        s.close()
+    r = cluster16.gproc("e", "**", "echo", "alive")
+    assert r.returncode == 0 and "node[0-15]: alive" in r.stdout

@@ -1,0 +1,82 @@
+"""Shared fixtures: real local clusters started through gproc's own API (``gproc up --local``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from gproc import local
+
+
+@dataclass
+class LocalCluster:
+    socket: str
+    rundir: str
+    n: int
+
+    def gproc(
+        self,
+        *args: str,
+        input: bytes | None = None,
+        timeout: float = 60,
+        check: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the gproc CLI against this cluster."""
+        e = {**os.environ, "GPROC_MASTER": self.socket, **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "gproc", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input.decode() if input is not None else None,
+            env=e,
+            check=check,
+        )
+
+    @property
+    def master_address(self) -> str:
+        with open(os.path.join(self.rundir, "master.addr")) as f:
+            return f.read().strip()
+
+    @property
+    def key(self) -> str:
+        return os.path.join(self.rundir, "cluster.key")
+
+
+@pytest.fixture
+def tmpdir_short() -> Iterator[str]:
+    """A short temporary directory (Unix socket paths are limited to ~100 bytes)."""
+    d = tempfile.mkdtemp(prefix="gpt-", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def start_cluster(n: int, fanout: int, **kw: object) -> tuple[LocalCluster, str]:
+    d = tempfile.mkdtemp(prefix="gpt-", dir="/tmp")
+    sock = os.path.join(d, "g")
+    rec = local.up(n, fanout=fanout, socket=sock, **kw)  # type: ignore[arg-type]
+    return LocalCluster(sock, rec.rundir, n), d
+
+
+def stop_cluster(c: LocalCluster, d: str) -> None:
+    local.down(c.socket, quiet=True)
+    shutil.rmtree(d, ignore_errors=True)
+    assert not os.path.exists(c.rundir), "gproc down left its run directory behind"
+
+
+@pytest.fixture(scope="module")
+def cluster16() -> Iterator[LocalCluster]:
+    """Sixteen nodes, fanout 4: a two-level tree (4 interior nodes, 12 leaves)."""
+    c, d = start_cluster(16, 4)
+    try:
+        yield c
+    finally:
+        stop_cluster(c, d)

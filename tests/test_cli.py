@@ -1,0 +1,90 @@
+"""Command-line parsing: seed switches, long forms, switches before or after the mode."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gproc.address import Address, parse_address, parse_address_list
+from gproc.cli import split_argv
+from gproc.errors import UsageError
+from gproc.local import layout
+
+
+def test_seed_switches_before_and_after_mode() -> None:
+    sw, mode, pos = split_argv(["-myParent=master", "s", "-myId", "hostname hostbase", "-debug=3"])
+    assert mode == "node" and pos == []
+    assert sw == ["--parent=master", "--id", "hostname hostbase", "--debug=3"]
+
+
+def test_exec_command_is_verbatim() -> None:
+    sw, mode, pos = split_argv(["e", "-b", "./.", "grep", "-r", "-f", "x", "--json"])
+    assert mode == "exec" and sw == ["-b"] and pos == ["./.", "grep", "-r", "-f", "x", "--json"]
+    sw, mode, pos = split_argv(["-w", "n[1-4]", "e", "ls", "-l"])
+    assert sw == ["-w", "n[1-4]"] and pos == ["ls", "-l"]
+
+
+def test_unknown_mode_and_missing_value() -> None:
+    with pytest.raises(UsageError, match="unknown mode"):
+        split_argv(["frobnicate"])
+    with pytest.raises(UsageError, match="needs a value"):
+        split_argv(["e", "-w"])
+
+
+@pytest.mark.parametrize(
+    ("text", "addr"),
+    [
+        ("slave1", Address("slave1", 6666)),
+        ("10.0.0.1:7000", Address("10.0.0.1", 7000)),
+        ("::1", Address("::1", 6666)),
+        ("[::1]:7000", Address("::1", 7000)),
+        ("[fe80::1%eth0]", Address("fe80::1%eth0", 6666)),
+    ],
+)
+def test_addresses(text: str, addr: Address) -> None:
+    assert parse_address(text) == addr
+
+
+@pytest.mark.parametrize("bad", ["", "[::1", "host:port", "host:99999", "[::1]x"])
+def test_bad_addresses(bad: str) -> None:
+    with pytest.raises(UsageError):
+        parse_address(bad)
+
+
+def test_parent_with_fallbacks() -> None:
+    assert parse_address_list("a:1,b") == [Address("a", 1), Address("b", 6666)]
+
+
+def test_layout_is_balanced_and_levelled() -> None:
+    p = layout(64, 4)
+    assert p[:4] == [-1] * 4 and p[4:8] == [0, 1, 2, 3] and p[20] == 4
+    assert all(q < i for i, q in enumerate(p))
+    p2 = layout(64, 8)
+    assert p2.count(-1) == 8 and max(p2.count(i) for i in range(8)) == 7
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["e"], ["e", "3-1", "true"], ["-bogus", "e"], ["up"], ["--port", "notanumber", "m"], ["-p=maybe", "s"]],
+)
+def test_usage_errors_are_one_line_exit_2(args: list[str], tmp_path: object) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "gproc", *args],
+        capture_output=True,
+        text=True,
+        env={"GPROC_MASTER": f"{tmp_path}/none", "PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode == 2, (args, r.stderr)
+    assert r.stderr.startswith("gproc: ") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_no_master_is_one_line() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "gproc", "e", "./.", "true"],
+        capture_output=True,
+        text=True,
+        env={"GPROC_MASTER": "/nonexistent/g", "PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode == 255 and r.stderr.count("\n") == 1 and "cannot reach the master" in r.stderr

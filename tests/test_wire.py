@@ -1,0 +1,80 @@
+"""Frames: round trips, and no byte sequence makes the decoder raise anything but ProtocolError/EOFError."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gproc import wire
+from gproc.errors import ProtocolError
+
+messages = st.fixed_dictionaries(
+    {"t": st.text(max_size=10)},
+    optional={"op": st.integers(0, 2**63 - 1), "g": st.lists(st.binary(max_size=20)), "s": st.text()},
+)
+
+
+@given(messages)
+def test_round_trip(msg: dict[str, object]) -> None:
+    frame = wire.pack(msg)
+    (size,) = struct.unpack(">I", frame[:4])
+    assert size == len(frame) - 4
+    assert wire.unpack(frame[4:]) == msg
+
+
+def _read_all(data: bytes) -> list[wire.Message]:
+    async def go() -> list[wire.Message]:
+        r = asyncio.StreamReader()
+        r.feed_data(data)
+        r.feed_eof()
+        out = []
+        while True:
+            try:
+                out.append(await wire.read_message(r, max_frame=1 << 16))
+            except EOFError:
+                return out
+
+    return asyncio.run(go())
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300))
+def test_garbage_stream_only_protocol_errors(data: bytes) -> None:
+    try:
+        _read_all(data)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=200)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text() | st.binary(),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=4), c, max_size=4),
+    )
+)
+def test_any_msgpack_value_is_a_message_or_a_protocol_error(value: object) -> None:
+    body = msgpack.packb(value, use_bin_type=True)
+    try:
+        msg = wire.unpack(body)
+    except ProtocolError:
+        return
+    assert isinstance(msg, dict) and isinstance(msg["t"], str)
+
+
+def test_oversized_frame_refused_before_reading_it() -> None:
+    with pytest.raises(ProtocolError, match="exceeds"):
+        _read_all(struct.pack(">I", wire.MAX_FRAME + 1))
+
+
+def test_hello_version_checked() -> None:
+    wire.check_hello(wire.hello("node"), "node")
+    with pytest.raises(ProtocolError, match="version"):
+        wire.check_hello({"t": "hello", "v": 99, "role": "node"})
+    with pytest.raises(ProtocolError, match="role"):
+        wire.check_hello(wire.hello("client"), "node")
