@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,10 @@ class NodeRow:
     children: dict[str, int] = field(default_factory=dict)
 
 
+Request = Callable[[Link, wire.Message, PeerCred], Awaitable[None]]
+"""A client request handler: answers on the link (``ret``, or a stream ending in ``end``)."""
+
+
 class _TreeView:
     """The live topology as nodespec's ``Tree`` protocol sees it (only nodes that are up)."""
 
@@ -70,6 +75,8 @@ class Master(Node):
         self.root_children: dict[str, int] = {}
         self._unix: asyncio.Server | None = None
         self._fold_cache: dict[tuple[int, ...], str] = {}
+        self.requests: dict[str, Request] = {}
+        self._register_requests()
 
     # ---- lifetime --------------------------------------------------------------------------------
 
@@ -231,24 +238,34 @@ class Master(Node):
         fn = req.get("fn")
         if req.get("t") != "req" or not isinstance(fn, str):
             raise ProtocolError("expected a request")
-        if fn == "info":
+        handler = self.requests.get(fn)
+        if handler is None:
+            raise UsageError(f"unknown request {fn[:40]!r}")
+        await handler(link, req, cred)
+
+    def _register_requests(self) -> None:
+        """Client requests by name; services add theirs to ``self.requests``."""
+
+        async def info(link: Link, req: wire.Message, cred: PeerCred) -> None:
             link.send({"t": "ret", "r": {"master": self.cfg.name, "nodes": self.info_rows()}})
-        elif fn == "ping":
-            await self._ping(link, req)
-        elif fn == "exec":
-            await self._exec(link, req, cred)
-        elif fn == "shutdown":
+
+        async def select(link: Link, req: wire.Message, cred: PeerCred) -> None:
+            sel, absent = self._selection(req)
+            names = sorted(self.topo[r].name for r in sel)
+            link.send({"t": "ret", "r": {"names": names, "absent": sorted(absent)}})
+
+        async def stats(link: Link, req: wire.Message, cred: PeerCred) -> None:
+            link.send({"t": "ret", "r": self.stats()})
+
+        async def shutdown(link: Link, req: wire.Message, cred: PeerCred) -> None:
             if cred.uid not in (0, os.getuid()):
                 raise UsageError("only root or the master's owner may shut the tree down")
             link.send({"t": "ret", "r": {"ok": True}})
             self.spawn(self.shutdown_tree())
-        elif fn == "select":
-            sel, absent = self._selection(req)
-            link.send({"t": "ret", "r": {"names": sorted(self.topo[r].name for r in sel), "absent": sorted(absent)}})
-        elif fn == "stats":
-            link.send({"t": "ret", "r": self.stats()})
-        else:
-            raise UsageError(f"unknown request {fn[:40]!r}")
+
+        self.requests.update(
+            info=info, select=select, stats=stats, shutdown=shutdown, ping=self._ping, exec=self._exec
+        )
 
     def stats(self) -> dict[str, Any]:
         """Bytes and frames received from the tree (the master's direct children) so far."""
@@ -266,7 +283,7 @@ class Master(Node):
                 raise UsageError("node selection must be a string")
         return self.select(spec, inc, exc)
 
-    async def _ping(self, link: Link, req: wire.Message) -> None:
+    async def _ping(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
         """A no-op through the tree to every selected node (all nodes by default)."""
         if req.get("nodes") or req.get("w"):
             targets, _ = self._selection(req)
