@@ -14,6 +14,7 @@ from gproc.address import Address, parse_address, parse_address_list
 from gproc.errors import GprocError
 from gproc.master import Master
 from gproc.overlay import Node, NodeConfig
+from gproc.services.execute import SpawnGate
 
 
 def setup_logging(level: int, stream: Any = None) -> None:
@@ -59,6 +60,7 @@ async def serve_many(spec: dict[str, Any]) -> int:
     client_ssl = credential.client_context(spec["key"])
     master_addr = parse_address(spec["master"])
     host = spec.get("host", "127.0.0.1")
+    gate = SpawnGate()  # one per process: its nodes take turns starting programs
     nodes: dict[int, Node] = {}
     for entry in spec["nodes"]:
         parent_idx = entry["parent"]
@@ -74,7 +76,7 @@ async def serve_many(spec: dict[str, Any]) -> int:
             dead_after=spec.get("dead_after", 3.5),
             bin_root=spec.get("bin_root", "/tmp/xproc"),
         )
-        node = Node(cfg, server_ssl=server_ssl, client_ssl=client_ssl)
+        node = Node(cfg, server_ssl=server_ssl, client_ssl=client_ssl, spawn_gate=gate)
         await node.start()
         nodes[entry["index"]] = node
     loop = asyncio.get_running_loop()

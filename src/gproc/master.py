@@ -22,7 +22,7 @@ from ClusterShell.NodeSet import NodeSet
 from gproc import nodespec, wire
 from gproc import ranks as rankset
 from gproc.errors import GprocError, ProtocolError, RegistrationError, UsageError
-from gproc.overlay import ID_RE, NAME_RE, Link, Node, NodeConfig
+from gproc.overlay import ID_RE, NAME_RE, Link, Node, NodeConfig, TreeLink
 from gproc.platform import PeerCred, peer_credentials
 from gproc.state import MasterState
 
@@ -113,7 +113,7 @@ class Master(Node):
 
     # ---- topology --------------------------------------------------------------------------------
 
-    async def master_call(self, fn: str, args: dict[str, Any], via: Link | None) -> Any:
+    async def master_call(self, fn: str, args: dict[str, Any], via: TreeLink | None) -> Any:
         if fn != "attach":
             raise RegistrationError(f"unknown call {fn[:40]!r}")
         name, nid, parent = args.get("name"), args.get("id"), args.get("parent")
@@ -263,9 +263,7 @@ class Master(Node):
             link.send({"t": "ret", "r": {"ok": True}})
             self.spawn(self.shutdown_tree())
 
-        self.requests.update(
-            info=info, select=select, stats=stats, shutdown=shutdown, ping=self._ping, exec=self._exec
-        )
+        self.requests.update(info=info, select=select, stats=stats, shutdown=shutdown, ping=self._ping, exec=self._exec)
 
     def stats(self) -> dict[str, Any]:
         """Bytes and frames received from the tree (the master's direct children) so far."""

@@ -28,6 +28,7 @@ from gproc import wire
 from gproc.address import Address, parse_address
 from gproc.errors import GprocError, ProtocolError, RegistrationError
 from gproc.groups import Groups, Key
+from gproc.services.execute import ExecService, SpawnGate
 
 log = logging.getLogger("gproc.overlay")
 
@@ -111,6 +112,164 @@ class Link:
         return f"<Link {self.peer.get('name', '?')}>"
 
 
+class TreeLink(asyncio.Protocol):
+    """A TLS link to a parent or child, as an asyncio Protocol.
+
+    Frames are parsed in ``data_received`` and handed to ``handler`` synchronously: no task, future
+    or ``readexactly`` per message, which is what a node with thousands of links pays for most. Until
+    a handler is set (during the handshake) messages queue up for ``receive()``.
+    """
+
+    HIGH_WATER = 1 << 20
+
+    def __init__(self, peer: dict[str, Any], max_frame: int = wire.MAX_FRAME) -> None:
+        self.peer = peer
+        self.max_frame = max_frame
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.counter = wire.Counter()
+        self.last_rx = self.last_tx = time.monotonic()
+        self.handler: Callable[[TreeLink, wire.Message], None] | None = None
+        self.on_close: Callable[[TreeLink], None] | None = None
+        self.on_open: Callable[[TreeLink], None] | None = None
+        self._buf = bytearray()
+        self._queue: list[wire.Message] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._closed_fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
+        transport.set_write_buffer_limits(high=self.HIGH_WATER)  # type: ignore[attr-defined]
+        if self.on_open is not None:
+            self.on_open(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = time.monotonic()
+        self.counter.bytes_in += len(data)
+        buf = self._buf
+        buf += data
+        pos, end = 0, len(buf)
+        while end - pos >= 4 and not self.closed:
+            size = int.from_bytes(buf[pos : pos + 4], "big")
+            if size > self.max_frame:
+                self._fail(f"frame of {size} bytes exceeds the limit")
+                return
+            if end - pos - 4 < size:
+                break
+            body = bytes(buf[pos + 4 : pos + 4 + size])
+            pos += 4 + size
+            try:
+                msg = wire.unpack(body)
+            except ProtocolError as e:
+                self._fail(str(e))
+                return
+            self.counter.frames_in += 1
+            self._deliver(msg)
+        if pos:
+            del buf[:pos]
+
+    def _deliver(self, msg: wire.Message) -> None:
+        handler = self.handler
+        if handler is None:
+            self._queue.append(msg)
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)
+            return
+        try:
+            handler(self, msg)
+        except (ProtocolError, KeyError, TypeError, ValueError, AttributeError) as e:
+            self._fail(f"bad message {str(msg.get('t'))[:20]!r}: {e}")
+        except Exception:  # a handler bug closes this link, never the daemon
+            log.exception("handling %r from %s", msg.get("t"), self.peer.get("name"))
+            self._fail("internal error")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        if not self._closed_fut.done():
+            self._closed_fut.set_result(None)
+        cb, self.on_close = self.on_close, None
+        if cb is not None:
+            cb(self)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # -- gproc side
+    def start(self, handler: Callable[[TreeLink, wire.Message], None], on_close: Callable[[TreeLink], None]) -> None:
+        """Switch from the handshake to serving: queued messages go to the handler first."""
+        self.handler = handler
+        queued, self._queue = self._queue, []
+        for msg in queued:
+            if self.closed:
+                break
+            self._deliver(msg)
+        if self.closed:
+            on_close(self)
+        else:
+            self.on_close = on_close
+
+    async def receive(self) -> wire.Message:
+        """Next message during the handshake (EOFError once the link is closed)."""
+        while not self._queue:
+            if self.closed:
+                raise EOFError
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._queue.pop(0)
+
+    def send(self, msg: wire.Message) -> bool:
+        """Queue one message; False when the link is closed."""
+        if self.closed or self.transport is None:
+            return False
+        data = wire.pack(msg)
+        self.transport.write(data)
+        self.counter.bytes_out += len(data)
+        self.counter.frames_out += 1
+        self.last_tx = time.monotonic()
+        return True
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Wait while the send buffer is above its high-water mark (flow control)."""
+        if not self._paused or self.closed:
+            return
+        if self._drained is None or self._drained.done():
+            self._drained = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._drained)
+        except TimeoutError:
+            self.abort()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed_fut)
+
+    def _fail(self, why: str) -> None:
+        log.debug("closing link to %s: %s", self.peer.get("name"), why)
+        self.abort()
+
+    def abort(self) -> None:
+        """Close at once (a dead or misbehaving peer)."""
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+
+    def __repr__(self) -> str:
+        return f"<TreeLink {self.peer.get('name', '?')}>"
+
+
 Sink = Callable[[list[list[Any]], bool], None]
 
 
@@ -126,7 +285,7 @@ class Op:
         self.body = body
         self.sink = sink
         self.groups = Groups()
-        self.waiting: dict[Link, set[int]] = {}
+        self.waiting: dict[TreeLink, set[int]] = {}
         self.local = False
         self.timer: asyncio.TimerHandle | None = None
 
@@ -162,6 +321,7 @@ class Node:
         *,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
+        spawn_gate: SpawnGate | None = None,
     ) -> None:
         from gproc import credential  # contexts are costly: many nodes of a process share them
 
@@ -170,18 +330,18 @@ class Node:
         self.client_ssl = client_ssl or credential.client_context(cfg.key)
         self.rank: int | None = None
         self.instance = secrets.token_hex(8)
-        self.parent: Link | None = None
+        self.parent: TreeLink | None = None
         self.parent_address: Address | None = None
         self.ancestors: list[Address] = []
-        self.children: dict[str, Link] = {}
-        self.route: dict[int, Link] = {}
+        self.children: dict[str, TreeLink] = {}
+        self.route: dict[int, TreeLink] = {}
         self.ops: dict[int, Op] = {}
         self.handlers: dict[str, Handler] = {}
         self.listen_address: Address | None = None
         self.registered = asyncio.Event()
         self.stopped = asyncio.Event()
         self.fatal: GprocError | None = None
-        self._relay: dict[int, tuple[Link, int, str]] = {}
+        self._relay: dict[int, tuple[TreeLink, int, str]] = {}
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -189,8 +349,7 @@ class Node:
         self._shutdown_requested = False
         self.log = logging.getLogger(f"gproc.node.{cfg.name}")
         self.handlers["noop"] = self._noop
-        from gproc.services.execute import ExecService
-
+        self.spawn_gate = spawn_gate or SpawnGate()
         self.exec = ExecService(self)
 
     # ---- lifetime -------------------------------------------------------------------------------
@@ -238,8 +397,9 @@ class Node:
     # ---- the parent side of this node ------------------------------------------------------------
 
     async def _listen(self, addr: Address) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, addr.host, addr.port, ssl=self.server_ssl, ssl_handshake_timeout=10, backlog=1024
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._new_child_link, addr.host, addr.port, ssl=self.server_ssl, ssl_handshake_timeout=10, backlog=1024
         )
         sock = self._server.sockets[0].getsockname()
         self.listen_address = Address(addr.host, sock[1])
@@ -280,12 +440,17 @@ class Node:
                 await asyncio.sleep(delay + secrets.randbelow(100) / 1000 * delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _join(self, addr: Address) -> Link:
+    async def _join(self, addr: Address) -> TreeLink:
+        loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.cfg.connect_timeout):
-            reader, writer = await asyncio.open_connection(
-                addr.host, addr.port, ssl=self.client_ssl, server_hostname="gproc"
+            _, link = await loop.create_connection(
+                lambda: TreeLink({"name": f"parent {addr}"}),
+                addr.host,
+                addr.port,
+                ssl=self.client_ssl,
+                server_hostname="gproc",
+                ssl_handshake_timeout=self.cfg.connect_timeout,
             )
-        link = Link(reader, writer, {"name": f"parent {addr}"})
         try:
             link.send(
                 wire.hello(
@@ -322,13 +487,11 @@ class Node:
         self.log.debug("joined %s as rank %s", addr, self.rank)
         return link
 
-    async def _serve_parent(self, link: Link) -> None:
+    async def _serve_parent(self, link: TreeLink) -> None:
+        link.start(self._dispatch_down, lambda lk: None)
         try:
-            while True:
-                msg = await link.receive()
-                self._dispatch_down(link, msg)
-        except (EOFError, ProtocolError, OSError, ssl.SSLError, asyncio.IncompleteReadError) as e:
-            self.log.debug("parent link ended: %s", e)
+            await link.wait_closed()
+            self.log.debug("parent link ended")
         finally:
             link.abort()
             if self.parent is link:
@@ -339,7 +502,7 @@ class Node:
                         fut.set_exception(RegistrationError("lost the parent"))
                 self._calls.clear()
 
-    def _dispatch_down(self, link: Link, msg: wire.Message) -> None:
+    def _dispatch_down(self, link: TreeLink, msg: wire.Message) -> None:
         t = msg["t"]
         if t == "ping":
             link.send({"t": "pong"})
@@ -402,10 +565,10 @@ class Node:
         finally:
             self._calls.pop(cid, None)
 
-    async def master_call(self, fn: str, args: dict[str, Any], via: Link | None) -> Any:
+    async def master_call(self, fn: str, args: dict[str, Any], via: TreeLink | None) -> Any:
         raise RegistrationError(f"{fn}: only the master answers calls")
 
-    def _on_call(self, link: Link, msg: wire.Message) -> None:
+    def _on_call(self, link: TreeLink, msg: wire.Message) -> None:
         cid, fn, args = msg.get("id"), msg.get("fn"), msg.get("a")
         if not isinstance(cid, int) or not isinstance(fn, str) or not isinstance(args, dict):
             raise ProtocolError("malformed call")
@@ -419,7 +582,7 @@ class Node:
         self._relay[my] = (link, cid, fn)
         self.parent.send({**msg, "id": my})
 
-    async def _answer_call(self, link: Link, cid: int, fn: str, args: dict[str, Any]) -> None:
+    async def _answer_call(self, link: TreeLink, cid: int, fn: str, args: dict[str, Any]) -> None:
         try:
             result = await self.master_call(fn, args, link)
             reply: wire.Message = {"t": "ret", "id": cid, "r": result}
@@ -446,17 +609,20 @@ class Node:
             else:
                 fut.set_result(msg.get("r"))
 
-    def _route_add(self, rank: int, link: Link) -> None:
+    def _route_add(self, rank: int, link: TreeLink) -> None:
         self.route[rank] = link
 
     # ---- the child side of this node -------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        link = Link(reader, writer, {})
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def _new_child_link(self) -> TreeLink:
+        link = TreeLink({})
+        link.on_open = lambda lk: self._spawn_admission(lk)
+        return link
+
+    def _spawn_admission(self, link: TreeLink) -> None:
+        self.spawn(self._accept(link))
+
+    async def _accept(self, link: TreeLink) -> None:
         try:
             async with asyncio.timeout(10):
                 h = wire.check_hello(await link.receive(), "node")
@@ -466,9 +632,9 @@ class Node:
             self.log.debug("refused a child: %s", e)
             link.abort()
             return
-        await self._serve_child(link)
+        link.start(self._dispatch_up, self._child_gone)
 
-    async def _admit(self, link: Link, h: wire.Message) -> None:
+    async def _admit(self, link: TreeLink, h: wire.Message) -> None:
         name, cid = h.get("name"), h.get("id")
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise ProtocolError(f"bad node name {str(name)[:80]!r}")
@@ -509,18 +675,7 @@ class Node:
         up = [str(self.parent_address)] + [str(a) for a in self.ancestors] if self.parent_address else []
         link.send({"t": "welcome", "rank": rank, "ancestors": up, "hb": [self.cfg.heartbeat, self.cfg.dead_after]})
 
-    async def _serve_child(self, link: Link) -> None:
-        try:
-            while True:
-                msg = await link.receive()
-                self._dispatch_up(link, msg)
-        except (EOFError, ProtocolError, OSError, ssl.SSLError) as e:
-            self.log.debug("child %s ended: %s", link.peer.get("name"), e)
-        finally:
-            link.abort()
-            self._child_gone(link)
-
-    def _dispatch_up(self, link: Link, msg: wire.Message) -> None:
+    def _dispatch_up(self, link: TreeLink, msg: wire.Message) -> None:
         t = msg["t"]
         if t == "rep":
             self._on_rep(link, msg)
@@ -537,7 +692,7 @@ class Node:
         else:
             raise ProtocolError(f"unexpected message {t[:40]!r} from a child")
 
-    def _child_gone(self, link: Link) -> None:
+    def _child_gone(self, link: TreeLink) -> None:
         cid = link.peer.get("id")
         if cid is not None and self.children.get(cid) is link:
             del self.children[cid]
@@ -587,7 +742,7 @@ class Node:
     def start_op(self, op_id: int, kind: str, body: dict[str, Any], targets: set[int], sink: Sink) -> Op:
         """Run an op here if this rank is a target, forward it into subtrees holding targets."""
         op = Op(self, op_id, kind, body, sink)
-        buckets: dict[Link, set[int]] = {}
+        buckets: dict[TreeLink, set[int]] = {}
         unreachable: set[int] = set()
         route = self.route
         for r in targets:
@@ -635,7 +790,7 @@ class Node:
             op.local = False
             self._maybe_finish(op)
 
-    def _on_rep(self, link: Link, msg: wire.Message) -> None:
+    def _on_rep(self, link: TreeLink, msg: wire.Message) -> None:
         op = self.ops.get(msg.get("op"))  # type: ignore[arg-type]
         if op is None:
             return  # late reply for an op already finished (its ranks were reported lost)
@@ -660,17 +815,20 @@ class Node:
     # ---- liveness --------------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        last = time.monotonic()
         while True:
             await asyncio.sleep(self.cfg.heartbeat)
+            await asyncio.sleep(0)  # let frames that arrived during a stall be read first
             now = time.monotonic()
+            stalled, last = now - last > 2 * self.cfg.heartbeat, now
             for link in list(self.children.values()):
-                if now - link.last_rx > self.cfg.dead_after:
+                if not stalled and now - link.last_rx > self.cfg.dead_after:
                     self.log.info("child %s silent for %.1fs: lost", link.peer.get("name"), now - link.last_rx)
                     link.abort()
                     self._child_gone(link)
                 else:
                     link.send({"t": "ping"})
             p = self.parent
-            if p is not None and now - p.last_rx > self.cfg.dead_after:
+            if p is not None and not stalled and now - p.last_rx > self.cfg.dead_after:
                 self.log.info("parent silent for %.1fs: re-attaching", now - p.last_rx)
                 p.abort()

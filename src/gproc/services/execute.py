@@ -8,6 +8,7 @@ merge into one record on the way up; the exit status is ``("s", status, error)``
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import signal
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,37 @@ if TYPE_CHECKING:
 STDOUT, STDERR = 1, 2
 MAX_LINE = 64 * 1024
 EXIT_GRACE = 2.0  # how long output pipes are read after the command exited (background children)
+
+
+class SpawnGate:
+    """Lets a few program starts through per event-loop turn.
+
+    Many nodes may share one process; a job on all of them would otherwise start every program in one
+    loop iteration (a second or more of fork/exec) and starve heartbeats. One gate per process, shared
+    by its nodes, spreads the starts over turns so the loop reads its sockets in between.
+    """
+
+    def __init__(self, per_turn: int = 8) -> None:
+        self.per_turn = per_turn
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._pump: asyncio.Task[None] | None = None
+
+    async def wait(self) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting.append(fut)
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.ensure_future(self._run())
+        await fut
+
+    async def _run(self) -> None:
+        while self._waiting:
+            for _ in range(self.per_turn):
+                if not self._waiting:
+                    break
+                fut = self._waiting.popleft()
+                if not fut.done():
+                    fut.set_result(None)
+            await asyncio.sleep(0)
 
 
 class ExecService:
@@ -69,6 +101,7 @@ class ExecService:
             "GPROC_NNODES": str(b.get("nnodes", 1)),
         }
         workdir = self._workdir(cwd, uid, gid)
+        await node.spawn_gate.wait()
         try:
             proc = platform.spawn(argv, cwd=workdir, env=env, uid=uid, gid=gid, groups=platform.user_groups(uid, gid))
         except OSError as e:
