@@ -412,6 +412,7 @@ async def _exec(opts: argparse.Namespace, pos: list[str]) -> int:
         exclude=opts.exclude,
         env=_environment(opts.export),
         timeout=opts.timeout,
+        gather=opts.gather,
     )
     loop = asyncio.get_running_loop()
     last_int = [0.0]

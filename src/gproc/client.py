@@ -200,8 +200,13 @@ class Cluster:
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         timeout: float | None = None,
+        gather: bool = False,
     ) -> Job:
-        """Start ``argv`` on the selected nodes; returns once the master accepted the job."""
+        """Start ``argv`` on the selected nodes; returns once the master accepted the job.
+
+        ``gather``: the tree holds results until every node is done, so each distinct output reaches
+        the master once, whatever the number of nodes (``-b``); otherwise results stream live.
+        """
         check_selection(nodes, include, exclude)
         conn = await Connection.open(self.socket, self.timeout)
         conn.send(
@@ -215,6 +220,7 @@ class Cluster:
                 "env": dict(os.environ) if env is None else env,
                 "cwd": cwd if cwd is not None else _cwd(),
                 "timeout": timeout,
+                "gather": gather,
             }
         )
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -15,6 +16,8 @@ from gproc.errors import GprocError
 from gproc.master import Master
 from gproc.overlay import Node, NodeConfig
 from gproc.services.execute import SpawnGate
+
+JOIN_WINDOW = 64  # nodes of one process joining at once
 
 
 def setup_logging(level: int, stream: Any = None) -> None:
@@ -61,6 +64,7 @@ async def serve_many(spec: dict[str, Any]) -> int:
     master_addr = parse_address(spec["master"])
     host = spec.get("host", "127.0.0.1")
     gate = SpawnGate()  # one per process: its nodes take turns starting programs
+    joining: collections.deque[Node] = collections.deque()
     nodes: dict[int, Node] = {}
     for entry in spec["nodes"]:
         parent_idx = entry["parent"]
@@ -76,9 +80,14 @@ async def serve_many(spec: dict[str, Any]) -> int:
             dead_after=spec.get("dead_after", 3.5),
             bin_root=spec.get("bin_root", "/tmp/xproc"),
         )
+        if parent_idx >= 0:  # start a node once its parent here is attached: no refused handshakes
+            await _registered(nodes[parent_idx])
         node = Node(cfg, server_ssl=server_ssl, client_ssl=client_ssl, spawn_gate=gate)
         await node.start()
         nodes[entry["index"]] = node
+        joining.append(node)
+        while len(joining) >= JOIN_WINDOW:  # thousands of simultaneous TLS handshakes time out and retry
+            await _registered(joining.popleft())
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     platform.install_shutdown_signals(loop, stop.set)
@@ -93,6 +102,14 @@ async def serve_many(spec: dict[str, Any]) -> int:
     watcher.cancel()
     await asyncio.gather(*(n.stop() for n in nodes.values()), return_exceptions=True)
     return 0
+
+
+async def _registered(node: Node, timeout: float = 120.0) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            await node.registered.wait()
+    except TimeoutError:
+        logging.getLogger("gproc.daemon").warning("%s not attached after %.0fs", node.cfg.name, timeout)
 
 
 def _forget(task: object) -> None:

@@ -107,7 +107,7 @@ def up(
     try:
         keyfile = key or credential.keygen(os.path.join(rundir, "cluster.key"))
         host = "::1" if ipv6 else "127.0.0.1"
-        hb = heartbeat if heartbeat is not None else (1.0 if n <= 2048 else 3.0)
+        hb = heartbeat if heartbeat is not None else (1.0 if n <= 2048 else 5.0)
         dead = dead_after if dead_after is not None else max(3.5, hb * 3.5)
         py = [sys.executable, "-m", "gproc"]
         ready = os.path.join(rundir, "master.addr")
@@ -128,6 +128,10 @@ def up(
                     ready,
                     "--debug",
                     str(debug),
+                    "--heartbeat",
+                    str(hb),
+                    "--dead-after",
+                    str(dead),
                 ],
                 os.path.join(rundir, "master.log"),
             )
@@ -170,8 +174,22 @@ def up(
         wait_nodes(sock, n, timeout if timeout is not None else 60.0 + n / 20, rec)
         return rec
     except BaseException:
+        kept = _keep_logs(rundir)
         down(sock, quiet=True)
+        if isinstance(kept, str) and isinstance(sys.exc_info()[1], GprocError):
+            raise GprocError(f"{sys.exc_info()[1]}; logs kept in {kept}") from None
         raise
+
+
+def _keep_logs(rundir: str) -> str | None:
+    """Copy a failed cluster's logs out of its run directory (which ``down`` removes)."""
+    logs = [f for f in os.listdir(rundir) if f.endswith(".log")] if os.path.isdir(rundir) else []
+    if not logs:
+        return None
+    dest = tempfile.mkdtemp(prefix="gproc-failed-")
+    for f in logs:
+        shutil.copy(os.path.join(rundir, f), dest)
+    return dest
 
 
 def _wait_file(path: str, timeout: float, rec: UpRecord) -> str:
@@ -192,8 +210,7 @@ def wait_nodes(sock: str, n: int, timeout: float, rec: UpRecord | None = None) -
     """Wait until ``n`` nodes are up; returns how many are."""
 
     async def count() -> int:
-        info = await Cluster(sock).info()
-        return sum(1 for r in info["nodes"] if r["state"] == "up")
+        return int((await Cluster(sock).stats())["nodes_up"])
 
     deadline = time.monotonic() + timeout
     got = 0
@@ -206,8 +223,8 @@ def wait_nodes(sock: str, n: int, timeout: float, rec: UpRecord | None = None) -
             return got
         if rec is not None and not all(_alive(p) for p in rec.procs):
             raise GprocError(f"a daemon of the local cluster died (logs in {rec.rundir})")
-        time.sleep(0.1)
-    raise GprocError(f"only {got} of {n} nodes registered within {timeout:.0f}s (logs in {rec.rundir if rec else '?'})")
+        time.sleep(0.2)
+    raise GprocError(f"only {got} of {n} nodes registered within {timeout:.0f}s")
 
 
 def _alive(proc: tuple[int, float]) -> bool:

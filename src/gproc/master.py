@@ -151,6 +151,9 @@ class Master(Node):
     def up_ranks(self) -> set[int]:
         return {r for r, row in self.topo.items() if row.state == "up"}
 
+    def count_up(self) -> int:
+        return sum(1 for row in self.topo.values() if row.state == "up")
+
     def fold(self, ranks: set[int] | list[int]) -> str:
         """Folded node-name set (``node[0-63]``) of ranks, cached by rank intervals."""
         enc = rankset.encode(ranks)
@@ -271,7 +274,7 @@ class Master(Node):
         return {
             "bytes_in": sum(lk.counter.bytes_in for lk in links),
             "frames_in": sum(lk.counter.frames_in for lk in links),
-            "nodes_up": len(self.up_ranks()),
+            "nodes_up": self.count_up(),
         }
 
     def _selection(self, req: wire.Message) -> tuple[set[int], set[str]]:
@@ -325,6 +328,7 @@ class Master(Node):
             "timeout": timeout if isinstance(timeout, (int, float)) else None,
             "job": job,
             "nnodes": len(targets),
+            "gather": req.get("gather") is True,
         }
         link.send({"t": "job", "job": job, "n": len(targets), "absent": str(NodeSet.fromlist(sorted(absent)))})
         done = asyncio.Event()

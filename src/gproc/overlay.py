@@ -36,6 +36,7 @@ ID_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
 
 LOST: Key = ("s", 255, "lost")
+ADMIT_WAIT = 30.0  # how long a parent that is not attached yet holds a new child before refusing it
 
 
 @dataclass
@@ -50,7 +51,7 @@ class NodeConfig:
     heartbeat: float = 1.0  # seconds between pings on an idle link
     dead_after: float = 3.5  # a link silent this long is dead
     window: float = 0.01  # how long replies are gathered before going up
-    connect_timeout: float = 3.0
+    connect_timeout: float = 10.0  # TCP connect and TLS handshake
     bin_root: str = "/tmp/xproc"
 
 
@@ -276,7 +277,9 @@ Sink = Callable[[list[list[Any]], bool], None]
 class Op:
     """One operation as seen by one node: what it waits for and what it has gathered."""
 
-    __slots__ = ("body", "groups", "id", "kind", "local", "node", "sink", "timer", "waiting")
+    __slots__ = ("body", "gather", "groups", "id", "kind", "local", "node", "sink", "timer", "waiting")
+
+    GATHER_LIMIT = 4096  # distinct keys a gathering node holds before it sends a partial reply
 
     def __init__(self, node: Node, op_id: int, kind: str, body: dict[str, Any], sink: Sink):
         self.node = node
@@ -288,12 +291,20 @@ class Op:
         self.waiting: dict[TreeLink, set[int]] = {}
         self.local = False
         self.timer: asyncio.TimerHandle | None = None
+        self.gather = body.get("gather") is True  # hold everything until the end: one merged reply
 
     def emit(self, key: Key, ranks: set[int] | None = None) -> None:
         """Add a result for this node (or the given ranks) and schedule a flush upward."""
         self.groups.add(key, ranks if ranks is not None else (self.node.rank or 0,))
-        if self.timer is None and self.id in self.node.ops:
-            self.timer = asyncio.get_running_loop().call_later(self.node.cfg.window, self.flush)
+        self.schedule()
+
+    def schedule(self) -> None:
+        """Send gathered results up after the window (or, gathering, only at the end or when large)."""
+        if self.timer is not None or self.id not in self.node.ops:
+            return
+        if self.gather and len(self.groups) < self.GATHER_LIMIT:
+            return
+        self.timer = asyncio.get_running_loop().call_later(self.node.cfg.window, self.flush)
 
     def flush(self, end: bool = False) -> None:
         self.timer = None
@@ -462,7 +473,7 @@ class Node:
                     addr=str(self.listen_address) if self.listen_address else None,
                 )
             )
-            async with asyncio.timeout(max(self.cfg.connect_timeout, 10.0)):
+            async with asyncio.timeout(ADMIT_WAIT + 15.0):
                 wire.check_hello(await link.receive(), "parent")
                 reply = await link.receive()
         except BaseException:
@@ -649,8 +660,8 @@ class Node:
                 raise RegistrationError(msg)
             old.abort()  # the same node coming back: the old link is stale
         if self.rank is None or (not self.is_master and not self.registered.is_set()):
-            try:
-                async with asyncio.timeout(5):
+            try:  # hold the child rather than refuse it: a refused child comes back with a new handshake
+                async with asyncio.timeout(ADMIT_WAIT):
                     await self.registered.wait()
             except TimeoutError:
                 link.send({"t": "error", "msg": "retry: parent is not attached yet"})
@@ -798,8 +809,8 @@ class Node:
         if msg.get("end"):
             op.waiting.pop(link, None)
             self._maybe_finish(op)
-        elif op.groups and op.timer is None:
-            op.timer = asyncio.get_running_loop().call_later(self.cfg.window, op.flush)
+        elif op.groups:
+            op.schedule()
 
     def _maybe_finish(self, op: Op) -> None:
         if op.local or op.waiting or self.ops.get(op.id) is not op:

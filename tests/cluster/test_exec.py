@@ -189,3 +189,16 @@ def test_ipv6_local_cluster() -> None:
         assert any(row["address"].startswith("[::1]:") for row in rows)
     finally:
         stop_cluster(c, d)
+
+
+def test_gathered_identical_output_reaches_master_once(cluster16: LocalCluster) -> None:
+    """With -b the tree holds results until the end: one record for all nodes, however they are spread."""
+
+    async def go() -> list[object]:
+        c = Cluster(cluster16.socket)
+        job = await c.exec(["sh", "-c", "sleep 0.$((GPROC_RANK % 5)); echo same"], "**", gather=True)
+        return [ev async for ev in job]
+
+    events = asyncio.run(go())
+    assert [(e.nodes, e.data) for e in events if isinstance(e, Output)] == [("node[0-15]", b"same\n")]
+    assert [(e.nodes, e.status) for e in events if isinstance(e, Status)] == [("node[0-15]", 0)]
