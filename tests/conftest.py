@@ -80,3 +80,27 @@ def cluster16() -> Iterator[LocalCluster]:
         yield c
     finally:
         stop_cluster(c, d)
+
+
+def live_lines(text: str) -> dict[str, str]:
+    """``nodes: line`` output as line -> folded node set, unioned over display windows (a line may
+    print more than once when nodes answer in different windows; which ones is timing, not truth)."""
+    from ClusterShell.NodeSet import NodeSet
+
+    out: dict[str, NodeSet] = {}
+    for raw in text.splitlines():
+        nodes, sep, line = raw.partition(": ")
+        if sep:
+            out.setdefault(line, NodeSet()).update(nodes)
+    return {k: str(v) for k, v in out.items()}
+
+
+def json_lines(records: list[dict[str, object]], stream: str = "stdout") -> dict[str, str]:
+    """Live ``--json`` output records as data -> folded node set, unioned over windows."""
+    from ClusterShell.NodeSet import NodeSet
+
+    out: dict[str, NodeSet] = {}
+    for r in records:
+        if r.get("stream") == stream:
+            out.setdefault(str(r["data"]), NodeSet()).update(str(r["nodes"]))
+    return {k: str(v) for k, v in out.items()}

@@ -318,7 +318,8 @@ class Op:
             await parent.drain()
 
 
-Handler = Callable[[Op], Awaitable[None]]
+Handler = Callable[[Op], Awaitable[None] | None]
+"""An op handler: synchronous (returns None) or a coroutine for work that waits."""
 
 
 class Node:
@@ -778,28 +779,46 @@ class Node:
             else:
                 op.groups.add(LOST, rs)
         if op.local:
-            self.spawn(self._run_local(op))
+            self._run_local(op)
         else:
             self._maybe_finish(op)
         return op
 
-    async def _run_local(self, op: Op) -> None:
+    def _run_local(self, op: Op) -> None:
+        """Run this node's part of an op: inline when the handler is synchronous, else as a task."""
         handler = self.handlers.get(op.kind)
         try:
             if handler is None:
                 op.emit(("s", 255, f"unknown operation {op.kind[:40]}"))
+                result = None
             else:
-                await handler(op)
+                result = handler(op)
+        except Exception as e:
+            self._local_failed(op, e)
+            result = None
+        if result is None:
+            op.local = False
+            self._maybe_finish(op)
+        else:
+            self.spawn(self._await_local(op, result))
+
+    async def _await_local(self, op: Op, pending: Awaitable[None]) -> None:
+        try:
+            await pending
         except asyncio.CancelledError:
             raise
-        except GprocError as e:
-            op.emit(("s", 255, str(e)[:500]))
-        except Exception as e:  # a handler bug must not take the node down
-            self.log.exception("op %s (%s) failed", op.id, op.kind)
-            op.emit(("s", 255, f"internal error: {type(e).__name__}: {e}"[:500]))
+        except Exception as e:
+            self._local_failed(op, e)
         finally:
             op.local = False
             self._maybe_finish(op)
+
+    def _local_failed(self, op: Op, e: Exception) -> None:
+        if isinstance(e, GprocError):
+            op.emit(("s", 255, str(e)[:500]))
+        else:  # a handler bug must not take the node down
+            self.log.error("op %s (%s) failed: %r", op.id, op.kind, e, exc_info=e)
+            op.emit(("s", 255, f"internal error: {type(e).__name__}: {e}"[:500]))
 
     def _on_rep(self, link: TreeLink, msg: wire.Message) -> None:
         op = self.ops.get(msg.get("op"))  # type: ignore[arg-type]
@@ -820,7 +839,7 @@ class Node:
             op.timer.cancel()
         op.flush(end=True)
 
-    async def _noop(self, op: Op) -> None:
+    def _noop(self, op: Op) -> None:
         op.emit(("s", 0, ""))
 
     # ---- liveness --------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from ClusterShell.NodeSet import NodeSet
-from tests.conftest import LocalCluster, start_cluster, stop_cluster
+from tests.conftest import LocalCluster, json_lines, live_lines, start_cluster, stop_cluster
 
 from gproc import Cluster, Output, Status
 
@@ -42,8 +42,7 @@ def test_identical_output_is_one_record(cluster16: LocalCluster) -> None:
     r = cluster16.gproc("e", "--json", "**", "echo", "same")
     assert r.returncode == 0, r.stderr
     recs = records(r.stdout)
-    out = [x for x in recs if "stream" in x]
-    assert out == [{"nodes": "node[0-15]", "stream": "stdout", "data": "same"}]
+    assert json_lines(recs) == {"same": "node[0-15]"}
     assert [x for x in recs if "status" in x] == [{"nodes": "node[0-15]", "status": 0}]
 
 
@@ -68,7 +67,7 @@ def test_stdout_stderr_and_exit_status(cluster16: LocalCluster) -> None:
         "e", "-w", "node[0-3]", "sh", "-c", 'echo out; echo err >&2; [ "$GPROC_NAME" = node2 ] && exit 7; exit 0'
     )
     assert r.returncode == 7
-    assert "node[0-3]: out" in r.stdout and "node[0-3]: err" in r.stderr
+    assert live_lines(r.stdout) == {"out": "node[0-3]"} and live_lines(r.stderr)["err"] == "node[0-3]"
     assert "node2: exit 7" in r.stderr
     g = cluster16.gproc("e", "-b", "-w", "node[0-3]", "sh", "-c", "echo a; echo b")
     assert g.returncode == 0
@@ -152,7 +151,7 @@ def test_two_jobs_run_at_once(cluster16: LocalCluster) -> None:
         time.sleep(0.5)
         t0 = time.monotonic()
         r = cluster16.gproc("e", "**", "echo", "quick")
-        assert r.returncode == 0 and "node[0-15]: quick" in r.stdout
+        assert r.returncode == 0 and live_lines(r.stdout) == {"quick": "node[0-15]"}
         assert time.monotonic() - t0 < 3.5 and long.poll() is None
     finally:
         assert long.wait(timeout=20) == 0
@@ -184,7 +183,7 @@ def test_ipv6_local_cluster() -> None:
         assert "[::1]" in c.master_address
         r = c.gproc("e", "--json", "**", "echo", "v6")
         assert r.returncode == 0
-        assert records(r.stdout)[0] == {"nodes": "node[0-3]", "stream": "stdout", "data": "v6"}
+        assert json_lines(records(r.stdout)) == {"v6": "node[0-3]"}
         rows = records(c.gproc("i", "--json").stdout)
         assert any(row["address"].startswith("[::1]:") for row in rows)
     finally:
