@@ -8,13 +8,16 @@ For each N (default 64, 256, 1024) it measures, in the same run and on the same 
 * for each tree fanout (default 16, 32), on a local cluster started for it (``gproc.local.up``):
   ``gproc e '**' /bin/true`` through the Python API (one ``Cluster.exec`` iterated to its end,
   in-process: the fair comparison with the floor) and as the CLI command (includes the client's
-  Python start-up), and the round trip of a no-op request through the tree (``Cluster.ping``).
+  Python start-up), and the round trip of a no-op request through the tree (``Cluster.ping``);
+  the spawn floor is taken again just before ``up`` and after ``down`` for that row's ratio.
 
-Each timing is the median of ``--runs`` (>= 5) after one warm-up; pings the median of ``--pings``
-(>= 20). pdsh and clush are installed from Debian when missing. The table is printed and written
-into bench/RESULTS.md between the ``launch`` markers (other sections are kept).
+Each timing is the median of ``--runs`` (default 5) after one warm-up; pings the median of ``--pings``
+(default 20). Every step also reports the share of the CPU that other processes used meanwhile (the
+machine may be shared). pdsh and clush are installed from Debian when missing. The table is printed
+and written into bench/RESULTS.md between the ``launch`` markers (other sections are kept).
 
     python bench/launch.py [--sizes 64,256,1024] [--fanouts 16,32] [--runs 5] [--pings 20]
+                           [--ref HEAD] [--quiet SECONDS] [--no-write]
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ import argparse
 import asyncio
 import os
 import platform
+import resource
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -34,14 +39,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gproc import local
-from gproc.client import Cluster, Status
+if TYPE_CHECKING:
+    from gproc.client import Cluster
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BEGIN, END = "<!-- launch:begin -->", "<!-- launch:end -->"
 PDSH_DEFAULT_FANOUT, CLUSH_DEFAULT_FANOUT = 32, 64
 TARGET_FLOOR_RATIO, TARGET_PING_MS = 1.5, 50.0
+NOISY = 0.10  # share of the CPU used by other processes above which a verdict is flagged as noisy
 
 
 @dataclass
@@ -52,6 +59,7 @@ class Peers:
     floor: float
     pdsh: dict[int, float] = field(default_factory=dict)  # by -f fanout
     clush: dict[int, float] = field(default_factory=dict)
+    other: float = 0.0  # share of the machine's CPU used by other processes meanwhile
 
     def best(self, tool: str) -> float:
         times = self.pdsh if tool == "pdsh" else self.clush
@@ -69,6 +77,8 @@ class Gproc:
     cli: float
     ping: float  # client round trip
     ping_master: float  # as timed inside the master
+    floor: float  # the spawn floor again, just before ``up`` and just after ``down``
+    other: float = 0.0
 
 
 # ---- tools ---------------------------------------------------------------------------------------
@@ -116,13 +126,54 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs ({model}), {mem:.0f} GiB, {platform.system()} {platform.release()}"
 
 
+class Load:
+    """How much of the machine's CPU other processes used since ``start`` (the benchmark shares it).
+
+    Busy time of the whole machine (/proc/stat) minus the CPU of this process and of every child it
+    reaped (the spawned programs, pdsh, clush and the cluster's daemons, all reaped before ``other``).
+    """
+
+    def __init__(self) -> None:
+        self.start = self._now()
+
+    @staticmethod
+    def _now() -> tuple[float, float, float]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        busy = (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+        who = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        own = sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, who))
+        return time.monotonic(), busy, own
+
+    def other(self) -> float:
+        (t0, b0, o0), (t1, b1, o1) = self.start, self._now()
+        return max(0.0, ((b1 - b0) - (o1 - o0)) / max(1e-9, (t1 - t0) * (os.cpu_count() or 1)))
+
+
+def wait_quiet(limit: float, most: float = 0.1) -> float:
+    """Wait up to ``limit`` seconds for other processes to use under ``most`` of the CPU; their share."""
+    deadline = time.monotonic() + limit
+    share = 0.0
+    while True:
+        load = Load()
+        time.sleep(1.0)
+        share = load.other()
+        if share < most or time.monotonic() >= deadline:
+            return share
+
+
 # ---- measuring -----------------------------------------------------------------------------------
+
+
+def samples(fn: Callable[[], float], runs: int) -> list[float]:
+    """``runs`` timings after one warm-up call."""
+    fn()
+    return [fn() for _ in range(runs)]
 
 
 def median_of(fn: Callable[[], float], runs: int) -> float:
     """Median of ``runs`` calls after one warm-up call."""
-    fn()
-    return statistics.median(fn() for _ in range(runs))
+    return statistics.median(samples(fn, runs))
 
 
 def spawn_floor(n: int) -> float:
@@ -150,6 +201,8 @@ def peer_argv(tool: str, n: int, fanout: int) -> list[str]:
 
 async def api_launch(c: Cluster, n: int) -> float:
     """One ``exec`` of /bin/true on every node, iterated to its end."""
+    from gproc.client import Status
+
     t0 = time.perf_counter()
     job = await c.exec(["/bin/true"], "**")
     ok = sum(ev.count for ev in [e async for e in job] if isinstance(ev, Status) and ev.status == 0)
@@ -170,6 +223,8 @@ async def api_ping(c: Cluster, n: int) -> tuple[float, float]:
 
 async def in_process(sock: str, n: int, runs: int, pings: int) -> tuple[float, float, float]:
     """Medians of API launch, client ping and master-timed ping, each after a warm-up."""
+    from gproc.client import Cluster
+
     c = Cluster(sock)
     await api_launch(c, n)
     api = statistics.median([await api_launch(c, n) for _ in range(runs)])
@@ -179,6 +234,10 @@ async def in_process(sock: str, n: int, runs: int, pings: int) -> tuple[float, f
 
 
 def measure_gproc(n: int, fanout: int, runs: int, pings: int, gproc: str) -> Gproc:
+    from gproc import local
+
+    load = Load()
+    floor = samples(lambda: spawn_floor(n), runs)  # the ratio's floor is taken around the gproc runs
     with tempfile.TemporaryDirectory(prefix="gproc-bench-") as tmp:
         sock = os.path.join(tmp, "sock")
         t0 = time.perf_counter()
@@ -190,15 +249,18 @@ def measure_gproc(n: int, fanout: int, runs: int, pings: int, gproc: str) -> Gpr
             cli = median_of(lambda: timed_command([gproc, "e", "**", "/bin/true"], env), runs)
         finally:
             local.down(sock, quiet=True)
-    return Gproc(n, fanout, up, api, cli, ping, ping_master)
+    floor += samples(lambda: spawn_floor(n), runs)
+    return Gproc(n, fanout, up, api, cli, ping, ping_master, statistics.median(floor), load.other())
 
 
 def measure_peers(n: int, runs: int, pdsh: str, clush: str) -> Peers:
+    load = Load()
     p = Peers(n, median_of(lambda: spawn_floor(n), runs))
-    for f in sorted({n, PDSH_DEFAULT_FANOUT}):
-        p.pdsh[f] = median_of(lambda f=f: timed_command(peer_argv(pdsh, n, f)), runs)
-    for f in sorted({n, CLUSH_DEFAULT_FANOUT}):
-        p.clush[f] = median_of(lambda f=f: timed_command(peer_argv(clush, n, f)), runs)
+    for tool, default, times in ((pdsh, PDSH_DEFAULT_FANOUT, p.pdsh), (clush, CLUSH_DEFAULT_FANOUT, p.clush)):
+        for f in sorted({n, default}):
+            argv = peer_argv(tool, n, f)
+            times[f] = median_of(lambda: timed_command(argv), runs)  # noqa: B023 (called before the loop moves on)
+    p.other = load.other()
     return p
 
 
@@ -216,73 +278,85 @@ def report(peers: list[Peers], runs: list[Gproc], meta: dict[str, str]) -> str:
         f"Command: `{meta['command']}`  ",
         f"Date: {meta['date']}  ",
         f"Machine: {meta['machine']}  ",
+        f"gproc: {meta['source']}  ",
         f"Tools: {meta['tools']}  ",
-        f"Medians of {meta['runs']} runs after a warm-up (pings: {meta['pings']}); times in ms.",
+        f'Medians of {meta["runs"]} runs after a warm-up (pings: {meta["pings"]}); times in ms. "other load": share of'
+        " the machine's CPU that processes outside the benchmark used meanwhile (the machine is shared; high"
+        f" values mean noisy numbers). Whole run: {meta['other']}.",
         "",
-        "Peers (same run). Floor: N x `os.posix_spawn('/bin/true')` from one Python process, then waitpid all."
+        "Peers. Floor: N x `os.posix_spawn('/bin/true')` from one Python process, then waitpid all."
         " pdsh/clush: `-R exec -f F -w node[0-N-1] /bin/true`, whole command timed, at `-f N` and at the tool's"
         f" default fanout ({PDSH_DEFAULT_FANOUT} for pdsh, {CLUSH_DEFAULT_FANOUT} for clush).",
         "",
-        "| N | spawn floor | pdsh -f N | pdsh -f 32 | clush -f N | clush -f 64 |",
-        "|---:|---:|---:|---:|---:|---:|",
+        f"| N | spawn floor | pdsh -f N | pdsh -f {PDSH_DEFAULT_FANOUT} | clush -f N | clush -f {CLUSH_DEFAULT_FANOUT}"
+        " | other load |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in peers:
         out.append(
             f"| {p.n} | {ms(p.floor)} | {ms(p.pdsh[p.n])} | {ms(p.pdsh[PDSH_DEFAULT_FANOUT])} "
-            f"| {ms(p.clush[p.n])} | {ms(p.clush[CLUSH_DEFAULT_FANOUT])} |"
+            f"| {ms(p.clush[p.n])} | {ms(p.clush[CLUSH_DEFAULT_FANOUT])} | {p.other:.0%} |"
         )
     out += [
         "",
-        "gproc on a local cluster (`gproc.local.up(N, fanout=K)`). API: one `Cluster.exec(['/bin/true'], '**')`"
-        " iterated to its end, in-process. CLI: `gproc e '**' /bin/true` as a command (client Python start-up"
-        " included). Ratios: gproc / floor (target <= 1.5 at N = 1024) and best peer (lower fanout-choice of the"
-        " two) / gproc (> 1: gproc is faster). No-op: `Cluster.ping()` round trip from the client"
-        " (target <= 50 ms), and as timed inside the master.",
+        "gproc on a local cluster (`gproc.local.up(N, fanout=K)`, started once per row). API: one"
+        " `Cluster.exec(['/bin/true'], '**')` iterated to its end, in-process (the fair comparison with the floor)."
+        " CLI: `gproc e '**' /bin/true` as a command, client Python start-up included (CLI - API is that start-up)."
+        " floor: the spawn floor again, median of runs just before `up` and just after `down` (so that the ratio"
+        " compares runs taken under the same machine load); x floor: gproc / that floor (target <= 1.5 at"
+        " N = 1024). pdsh/, clush/: the tool's better fanout / gproc (> 1: gproc is faster). No-op:"
+        " `Cluster.ping()` round trip from the client (target <= 50 ms), and as timed inside the master.",
         "",
-        "| N | fanout | up (s) | API | CLI | API/floor | CLI/floor | pdsh/API | clush/API | pdsh/CLI | clush/CLI"
-        " | no-op RTT | no-op in master |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| N | fanout | up (s) | floor | API | CLI | API x floor | CLI x floor | pdsh/API | clush/API | pdsh/CLI"
+        " | clush/CLI | no-op RTT | no-op in master | other load |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by_n = {p.n: p for p in peers}
     for g in runs:
         p = by_n[g.n]
         pd, cl = p.best("pdsh"), p.best("clush")
         out.append(
-            f"| {g.n} | {g.fanout} | {g.up:.1f} | {ms(g.api)} | {ms(g.cli)} | {g.api / p.floor:.2f} "
-            f"| {g.cli / p.floor:.2f} | {pd / g.api:.2f} | {cl / g.api:.2f} | {pd / g.cli:.2f} | {cl / g.cli:.2f} "
-            f"| {ms(g.ping)} | {ms(g.ping_master)} |"
+            f"| {g.n} | {g.fanout} | {g.up:.1f} | {ms(g.floor)} | {ms(g.api)} | {ms(g.cli)} | {g.api / g.floor:.2f} "
+            f"| {g.cli / g.floor:.2f} | {pd / g.api:.2f} | {cl / g.api:.2f} | {pd / g.cli:.2f} | {cl / g.cli:.2f} "
+            f"| {ms(g.ping)} | {ms(g.ping_master)} | {g.other:.0%} |"
         )
     out += ["", *targets(peers, runs)]
     return "\n".join(out) + "\n"
 
 
 def targets(peers: list[Peers], runs: list[Gproc]) -> list[str]:
-    """Verdict on the issue's targets at the largest N measured."""
+    """Verdict on the issue's targets at the largest N measured (each at its best fanout)."""
     if not runs:
         return []
     n = max(g.n for g in runs)
     p = next(p for p in peers if p.n == n)
-    lines = [f"Targets at N = {n} (best fanout):", ""]
-    best = min((g for g in runs if g.n == n), key=lambda g: g.api)
-    ping = min(g.ping for g in runs if g.n == n)
-    cli = min(g.cli for g in runs if g.n == n)
+    rows = [g for g in runs if g.n == n]
+    best = min(rows, key=lambda g: g.api / g.floor)
+    cli = min(rows, key=lambda g: g.cli)
+    ping = min(rows, key=lambda g: g.ping)
 
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "**not met**"
+    def verdict(ok: bool, *loads: float) -> str:
+        noisy = max(loads) > NOISY
+        return ("met" if ok else "**not met**") + (f" (other load up to {max(loads):.0%}: noisy)" if noisy else "")
 
-    ratio = best.api / p.floor
-    lines.append(
-        f"- launch <= {TARGET_FLOOR_RATIO}x spawn floor: API {ms(best.api)} ms = {ratio:.2f}x "
-        f"floor {ms(p.floor)} ms — {verdict(ratio <= TARGET_FLOOR_RATIO)}"
-    )
+    ratio = best.api / best.floor
+    lines = [
+        f"Targets at N = {n} (best fanout):",
+        "",
+        f"- launch <= {TARGET_FLOOR_RATIO}x spawn floor: API {ms(best.api)} ms = {ratio:.2f}x floor"
+        f" {ms(best.floor)} ms (fanout {best.fanout}) — {verdict(ratio <= TARGET_FLOOR_RATIO, best.other)};"
+        f" CLI {cli.cli / cli.floor:.2f}x",
+    ]
     for tool in ("pdsh", "clush"):
         t = p.best(tool)
+        api_ok, cli_ok = verdict(best.api < t, best.other, p.other), verdict(cli.cli < t, cli.other, p.other)
         lines.append(
-            f"- faster than {tool} (best {ms(t)} ms): API {ms(best.api)} ms — {verdict(best.api < t)}; "
-            f"CLI {ms(cli)} ms — {verdict(cli < t)}"
+            f"- faster than {tool} (best {ms(t)} ms): API {ms(best.api)} ms — {api_ok}; CLI {ms(cli.cli)} ms — {cli_ok}"
         )
+    ok = ping.ping * 1000 <= TARGET_PING_MS
     lines.append(
-        f"- no-op round trip <= {TARGET_PING_MS:.0f} ms: {ms(ping)} ms — {verdict(ping * 1000 <= TARGET_PING_MS)}"
+        f"- no-op round trip <= {TARGET_PING_MS:.0f} ms: {ms(ping.ping)} ms (fanout {ping.fanout}) — "
+        f"{verdict(ok, ping.other)}"
     )
     return lines
 
@@ -290,7 +364,7 @@ def targets(peers: list[Peers], runs: list[Gproc]) -> list[str]:
 def write_section(text: str, path: Path = RESULTS) -> None:
     """Replace the launch section of RESULTS.md (or append it), keeping every other section."""
     section = f"{BEGIN}\n{text}{END}\n"
-    old = path.read_text() if path.exists() else "# gproc benchmark results\n\n"
+    old = path.read_text() if path.exists() else "# gproc benchmark results\n"
     if BEGIN in old and END in old:
         head, rest = old.split(BEGIN, 1)
         tail = rest.split(END, 1)[1].lstrip("\n")
@@ -298,6 +372,53 @@ def write_section(text: str, path: Path = RESULTS) -> None:
     else:
         new = old.rstrip("\n") + "\n\n" + section
     path.write_text(new)
+
+
+# ---- which gproc ---------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def rerun_at(ref: str) -> int:
+    """Run this benchmark against the committed tree at ``ref`` (src/ is being edited meanwhile)."""
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", f"{ref}^{{commit}}"], capture_output=True, text=True
+    ).stdout.strip()
+    if not commit:
+        sys.exit(f"launch.py: unknown git ref {ref!r}")
+    with tempfile.TemporaryDirectory(prefix="gproc-bench-src-") as tmp:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "src"], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [os.path.join(tmp, "src"), os.environ.get("PYTHONPATH")])),
+            "GPROC_BENCH_SOURCE": f"commit {commit[:12]} ({ref}), run from a git archive",
+        }
+        child = subprocess.Popen([sys.executable, __file__, *sys.argv[1:]], env=env)
+        try:
+            return child.wait()
+        finally:
+            if child.poll() is None:  # interrupted: let the child tear its cluster down
+                child.terminate()
+                child.wait()
+
+
+def gproc_source() -> str:
+    """Which gproc is measured: the archived commit, or the working tree's commit and whether src is edited."""
+    if label := os.environ.get("GPROC_BENCH_SOURCE"):
+        return label
+    import gproc
+
+    src = Path(gproc.__file__).resolve().parent
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", "-C", str(src), *a], capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short=12", "HEAD")
+    if not commit:
+        return f"{src} (not in a git checkout)"
+    edited = git("status", "--porcelain", "--", ".")
+    return f"working tree at commit {commit}" + (" with uncommitted changes in src/" if edited else "")
 
 
 # ---- main ----------------------------------------------------------------------------------------
@@ -311,18 +432,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--sizes", type=int_list, default=[64, 256, 1024], help="node counts (default 64,256,1024)")
     ap.add_argument("--fanouts", type=int_list, default=[16, 32], help="tree fanouts (default 16,32)")
-    ap.add_argument("--runs", type=int, default=5, help="timed runs per measurement, after a warm-up (>= 5)")
-    ap.add_argument("--pings", type=int, default=20, help="timed no-op round trips per cluster (>= 20)")
+    ap.add_argument("--runs", type=int, default=5, help="timed runs per measurement, after a warm-up (default 5)")
+    ap.add_argument("--pings", type=int, default=20, help="timed no-op round trips per cluster (default 20)")
+    ap.add_argument("--ref", help="measure this git commit of src/ (from a git archive), not the working tree")
+    ap.add_argument("--quiet", type=float, default=0.0, metavar="S", help="before each step wait up to S seconds "
+                    "for other processes to use < 10%% of the CPU (default 0: no wait)")  # fmt: skip
     ap.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still runs the clusters' teardown
     if args.runs < 1 or args.pings < 1:
         ap.error("--runs and --pings must be positive")
+    if args.ref and "GPROC_BENCH_SOURCE" not in os.environ:
+        return rerun_at(args.ref)
     pdsh, clush = ensure_peers()
     gproc = gproc_command()
     meta = {
         "command": shlex.join(["python", "bench/launch.py", *sys.argv[1:]]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
+        "source": gproc_source(),
         "tools": f"{version([pdsh, '-V'])} ({pdsh}), clush {version([clush, '--version']).split()[-1]} ({clush}),"
         f" {version([gproc, '--version'])} on Python {platform.python_version()} ({gproc})",
         "runs": str(args.runs),
@@ -330,13 +458,20 @@ def main() -> int:
     }
     peers: list[Peers] = []
     results: list[Gproc] = []
-    t0 = time.perf_counter()
+    t0, whole = time.perf_counter(), Load()
+
+    def step(what: str) -> None:
+        share = wait_quiet(args.quiet) if args.quiet > 0 else None
+        note = f" (other load {share:.0%})" if share is not None else ""
+        print(f"{what}{note} …", file=sys.stderr, flush=True)
+
     for n in args.sizes:
-        print(f"N={n}: spawn floor, pdsh, clush …", file=sys.stderr, flush=True)
+        step(f"N={n}: spawn floor, pdsh, clush")
         peers.append(measure_peers(n, args.runs, pdsh, clush))
         for k in args.fanouts:
-            print(f"N={n} fanout={k}: gproc …", file=sys.stderr, flush=True)
+            step(f"N={n} fanout={k}: gproc")
             results.append(measure_gproc(n, k, args.runs, args.pings, gproc))
+    meta["other"] = f"{whole.other():.0%} over {time.perf_counter() - t0:.0f} s"
     print(f"done in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     text = report(peers, results, meta)
     print(text)
