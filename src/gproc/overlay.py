@@ -584,6 +584,9 @@ class Node:
         cid, fn, args = msg.get("id"), msg.get("fn"), msg.get("a")
         if not isinstance(cid, int) or not isinstance(fn, str) or not isinstance(args, dict):
             raise ProtocolError("malformed call")
+        if fn == "attach" and args.get("parent") is None:  # a child's reannounce: its parent is this node
+            args = {**args, "parent": self.rank}
+            msg = {**msg, "a": args}
         if self.is_master:
             self.spawn(self._answer_call(link, cid, fn, args))
             return
