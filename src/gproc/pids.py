@@ -29,7 +29,7 @@ import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gproc.errors import GprocError
@@ -260,25 +260,21 @@ class BlockAllocator:
         self.low = 0
         self.taken = 0  # gpids handed out, ever
         self.since_collect = 0  # handed out since the last collection round
-
-    @property
-    def reserve(self) -> int:
-        return sum(e - n for n, e in self.ranges)
+        self.reserve = 0  # gpids in hand
 
     def take(self) -> int | None:
         """The next gpid, or None when the reserve is empty."""
-        while self.ranges:
-            r = self.ranges[0]
-            if r[0] < r[1]:
-                g = r[0]
-                r[0] += 1
-                self.taken += 1
-                self.since_collect += 1
-                if r[0] == r[1]:
-                    self.ranges.pop(0)
-                return g
+        if not self.reserve:
+            return None
+        r = self.ranges[0]
+        g = r[0]
+        r[0] += 1
+        if r[0] == r[1]:
             self.ranges.pop(0)
-        return None
+        self.reserve -= 1
+        self.taken += 1
+        self.since_collect += 1
+        return g
 
     def want(self) -> int:
         """How many blocks to ask for now (0: enough in hand)."""
@@ -295,6 +291,7 @@ class BlockAllocator:
         for start, size in ranges:
             if size > 0:
                 self.ranges.append([start, start + size])
+                self.reserve += size
 
     def collect(self, keep: int) -> list[tuple[int, int]]:
         """Give back everything beyond the next ``keep`` gpids if nothing was handed out since the
@@ -313,6 +310,7 @@ class BlockAllocator:
             if cut < e:
                 released.append((cut, e))
         self.ranges = kept
+        self.reserve = sum(e - n for n, e in kept)
         return released
 
     def held(self) -> list[tuple[int, int]]:
@@ -341,8 +339,9 @@ class GpidSource:
         self.error = ""
 
     def take_nowait(self) -> int | None:
-        g = self.alloc.take()
-        if self.alloc.want():
+        a = self.alloc
+        g = a.take()
+        if a.reserve < a.low or not a.block:
             self._need.set()
         return g
 
@@ -411,7 +410,7 @@ class GpidSource:
 # ---- a node's processes --------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class Proc:
     """A process in the space on this node."""
 
@@ -423,10 +422,9 @@ class Proc:
     root: bool  # started by gproc (a job's process) rather than forked by one
     created: float = 0.0  # psutil create_time of forked processes (pid reuse check)
     exited: asyncio.Future[int] | None = None  # roots: their exit status
-    argv: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class Ended:
     gpid: int
     job: int

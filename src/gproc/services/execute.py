@@ -115,7 +115,7 @@ class ExecService:
             op.emit(("s", 255, f"cannot run {argv[0]}: {e}"))
             return
         self.jobs[op.id] = proc
-        node.procs.started(gpid, proc, job, uid, parent, argv)
+        node.procs.started(gpid, proc, job, uid, parent)
         try:
             pumps = [
                 asyncio.ensure_future(self._pump(op, proc.stdout, STDOUT)),

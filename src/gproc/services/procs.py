@@ -18,9 +18,9 @@ op kind     body                                 keys (one group per distinct ke
 ``pidstat`` ``{}``                               ``["n", TAKEN, REQUESTS, WAITED, RESERVE, LIVE, ROUTED]``
 =========== ==================================== ===============================================
 
-Processes a job forks are found lazily, when ``ps``, ``kill``, ``wait`` or a relayed request needs
-them: members of the job's session (every job starts in a session of its own) and descendants of
-those, numbered from the node's current block as they are first seen.
+Processes a job forks are found lazily, when ``ps``, ``kill`` of a job or a relayed request needs
+them: the members of the job's session (every job starts in a session of its own), numbered from the
+node's current block as they are first seen.
 
 Master side (``MasterProcs``): the ``BlockTable``, the upward call ``blocks``, client requests ``ps``,
 ``kill``, ``wait``, ``collect``, ``gpids`` and ``allocate``, and the collection rounds. A gpid's
@@ -124,7 +124,8 @@ class ProcService:
 
     async def allocate(self) -> int:
         """A gpid for a process about to start (waits only if the node holds none)."""
-        return await self.gpids.take()
+        g = self.gpids.take_nowait()
+        return g if g is not None else await self.gpids.take()
 
     def job_env(self, gpid: int, parent: int) -> dict[str, str]:
         env = {"GPROC_GPID": str(gpid), "GPROC_PARENT_GPID": str(parent)}
@@ -132,79 +133,75 @@ class ProcService:
             env["GPROC_MASTER"] = self.socket_path  # gproc inside the job talks to this node
         return env
 
-    def started(self, gpid: int, proc: platform.Process, job: int, uid: int, parent: int, argv: list[str]) -> None:
+    def started(self, gpid: int, proc: platform.Process, job: int, uid: int, parent: int) -> None:
         """A job's process is running: it is in the space until it exits."""
-        self.table.add(Proc(gpid, proc.pid, job, parent, uid, root=True, exited=proc.exited, argv=argv))
-        self.sessions[proc.pid] = gpid
+        pid = proc.pid
+        self.table.add(Proc(gpid, pid, job, parent, uid, True, 0.0, proc.exited))
+        self.sessions[pid] = gpid
 
         def on_exit(f: asyncio.Future[int]) -> None:
             self.table.end(gpid, None if f.cancelled() or f.exception() else f.result())
             try:
-                os.killpg(proc.pid, 0)  # something it forked is still in its group: keep looking there
+                os.killpg(pid, 0)  # something it forked is still in its group: keep looking there
             except (ProcessLookupError, PermissionError):
-                self.sessions.pop(proc.pid, None)
+                if self.sessions.get(pid) == gpid:
+                    del self.sessions[pid]
 
         proc.exited.add_done_callback(on_exit)
 
     # -- finding what jobs forked --
 
     def scan(self) -> None:
-        """Number the processes the jobs here forked: their sessions' members and descendants."""
+        """Number the processes the jobs here forked: the members of their sessions (each job runs in a
+        session of its own; a process that calls setsid leaves its job, as it leaves a login session).
+
+        One ``getsid`` per process on the machine; only members are read further."""
         if not self.sessions:
             return
-        tree: dict[int, tuple[int, float]] = {}
-        owner: dict[int, int] = {}  # pid -> session id
-        for p in psutil.process_iter(["ppid", "create_time"]):
-            ppid, created = p.info.get("ppid"), p.info.get("create_time")
-            if ppid is None or created is None:
-                continue
-            tree[p.pid] = (ppid, created)
+        members: list[tuple[float, int, int, int]] = []  # (created, pid, ppid, sid)
+        by_pid = self.table.by_pid
+        for pid in psutil.pids():
             try:
-                sid = os.getsid(p.pid)
+                sid = os.getsid(pid)
             except OSError:
                 continue
-            if sid in self.sessions:
-                owner[p.pid] = sid
-        kids: dict[int, list[int]] = {}
-        for pid, (ppid, _) in tree.items():
-            kids.setdefault(ppid, []).append(pid)
-        todo = list(owner)
-        while todo:  # descendants that left the session (setsid) are still the job's
-            pid = todo.pop()
-            for k in kids.get(pid, ()):
-                if k not in owner:
-                    owner[k] = owner[pid]
-                    todo.append(k)
+            if sid not in self.sessions:
+                continue
+            g = by_pid.get(pid)
+            if g is not None and self.table.live[g].root:
+                continue
+            try:
+                p = psutil.Process(pid)
+                with p.oneshot():
+                    members.append((p.create_time(), pid, p.ppid(), sid))
+            except psutil.Error:
+                continue
         seen: set[int] = set()
-        for pid in sorted(owner, key=lambda q: tree[q][1]):  # parents before children
-            ppid, created = tree[pid]
-            g = self.table.by_pid.get(pid)
+        for created, pid, ppid, sid in sorted(members):  # parents before children
+            g = by_pid.get(pid)
             if g is not None:
-                known = self.table.live[g]
-                if known.root or abs(known.created - created) < 0.01:
+                if abs(self.table.live[g].created - created) < 0.01:
                     seen.add(g)
                     continue
                 self.table.end(g, None)  # that pid was reused
-            root = self.table.live.get(self.sessions[owner[pid]])
-            g = self.gpids.take_nowait()
-            if g is None:
-                continue  # numbered at the next look, once the node holds gpids again
             try:
                 uid = psutil.Process(pid).uids().real
             except psutil.Error:
                 continue
-            parent = self.table.by_pid.get(ppid)
-            if parent is None:
-                parent = root.gpid if root is not None else self.sessions[owner[pid]]
-            job = root.job if root is not None else self._ended_job(self.sessions[owner[pid]])
+            g = self.gpids.take_nowait()
+            if g is None:
+                continue  # numbered at the next look, once the node holds gpids again
+            root = self.table.live.get(self.sessions[sid])
+            parent = by_pid.get(ppid) or self.sessions[sid]
+            job = root.job if root is not None else self._ended_job(self.sessions[sid])
             self.table.add(Proc(g, pid, job, parent, uid, root=False, created=created))
             seen.add(g)
         for g, q in list(self.table.live.items()):
             if not q.root and g not in seen:
                 self.table.end(g, None)
-        live_sids = set(owner.values())
+        live = {sid for *_, sid in members}
         for sid, g in list(self.sessions.items()):
-            if sid not in live_sids and g not in self.table.live:
+            if sid not in live and g not in self.table.live:
                 del self.sessions[sid]
 
     def _ended_job(self, gpid: int) -> int:
