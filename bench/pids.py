@@ -248,11 +248,16 @@ async def kill_job(c: Cluster, n: int, runs: int) -> tuple[float, float]:
         job = await c.exec(["sh", "-c", "echo up; exec sleep 600"], "**")
         it = job.events()
         up = 0
+        other: list[Any] = []
         async for ev in it:
             if isinstance(ev, Output):
                 up += ev.count
                 if up == n:
                     break
+            else:
+                other.append(ev)
+        if up != n:
+            raise RuntimeError(f"job {job.id}: {up} of {n} processes started; {other}")
         t0 = time.perf_counter()
         r = await c.kill(job=job.id, sig=9)
         t1 = time.perf_counter()

@@ -189,7 +189,8 @@ def test_kill_and_wait_a_job_on_every_node(c8: LocalCluster) -> None:
         ]
         assert finish(p)[0] == 128 + signal.SIGTERM
         wait_until(lambda: not [r for r in ps(c8) if str(r["job"]) == job], 10, "every process of the job to go")
-        assert c8.gproc("kill", f"%{job}").returncode == 1
+        r = c8.gproc("kill", "--json", f"%{job}")
+        assert r.returncode == 1, (r.stdout, r.stderr, ps(c8))
     finally:
         p.kill()
         p.wait()
@@ -226,6 +227,33 @@ def test_inside_a_job_e_ps_kill_wait_work_and_lineage_crosses_nodes(c8: LocalClu
         for p in (victim, nested):
             p.kill()
             p.wait()
+
+
+def test_node_socket_survives_garbage(c8: LocalCluster) -> None:
+    import socket
+    import struct
+
+    from gproc import wire
+
+    sock = os.path.join(c8.rundir, "n", "7.sock")
+    for payload in (
+        os.urandom(100),
+        struct.pack(">I", 0xFFFFFFFF),
+        wire.pack({"t": "hello", "v": 1, "role": "client"}) + wire.pack({"t": "nonsense"}),
+        wire.pack({"t": "hello", "v": 1, "role": "client"}) + wire.pack({"t": "req", "fn": "kill", "gpids": "x"}),
+    ):
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(10)
+        s.connect(sock)
+        s.sendall(payload)
+        try:
+            while s.recv(65536):
+                pass
+        except (ConnectionResetError, TimeoutError):
+            pass
+        s.close()
+    r = c8.gproc("i", "--json", env={"GPROC_MASTER": sock})  # the same node still relays
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 8, r.stderr
 
 
 def as_user(uid: int, fn: Callable[[], Any]) -> Any:

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from gproc.master import Master
     from gproc.overlay import Link, Node, Op
     from gproc.platform import PeerCred
+    from gproc.services.relay import NodeSocket
 
 NO_STATUS, NO_SUCH, DENIED = -1, -2, -3  # wait results that are not exit statuses
 MAX_CMD = 1024
@@ -87,7 +88,7 @@ class ProcService:
         self.sessions: dict[int, int] = {}  # session id (= pid of a job's process) -> its gpid
         self.socket_path: str | None = None  # set once the node's client socket listens
         self.routed = 0  # kill and wait ops run here (tests check that only a gpid's owner sees them)
-        self._socket: Any = None
+        self._socket: NodeSocket | None = None
         for kind, handler in (
             ("ps", self._ps),
             ("kill", self._kill),
@@ -173,6 +174,8 @@ class ProcService:
             try:
                 p = psutil.Process(pid)
                 with p.oneshot():
+                    if p.status() == psutil.STATUS_ZOMBIE:
+                        continue  # it has ended (its parent, or an init that is slow to reap, holds its status)
                     members.append((p.create_time(), pid, p.ppid(), sid))
             except psutil.Error:
                 continue
@@ -262,8 +265,10 @@ class ProcService:
         if p.exited is not None and p.exited.done():
             return 1, "no such process"
         try:
-            if not p.root and abs(psutil.Process(p.pid).create_time() - p.created) > 0.01:
-                return 1, "no such process"
+            if not p.root:
+                q = psutil.Process(p.pid)
+                if abs(q.create_time() - p.created) > 0.01 or q.status() == psutil.STATUS_ZOMBIE:
+                    return 1, "no such process"
             os.kill(p.pid, sig)
         except (ProcessLookupError, psutil.NoSuchProcess):
             return 1, "no such process"
@@ -280,29 +285,7 @@ class ProcService:
             return
         job = b.get("job")
         if isinstance(job, int):
-            self.scan()
-            procs = self.table.of_job(job)
-            if not procs:
-                op.emit(("s", 1, "no such job"))
-                return
-            root = next((p for p in procs if p.root), None)
-            if uid not in (0, root.uid if root is not None else procs[0].uid):
-                op.emit(("s", 2, "permission denied"))
-                return
-            sent = 0
-            group = root.pid if root is not None else -1
-            if group > 0:  # the job's process group at once (nothing forked in between escapes)
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(group, sig)
-                    sent += 1
-            for p in procs:
-                try:
-                    if p.root or os.getpgid(p.pid) == group:
-                        continue
-                except OSError:
-                    continue
-                sent += self._signal(p, sig, uid)[0] == 0
-            op.emit(("s", 0, "") if sent else ("s", 1, "no such job"))
+            op.emit(self._kill_job(job, sig, uid))
             return
         gpids = b.get("gpids")
         if not isinstance(gpids, list) or not all(isinstance(g, int) for g in gpids):
@@ -313,6 +296,34 @@ class ProcService:
             code, text = (1, "no such process") if q is None else self._signal(q, sig, uid)
             op.emit(("g", g, code, text))
         op.emit(("s", 0, ""))
+
+    def _kill_job(self, job: int, sig: int, uid: int) -> tuple[str, int, str]:
+        """Signal the job's process group at once (all it forked, unless something left the group),
+        then the other members of its session, found by a scan."""
+        sent = 0
+        g = self.table.job_root.get(job)
+        root = self.table.live.get(g) if g is not None else None
+        group = root.pid if root is not None and root.exited is not None and not root.exited.done() else -1
+        if root is not None and uid not in (0, root.uid):
+            return ("s", 2, "permission denied")
+        if group > 0:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, sig)
+                sent += 1
+        self.scan()
+        procs = [p for p in self.table.of_job(job) if not p.root]
+        if not sent and not procs:
+            return ("s", 1, "no such job")
+        if root is None and uid not in (0, procs[0].uid):
+            return ("s", 2, "permission denied")
+        for p in procs:
+            try:
+                if os.getpgid(p.pid) == group:
+                    continue  # signalled with the group
+            except OSError:
+                continue
+            sent += self._signal(p, sig, uid)[0] == 0
+        return ("s", 0, "") if sent else ("s", 1, "no such job")
 
     async def _wait_for(self, gpid: int, uid: int) -> tuple[int, str]:
         """(exit status, note) of a gpid of this node, once it has ended."""

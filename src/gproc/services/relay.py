@@ -28,7 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gproc import wire
-from gproc.errors import GprocError, ProtocolError, RegistrationError
+from gproc.errors import ConnectError, GprocError, ProtocolError, RegistrationError
 from gproc.overlay import Link
 from gproc.platform import PeerCred, peer_credentials
 
@@ -117,7 +117,7 @@ class NodeSocket:
         try:
             rid = (await node.call_up("relay.open", args))["rid"]
         except (RegistrationError, TimeoutError, KeyError, TypeError) as e:
-            raise GprocError(f"node {node.cfg.name} cannot reach the master: {e or 'timeout'}") from None
+            raise ConnectError(f"node {node.cfg.name} cannot reach the master: {e or 'timeout'}") from None
         pusher = asyncio.ensure_future(self._push(link, rid))
         ended = False
         try:
