@@ -285,7 +285,7 @@ class ProcService:
             return
         job = b.get("job")
         if isinstance(job, int):
-            op.emit(self._kill_job(job, sig, uid))
+            op.emit(await self._kill_job(job, sig, uid))
             return
         gpids = b.get("gpids")
         if not isinstance(gpids, list) or not all(isinstance(g, int) for g in gpids):
@@ -297,7 +297,7 @@ class ProcService:
             op.emit(("g", g, code, text))
         op.emit(("s", 0, ""))
 
-    def _kill_job(self, job: int, sig: int, uid: int) -> tuple[str, int, str]:
+    async def _kill_job(self, job: int, sig: int, uid: int) -> tuple[str, int, str]:
         """Signal the job's process group at once (all it forked, unless something left the group),
         then the other members of its session, found by a scan."""
         sent = 0
@@ -310,6 +310,7 @@ class ProcService:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(group, sig)
                 sent += 1
+            await asyncio.sleep(0)  # nodes sharing this loop signal their groups before anyone scans
         self.scan()
         procs = [p for p in self.table.of_job(job) if not p.root]
         if not sent and not procs:
