@@ -35,7 +35,7 @@ import os
 import pwd
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -247,7 +247,7 @@ class ProcService:
         cpu = round(min(100.0 * cpu_s / elapsed, 100.0 * (os.cpu_count() or 1)), 1)
         return ("p", p.gpid, p.parent, p.pid, _user(puid), stat, cpu, rss, round(cpu_s, 2), p.job, cmd[:MAX_CMD])
 
-    async def _ps(self, op: Op) -> None:
+    def _ps(self, op: Op) -> None:
         uid = op.body.get("uid")
         if not isinstance(uid, int):
             op.emit(("s", 2, "request carries no user"))
@@ -276,28 +276,31 @@ class ProcService:
             return 2, "permission denied"
         return 0, ""
 
-    async def _kill(self, op: Op) -> None:
+    def _kill(self, op: Op) -> Awaitable[None] | None:
         self.routed += 1
         b = op.body
         sig, uid = b.get("sig"), b.get("uid")
         if not isinstance(sig, int) or not 0 <= sig < 65 or not isinstance(uid, int):
             op.emit(("s", 2, "bad kill request"))
-            return
+            return None
         job = b.get("job")
         if isinstance(job, int):
-            op.emit(await self._kill_job(job, sig, uid))
-            return
+            return self._kill_job(op, job, sig, uid)
         gpids = b.get("gpids")
         if not isinstance(gpids, list) or not all(isinstance(g, int) for g in gpids):
             op.emit(("s", 2, "bad kill request"))
-            return
+            return None
         for g in gpids:
             q = self.table.live.get(g)
             code, text = (1, "no such process") if q is None else self._signal(q, sig, uid)
             op.emit(("g", g, code, text))
         op.emit(("s", 0, ""))
+        return None
 
-    async def _kill_job(self, job: int, sig: int, uid: int) -> tuple[str, int, str]:
+    async def _kill_job(self, op: Op, job: int, sig: int, uid: int) -> None:
+        op.emit(await self._kill_job_here(job, sig, uid))
+
+    async def _kill_job_here(self, job: int, sig: int, uid: int) -> tuple[str, int, str]:
         """Signal the job's process group at once (all it forked, unless something left the group),
         then the other members of its session, found by a scan."""
         sent = 0
@@ -370,7 +373,7 @@ class ProcService:
             op.emit(("w", g, status, text))
         op.emit(("s", 0, ""))
 
-    async def _collect(self, op: Op) -> None:
+    def _collect(self, op: Op) -> None:
         keep = op.body.get("keep", 8)
         for start, end in self.gpids.collect(keep if isinstance(keep, int) and keep >= 0 else 8):
             op.emit(("c", start, end))
@@ -390,7 +393,7 @@ class ProcService:
         op.emit(("a", tuple(rankset.encode(got)), self.gpids.waited - waited))
         op.emit(("s", 0, ""))
 
-    async def _pidstat(self, op: Op) -> None:
+    def _pidstat(self, op: Op) -> None:
         g = self.gpids
         op.emit(("n", g.alloc.taken, g.requests, g.waited, g.alloc.reserve, len(self.table.live), self.routed))
         op.emit(("s", 0, ""))
