@@ -88,3 +88,32 @@ def test_no_master_is_one_line() -> None:
         env={"GPROC_MASTER": "/nonexistent/g", "PATH": "/usr/bin:/bin"},
     )
     assert r.returncode == 255 and r.stderr.count("\n") == 1 and "cannot reach the master" in r.stderr
+
+
+def test_kill_signal_is_not_a_gproc_switch() -> None:
+    from gproc.cli import parse_signal
+
+    for args, sig in (
+        (["kill", "-9", "17"], "-9"),
+        (["kill", "-KILL", "17"], "-KILL"),
+        (["kill", "-SIGUSR1", "17"], "-SIGUSR1"),
+    ):
+        sw, mode, pos = split_argv(args)
+        assert mode == "kill" and sw == [] and pos == [sig, "17"]
+    sw, mode, pos = split_argv(["--json", "kill", "-s", "HUP", "%3"])
+    assert sw == ["--json", "-s", "HUP"] and pos == ["%3"]
+    assert parse_signal("-9") == 9 and parse_signal("KILL") == 9 and parse_signal("-SIGTERM") == 15
+    assert parse_signal("usr1") == 10
+    for bad in ("-99", "-NOPE", "SIGNOPE"):
+        with pytest.raises(UsageError):
+            parse_signal(bad)
+
+
+def test_gpids_and_job_ids() -> None:
+    from gproc.cli import parse_targets
+
+    assert parse_targets(["5", "17"]) == ([5, 17], [])
+    assert parse_targets(["%3", "job:4"]) == ([], [3, 4])
+    for bad in (["x"], ["%"], ["0"], ["-1"], ["%0"], ["5", "%3"], []):
+        with pytest.raises(UsageError):
+            parse_targets(bad)

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -27,6 +28,7 @@ MODES = {
     "e": "exec", "exec": "exec",
     "i": "info", "info": "info",
     "up": "up", "down": "down", "keygen": "keygen", "ping": "ping",
+    "ps": "ps", "kill": "kill", "wait": "wait",
     "_worker": "_worker",
 }  # fmt: skip
 
@@ -45,11 +47,15 @@ usage: gproc [switches] MODE [args]
   e | exec NODES CMD [ARG...]     run CMD on NODES (tree path like ./. 1/. **, or -w NODESET)
   i | info [NODES]                show the tree, every level
   ping [NODES]                    a no-op round trip through the tree
+  ps [NODES] [--forest]           every process in the single process space (GPID, NAME, PID, ...)
+  kill [-SIG] GPID...|%JOB        signal processes by gpid (routed to their node) or a whole job
+  wait GPID...|%JOB               wait for processes or a job to end; exits with their status
   up --local N [--fanout K]       start a master and N nodes on this machine
   down                            stop the local cluster
   keygen [--key FILE]             make the cluster credential
 exec switches: -b (gathered), --json, -w NODESET, -x NODESET, --path SPEC, --timeout S,
   --export=ALL|NONE|VAR[=VAL],...
+master switches: --gpid-block N (gpids per block, default 64), --collect-every S (block collection)
 seed switches: -myParent -myId -myAddress -cmdport -defaultMasterUDS -binRoot -r -f -localbin -p -debug
 """
 
@@ -96,6 +102,11 @@ def _switch_parser() -> _Parser:
     a("--prefix", default="node")
     a("--ipv6", action="store_true")
     a("--window", type=float, default=0.05)
+    a("--forest", action="store_true")
+    a("-s", "--signal")
+    a("--gpid-block", type=int)
+    a("--collect-every", type=float)
+    a("--node-socket")
     return p
 
 
@@ -103,7 +114,9 @@ VALUE_OPTIONS = {
     "--parent", "--id", "--address", "--name", "--port", "--socket", "--bin-root", "--root", "--files",
     "--debug", "--key", "--listen", "--state", "--ready-file", "--heartbeat", "--dead-after", "-w", "-x",
     "--path", "--timeout", "--export", "--local", "--fanout", "--procs", "--prefix", "--window",
+    "-s", "--signal", "--gpid-block", "--collect-every", "--node-socket",
 }  # fmt: skip
+SIGNAL_SWITCH = re.compile(r"^-(\d+|(SIG)?[A-Z][A-Z0-9]*)$")  # kill -9, kill -KILL, kill -SIGKILL
 
 
 def _bool(v: str) -> bool:
@@ -135,7 +148,9 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
         if tok == "--":
             pos.extend(args[i + 1 :])
             break
-        if tok.startswith("-") and len(tok) > 1:
+        if mode == "kill" and SIGNAL_SWITCH.match(tok):
+            pos.append(tok)  # kill's signal, not a gproc switch
+        elif tok.startswith("-") and len(tok) > 1:
             norm = _normalize(tok)
             name = norm.partition("=")[0]
             switches.append(norm)
@@ -220,6 +235,12 @@ def _dispatch(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
         return platform.run(_ping(opts, pos))
     if mode == "exec":
         return platform.run(_exec(opts, pos))
+    if mode == "ps":
+        return platform.run(_ps(opts, pos))
+    if mode == "kill":
+        return platform.run(_kill(opts, pos))
+    if mode == "wait":
+        return platform.run(_wait(opts, pos))
     raise UsageError(f"mode {mode} is not available")
 
 
@@ -244,8 +265,9 @@ def _key(opts: argparse.Namespace) -> str:
     return credential.key_path(opts.key)
 
 
-def _master_config(opts: argparse.Namespace) -> tuple[Any, str, str, str | None]:
+def _master_config(opts: argparse.Namespace) -> tuple[Any, str, str, str | None, Any]:
     from gproc.overlay import NodeConfig
+    from gproc.pids import PidConfig
 
     port = opts.port if opts.port is not None else 6666
     if opts.listen:
@@ -257,7 +279,13 @@ def _master_config(opts: argparse.Namespace) -> tuple[Any, str, str, str | None]
     state = opts.state or ("/var/lib/gproc" if os.geteuid() == 0 else os.path.expanduser("~/.local/state/gproc"))
     cfg = NodeConfig(name=name, id="0", listen=listen, key=_key(opts), bin_root=opts.bin_root)
     _timing(cfg, opts)
-    return cfg, client.socket_path(opts.socket), state, opts.ready_file
+    pids = PidConfig()
+    if opts.gpid_block is not None:
+        pids.block = opts.gpid_block
+    if opts.collect_every is not None:
+        pids.collect_every = opts.collect_every
+    pids.__post_init__()
+    return cfg, client.socket_path(opts.socket), state, opts.ready_file, pids
 
 
 def _node_config(opts: argparse.Namespace) -> Any:
@@ -273,6 +301,7 @@ def _node_config(opts: argparse.Namespace) -> Any:
     else:
         listen = Address(_eval(opts.address, None) or socket.gethostname(), port)
     name = opts.name or socket.gethostname()
+    sock = opts.node_socket or os.path.join(opts.bin_root, f"{name}.sock")  # relayed client socket
     cfg = NodeConfig(
         name=name,
         id=node_id,
@@ -280,6 +309,7 @@ def _node_config(opts: argparse.Namespace) -> Any:
         listen=listen,
         key=_key(opts),
         bin_root=opts.bin_root,
+        socket=None if sock == "none" else sock,
     )
     _timing(cfg, opts)
     return cfg
@@ -310,6 +340,8 @@ def _up(opts: argparse.Namespace) -> int:
         dead_after=opts.dead_after,
         timeout=opts.timeout,
         debug=opts.debug,
+        gpid_block=opts.gpid_block,
+        collect_every=opts.collect_every,
     )
     print(
         f"{rec.nodes} nodes up in {time.monotonic() - t0:.1f}s "
@@ -432,6 +464,133 @@ async def _exec(opts: argparse.Namespace, pos: list[str]) -> int:
         loop.remove_signal_handler(signal.SIGINT)
     assert job.exit_status is not None
     return job.exit_status
+
+
+# ---- the process space -------------------------------------------------------------------------------
+
+
+def parse_signal(tok: str) -> int:
+    """``9``, ``KILL``, ``SIGKILL`` (a leading ``-`` allowed) -> signal number."""
+    t = tok.lstrip("-")
+    if t.isdigit():
+        n = int(t)
+        if not 0 <= n < 65:
+            raise UsageError(f"bad signal {tok!r}")
+        return n
+    name = t.upper()
+    try:
+        return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
+    except KeyError:
+        raise UsageError(f"unknown signal {tok!r}") from None
+
+
+def parse_targets(args: list[str]) -> tuple[list[int], list[int]]:
+    """(gpids, job ids) from ``GPID…`` and ``%JOB`` / ``job:JOB`` arguments."""
+    gpids: list[int] = []
+    jobs: list[int] = []
+    for a in args:
+        text = a[1:] if a.startswith("%") else a[4:] if a.lower().startswith("job:") else None
+        try:
+            if text is not None:
+                jobs.append(int(text))
+            else:
+                gpids.append(int(a))
+        except ValueError:
+            raise UsageError(f"not a gpid or job id: {a!r} (gpids are numbers, job ids %N or job:N)") from None
+        if (jobs and jobs[-1] <= 0) or (gpids and gpids[-1] <= 0):
+            raise UsageError(f"not a gpid or job id: {a!r}")
+    if gpids and jobs:
+        raise UsageError("give gpids or job ids, not both")
+    if not gpids and not jobs:
+        raise UsageError("give at least one gpid or job id (%N)")
+    return gpids, jobs
+
+
+def _print_errors(errors: list[dict[str, Any]]) -> None:
+    for e in errors:
+        print(f"gproc: {e['nodes']}: {e['error']}", file=sys.stderr)
+
+
+async def _ps(opts: argparse.Namespace, pos: list[str]) -> int:
+    from gproc import psview
+
+    c = client.Cluster(opts.socket)
+    rows, errors = await c.ps(pos[0] if pos else opts.path, include=opts.include, exclude=opts.exclude)
+    if opts.forest:
+        rows = psview.forest(rows)
+    if opts.json:
+        for r in rows:
+            print(json.dumps(r))
+    else:
+        sys.stdout.write(psview.table(rows, opts.forest))
+    _print_errors(errors)
+    return 255 if errors else 0
+
+
+async def _kill(opts: argparse.Namespace, pos: list[str]) -> int:
+    sig = parse_signal(opts.signal) if opts.signal else signal.SIGTERM
+    args: list[str] = []
+    for p in pos:
+        if SIGNAL_SWITCH.match(p):
+            sig = parse_signal(p)
+        else:
+            args.append(p)
+    gpids, jobs = parse_targets(args)
+    c = client.Cluster(opts.socket)
+    status = 0
+    for job in jobs:
+        try:
+            r = await c.kill(job=job, sig=sig)
+        except GprocError as e:
+            print(f"gproc: {e}", file=sys.stderr)
+            status = max(status, 1)
+            continue
+        if opts.json:
+            print(json.dumps(r))
+        _print_errors(r.get("errors", []))
+        if r.get("errors"):
+            status = max(status, 1)
+    if gpids:
+        r = await c.kill(gpids, sig=sig)
+        for res in r["results"]:
+            if opts.json:
+                print(json.dumps(res))
+            if res["code"]:
+                print(f"gproc: kill {res['gpid']}: {res['error']}", file=sys.stderr)
+                status = max(status, 255 if res["code"] == 255 else 1)
+    return status
+
+
+async def _wait(opts: argparse.Namespace, pos: list[str]) -> int:
+    from gproc.services.procs import NO_STATUS
+
+    gpids, jobs = parse_targets(pos)
+    c = client.Cluster(opts.socket)
+    status = 0
+    for job in jobs:
+        r = await c.wait(job=job)
+        for st in r["statuses"]:
+            if opts.json:
+                print(json.dumps({"job": job, **st}))
+            elif st["status"]:
+                why = f" ({st['error']})" if st.get("error") else ""
+                print(f"{st['nodes']}: exit {st['status']}{why}", file=sys.stderr)
+            status = max(status, st["status"])
+    if gpids:
+        r = await c.wait(gpids)
+        for res in r["results"]:
+            code, err = res["code"], res.get("error", "")
+            if opts.json:
+                out = {"gpid": res["gpid"], "status": code if code >= 0 else None, "name": res.get("name", "")}
+                print(json.dumps({**out, **({"error": err} if err else {})}))
+            if code == NO_STATUS:
+                print(f"gproc: wait {res['gpid']}: ended, {err}", file=sys.stderr)
+            elif code < 0 or err:
+                print(f"gproc: wait {res['gpid']}: {err}", file=sys.stderr)
+                status = max(status, 127 if code == -2 else 1 if code < 0 else code)
+            else:
+                status = max(status, code)
+    return status
 
 
 if __name__ == "__main__":

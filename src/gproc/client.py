@@ -164,11 +164,14 @@ class Cluster:
         return None
 
     async def request(self, fn: str, **args: Any) -> Any:
-        """One request, one answer."""
+        """One request, one answer (``tick`` keep-alives while the master works are skipped)."""
         conn = await Connection.open(self.socket, self.timeout)
         try:
             conn.send({"t": "req", "fn": fn, **args})
-            msg = await conn.receive(timeout=max(self.timeout, SILENCE_LIMIT))
+            while True:
+                msg = await conn.receive(timeout=max(self.timeout, SILENCE_LIMIT))
+                if msg.get("t") != "tick":
+                    break
             if msg.get("t") != "ret":
                 raise ProtocolError(f"unexpected answer {msg.get('t')!r}")
             return msg.get("r")
@@ -189,6 +192,67 @@ class Cluster:
     async def shutdown(self) -> None:
         """Shut the whole tree down (nodes end their jobs and exit)."""
         await self.request("shutdown")
+
+    # ---- the process space (SPEC §7) ----
+
+    async def ps(
+        self, nodes: str | None = None, *, include: str | None = None, exclude: str | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every process in the space on the selected nodes (all by default): ``(rows, errors)``.
+
+        A row: ``gpid``, ``parent_gpid`` (0: started from outside the space), ``name`` (the node),
+        ``pid``, ``user``, ``stat``, ``cpu`` (%), ``rss`` (KiB), ``time`` (CPU seconds), ``job``,
+        ``cmd``. ``errors``: ``{"nodes", "error"}`` for nodes that did not answer."""
+        if nodes or include or exclude:
+            check_selection(nodes, include, exclude)
+        conn = await Connection.open(self.socket, self.timeout)
+        rows: list[dict[str, Any]] = []
+        try:
+            conn.send({"t": "req", "fn": "ps", "nodes": nodes, "w": include, "x": exclude})
+            while True:
+                msg = await conn.receive()
+                if msg.get("t") == "rows":
+                    rows.extend(msg.get("rows", []))
+                elif msg.get("t") == "end":
+                    return sorted(rows, key=lambda r: r["gpid"]), list(msg.get("errors", []))
+        finally:
+            conn.close()
+
+    async def kill(self, gpids: list[int] | None = None, *, job: int | None = None, sig: int = 15) -> dict[str, Any]:
+        """Signal gpids (each routed to the node that owns its block) or every process of a job.
+
+        gpids: ``{"results": [{"gpid", "code", "error", "name"}…]}`` (code 0 sent, 1 no such process,
+        2 permission denied, 255 node lost); a job: ``{"job", "nodes", "signalled", "errors"}``."""
+        if job is not None:
+            return dict(await self.request("kill", job=job, sig=sig))
+        return dict(await self.request("kill", gpids=list(gpids or []), sig=sig))
+
+    async def wait(self, gpids: list[int] | None = None, *, job: int | None = None) -> dict[str, Any]:
+        """Wait until gpids (or a job's processes) have ended; works as well after they ended.
+
+        gpids: ``{"results": [{"gpid", "code", "error", "name"}…]}`` where ``code`` is the exit status
+        (128+N for signal N), -1 unknown (a forked process: only its parent saw it), -2 no such process,
+        -3 permission denied, 255 with ``error`` when the node was lost; a job: ``{"job", "statuses":
+        [{"nodes", "status"[, "error"]}…]}``."""
+        if job is not None:
+            return dict(await self.request("wait", job=job))
+        return dict(await self.request("wait", gpids=list(gpids or [])))
+
+    async def gpids(self, *, blocks: bool = False, nodes_stats: bool = False) -> dict[str, Any]:
+        """The master's block table: counters (``requests`` handled ever, ``free``, ``pool`` …), with
+        ``blocks`` every block ``[start, size, node]``, with ``nodes_stats`` each node's allocator."""
+        return dict(await self.request("gpids", blocks=blocks, nodes_stats=nodes_stats))
+
+    async def collect(self, keep: int | None = None, nodes: str | None = None) -> dict[str, Any]:
+        """A collection round now: idle nodes give back the gpids they hold beyond ``keep``."""
+        return dict(await self.request("collect", keep=keep, nodes=nodes))
+
+    async def allocate(
+        self, n: int, nodes: str | None = None, *, include: str | None = None, interval: float = 0.0
+    ) -> dict[str, Any]:
+        """Make each selected node hand out ``n`` gpids through its allocator exactly as ``n`` process
+        starts would (stress tests and benchmarks; root or the master's owner only)."""
+        return dict(await self.request("allocate", n=n, nodes=nodes, w=include, interval=interval))
 
     async def exec(
         self,

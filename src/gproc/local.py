@@ -2,8 +2,10 @@
 
 One master process and a few worker processes, each hosting whole subtrees of node daemons (many
 ``Node`` objects on one event loop), all linked by real TLS over loopback TCP. The cluster's files
-(credential, logs, master state) live in one temporary directory that ``down`` removes; a small
-``<socket>.up`` file next to the master's socket records what to stop.
+(credential, logs, master state, each node's client socket ``n/INDEX.sock``) live in one temporary
+directory that ``down`` removes; a small ``<socket>.up`` file next to the master's socket records what
+to stop. ``restart_master`` kills the master and starts it again on the same address and state, as a
+master crash and restart would (nodes re-attach by themselves).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
@@ -54,6 +56,7 @@ class UpRecord:
     rundir: str
     procs: list[tuple[int, float]]
     nodes: int
+    master_argv: list[str] = field(default_factory=list)
 
     def save(self) -> None:
         tmp = self.socket + ".up.tmp"
@@ -68,7 +71,7 @@ class UpRecord:
                 d = json.load(f)
         except (OSError, ValueError):
             return None
-        return cls(d["socket"], d["rundir"], [tuple(p) for p in d["procs"]], d["nodes"])
+        return cls(d["socket"], d["rundir"], [tuple(p) for p in d["procs"]], d["nodes"], d.get("master_argv", []))
 
 
 def _start(argv: list[str], log: str) -> tuple[int, float]:
@@ -92,8 +95,12 @@ def up(
     dead_after: float | None = None,
     timeout: float | None = None,
     debug: int = 0,
+    gpid_block: int | None = None,
+    collect_every: float | None = None,
 ) -> UpRecord:
-    """Start a master and ``n`` nodes on loopback; return once every node is registered."""
+    """Start a master and ``n`` nodes on loopback; return once every node is registered.
+
+    ``gpid_block`` and ``collect_every`` set the master's gpid block size and collection period."""
     if n < 1:
         raise UsageError("a local cluster needs at least one node")
     sock = socket_path(socket)
@@ -111,31 +118,30 @@ def up(
         dead = dead_after if dead_after is not None else max(3.5, hb * 3.5)
         py = [sys.executable, "-m", "gproc"]
         ready = os.path.join(rundir, "master.addr")
-        rec.procs.append(
-            _start(
-                [
-                    *py,
-                    "m",
-                    "--socket",
-                    sock,
-                    "--state",
-                    os.path.join(rundir, "state"),
-                    "--listen",
-                    f"[{host}]:0" if ipv6 else f"{host}:0",
-                    "--key",
-                    keyfile,
-                    "--ready-file",
-                    ready,
-                    "--debug",
-                    str(debug),
-                    "--heartbeat",
-                    str(hb),
-                    "--dead-after",
-                    str(dead),
-                ],
-                os.path.join(rundir, "master.log"),
-            )
-        )
+        rec.master_argv = [
+            *py,
+            "m",
+            "--socket",
+            sock,
+            "--state",
+            os.path.join(rundir, "state"),
+            "--key",
+            keyfile,
+            "--ready-file",
+            ready,
+            "--debug",
+            str(debug),
+            "--heartbeat",
+            str(hb),
+            "--dead-after",
+            str(dead),
+        ]
+        if gpid_block is not None:
+            rec.master_argv += ["--gpid-block", str(gpid_block)]
+        if collect_every is not None:
+            rec.master_argv += ["--collect-every", str(collect_every)]
+        listen = ["--listen", f"[{host}]:0" if ipv6 else f"{host}:0"]
+        rec.procs.append(_start([*rec.master_argv, *listen], os.path.join(rundir, "master.log")))
         rec.save()
         master_addr = _wait_file(ready, 30.0, rec)
         parents = layout(n, fanout)
@@ -159,6 +165,7 @@ def up(
                         "id": str(i),
                         "parent": parents[i],
                         "listen": i in has_kids,
+                        "socket": os.path.join(rundir, "n", f"{i}.sock"),
                     }
                     for i in range(n)
                     if owner[i] == w
@@ -190,6 +197,34 @@ def _keep_logs(rundir: str) -> str | None:
     for f in logs:
         shutil.copy(os.path.join(rundir, f), dest)
     return dest
+
+
+def restart_master(socket: str | None = None, timeout: float = 60.0) -> UpRecord:
+    """Kill the local cluster's master (SIGKILL, as a crash) and start it again with the same state,
+    socket and TCP address; return once every node is registered again."""
+    sock = socket_path(socket)
+    rec = UpRecord.load(sock)
+    if rec is None or not rec.master_argv:
+        raise UsageError(f"no restartable local cluster recorded at {sock}")
+    ready = os.path.join(rec.rundir, "master.addr")
+    with open(ready) as f:
+        addr = f.read().strip()
+    old = rec.procs[0]
+    if _alive(old):
+        os.killpg(old[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(old) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        os.waitpid(old[0], os.WNOHANG)  # reap it when this process started it
+    except ChildProcessError:
+        pass
+    os.unlink(ready)
+    rec.procs[0] = _start([*rec.master_argv, "--listen", addr], os.path.join(rec.rundir, "master.log"))
+    rec.save()
+    _wait_file(ready, 30.0, rec)
+    wait_nodes(sock, rec.nodes, timeout, rec)
+    return rec
 
 
 def _wait_file(path: str, timeout: float, rec: UpRecord) -> str:

@@ -23,6 +23,7 @@ from gproc import nodespec, wire
 from gproc import ranks as rankset
 from gproc.errors import GprocError, ProtocolError, RegistrationError, UsageError
 from gproc.overlay import ID_RE, NAME_RE, Link, Node, NodeConfig, TreeLink
+from gproc.pids import PidConfig
 from gproc.platform import PeerCred, peer_credentials
 from gproc.state import MasterState
 
@@ -47,6 +48,9 @@ class NodeRow:
 Request = Callable[[Link, wire.Message, PeerCred], Awaitable[None]]
 """A client request handler: answers on the link (``ret``, or a stream ending in ``end``)."""
 
+Call = Callable[[dict[str, Any]], Awaitable[Any]]
+"""An upward-call handler (``call`` from a node): returns the result, raises GprocError to refuse."""
+
 
 class _TreeView:
     """The live topology as nodespec's ``Tree`` protocol sees it (only nodes that are up)."""
@@ -65,7 +69,9 @@ class Master(Node):
 
     is_master = True
 
-    def __init__(self, cfg: NodeConfig, *, socket_path: str, state_dir: str, **kw: Any) -> None:
+    def __init__(
+        self, cfg: NodeConfig, *, socket_path: str, state_dir: str, pids: PidConfig | None = None, **kw: Any
+    ) -> None:
         super().__init__(cfg, **kw)
         self.rank = 0
         self.registered.set()
@@ -76,7 +82,13 @@ class Master(Node):
         self._unix: asyncio.Server | None = None
         self._fold_cache: dict[tuple[int, ...], str] = {}
         self.requests: dict[str, Request] = {}
+        self.calls: dict[str, Call] = {}
         self._register_requests()
+        from gproc.services.procs import MasterProcs
+        from gproc.services.relay import MasterRelay
+
+        self.pids = MasterProcs(self, pids or PidConfig())
+        self.relay = MasterRelay(self)
 
     # ---- lifetime --------------------------------------------------------------------------------
 
@@ -115,7 +127,10 @@ class Master(Node):
 
     async def master_call(self, fn: str, args: dict[str, Any], via: TreeLink | None) -> Any:
         if fn != "attach":
-            raise RegistrationError(f"unknown call {fn[:40]!r}")
+            call = self.calls.get(fn)
+            if call is None:
+                raise RegistrationError(f"unknown call {fn[:40]!r}")
+            return await call(args)
         name, nid, parent = args.get("name"), args.get("id"), args.get("parent")
         if not isinstance(name, str) or not NAME_RE.match(name) or not isinstance(nid, str) or not ID_RE.match(nid):
             raise RegistrationError("bad name or id")
@@ -329,6 +344,7 @@ class Master(Node):
             "job": job,
             "nnodes": len(targets),
             "gather": req.get("gather") is True,
+            "pgpid": link.peer.get("pgpid", 0),  # the gpid of the process that asked (relayed from a job)
         }
         link.send({"t": "job", "job": job, "n": len(targets), "absent": str(NodeSet.fromlist(sorted(absent)))})
         done = asyncio.Event()
@@ -345,6 +361,7 @@ class Master(Node):
                 link.send({"t": "end"})
                 done.set()
 
+        self.pids.job_started(job, targets)
         self.start_op(job, "exec", body, targets, sink)
         await self._attend(link, job, targets, done)
 

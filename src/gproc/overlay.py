@@ -29,6 +29,7 @@ from gproc.address import Address, parse_address
 from gproc.errors import GprocError, ProtocolError, RegistrationError
 from gproc.groups import Groups, Key
 from gproc.services.execute import ExecService, SpawnGate
+from gproc.services.procs import ProcService
 
 log = logging.getLogger("gproc.overlay")
 
@@ -53,6 +54,7 @@ class NodeConfig:
     window: float = 0.01  # how long replies are gathered before going up
     connect_timeout: float = 10.0  # TCP connect and TLS handshake
     bin_root: str = "/tmp/xproc"
+    socket: str | None = None  # where this node serves clients (relayed to the master); None: nowhere
 
 
 class Link:
@@ -363,6 +365,7 @@ class Node:
         self.handlers["noop"] = self._noop
         self.spawn_gate = spawn_gate or SpawnGate()
         self.exec = ExecService(self)
+        self.procs = ProcService(self)
 
     # ---- lifetime -------------------------------------------------------------------------------
 
@@ -380,6 +383,7 @@ class Node:
         if self.cfg.parents:
             self.spawn(self._parent_loop())
         self.spawn(self._heartbeat_loop())
+        await self.procs.start()
 
     async def run(self) -> None:
         """Start and serve until stopped."""
@@ -392,6 +396,7 @@ class Node:
             return
         self.stopped.set()
         self.exec.kill_all()
+        self.procs.stop()
         if self._server is not None:
             self._server.close()
         for link in [*self.children.values(), *([self.parent] if self.parent else [])]:
@@ -584,6 +589,9 @@ class Node:
         cid, fn, args = msg.get("id"), msg.get("fn"), msg.get("a")
         if not isinstance(cid, int) or not isinstance(fn, str) or not isinstance(args, dict):
             raise ProtocolError("malformed call")
+        if fn == "attach" and args.get("parent") is None:  # a child's reannounce: its parent is this node
+            args = {**args, "parent": self.rank}
+            msg = {**msg, "a": args}
         if self.is_master:
             self.spawn(self._answer_call(link, cid, fn, args))
             return

@@ -93,12 +93,16 @@ class ExecService:
             op.emit(("s", 255, f"node daemon runs as uid {euid} and cannot run jobs for uid {uid}"))
             return
         node = self.node
+        job = b["job"] if isinstance(b.get("job"), int) else op.id
+        parent = b["pgpid"] if isinstance(b.get("pgpid"), int) else 0
+        gpid = await node.procs.allocate()  # from the node's block: waits only if it holds none
         env = {
             **env,
             "GPROC_NAME": node.cfg.name,
             "GPROC_RANK": str(node.rank),
-            "GPROC_JOBID": str(b.get("job", op.id)),
+            "GPROC_JOBID": str(job),
             "GPROC_NNODES": str(b.get("nnodes", 1)),
+            **node.procs.job_env(gpid, parent),
         }
         workdir = self._workdir(cwd, uid, gid)
         await node.spawn_gate.wait()
@@ -111,6 +115,7 @@ class ExecService:
             op.emit(("s", 255, f"cannot run {argv[0]}: {e}"))
             return
         self.jobs[op.id] = proc
+        node.procs.started(gpid, proc, job, uid, parent)
         try:
             pumps = [
                 asyncio.ensure_future(self._pump(op, proc.stdout, STDOUT)),

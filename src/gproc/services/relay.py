@@ -1,0 +1,309 @@
+"""Every node serves the client protocol on a Unix socket of its own and relays to the master (SPEC §7).
+
+A process inside a job finds its node's socket in ``$GPROC_MASTER``, so ``gproc e``, ``ps``, ``kill``
+and ``wait`` work there exactly as at the master: the node reads the caller's uid from the kernel
+(``SO_PEERCRED``), opens a *relay session* at the master with the request and that uid, and moves
+the session's messages with ordinary upward calls, hop by hop:
+
+* ``relay.open {req, uid, gid, pid, pgpid}`` -> ``{rid}``: the master runs the request as if a client
+  had sent it on its own socket (the same handlers, so a relayed request behaves identically);
+* ``relay.pull {rid}`` -> ``{m: [messages…], end}``: long poll; answers as soon as the master has
+  something for the client (or after a few seconds with nothing), so streams such as ``exec`` flow;
+* ``relay.push {rid, m}``: a message from the client (``signal`` during an ``exec``);
+* ``relay.close {rid}``: the client went away (an ``exec`` then gets SIGTERM, as for a direct client).
+
+A session nobody pulls for ``EXPIRE`` seconds (its node died) is closed the same way. ``pgpid`` is the
+caller's gpid when the caller is in the space: a job started by a process in a job records it as
+its parent (``GPROC_PARENT_GPID``), which is how ``ps --forest`` links processes across nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from gproc import wire
+from gproc.errors import ConnectError, GprocError, ProtocolError, RegistrationError
+from gproc.overlay import Link
+from gproc.platform import PeerCred, peer_credentials
+
+if TYPE_CHECKING:
+    from gproc.master import Master
+    from gproc.overlay import Node
+    from gproc.services.procs import ProcService
+
+PULL_WAIT = 4.0  # longest a pull is held open at the master
+PULL_BYTES = 1 << 20  # messages per pull are cut near this size
+EXPIRE = 30.0  # a session without a pull this long is closed
+log = logging.getLogger("gproc.relay")
+
+
+# ---- node side -------------------------------------------------------------------------------------
+
+
+class NodeSocket:
+    """The client socket of one node."""
+
+    def __init__(self, node: Node, procs: ProcService, path: str) -> None:
+        self.node = node
+        self.procs = procs
+        self.path = path
+        self._server: asyncio.AbstractServer | None = None
+        self._ino: int | None = None
+
+    async def start(self) -> bool:
+        """Listen; False (and a warning) when the path is held by another live daemon or unusable."""
+        path = self.path
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            if os.path.exists(path):
+                from gproc.master import _socket_alive
+
+                if await _socket_alive(path):
+                    self.node.log.warning("client socket %s is in use by another daemon: not serving one", path)
+                    return False
+                os.unlink(path)
+            self._server = await asyncio.start_unix_server(self._client, path, backlog=256)
+            os.chmod(path, 0o777)  # every user may connect; the kernel tells us who they are
+            self._ino = os.stat(path).st_ino
+        except OSError as e:
+            self.node.log.warning("cannot serve a client socket at %s: %s", path, e)
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+            with contextlib.suppress(OSError):
+                if os.stat(self.path).st_ino == self._ino:  # only our own socket file
+                    os.unlink(self.path)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        node = self.node
+        link = Link(reader, writer, {"name": "client"})
+        task = asyncio.current_task()
+        if task is not None:  # owned by the node: cancelled when it stops
+            node._tasks.add(task)
+            task.add_done_callback(node._tasks.discard)
+        try:
+            sock = writer.get_extra_info("socket")
+            cred = peer_credentials(sock) if sock is not None else PeerCred(0, os.getuid(), os.getgid())
+            async with asyncio.timeout(10):
+                wire.check_hello(await link.receive(), "client")
+                link.send(wire.hello("node", name=node.cfg.name))
+                req = await link.receive()
+            if req.get("t") != "req" or not isinstance(req.get("fn"), str):
+                raise ProtocolError("expected a request")
+            await self._relay(link, req, cred)
+        except GprocError as e:
+            link.send({"t": "error", "msg": str(e), "code": e.exit_status})
+        except (EOFError, OSError, TimeoutError) as e:
+            node.log.debug("client ended: %s", e)
+        finally:
+            with contextlib.suppress(Exception):
+                await link.drain(5.0)
+            link.abort()
+
+    async def _relay(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+        node = self.node
+        pgpid = self.procs.caller_gpid(cred.pid) if req.get("fn") == "exec" else 0
+        args = {"req": req, "uid": cred.uid, "gid": cred.gid, "pid": cred.pid, "pgpid": pgpid, "from": node.rank}
+        try:
+            rid = (await node.call_up("relay.open", args))["rid"]
+        except (RegistrationError, TimeoutError, KeyError, TypeError) as e:
+            raise ConnectError(f"node {node.cfg.name} cannot reach the master: {e or 'timeout'}") from None
+        pusher = asyncio.ensure_future(self._push(link, rid))
+        ended = False
+        try:
+            while not ended:
+                try:
+                    r = await node.call_up("relay.pull", {"rid": rid}, timeout=PULL_WAIT + 15.0)
+                except (RegistrationError, TimeoutError) as e:
+                    msg = f"node {node.cfg.name} lost the master: {e or 'timeout'}"
+                    link.send({"t": "error", "msg": msg, "code": 255})
+                    return
+                for m in r.get("m", []):
+                    link.send(m)
+                ended = bool(r.get("end"))
+                await link.drain()
+        finally:
+            pusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pusher
+            if not ended:
+                node.spawn(self._close(rid))
+
+    async def _push(self, link: Link, rid: int) -> None:
+        """Client -> master: forward what the client sends; its going away closes the session."""
+        try:
+            while True:
+                msg = await link.receive()
+                await self.node.call_up("relay.push", {"rid": rid, "m": msg})
+        except (EOFError, GprocError, OSError, TimeoutError):
+            await self._close(rid)
+
+    async def _close(self, rid: int) -> None:
+        with contextlib.suppress(GprocError, TimeoutError):
+            await self.node.call_up("relay.close", {"rid": rid}, timeout=5.0)
+
+
+# ---- master side -----------------------------------------------------------------------------------
+
+
+class RelayLink(Link):
+    """What a request handler at the master sees for a relayed client: a Link whose sends are queued
+    for the next pull and whose receives are the client's pushes."""
+
+    __slots__ = ("_inbox", "_ready", "outbox")
+
+    def __init__(self, peer: dict[str, Any]) -> None:  # no socket behind it: Link.__init__ is not used
+        self.peer = peer
+        self.closed = False
+        self.counter = wire.Counter()
+        self.last_rx = self.last_tx = time.monotonic()
+        self.outbox: list[tuple[wire.Message, int]] = []
+        self._ready = asyncio.Event()
+        self._inbox: asyncio.Queue[wire.Message | None] = asyncio.Queue()
+
+    def send(self, msg: wire.Message) -> bool:
+        if self.closed:
+            return False
+        size = len(wire.pack(msg))  # the same frame limit as a socket
+        self.outbox.append((msg, size))
+        self.counter.bytes_out += size
+        self.counter.frames_out += 1
+        self._ready.set()
+        return True
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        return None
+
+    async def receive(self) -> wire.Message:
+        msg = await self._inbox.get()
+        if msg is None:
+            self._inbox.put_nowait(None)
+            raise EOFError
+        self.counter.frames_in += 1
+        return msg
+
+    def push(self, msg: wire.Message) -> None:
+        if not self.closed:
+            self._inbox.put_nowait(msg)
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._inbox.put_nowait(None)
+            self._ready.set()
+
+    async def take(self, wait: float) -> list[wire.Message]:
+        """Queued messages (up to about PULL_BYTES), waiting up to ``wait`` seconds for the first."""
+        if not self.outbox:
+            self._ready.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._ready.wait()
+        out: list[wire.Message] = []
+        size = 0
+        while self.outbox and (not out or size + self.outbox[0][1] <= PULL_BYTES):
+            msg, n = self.outbox.pop(0)
+            out.append(msg)
+            size += n
+        return out
+
+
+class Session:
+    __slots__ = ("done", "last", "link", "task")
+
+    def __init__(self, link: RelayLink) -> None:
+        self.link = link
+        self.done = False
+        self.last = time.monotonic()
+        self.task: asyncio.Task[Any] | None = None
+
+
+class MasterRelay:
+    """The master's relay sessions, one per client of a node socket."""
+
+    def __init__(self, master: Master) -> None:
+        self.m = master
+        self.sessions: dict[int, Session] = {}
+        self._ids = itertools.count(1)
+        self._sweeper: asyncio.Task[Any] | None = None
+        master.calls.update(
+            {"relay.open": self._open, "relay.pull": self._pull, "relay.push": self._push, "relay.close": self._close}
+        )
+
+    def _session(self, args: dict[str, Any]) -> Session:
+        s = self.sessions.get(args.get("rid"))  # type: ignore[arg-type]
+        if s is None:
+            raise GprocError("unknown relay session (the master may have restarted)")
+        return s
+
+    async def _open(self, args: dict[str, Any]) -> dict[str, Any]:
+        req, uid, gid = args.get("req"), args.get("uid"), args.get("gid")
+        if not isinstance(req, dict) or not isinstance(uid, int) or not isinstance(gid, int):
+            raise ProtocolError("bad relay.open")
+        pid = args.get("pid") if isinstance(args.get("pid"), int) else 0
+        pgpid = args.get("pgpid") if isinstance(args.get("pgpid"), int) else 0
+        rid = next(self._ids)
+        link = RelayLink({"name": f"client via rank {args.get('from')}", "pgpid": pgpid})
+        s = self.sessions[rid] = Session(link)
+        s.task = self.m.spawn(self._serve(s, req, PeerCred(int(pid or 0), uid, gid)))
+        if self._sweeper is None:
+            self._sweeper = self.m.spawn(self._sweep())
+        return {"rid": rid}
+
+    async def _serve(self, s: Session, req: wire.Message, cred: PeerCred) -> None:
+        """Run the request exactly as ``Master._client`` does for a client of the master's socket."""
+        link = s.link
+        try:
+            await self.m._serve_request(link, req, cred)
+        except GprocError as e:
+            link.send({"t": "error", "msg": str(e), "code": e.exit_status})
+        except (EOFError, OSError, TimeoutError) as e:
+            log.debug("relayed client ended: %s", e)
+        except Exception:
+            log.exception("relayed client request failed")
+            link.send({"t": "error", "msg": "internal error in the master (see its log)", "code": 1})
+        finally:
+            s.done = True
+            link._ready.set()
+
+    async def _pull(self, args: dict[str, Any]) -> dict[str, Any]:
+        s = self._session(args)
+        s.last = time.monotonic()
+        msgs = await s.link.take(0 if s.done else PULL_WAIT)
+        s.last = time.monotonic()
+        end = s.done and not s.link.outbox
+        if end:
+            self.sessions.pop(args["rid"], None)
+        return {"m": msgs, "end": end}
+
+    async def _push(self, args: dict[str, Any]) -> dict[str, Any]:
+        msg = args.get("m")
+        if not isinstance(msg, dict):
+            raise ProtocolError("bad relay.push")
+        self._session(args).link.push(msg)
+        return {}
+
+    async def _close(self, args: dict[str, Any]) -> dict[str, Any]:
+        s = self.sessions.pop(args.get("rid"), None)  # type: ignore[arg-type]
+        if s is not None:
+            s.link.abort()
+        return {}
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRE / 3)
+            now = time.monotonic()
+            for rid, s in list(self.sessions.items()):
+                if now - s.last > EXPIRE:
+                    del self.sessions[rid]
+                    s.link.abort()
