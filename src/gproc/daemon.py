@@ -26,10 +26,18 @@ def setup_logging(level: int, stream: Any = None) -> None:
     logging.basicConfig(level=lvl, stream=stream or sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-async def serve_master(cfg: NodeConfig, socket_path: str, state_dir: str, ready_file: str | None = None) -> int:
+async def serve_master(
+    cfg: NodeConfig,
+    socket_path: str,
+    state_dir: str,
+    ready_file: str | None = None,
+    *,
+    keep_jobs: int = 1000,
+    keep_bytes: int = 1 << 30,
+) -> int:
     """Run the master until Ctrl-C (which shuts the whole tree down)."""
     platform.raise_fd_limit()
-    master = Master(cfg, socket_path=socket_path, state_dir=state_dir)
+    master = Master(cfg, socket_path=socket_path, state_dir=state_dir, keep_jobs=keep_jobs, keep_bytes=keep_bytes)
     await master.start()
     loop = asyncio.get_running_loop()
     platform.install_shutdown_signals(loop, lambda: _forget(master.spawn(master.shutdown_tree())))
@@ -56,7 +64,8 @@ async def serve_many(spec: dict[str, Any]) -> int:
     """Many nodes in one OS process, as ``gproc up --local`` lays them out.
 
     ``spec``: ``{"key", "master", "host", "heartbeat", "dead_after", "nodes": [{"name", "id",
-    "parent": index or -1, "listen": bool}]}``; parents come before their children.
+    "parent": index or -1, "listen": bool}]}`` and optionally ``"config"``: other ``NodeConfig``
+    fields (``quiet``, ``hold``, ``edits`` …); parents come before their children.
     """
     platform.raise_fd_limit()
     server_ssl = credential.server_context(spec["key"])
@@ -79,6 +88,7 @@ async def serve_many(spec: dict[str, Any]) -> int:
             heartbeat=spec.get("heartbeat", 1.0),
             dead_after=spec.get("dead_after", 3.5),
             bin_root=spec.get("bin_root", "/tmp/xproc"),
+            **spec.get("config", {}),
         )
         if parent_idx >= 0:  # start a node once its parent here is attached: no refused handshakes
             await _registered(nodes[parent_idx])

@@ -92,8 +92,13 @@ def up(
     dead_after: float | None = None,
     timeout: float | None = None,
     debug: int = 0,
+    master_args: list[str] | None = None,
+    node_config: dict[str, Any] | None = None,
 ) -> UpRecord:
-    """Start a master and ``n`` nodes on loopback; return once every node is registered."""
+    """Start a master and ``n`` nodes on loopback; return once every node is registered.
+
+    ``master_args`` are extra switches for the master (``["--keep-jobs", "10"]``); ``node_config``
+    sets ``NodeConfig`` fields of every node (``{"hold": 1.0, "edits": False}``)."""
     if n < 1:
         raise UsageError("a local cluster needs at least one node")
     sock = socket_path(socket)
@@ -132,6 +137,7 @@ def up(
                     str(hb),
                     "--dead-after",
                     str(dead),
+                    *(master_args or []),
                 ],
                 os.path.join(rundir, "master.log"),
             )
@@ -152,6 +158,7 @@ def up(
                 "host": host,
                 "heartbeat": hb,
                 "dead_after": dead,
+                "config": node_config or {},
                 "nodes": [
                     {
                         "index": i,
