@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import json
+import re
 import sys
 from typing import TextIO
 
@@ -28,6 +29,11 @@ def _union(sets: list[str]) -> str:
     for s in sets:
         ns.update(s)
     return str(ns)
+
+
+def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key putting node2 before node10."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", name) if p)
 
 
 def _text(data: bytes) -> str:
@@ -104,7 +110,7 @@ class Display:
                 lines = streams.get(stream)
                 if lines:
                     groups.setdefault(b"".join(d for _, d in sorted(lines)), []).append(name)
-            ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[1][0]))
+            ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), min(map(_natural, kv[1]))))
             ref: tuple[str, str] | None = None
             for data, names in ordered:
                 nodes = str(NodeSet.fromlist(names))
