@@ -132,6 +132,7 @@ class Job:
         self._sent = self._acked = 0
         self._credit = asyncio.Event()
         self._stdin: AsyncIterable[bytes] | bytes | None = None
+        self.batch = False
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the job on every node."""
@@ -164,6 +165,8 @@ class Job:
         await self._conn.drain()
 
     async def events(self) -> AsyncIterator[Event]:
+        if self.batch:
+            raise UsageError(f"job {self.id} runs detached: read its output with Cluster.output({self.id})")
         if self.absent:
             yield Status(self.absent, 0, 255, "absent")
         feeder = asyncio.ensure_future(self.feed(self._stdin)) if self._stdin is not None else None
@@ -291,6 +294,7 @@ class Cluster:
             raise ProtocolError(f"unexpected answer {header.get('t')!r}")
         job = Job(conn, header)
         if batch:
+            job.batch = True
             conn.close()
         elif stdin is not None and not isinstance(stdin, bool):
             job._stdin = stdin

@@ -48,7 +48,7 @@ class Session:
         self.include: str | None = opts.include
         self.exclude: str | None = opts.exclude
         self.env = env
-        self.gather = not opts.json or opts.gather
+        self.gather = True  # like clush -b; '=' switches to live output
         self.tty = os.isatty(0)
         self.status = 0
         self.names = ""
