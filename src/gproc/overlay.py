@@ -38,6 +38,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
 
 LOST: Key = ("s", 255, "lost")
 ADMIT_WAIT = 30.0  # how long a parent that is not attached yet holds a new child before refusing it
+FLUSH_BYTES = 256 * 1024  # results this big go up at once, whatever the timing (bounds a node's memory)
 
 
 @dataclass
@@ -289,8 +290,9 @@ class Op:
     again (a *round*: lines that all nodes print at the same pace go up at once). Children of a big
     subtree start and finish at slightly different times; waiting for them turns a trickle of
     partial replies into one, so the bytes that reach the master do not grow with the number of
-    nodes. When the last child ends, everything goes up at once. A *gathering* op (``-b``) holds
-    everything until the end, unless ``GATHER_LIMIT`` distinct keys pile up.
+    nodes. When the last child ends, or ``FLUSH_BYTES`` have gathered, everything goes up at once. A
+    *gathering* op (``-b``) holds everything until the end, unless ``GATHER_LIMIT`` distinct keys or
+    ``FLUSH_BYTES`` pile up.
     """
 
     GATHER_LIMIT = 4096  # distinct keys a gathering node holds before it sends a partial reply
@@ -309,6 +311,7 @@ class Op:
         "kind",
         "local",
         "node",
+        "pending_bytes",
         "progress",
         "round_start",
         "sink",
@@ -333,6 +336,7 @@ class Op:
         self.round_start: float | None = None
         self.progress = 0.0  # when the last news came: a child reporting first in this round, or ending
         self.flushed = False  # anything sent up yet
+        self.pending_bytes = 0  # about how much is gathered
         self.bytes_in = self.frames_in = 0  # reply frames (and their bytes) received from children
         self.local = False
         self.timer: asyncio.TimerHandle | None = None
@@ -342,6 +346,9 @@ class Op:
     def emit(self, key: Key, ranks: set[int] | None = None) -> None:
         """Add a result for this node (or the given ranks) and schedule a flush upward."""
         self.groups.add(key, ranks if ranks is not None else (self.node.rank or 0,))
+        self.pending_bytes += len(key[3]) if len(key) == 4 and isinstance(key[3], bytes) else 8
+        if self.timer is not None and not self.waiting and self.pending_bytes < FLUSH_BYTES:
+            return  # a burst of lines from the local job: the window's timer is already set
         if self.id in self.node.ops:
             self.pending()
 
@@ -349,6 +356,8 @@ class Op:
         """When the gathered results should go up (None: now)."""
         assert self.round_start is not None
         cfg = self.node.cfg
+        if self.pending_bytes >= FLUSH_BYTES:
+            return None
         if not self.waiting:
             return self.round_start + cfg.window
         if self.flushed and self.heard.issuperset(self.waiting):
@@ -357,7 +366,7 @@ class Op:
 
     def pending(self) -> None:
         """Results are waiting: send them up now, or make sure the timer fires when they are due."""
-        if self.gather and len(self.groups) < self.GATHER_LIMIT:
+        if self.gather and len(self.groups) < self.GATHER_LIMIT and self.pending_bytes < FLUSH_BYTES:
             return  # at the end (or once it grows big)
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -385,6 +394,7 @@ class Op:
             self.timer = None
         self.heard.clear()
         self.round_start = None
+        self.pending_bytes = 0
         self.flushed = True
         if self.groups or end:
             g = self.groups.take()
@@ -933,6 +943,7 @@ class Node:
         merge.unpack_into(op.groups, msg.get("g", []), base)
         op.bytes_in += link.counter.last_in
         op.frames_in += 1
+        op.pending_bytes += link.counter.last_in
         if link not in op.heard or msg.get("end"):
             op.progress = asyncio.get_running_loop().time()
         if msg.get("end"):
