@@ -291,7 +291,7 @@ class Master(Node):
         wire_in: int | None = 0
         segs = 0
         for lk in links:
-            got = platform.tcp_received(lk.writer.get_extra_info("socket"))
+            got = platform.tcp_received(lk.transport.get_extra_info("socket") if lk.transport else None)
             if got is None or wire_in is None:
                 wire_in = None
                 continue
