@@ -246,9 +246,7 @@ class Master(Node):
             self.log.exception("client request failed")
             link.send({"t": "error", "msg": "internal error in the master (see its log)", "code": 1})
         finally:
-            with contextlib.suppress(Exception):
-                await link.drain(5.0)
-            link.abort()
+            await link.close(30.0)  # what is queued still goes (a big output to a slow client), then close
 
     async def _serve_request(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
         fn = req.get("fn")

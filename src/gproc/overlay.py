@@ -38,7 +38,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
 
 LOST: Key = ("s", 255, "lost")
 ADMIT_WAIT = 30.0  # how long a parent that is not attached yet holds a new child before refusing it
-FLUSH_BYTES = 256 * 1024  # results this big go up at once, whatever the timing (bounds a node's memory)
+FLUSH_BYTES = 4 << 20  # results this big go up at once, whatever the timing (bounds a node's memory)
 
 
 @dataclass
@@ -89,6 +89,19 @@ class Link:
         self.counter.frames_out += 1
         self.last_tx = time.monotonic()
         return True
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Close once everything queued has been sent (at once if the peer does not take it in time)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.writer.close()
+            async with asyncio.timeout(timeout):
+                await self.writer.wait_closed()
+        except (OSError, TimeoutError, ConnectionError, RuntimeError):
+            with contextlib.suppress(Exception):
+                self.writer.transport.abort()
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait while the link's send buffer is above its high-water mark (flow control)."""
