@@ -296,11 +296,12 @@ Sink = Callable[[list[list[Any]], bool], None]
 class Op:
     """One operation as seen by one node: what it waits for and what it has gathered.
 
-    When results go up: a node's own results after ``window``. An interior node waits for its
-    children: results go up once ``quiet`` seconds passed without news (a child reporting for the
-    first time since the last flush, or ending), at the latest ``hold`` seconds after the first
-    result came in, and, after the op's first flush, as soon as every child still running reported
-    again (a *round*: lines that all nodes print at the same pace go up at once). Children of a big
+    When results go up: a node's own results ``window`` after the first of them. An interior node
+    waits for its children: while the op starts (its first ``hold`` seconds), until every child has
+    reported once; then once ``quiet`` seconds passed without news (a child reporting for the first
+    time since the last flush, or ending), at the latest ``hold`` seconds after the first result came
+    in; and, after the op's first flush, as soon as every child still running reported again (a
+    *round*: lines that all nodes print at the same pace go up together). The processes of a big
     subtree start and finish at slightly different times; waiting for them turns a trickle of
     partial replies into one, so the bytes that reach the master do not grow with the number of
     nodes. When the last child ends, or ``FLUSH_BYTES`` have gathered, everything goes up at once. A
@@ -328,8 +329,10 @@ class Op:
         "progress",
         "round_start",
         "sink",
+        "started",
         "timer",
         "timer_at",
+        "unheard",
         "waiting",
     )
 
@@ -346,6 +349,8 @@ class Op:
         self.waiting: dict[TreeLink, set[int]] = {}
         self.bases: dict[TreeLink, list[int]] = {}
         self.heard: set[TreeLink] = set()  # children that reported since the last flush
+        self.unheard: set[TreeLink] = set()  # children that never reported
+        self.started = asyncio.get_running_loop().time()
         self.round_start: float | None = None
         self.progress = 0.0  # when the last news came: a child reporting first in this round, or ending
         self.flushed = False  # anything sent up yet
@@ -371,10 +376,10 @@ class Op:
         cfg = self.node.cfg
         if self.pending_bytes >= FLUSH_BYTES:
             return None
-        if not self.waiting:
+        if not self.waiting or (self.flushed and self.heard.issuperset(self.waiting)):
             return self.round_start + cfg.window
-        if self.flushed and self.heard.issuperset(self.waiting):
-            return None
+        if self.unheard and not self.flushed and self.round_start < self.started + cfg.hold:
+            return self.started + cfg.hold  # the subtree is starting: wait for each child's first word
         return min(self.round_start + cfg.hold, self.progress + cfg.quiet)
 
     def pending(self) -> None:
@@ -825,6 +830,7 @@ class Node:
             lost = op.waiting.pop(link, None)
             if lost:
                 op.heard.discard(link)
+                op.unheard.discard(link)
                 op.groups.add(LOST, lost)
                 self._op_changed(op)
                 self._maybe_finish(op)
@@ -897,6 +903,7 @@ class Node:
         for lk, rs in buckets.items():
             if lk.send({"t": "op", "op": op_id, "k": kind, "b": body, "tg": rankset.encode(rs)}):
                 op.waiting[lk] = rs
+                op.unheard.add(lk)
             else:
                 op.groups.add(LOST, rs)
         if op.local:
@@ -957,6 +964,7 @@ class Node:
         op.bytes_in += link.counter.last_in
         op.frames_in += 1
         op.pending_bytes += link.counter.last_in
+        op.unheard.discard(link)
         if link not in op.heard or msg.get("end"):
             op.progress = asyncio.get_running_loop().time()
         if msg.get("end"):
