@@ -135,6 +135,7 @@ class Session:
             exclude=self.exclude,
             env=self.env,
             timeout=self.opts.timeout,
+            gather=self.gather,
         )
         loop = asyncio.get_running_loop()
         last = [0.0]

@@ -103,7 +103,7 @@ def test_statuses_and_stderr_after_output(cluster16: LocalCluster) -> None:
 
 
 def test_live_lines_identical_within_the_window_print_once(cluster16: LocalCluster) -> None:
-    r = cluster16.gproc("e", "--window", "0.5", "**", "sh", "-c", "echo one; sleep 0.2; echo two")
+    r = cluster16.gproc("e", "--window", "1", "**", "sh", "-c", "echo one; sleep 0.2; echo two")
     assert r.returncode == 0
     assert r.stdout.splitlines() == ["node[0-15]: one", "node[0-15]: two"]
 
