@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, NoReturn
 
 from gproc import client, platform, postfix
@@ -28,7 +28,7 @@ MODES = {
     "e": "exec", "exec": "exec",
     "i": "info", "info": "info",
     "up": "up", "down": "down", "keygen": "keygen", "ping": "ping",
-    "ps": "ps", "kill": "kill", "wait": "wait",
+    "ps": "ps", "kill": "kill", "wait": "wait", "jobs": "jobs", "output": "output",
     "_worker": "_worker",
 }  # fmt: skip
 
@@ -45,17 +45,23 @@ usage: gproc [switches] MODE [args]
   m | master                      start the master (client socket -defaultMasterUDS, TCP -cmdport)
   s | node | slave | worker       start a node daemon (-myParent, -myId, -myAddress)
   e | exec NODES CMD [ARG...]     run CMD on NODES (tree path like ./. 1/. **, or -w NODESET)
+  e -i NODES                      interactive: each line you type runs on NODES (':help' inside)
+  e --batch NODES CMD [ARG...]    run detached: prints the job id and returns
+  jobs                            the jobs the master keeps: state, node counts, exit status
+  output JOBID                    a job's merged output (-b, --diff, --json as for exec)
   i | info [NODES]                show the tree, every level
   ping [NODES]                    a no-op round trip through the tree
   ps [NODES] [--forest]           every process in the single process space (GPID, NAME, PID, ...)
-  kill [-SIG] GPID...|%JOB        signal processes by gpid (routed to their node) or a whole job
-  wait GPID...|%JOB               wait for processes or a job to end; exits with their status
+  kill [-SIG] GPID...|JOBID       signal processes by gpid (routed to their node) or a whole job
+  wait GPID...|JOBID              wait for processes or a job to end; exits with their status
+                                  (gpids and job ids are one number space; %N or job:N says "job")
   up --local N [--fanout K]       start a master and N nodes on this machine
   down                            stop the local cluster
   keygen [--key FILE]             make the cluster credential
-exec switches: -b (gathered), --json, -w NODESET, -x NODESET, --path SPEC, --timeout S,
-  --export=ALL|NONE|VAR[=VAL],...
-master switches: --gpid-block N (gpids per block, default 64), --collect-every S (block collection)
+exec switches: -b (gathered), --diff, --json, -n (no stdin), -w NODESET, -x NODESET, --path SPEC,
+  --timeout S, --export=ALL|NONE|VAR[=VAL],..., --window S (live merging), --batch, -i
+master switches: --gpid-block N (gpids per block, default 64), --collect-every S (block collection),
+  --keep-jobs N, --keep-bytes SIZE (retention of job output; SIZE like 500M or 2G)
 seed switches: -myParent -myId -myAddress -cmdport -defaultMasterUDS -binRoot -r -f -localbin -p -debug
 """
 
@@ -107,6 +113,14 @@ def _switch_parser() -> _Parser:
     a("--gpid-block", type=int)
     a("--collect-every", type=float)
     a("--node-socket")
+    a("--diff", action="store_true")
+    a("--batch", action="store_true")
+    a("-n", dest="no_stdin", action="store_true")
+    a("-i", "--interactive", action="store_true")
+    a("--keep-jobs", type=int, default=1000)
+    a("--keep-bytes", type=_size, default=1 << 30)
+    a("--quiet", type=float)
+    a("--hold", type=float)
     return p
 
 
@@ -115,8 +129,21 @@ VALUE_OPTIONS = {
     "--debug", "--key", "--listen", "--state", "--ready-file", "--heartbeat", "--dead-after", "-w", "-x",
     "--path", "--timeout", "--export", "--local", "--fanout", "--procs", "--prefix", "--window",
     "-s", "--signal", "--gpid-block", "--collect-every", "--node-socket",
+    "--keep-jobs", "--keep-bytes", "--quiet", "--hold",
 }  # fmt: skip
 SIGNAL_SWITCH = re.compile(r"^-(\d+|(SIG)?[A-Z][A-Z0-9]*)$")  # kill -9, kill -KILL, kill -SIGKILL
+
+
+def _size(v: str) -> int:
+    """A byte count: ``1048576``, ``512K``, ``100M``, ``2G``."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = v.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {v!r}") from None
 
 
 def _bool(v: str) -> bool:
@@ -212,7 +239,9 @@ def _dispatch(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
         return 0
     if mode == "master":
         daemon.setup_logging(opts.debug)
-        return platform.run(daemon.serve_master(*_master_config(opts)))
+        return platform.run(
+            daemon.serve_master(*_master_config(opts), keep_jobs=opts.keep_jobs, keep_bytes=opts.keep_bytes)
+        )
     if mode == "node":
         daemon.setup_logging(opts.debug)
         return platform.run(daemon.serve_node(_node_config(opts)))
@@ -234,6 +263,11 @@ def _dispatch(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
     if mode == "ping":
         return platform.run(_ping(opts, pos))
     if mode == "exec":
+        if opts.interactive:
+            from gproc import interactive
+
+            nodes, _ = _exec_target(opts, pos, interactive=True)
+            return interactive.session(opts, nodes, _environment(opts.export))
         return platform.run(_exec(opts, pos))
     if mode == "ps":
         return platform.run(_ps(opts, pos))
@@ -241,6 +275,12 @@ def _dispatch(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
         return platform.run(_kill(opts, pos))
     if mode == "wait":
         return platform.run(_wait(opts, pos))
+    if mode == "jobs":
+        return platform.run(_jobs(opts))
+    if mode == "output":
+        if len(pos) != 1 or not pos[0].lstrip("%").isdigit():
+            raise UsageError("usage: gproc output JOBID")
+        return platform.run(_output(opts, int(pos[0].lstrip("%"))))
     raise UsageError(f"mode {mode} is not available")
 
 
@@ -320,6 +360,10 @@ def _timing(cfg: Any, opts: argparse.Namespace) -> None:
         cfg.heartbeat = opts.heartbeat
     if opts.dead_after:
         cfg.dead_after = opts.dead_after
+    if opts.quiet is not None:
+        cfg.quiet = opts.quiet
+    if opts.hold is not None:
+        cfg.hold = opts.hold
 
 
 def _up(opts: argparse.Namespace) -> int:
@@ -425,17 +469,70 @@ def _environment(spec: str) -> dict[str, str]:
     return env
 
 
-async def _exec(opts: argparse.Namespace, pos: list[str]) -> int:
-    from gproc.display import Display
-
+def _exec_target(opts: argparse.Namespace, pos: list[str], interactive: bool = False) -> tuple[str | None, list[str]]:
+    """(tree path, command) of an exec command line."""
     if opts.include or opts.exclude or opts.path:
         nodes, argv = opts.path, pos
     elif pos:
         nodes, argv = pos[0], pos[1:]
     else:
         nodes, argv = None, []
-    if not argv:
+    if interactive:
+        if argv:
+            raise UsageError("gproc e -i takes nodes, not a command: the commands are the lines you type")
+        if not (nodes or opts.include):
+            raise UsageError("usage: gproc e -i NODES  or  gproc e -i -w NODESET")
+    elif not argv:
         raise UsageError("usage: gproc e NODES CMD [ARG...]  or  gproc e -w NODESET CMD [ARG...]")
+    return nodes, argv
+
+
+def _stdin_wanted(opts: argparse.Namespace) -> bool:
+    """stdin goes to the job when it is not a terminal (and not -n, and not a batch job)."""
+    if opts.no_stdin or opts.batch:
+        return False
+    try:
+        return not os.isatty(0) and os.fstat(0) is not None
+    except OSError:
+        return False
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def read_stdin(fd: int = 0) -> AsyncIterator[bytes]:
+    """The client's stdin in chunks, without blocking the event loop on a pipe or socket."""
+    loop = asyncio.get_running_loop()
+    watch = True
+    while True:
+        if watch:
+            ready: asyncio.Future[None] = loop.create_future()
+            try:
+                loop.add_reader(fd, _wake, ready)
+            except (OSError, ValueError):  # regular files and /dev/null are always ready
+                watch = False
+            else:
+                try:
+                    await ready
+                finally:
+                    loop.remove_reader(fd)
+        try:
+            data = os.read(fd, client.STDIN_CHUNK)
+        except BlockingIOError:
+            continue
+        except OSError:
+            return
+        if not data:
+            return
+        yield data
+
+
+async def _exec(opts: argparse.Namespace, pos: list[str]) -> int:
+    from gproc.display import Display
+
+    nodes, argv = _exec_target(opts, pos)
     c = client.Cluster(opts.socket)
     job = await c.exec(
         argv,
@@ -444,8 +541,13 @@ async def _exec(opts: argparse.Namespace, pos: list[str]) -> int:
         exclude=opts.exclude,
         env=_environment(opts.export),
         timeout=opts.timeout,
-        gather=opts.gather,
+        gather=opts.gather or opts.diff,
+        stdin=read_stdin() if _stdin_wanted(opts) else None,
+        batch=opts.batch,
     )
+    if opts.batch:
+        print(json.dumps({"job": job.id, "n": job.nnodes, "absent": job.absent}) if opts.json else job.id)
+        return 0
     loop = asyncio.get_running_loop()
     last_int = [0.0]
 
@@ -458,7 +560,7 @@ async def _exec(opts: argparse.Namespace, pos: list[str]) -> int:
 
     loop.add_signal_handler(signal.SIGINT, on_sigint)
     try:
-        disp = Display(json_mode=opts.json, gather=opts.gather, window=opts.window)
+        disp = Display(json_mode=opts.json, gather=opts.gather, window=opts.window, diff=opts.diff)
         await disp.consume(job)
     finally:
         loop.remove_signal_handler(signal.SIGINT)
@@ -567,30 +669,71 @@ async def _wait(opts: argparse.Namespace, pos: list[str]) -> int:
     gpids, jobs = parse_targets(pos)
     c = client.Cluster(opts.socket)
     status = 0
+    results: list[dict[str, Any]] = []
     for job in jobs:
-        r = await c.wait(job=job)
-        for st in r["statuses"]:
-            if opts.json:
-                print(json.dumps({"job": job, **st}))
-            elif st["status"]:
-                why = f" ({st['error']})" if st.get("error") else ""
-                print(f"{st['nodes']}: exit {st['status']}{why}", file=sys.stderr)
-            status = max(status, st["status"])
+        results.append(await c.wait(job=job))
     if gpids:
         r = await c.wait(gpids)
-        for res in r["results"]:
-            code, err = res["code"], res.get("error", "")
-            if opts.json:
-                out = {"gpid": res["gpid"], "status": code if code >= 0 else None, "name": res.get("name", "")}
-                print(json.dumps({**out, **({"error": err} if err else {})}))
-            if code == NO_STATUS:
-                print(f"gproc: wait {res['gpid']}: ended, {err}", file=sys.stderr)
-            elif code < 0 or err:
-                print(f"gproc: wait {res['gpid']}: {err}", file=sys.stderr)
-                status = max(status, 127 if code == -2 else 1 if code < 0 else code)
-            else:
-                status = max(status, code)
+        if "job" in r:  # a single number that is a job id
+            results.append(r)
+        else:
+            for res in r["results"]:
+                code, err = res["code"], res.get("error", "")
+                if opts.json:
+                    out = {"gpid": res["gpid"], "status": code if code >= 0 else None, "name": res.get("name", "")}
+                    print(json.dumps({**out, **({"error": err} if err else {})}))
+                if code == NO_STATUS:
+                    print(f"gproc: wait {res['gpid']}: ended, {err}", file=sys.stderr)
+                elif code < 0 or err:
+                    print(f"gproc: wait {res['gpid']}: {err}", file=sys.stderr)
+                    status = max(status, 127 if code == -2 else 1 if code < 0 else code)
+                else:
+                    status = max(status, code)
+    for r in results:
+        if opts.json:
+            print(json.dumps(r))
+        elif r["state"] == "lost":
+            print(f"gproc: job {r['job']}: running when the master stopped; some nodes never answered", file=sys.stderr)
+        status = max(status, int(r["status"] if r["status"] is not None else 255))
     return status
+
+
+# ---- batch jobs --------------------------------------------------------------------------------------
+
+
+async def _jobs(opts: argparse.Namespace) -> int:
+    rows = await client.Cluster(opts.socket).jobs()
+    if opts.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(box=None, pad_edge=False, show_edge=False)
+    for col in ("JOBID", "STATE", "NODES", "OK", "FAILED", "EXIT", "STARTED", "TIME", "COMMAND"):
+        t.add_column(col, no_wrap=True)
+    now = time.time()
+    for r in rows:
+        status = "" if r["status"] is None else str(r["status"])
+        elapsed = (r["ended"] or now) - r["started"]
+        started = time.strftime("%m-%d %H:%M:%S", time.localtime(r["started"]))
+        state = r["state"] + (" (batch)" if r["batch"] else "")
+        cmd = " ".join(r["argv"])
+        t.add_row(
+            str(r["id"]), state, str(r["n"]), str(r["ok"]), str(r["failed"]), status, started, f"{elapsed:.1f}s", cmd
+        )
+    Console(width=200, highlight=False).print(t)
+    return 0
+
+
+async def _output(opts: argparse.Namespace, job_id: int) -> int:
+    from gproc.display import Display
+
+    job = await client.Cluster(opts.socket).output(job_id)
+    await Display(json_mode=opts.json, gather=opts.gather, window=opts.window, diff=opts.diff).consume(job)
+    assert job.exit_status is not None
+    return job.exit_status
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ The CLI, the web view and the FUSE mount are written against this module only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ from gproc.errors import ConnectError, GprocError, NoMatchError, ProtocolError, 
 
 DEFAULT_SOCKET = "/tmp/g"
 SILENCE_LIMIT = 30.0  # the master ticks every few seconds during a job; this much silence is death
+STDIN_CHUNK = 64 * 1024  # stdin travels in chunks of this size …
+STDIN_WINDOW = 8  # … at most this many unacknowledged (flow control down to every node)
 
 
 def socket_path(explicit: str | None = None) -> str:
@@ -92,6 +95,10 @@ class Connection:
     def send(self, msg: wire.Message) -> None:
         self.writer.write(wire.pack(msg))
 
+    async def drain(self) -> None:
+        with contextlib.suppress(OSError):
+            await self.writer.drain()
+
     async def receive(self, timeout: float | None = SILENCE_LIMIT) -> wire.Message:
         try:
             async with asyncio.timeout(timeout):
@@ -111,29 +118,70 @@ class Connection:
 
 
 class Job:
-    """A running ``exec``: iterate it for events; ``signal()`` reaches every process of the job."""
+    """A running ``exec`` (or a stored job's output): iterate it for events; ``signal()`` reaches
+    every process of the job; ``feed()`` sends it input."""
 
     def __init__(self, conn: Connection, header: wire.Message) -> None:
         self._conn = conn
         self.id: int = header["job"]
         self.nnodes: int = header.get("n", 0)
         self.absent: str = header.get("absent", "")
+        self.state: str = header.get("state", "running")
         self.exit_status: int | None = None
         self._max = 255 if self.absent else 0
+        self._sent = self._acked = 0
+        self._credit = asyncio.Event()
+        self._stdin: AsyncIterable[bytes] | bytes | None = None
+        self.batch = False
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the job on every node."""
         self._conn.send({"t": "signal", "sig": sig})
 
+    async def feed(self, source: AsyncIterable[bytes] | bytes) -> None:
+        """Send ``source`` as the job's stdin (to every process), then EOF.
+
+        At most ``STDIN_WINDOW`` chunks are in flight: this waits while the slowest node catches up
+        (the job's events must be consumed meanwhile, they carry the acknowledgements)."""
+        if isinstance(source, bytes):
+            data = source
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for i in range(0, len(data), STDIN_CHUNK):
+                    yield data[i : i + STDIN_CHUNK]
+
+            source = chunks()
+        async for chunk in source:
+            for i in range(0, len(chunk), STDIN_CHUNK):
+                await self._send_chunk(chunk[i : i + STDIN_CHUNK], False)
+        await self._send_chunk(b"", True)
+
+    async def _send_chunk(self, data: bytes, eof: bool) -> None:
+        while self._sent - self._acked >= STDIN_WINDOW:
+            self._credit.clear()
+            await self._credit.wait()
+        self._sent += 1
+        self._conn.send({"t": "in", "seq": self._sent, "d": data, "eof": eof})
+        await self._conn.drain()
+
     async def events(self) -> AsyncIterator[Event]:
+        if self.batch:
+            raise UsageError(f"job {self.id} runs detached: read its output with Cluster.output({self.id})")
         if self.absent:
             yield Status(self.absent, 0, 255, "absent")
+        feeder = asyncio.ensure_future(self.feed(self._stdin)) if self._stdin is not None else None
         try:
             while True:
                 msg = await self._conn.receive()
                 t = msg.get("t")
                 if t == "end":
                     break
+                if t == "inack":
+                    seq = msg.get("seq")
+                    if isinstance(seq, int) and seq > self._acked:
+                        self._acked = seq
+                        self._credit.set()
+                    continue
                 if t != "out":
                     continue
                 for key, nodes, count in msg["g"]:
@@ -143,6 +191,10 @@ class Job:
                         self._max = max(self._max, int(key[1]))
                         yield Status(nodes, count, int(key[1]), str(key[2]))
         finally:
+            if feeder is not None:
+                feeder.cancel()
+                with contextlib.suppress(BaseException):
+                    await feeder
             self._conn.close()
         self.exit_status = self._max
 
@@ -228,12 +280,13 @@ class Cluster:
         return dict(await self.request("kill", gpids=list(gpids or []), sig=sig))
 
     async def wait(self, gpids: list[int] | None = None, *, job: int | None = None) -> dict[str, Any]:
-        """Wait until gpids (or a job's processes) have ended; works as well after they ended.
+        """Wait until gpids (or a job) have ended; works as well after they ended.
 
         gpids: ``{"results": [{"gpid", "code", "error", "name"}…]}`` where ``code`` is the exit status
         (128+N for signal N), -1 unknown (a forked process: only its parent saw it), -2 no such process,
-        -3 permission denied, 255 with ``error`` when the node was lost; a job: ``{"job", "statuses":
-        [{"nodes", "status"[, "error"]}…]}``."""
+        -3 permission denied, 255 with ``error`` when the node was lost. A job (``job=``, or a single
+        number in ``gpids`` that is a job id: job ids and gpids come from one space): ``{"job",
+        "state", "status"}``, status as ``gproc e`` exits."""
         if job is not None:
             return dict(await self.request("wait", job=job))
         return dict(await self.request("wait", gpids=list(gpids or [])))
@@ -265,13 +318,20 @@ class Cluster:
         cwd: str | None = None,
         timeout: float | None = None,
         gather: bool = False,
+        stdin: bytes | AsyncIterable[bytes] | bool | None = None,
+        batch: bool = False,
     ) -> Job:
         """Start ``argv`` on the selected nodes; returns once the master accepted the job.
 
         ``gather``: the tree holds results until every node is done, so each distinct output reaches
         the master once, whatever the number of nodes (``-b``); otherwise results stream live.
+        ``stdin``: bytes or an async iterable of bytes, sent to every process while the job is
+        iterated; ``True`` to send it yourself with ``job.feed()``; None: the processes read EOF.
+        ``batch``: the job runs on without this client (``job.id`` names it for ``output``/``wait``).
         """
         check_selection(nodes, include, exclude)
+        if batch and stdin not in (None, False):
+            raise UsageError("a batch job has no stdin")
         conn = await Connection.open(self.socket, self.timeout)
         conn.send(
             {
@@ -285,8 +345,36 @@ class Cluster:
                 "cwd": cwd if cwd is not None else _cwd(),
                 "timeout": timeout,
                 "gather": gather,
+                "stdin": stdin is not None and stdin is not False,
+                "batch": batch,
             }
         )
+        try:
+            header = await conn.receive()
+        except GprocError:
+            conn.close()
+            raise
+        if header.get("t") != "job":
+            conn.close()
+            raise ProtocolError(f"unexpected answer {header.get('t')!r}")
+        job = Job(conn, header)
+        if batch:
+            job.batch = True
+            conn.close()
+        elif stdin is not None and not isinstance(stdin, bool):
+            job._stdin = stdin
+        return job
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        """Jobs the master keeps (yours; everyone's for root): ``id, state, status, argv, nodes, n,
+        ok, failed, started, ended, batch, bytes, rep_bytes, truncated, uid``."""
+        return list((await self.request("jobs"))["jobs"])
+
+    async def output(self, job: int) -> Job:
+        """A job's merged output as events, replayed from the master's store (followed to its end
+        if the job still runs)."""
+        conn = await Connection.open(self.socket, self.timeout)
+        conn.send({"t": "req", "fn": "output", "job": job})
         try:
             header = await conn.receive()
         except GprocError:

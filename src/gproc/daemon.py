@@ -28,11 +28,20 @@ def setup_logging(level: int, stream: Any = None) -> None:
 
 
 async def serve_master(
-    cfg: NodeConfig, socket_path: str, state_dir: str, ready_file: str | None = None, pids: PidConfig | None = None
+    cfg: NodeConfig,
+    socket_path: str,
+    state_dir: str,
+    ready_file: str | None = None,
+    pids: PidConfig | None = None,
+    *,
+    keep_jobs: int = 1000,
+    keep_bytes: int = 1 << 30,
 ) -> int:
     """Run the master until Ctrl-C (which shuts the whole tree down)."""
     platform.raise_fd_limit()
-    master = Master(cfg, socket_path=socket_path, state_dir=state_dir, pids=pids)
+    master = Master(
+        cfg, socket_path=socket_path, state_dir=state_dir, pids=pids, keep_jobs=keep_jobs, keep_bytes=keep_bytes
+    )
     await master.start()
     loop = asyncio.get_running_loop()
     platform.install_shutdown_signals(loop, lambda: _forget(master.spawn(master.shutdown_tree())))
@@ -59,8 +68,9 @@ async def serve_many(spec: dict[str, Any]) -> int:
     """Many nodes in one OS process, as ``gproc up --local`` lays them out.
 
     ``spec``: ``{"key", "master", "host", "heartbeat", "dead_after", "nodes": [{"name", "id",
-    "parent": index or -1, "listen": bool, "socket": client socket path or absent}]}``; parents come
-    before their children.
+    "parent": index or -1, "listen": bool, "socket": client socket path or absent}]}`` and optionally
+    ``"config"``: other ``NodeConfig`` fields (``quiet``, ``hold``, ``edits`` …); parents come before
+    their children.
     """
     platform.raise_fd_limit()
     server_ssl = credential.server_context(spec["key"])
@@ -84,6 +94,7 @@ async def serve_many(spec: dict[str, Any]) -> int:
             dead_after=spec.get("dead_after", 3.5),
             bin_root=spec.get("bin_root", "/tmp/xproc"),
             socket=entry.get("socket"),
+            **spec.get("config", {}),
         )
         if parent_idx >= 0:  # start a node once its parent here is attached: no refused handshakes
             await _registered(nodes[parent_idx])

@@ -1,4 +1,5 @@
-"""Showing a job's merged output: live ``name: line``, gathered like ``dshbak -c``, or JSON Lines.
+"""Showing a job's merged output: live ``name: line``, gathered like ``dshbak -c``, as unified diffs
+against the largest group (``--diff``, like ``clush --diff``), or JSON Lines.
 
 JSON records (stable field names): output ``{"nodes", "stream", "data"}`` (live: one line without its
 newline; gathered: a group's whole output); exit statuses ``{"nodes", "status"}``; nodes that could
@@ -8,7 +9,9 @@ not run the command ``{"nodes", "status": 255, "error": reason}``. ``nodes`` is 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
+import re
 import sys
 from typing import TextIO
 
@@ -28,6 +31,11 @@ def _union(sets: list[str]) -> str:
     return str(ns)
 
 
+def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key putting node2 before node10."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", name) if p)
+
+
 def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
@@ -42,9 +50,11 @@ class Display:
         window: float = 0.05,
         out: TextIO | None = None,
         err: TextIO | None = None,
+        diff: bool = False,
     ) -> None:
         self.json = json_mode
-        self.gather = gather
+        self.diff = diff and not json_mode
+        self.gather = gather or diff
         self.window = window
         self.out = out or sys.stdout
         self.err = err or sys.stderr
@@ -100,16 +110,26 @@ class Display:
                 lines = streams.get(stream)
                 if lines:
                     groups.setdefault(b"".join(d for _, d in sorted(lines)), []).append(name)
-            ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[1][0]))
+            ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), min(map(_natural, kv[1]))))
+            ref: tuple[str, str] | None = None
             for data, names in ordered:
                 nodes = str(NodeSet.fromlist(names))
                 if self.json:
                     print(json.dumps({"nodes": nodes, "stream": stream, "data": _text(data)}), file=self.out)
                     continue
                 label = f"{nodes} ({len(names)})" + (" stderr" if stream == "stderr" else "")
+                text = _text(data) if data.endswith(b"\n") else _text(data) + "\n"
+                if self.diff and ref is not None:
+                    self.out.writelines(
+                        difflib.unified_diff(
+                            ref[1].splitlines(keepends=True), text.splitlines(keepends=True), ref[0], label
+                        )
+                    )
+                    continue
                 bar = "-" * min(max(len(label), 15), 78)
                 print(f"{bar}\n{label}\n{bar}", file=self.out)
-                self.out.write(_text(data) if data.endswith(b"\n") else _text(data) + "\n")
+                self.out.write(text)
+                ref = (label, text)
         self.out.flush()
 
     def _print_statuses(self) -> None:

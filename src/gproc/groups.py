@@ -17,9 +17,9 @@ from gproc.errors import ProtocolError
 Key = tuple[Any, ...]
 
 
-def _freeze(value: Any) -> Any:
+def freeze(value: Any) -> Any:
     if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
+        return tuple(freeze(v) for v in value)
     if isinstance(value, (str, bytes, int, float, bool)) or value is None:
         return value
     raise ProtocolError(f"unhashable group key element of type {type(value).__name__}")
@@ -57,7 +57,7 @@ class Groups:
                 ranks = rankset.decode(item[1])
             except (ValueError, TypeError) as e:
                 raise ProtocolError(f"bad rank set in group: {e}") from None
-            self.add(_freeze(item[0]), ranks)
+            self.add(freeze(item[0]), ranks)
 
     def to_wire(self) -> list[list[Any]]:
         """Encode for the wire: ``[[key…], [a0, b0, …]]`` per group."""

@@ -97,10 +97,14 @@ def up(
     debug: int = 0,
     gpid_block: int | None = None,
     collect_every: float | None = None,
+    master_args: list[str] | None = None,
+    node_config: dict[str, Any] | None = None,
 ) -> UpRecord:
     """Start a master and ``n`` nodes on loopback; return once every node is registered.
 
-    ``gpid_block`` and ``collect_every`` set the master's gpid block size and collection period."""
+    ``gpid_block`` and ``collect_every`` set the master's gpid block size and collection period;
+    ``master_args`` are extra switches for the master (``["--keep-jobs", "10"]``); ``node_config``
+    sets ``NodeConfig`` fields of every node (``{"hold": 1.0, "edits": False}``)."""
     if n < 1:
         raise UsageError("a local cluster needs at least one node")
     sock = socket_path(socket)
@@ -135,6 +139,7 @@ def up(
             str(hb),
             "--dead-after",
             str(dead),
+            *(master_args or []),
         ]
         if gpid_block is not None:
             rec.master_argv += ["--gpid-block", str(gpid_block)]
@@ -158,6 +163,7 @@ def up(
                 "host": host,
                 "heartbeat": hb,
                 "dead_after": dead,
+                "config": node_config or {},
                 "nodes": [
                     {
                         "index": i,

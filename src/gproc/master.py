@@ -19,7 +19,7 @@ from typing import Any
 
 from ClusterShell.NodeSet import NodeSet
 
-from gproc import nodespec, wire
+from gproc import nodespec, platform, wire
 from gproc import ranks as rankset
 from gproc.errors import GprocError, ProtocolError, RegistrationError, UsageError
 from gproc.overlay import ID_RE, NAME_RE, Link, Node, NodeConfig, TreeLink
@@ -70,8 +70,18 @@ class Master(Node):
     is_master = True
 
     def __init__(
-        self, cfg: NodeConfig, *, socket_path: str, state_dir: str, pids: PidConfig | None = None, **kw: Any
+        self,
+        cfg: NodeConfig,
+        *,
+        socket_path: str,
+        state_dir: str,
+        pids: PidConfig | None = None,
+        keep_jobs: int = 1000,
+        keep_bytes: int = 1 << 30,
+        **kw: Any,
     ) -> None:
+        from gproc.services.jobs import JobService, JobStore
+
         super().__init__(cfg, **kw)
         self.rank = 0
         self.registered.set()
@@ -89,6 +99,8 @@ class Master(Node):
 
         self.pids = MasterProcs(self, pids or PidConfig())
         self.relay = MasterRelay(self)
+        self.jobs = JobStore(self.state.db, os.path.join(state_dir, "jobs"), keep_jobs, keep_bytes)
+        self.job_service = JobService(self)
 
     # ---- lifetime --------------------------------------------------------------------------------
 
@@ -248,9 +260,7 @@ class Master(Node):
             self.log.exception("client request failed")
             link.send({"t": "error", "msg": "internal error in the master (see its log)", "code": 1})
         finally:
-            with contextlib.suppress(Exception):
-                await link.drain(5.0)
-            link.abort()
+            await link.close(30.0)  # what is queued still goes (a big output to a slow client), then close
 
     async def _serve_request(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
         fn = req.get("fn")
@@ -284,11 +294,28 @@ class Master(Node):
         self.requests.update(info=info, select=select, stats=stats, shutdown=shutdown, ping=self._ping, exec=self._exec)
 
     def stats(self) -> dict[str, Any]:
-        """Bytes and frames received from the tree (the master's direct children) so far."""
+        """Bytes and frames exchanged with the tree (the master's direct children) so far.
+
+        ``bytes_in``/``bytes_out`` count frames (payload); ``wire_in`` the TCP payload received (TLS
+        records with their headers and tags, from the kernel's TCP_INFO; None where unknown) and
+        ``segs_in`` the TCP segments that carried it."""
         links = list(self.children.values())
+        wire_in: int | None = 0
+        segs = 0
+        for lk in links:
+            got = platform.tcp_received(lk.transport.get_extra_info("socket") if lk.transport else None)
+            if got is None or wire_in is None:
+                wire_in = None
+                continue
+            wire_in += got[0]
+            segs += got[1]
         return {
             "bytes_in": sum(lk.counter.bytes_in for lk in links),
             "frames_in": sum(lk.counter.frames_in for lk in links),
+            "bytes_out": sum(lk.counter.bytes_out for lk in links),
+            "wire_in": wire_in,
+            "segs_in": segs,
+            "links": len(links),
             "nodes_up": self.count_up(),
         }
 
@@ -316,7 +343,7 @@ class Master(Node):
                 done.set_result(None)
 
         t0 = time.perf_counter()
-        self.start_op(self.state.next_op_id(), "noop", {}, targets, sink)
+        self.start_op(self.pids.next_id(), "noop", {}, targets, sink)
         await done
         link.send(
             {
@@ -332,8 +359,9 @@ class Master(Node):
         if not isinstance(env, dict):
             raise UsageError("bad environment")
         timeout = req.get("timeout")
+        batch = req.get("batch") is True
         targets, absent = self._selection(req)
-        job = self.state.next_op_id()
+        job = self.pids.next_id()
         body = {
             "argv": argv,
             "env": env,
@@ -345,24 +373,28 @@ class Master(Node):
             "nnodes": len(targets),
             "gather": req.get("gather") is True,
             "pgpid": link.peer.get("pgpid", 0),  # the gpid of the process that asked (relayed from a job)
+            "stdin": req.get("stdin") is True and not batch,  # a batch job's input is empty
         }
-        link.send({"t": "job", "job": job, "n": len(targets), "absent": str(NodeSet.fromlist(sorted(absent)))})
+        absent_set = str(NodeSet.fromlist(sorted(absent)))
+        record = self.jobs.start(job, cred.uid, argv, self.fold(targets), len(targets), batch, absent_set)
+        link.send({"t": "job", "job": job, "n": len(targets), "absent": absent_set})
         done = asyncio.Event()
+        ops: list[Any] = []
 
         def sink(groups: list[list[Any]], end: bool) -> None:
             if groups:
-                link.send(
-                    {
-                        "t": "out",
-                        "g": [[key, self.fold_intervals(enc), rankset.count(enc)] for key, enc in groups],
-                    }
-                )
+                out = [[key, self.fold_intervals(enc), rankset.count(enc)] for key, enc in groups]
+                record.add(out)
+                link.send({"t": "out", "g": out})
             if end:
+                record.finish(ops[0].bytes_in if ops else 0, ops[0].frames_in if ops else 0)
                 link.send({"t": "end"})
                 done.set()
 
         self.pids.job_started(job, targets)
-        self.start_op(job, "exec", body, targets, sink)
+        ops.append(self.start_op(job, "exec", body, targets, sink))
+        if batch:
+            return  # the client has its job id and leaves; the job runs on, its output is kept
         await self._attend(link, job, targets, done)
 
     async def _attend(self, link: Link, job: int, targets: set[int], done: asyncio.Event) -> None:
@@ -381,6 +413,12 @@ class Master(Node):
                         return
                     if msg.get("t") == "signal" and isinstance(msg.get("sig"), int):
                         self.signal_job(job, targets, msg["sig"])
+                    elif msg.get("t") == "in":
+                        try:
+                            self.stdin.deliver(job, msg, lambda _op, seq: _ack(link, seq))
+                        except ProtocolError:
+                            self.signal_job(job, targets, signal.SIGTERM)
+                            raise
                     reader = asyncio.ensure_future(link.receive())
                 elif not finished:
                     link.send({"t": "tick"})
@@ -390,7 +428,12 @@ class Master(Node):
 
     def signal_job(self, job: int, targets: set[int], sig: int) -> None:
         """Send a signal to every process of a job, on every node that runs it."""
-        self.start_op(self.state.next_op_id(), "signal", {"job": job, "sig": sig}, targets, lambda g, e: None)
+        self.start_op(self.pids.next_id(), "signal", {"job": job, "sig": sig}, targets, lambda g, e: None)
+
+
+def _ack(link: Link, seq: int) -> None:
+    """Tell an attached client how much of its stdin every node of its job has taken."""
+    link.send({"t": "inack", "seq": seq})
 
 
 async def _socket_alive(path: str) -> bool:

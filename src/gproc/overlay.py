@@ -23,13 +23,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gproc import merge, wire
 from gproc import ranks as rankset
-from gproc import wire
 from gproc.address import Address, parse_address
 from gproc.errors import GprocError, ProtocolError, RegistrationError
 from gproc.groups import Groups, Key
 from gproc.services.execute import ExecService, SpawnGate
 from gproc.services.procs import ProcService
+from gproc.services.stdin import StdinService
 
 log = logging.getLogger("gproc.overlay")
 
@@ -38,6 +39,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
 
 LOST: Key = ("s", 255, "lost")
 ADMIT_WAIT = 30.0  # how long a parent that is not attached yet holds a new child before refusing it
+FLUSH_BYTES = 4 << 20  # results this big go up at once, whatever the timing (bounds a node's memory)
 
 
 @dataclass
@@ -51,7 +53,10 @@ class NodeConfig:
     key: str = ""  # the cluster credential
     heartbeat: float = 1.0  # seconds between pings on an idle link
     dead_after: float = 3.5  # a link silent this long is dead
-    window: float = 0.01  # how long replies are gathered before going up
+    window: float = 0.01  # how long a node's own results are gathered before going up
+    quiet: float = 0.25  # an interior node waits for its children while a new one reported within this …
+    hold: float = 3.0  # … but never holds results longer than this
+    edits: bool = True  # send near-identical output lines as edits of a reference line
     connect_timeout: float = 10.0  # TCP connect and TLS handshake
     bin_root: str = "/tmp/xproc"
     socket: str | None = None  # where this node serves clients (relayed to the master); None: nowhere
@@ -87,6 +92,19 @@ class Link:
         self.last_tx = time.monotonic()
         return True
 
+    async def close(self, timeout: float = 30.0) -> None:
+        """Close once everything queued has been sent (at once if the peer does not take it in time)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.writer.close()
+            async with asyncio.timeout(timeout):
+                await self.writer.wait_closed()
+        except (OSError, TimeoutError, ConnectionError, RuntimeError):
+            with contextlib.suppress(Exception):
+                self.writer.transport.abort()
+
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait while the link's send buffer is above its high-water mark (flow control)."""
         transport = self.writer.transport
@@ -99,7 +117,7 @@ class Link:
             self.abort()
 
     async def receive(self) -> wire.Message:
-        msg = await wire.read_message(self.reader)
+        msg = await wire.read_message(self.reader, counter=self.counter)
         self.last_rx = time.monotonic()
         self.counter.frames_in += 1
         return msg
@@ -170,6 +188,7 @@ class TreeLink(asyncio.Protocol):
                 self._fail(str(e))
                 return
             self.counter.frames_in += 1
+            self.counter.last_in = 4 + size
             self._deliver(msg)
         if pos:
             del buf[:pos]
@@ -277,41 +296,129 @@ Sink = Callable[[list[list[Any]], bool], None]
 
 
 class Op:
-    """One operation as seen by one node: what it waits for and what it has gathered."""
+    """One operation as seen by one node: what it waits for and what it has gathered.
 
-    __slots__ = ("body", "gather", "groups", "id", "kind", "local", "node", "sink", "timer", "waiting")
+    When results go up: a node's own results ``window`` after the first of them. An interior node
+    waits for its children: while the op starts (its first ``hold`` seconds), until every child has
+    reported once; then once ``quiet`` seconds passed without news (a child reporting for the first
+    time since the last flush, or ending), at the latest ``hold`` seconds after the first result came
+    in; and, after the op's first flush, as soon as every child still running reported again (a
+    *round*: lines that all nodes print at the same pace go up together). The processes of a big
+    subtree start and finish at slightly different times; waiting for them turns a trickle of
+    partial replies into one, so the bytes that reach the master do not grow with the number of
+    nodes. When the last child ends, or ``FLUSH_BYTES`` have gathered, everything goes up at once. A
+    *gathering* op (``-b``) holds everything until the end, unless ``GATHER_LIMIT`` distinct keys or
+    ``FLUSH_BYTES`` pile up.
+    """
 
     GATHER_LIMIT = 4096  # distinct keys a gathering node holds before it sends a partial reply
 
-    def __init__(self, node: Node, op_id: int, kind: str, body: dict[str, Any], sink: Sink):
+    __slots__ = (
+        "base",
+        "bases",
+        "body",
+        "bytes_in",
+        "flushed",
+        "frames_in",
+        "gather",
+        "groups",
+        "heard",
+        "id",
+        "kind",
+        "local",
+        "node",
+        "pending_bytes",
+        "progress",
+        "round_start",
+        "sink",
+        "started",
+        "timer",
+        "timer_at",
+        "unheard",
+        "waiting",
+    )
+
+    def __init__(
+        self, node: Node, op_id: int, kind: str, body: dict[str, Any], sink: Sink, base: list[int] | None = None
+    ):
         self.node = node
         self.id = op_id
         self.kind = kind
         self.body = body
         self.sink = sink
+        self.base = base  # sorted targets this node was given: replies up give rank positions in it
         self.groups = Groups()
         self.waiting: dict[TreeLink, set[int]] = {}
+        self.bases: dict[TreeLink, list[int]] = {}
+        self.heard: set[TreeLink] = set()  # children that reported since the last flush
+        self.unheard: set[TreeLink] = set()  # children that never reported
+        self.started = asyncio.get_running_loop().time()
+        self.round_start: float | None = None
+        self.progress = 0.0  # when the last news came: a child reporting first in this round, or ending
+        self.flushed = False  # anything sent up yet
+        self.pending_bytes = 0  # about how much is gathered
+        self.bytes_in = self.frames_in = 0  # reply frames (and their bytes) received from children
         self.local = False
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # when it fires (uvloop's handles do not say)
         self.gather = body.get("gather") is True  # hold everything until the end: one merged reply
 
     def emit(self, key: Key, ranks: set[int] | None = None) -> None:
         """Add a result for this node (or the given ranks) and schedule a flush upward."""
         self.groups.add(key, ranks if ranks is not None else (self.node.rank or 0,))
-        self.schedule()
+        self.pending_bytes += len(key[3]) if len(key) == 4 and isinstance(key[3], bytes) else 8
+        if self.timer is not None and not self.waiting and self.pending_bytes < FLUSH_BYTES:
+            return  # a burst of lines from the local job: the window's timer is already set
+        if self.id in self.node.ops:
+            self.pending()
 
-    def schedule(self) -> None:
-        """Send gathered results up after the window (or, gathering, only at the end or when large)."""
-        if self.timer is not None or self.id not in self.node.ops:
+    def _due(self) -> float | None:
+        """When the gathered results should go up (None: now)."""
+        assert self.round_start is not None
+        cfg = self.node.cfg
+        if self.pending_bytes >= FLUSH_BYTES:
+            return None
+        if not self.waiting or (self.flushed and self.heard.issuperset(self.waiting)):
+            return self.round_start + cfg.window
+        if self.unheard and not self.flushed and self.round_start < self.started + cfg.hold:
+            return self.started + cfg.hold  # the subtree is starting: wait for each child's first word
+        return min(self.round_start + cfg.hold, self.progress + cfg.quiet)
+
+    def pending(self) -> None:
+        """Results are waiting: send them up now, or make sure the timer fires when they are due."""
+        if self.gather and len(self.groups) < self.GATHER_LIMIT and self.pending_bytes < FLUSH_BYTES:
+            return  # at the end (or once it grows big)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self.round_start is None:
+            self.round_start = self.progress = now
+        due = self._due()
+        if due is None or due <= now:
+            self.flush()
             return
-        if self.gather and len(self.groups) < self.GATHER_LIMIT:
-            return
-        self.timer = asyncio.get_running_loop().call_later(self.node.cfg.window, self.flush)
+        if self.timer is not None:
+            if self.timer_at <= due:
+                return  # it fires first and looks again
+            self.timer.cancel()
+        self.timer = loop.call_at(due, self._on_timer)
+        self.timer_at = due
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.groups and self.node.ops.get(self.id) is self:
+            self.pending()
 
     def flush(self, end: bool = False) -> None:
-        self.timer = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.heard.clear()
+        self.round_start = None
+        self.pending_bytes = 0
+        self.flushed = True
         if self.groups or end:
-            self.sink(self.groups.take().to_wire(), end)
+            g = self.groups.take()
+            self.sink(g.to_wire() if self.base is None else merge.pack(g, self.base, self.node.cfg.edits), end)
 
     async def backpressure(self) -> None:
         """Wait while the way up is congested."""
@@ -351,6 +458,10 @@ class Node:
         self.route: dict[int, TreeLink] = {}
         self.ops: dict[int, Op] = {}
         self.handlers: dict[str, Handler] = {}
+        # messages that services handle: from the parent (down) and from children (up)
+        self.down_messages: dict[str, Callable[[TreeLink, wire.Message], None]] = {}
+        self.up_messages: dict[str, Callable[[TreeLink, wire.Message], None]] = {}
+        self.op_watchers: list[Callable[[Op], None]] = []  # told when an op's children end or it ends
         self.listen_address: Address | None = None
         self.registered = asyncio.Event()
         self.stopped = asyncio.Event()
@@ -366,6 +477,7 @@ class Node:
         self.spawn_gate = spawn_gate or SpawnGate()
         self.exec = ExecService(self)
         self.procs = ProcService(self)
+        self.stdin = StdinService(self)
 
     # ---- lifetime -------------------------------------------------------------------------------
 
@@ -397,6 +509,7 @@ class Node:
         self.stopped.set()
         self.exec.kill_all()
         self.procs.stop()
+        self.stdin.close()
         if self._server is not None:
             self._server.close()
         for link in [*self.children.values(), *([self.parent] if self.parent else [])]:
@@ -536,6 +649,8 @@ class Node:
             self.spawn(self._reannounce())
         elif t in ("pong", "welcome"):
             pass
+        elif t in self.down_messages:
+            self.down_messages[t](link, msg)
         else:
             raise ProtocolError(f"unexpected message {t[:40]!r} from parent")
 
@@ -709,6 +824,8 @@ class Node:
             except (ValueError, TypeError):
                 raise ProtocolError("bad detach") from None
             self._detach({r for r in gone if self.route.get(r) is link})
+        elif t in self.up_messages:
+            self.up_messages[t](link, msg)
         else:
             raise ProtocolError(f"unexpected message {t[:40]!r} from a child")
 
@@ -720,8 +837,13 @@ class Node:
         for op in list(self.ops.values()):
             lost = op.waiting.pop(link, None)
             if lost:
+                op.heard.discard(link)
+                op.unheard.discard(link)
                 op.groups.add(LOST, lost)
+                self._op_changed(op)
                 self._maybe_finish(op)
+                if self.ops.get(op.id) is op:
+                    op.pending()
         for cid2, (lk, _, _) in list(self._relay.items()):
             if lk is link:
                 del self._relay[cid2]
@@ -749,7 +871,7 @@ class Node:
             targets = rankset.decode(tg if isinstance(tg, list) else [])
         except (ValueError, TypeError):
             raise ProtocolError("bad op targets") from None
-        self.start_op(op_id, kind, body, targets, self._sink_up(op_id))
+        self.start_op(op_id, kind, body, targets, self._sink_up(op_id), base=sorted(targets))
 
     def _sink_up(self, op_id: int) -> Sink:
         def sink(groups: list[list[Any]], end: bool) -> None:
@@ -759,9 +881,14 @@ class Node:
 
         return sink
 
-    def start_op(self, op_id: int, kind: str, body: dict[str, Any], targets: set[int], sink: Sink) -> Op:
-        """Run an op here if this rank is a target, forward it into subtrees holding targets."""
-        op = Op(self, op_id, kind, body, sink)
+    def start_op(
+        self, op_id: int, kind: str, body: dict[str, Any], targets: set[int], sink: Sink, base: list[int] | None = None
+    ) -> Op:
+        """Run an op here if this rank is a target, forward it into subtrees holding targets.
+
+        ``base`` (the sorted targets, for an op that came from a parent) makes replies going up give
+        rank positions in it; without it, ``sink`` gets groups with plain ranks (the master)."""
+        op = Op(self, op_id, kind, body, sink, base)
         buckets: dict[TreeLink, set[int]] = {}
         unreachable: set[int] = set()
         route = self.route
@@ -784,6 +911,7 @@ class Node:
         for lk, rs in buckets.items():
             if lk.send({"t": "op", "op": op_id, "k": kind, "b": body, "tg": rankset.encode(rs)}):
                 op.waiting[lk] = rs
+                op.unheard.add(lk)
             else:
                 op.groups.add(LOST, rs)
         if op.local:
@@ -806,6 +934,7 @@ class Node:
             result = None
         if result is None:
             op.local = False
+            self._op_changed(op)
             self._maybe_finish(op)
         else:
             self.spawn(self._await_local(op, result))
@@ -819,6 +948,7 @@ class Node:
             self._local_failed(op, e)
         finally:
             op.local = False
+            self._op_changed(op)
             self._maybe_finish(op)
 
     def _local_failed(self, op: Op, e: Exception) -> None:
@@ -832,20 +962,41 @@ class Node:
         op = self.ops.get(msg.get("op"))  # type: ignore[arg-type]
         if op is None:
             return  # late reply for an op already finished (its ranks were reported lost)
-        op.groups.merge_wire(msg.get("g", []))
+        base = op.bases.get(link)
+        if base is None:
+            sent = op.waiting.get(link)
+            if sent is None:
+                return  # not a child this op was forwarded to
+            base = op.bases[link] = sorted(sent)
+        merge.unpack_into(op.groups, msg.get("g", []), base)
+        op.bytes_in += link.counter.last_in
+        op.frames_in += 1
+        op.pending_bytes += link.counter.last_in
+        op.unheard.discard(link)
+        if link not in op.heard or msg.get("end"):
+            op.progress = asyncio.get_running_loop().time()
         if msg.get("end"):
             op.waiting.pop(link, None)
+            op.heard.discard(link)
+            self._op_changed(op)
             self._maybe_finish(op)
-        elif op.groups:
-            op.schedule()
+            if self.ops.get(op.id) is not op:
+                return
+        else:
+            op.heard.add(link)
+        if op.groups:
+            op.pending()
+
+    def _op_changed(self, op: Op) -> None:
+        for watch in self.op_watchers:
+            watch(op)
 
     def _maybe_finish(self, op: Op) -> None:
         if op.local or op.waiting or self.ops.get(op.id) is not op:
             return
         del self.ops[op.id]
-        if op.timer is not None:
-            op.timer.cancel()
         op.flush(end=True)
+        self._op_changed(op)
 
     def _noop(self, op: Op) -> None:
         op.emit(("s", 0, ""))

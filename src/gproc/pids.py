@@ -110,19 +110,21 @@ class BlockTable:
         """gpids that can still be granted (pool and fresh space)."""
         return sum(s for _, s in self.pool) + max(0, self.cfg.gpid_max + 1 - self.frontier)
 
-    def grant(self, owner: int, want: int = 1) -> list[tuple[int, int]]:
+    def grant(self, owner: int, want: int = 1, *, count: bool = True) -> list[tuple[int, int]]:
         """Grant ``want`` blocks' worth of gpids to ``owner``: pooled ranges first, then fresh space.
 
         Returns ``[(start, size), …]`` totalling ``want * block`` (less only when the space runs out;
-        ``NoGpidError`` when nothing is left). Committed to SQLite before it returns.
+        ``NoGpidError`` when nothing is left). Committed to SQLite before it returns. ``count``: a
+        node's request (counted in ``requests``), not the master taking ids for its own jobs.
         """
         want = max(1, min(int(want), MAX_WANT))
         need = want * self.cfg.block
         out: list[tuple[int, int]] = []
         self._begin()
         try:
-            self.requests += 1
-            self._set_meta("gpid_requests", self.requests)
+            if count:
+                self.requests += 1
+                self._set_meta("gpid_requests", self.requests)
             while need and self.pool:
                 start, size = self.pool[0]
                 take = min(size, need)

@@ -70,6 +70,27 @@ def peer_credentials(sock: socket.socket) -> PeerCred:
     return PeerCred(0, uid, gid)
 
 
+_TCP_INFO_BYTES_RECEIVED = 128  # struct tcp_info: tcpi_bytes_received (u64), then segs_out, segs_in (u32)
+
+
+def tcp_received(sock: Any) -> tuple[int, int] | None:
+    """TCP payload bytes and segments a connected socket has received so far (Linux ``TCP_INFO``).
+
+    For a TLS link this counts TLS records as they crossed the network (headers, padding and tags
+    included); IP and TCP headers are not counted. None where the kernel does not tell.
+    """
+    if not IS_LINUX or sock is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 144)
+    except (OSError, AttributeError, ValueError):
+        return None
+    if len(raw) < 144:
+        return None
+    received, _segs_out, segs_in = struct.unpack_from("<QII", raw, _TCP_INFO_BYTES_RECEIVED)
+    return received, segs_in
+
+
 def user_groups(uid: int, gid: int) -> list[int]:
     """Supplementary groups of a user (empty if the user is unknown on this node)."""
     try:
@@ -132,6 +153,16 @@ class Process:
             return True
         except (ProcessLookupError, PermissionError):
             return False
+
+    def close_stdin(self) -> None:
+        """End of input for the program (its stdin pipe is closed)."""
+        f = self._popen.stdin
+        if f is not None:
+            self.stdin = -1
+            try:
+                f.close()
+            except OSError:
+                pass
 
     def close_pipes(self) -> None:
         for f in (self._popen.stdout, self._popen.stderr, self._popen.stdin):

@@ -1,4 +1,5 @@
-"""The master's durable state in SQLite: ranks by node name, and the operation-id counter.
+"""The master's durable state in SQLite: ranks by node name (job and operation ids
+come from the gpid space: ``services.procs.MasterProcs.next_id``).
 
 A rank, once given to a name, is that name's for good (across reconnects and master restarts).
 """
@@ -9,11 +10,9 @@ import os
 import sqlite3
 import time
 
-OP_ID_BLOCK = 1000
-
 
 class MasterState:
-    """SQLite-backed rank table and id counter (WAL mode; one writer, the master)."""
+    """SQLite-backed rank table (WAL mode; one writer, the master)."""
 
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -26,7 +25,6 @@ class MasterState:
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
         self._ranks: dict[str, int] = dict(self.db.execute("SELECT name, rank FROM ranks").fetchall())
         self._next_rank = max(self._ranks.values(), default=0) + 1
-        self._op_next = self._op_limit = 0
 
     def rank_for(self, name: str) -> int:
         """The rank of a name, given now if the name is new."""
@@ -37,16 +35,6 @@ class MasterState:
             self.db.execute("INSERT INTO ranks VALUES (?, ?, ?)", (name, r, time.time()))
             self._ranks[name] = r
         return r
-
-    def next_op_id(self) -> int:
-        """A new operation (job) id, never reused; ids are reserved in blocks to spare writes."""
-        if self._op_next >= self._op_limit:
-            row = self.db.execute("SELECT v FROM meta WHERE k='op'").fetchone()
-            start = row[0] if row else 1
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('op', ?)", (start + OP_ID_BLOCK,))
-            self._op_next, self._op_limit = start, start + OP_ID_BLOCK
-        self._op_next += 1
-        return self._op_next - 1
 
     def close(self) -> None:
         self.db.close()

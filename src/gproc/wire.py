@@ -15,7 +15,7 @@ import msgpack
 
 from gproc.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 
@@ -41,8 +41,12 @@ def unpack(body: bytes) -> Message:
     return msg
 
 
-async def read_message(reader: asyncio.StreamReader, max_frame: int = MAX_FRAME) -> Message:
-    """Read one frame; raises EOFError at a clean end of stream, ProtocolError on a bad frame."""
+async def read_message(
+    reader: asyncio.StreamReader, max_frame: int = MAX_FRAME, counter: Counter | None = None
+) -> Message:
+    """Read one frame; raises EOFError at a clean end of stream, ProtocolError on a bad frame.
+
+    With a ``counter``, the frame's bytes (header included) are added to its ``bytes_in``."""
     try:
         head = await reader.readexactly(4)
     except asyncio.IncompleteReadError as e:
@@ -56,6 +60,9 @@ async def read_message(reader: asyncio.StreamReader, max_frame: int = MAX_FRAME)
         body = await reader.readexactly(size)
     except asyncio.IncompleteReadError:
         raise ProtocolError("truncated frame") from None
+    if counter is not None:
+        counter.bytes_in += 4 + size
+        counter.last_in = 4 + size
     return unpack(body)
 
 
@@ -78,7 +85,8 @@ def check_hello(msg: Message, role: str | None = None) -> Message:
 class Counter:
     """Bytes and frames that crossed a connection, so every operation can print its wire cost."""
 
-    __slots__ = ("bytes_in", "bytes_out", "frames_in", "frames_out")
+    __slots__ = ("bytes_in", "bytes_out", "frames_in", "frames_out", "last_in")
 
     def __init__(self) -> None:
         self.bytes_in = self.bytes_out = self.frames_in = self.frames_out = 0
+        self.last_in = 0  # size of the last frame received

@@ -185,12 +185,15 @@ def test_kill_and_wait_a_job_on_every_node(c8: LocalCluster) -> None:
         r = c8.gproc("wait", "--json", f"%{job}")
         assert r.returncode == 128 + signal.SIGTERM
         assert [json.loads(x) for x in r.stdout.splitlines()] == [
-            {"job": int(job), "nodes": "node[0-7]", "status": 128 + signal.SIGTERM}
+            {"job": int(job), "state": "done", "status": 128 + signal.SIGTERM}
         ]
+        assert c8.gproc("wait", job).returncode == 128 + signal.SIGTERM  # a bare job id: one number space
         assert finish(p)[0] == 128 + signal.SIGTERM
         wait_until(lambda: not [r for r in ps(c8) if str(r["job"]) == job], 10, "every process of the job to go")
         r = c8.gproc("kill", "--json", f"%{job}")
         assert r.returncode == 1, (r.stdout, r.stderr, ps(c8))
+        r = c8.gproc("kill", job)  # a bare job id is recognised as one
+        assert r.returncode == 1 and f"job {job}: no such job" in r.stderr, r.stderr
     finally:
         p.kill()
         p.wait()

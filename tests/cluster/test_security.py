@@ -126,7 +126,8 @@ def test_client_socket_survives_garbage(cluster16: LocalCluster) -> None:
     for payload in (
         os.urandom(100),
         struct.pack(">I", 0xFFFFFFFF),
-        wire.pack({"t": "hello", "v": 1, "role": "client"}) + wire.pack({"t": "req", "fn": "exec", "argv": "notalist"}),
+        wire.pack({"t": "hello", "v": wire.PROTOCOL_VERSION, "role": "client"})
+        + wire.pack({"t": "req", "fn": "exec", "argv": "notalist"}),
     ):
         s = socket.socket(socket.AF_UNIX)
         s.settimeout(5)

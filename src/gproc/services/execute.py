@@ -105,9 +105,18 @@ class ExecService:
             **node.procs.job_env(gpid, parent),
         }
         workdir = self._workdir(cwd, uid, gid)
+        want_stdin = b.get("stdin") is True
         await node.spawn_gate.wait()
         try:
-            proc = platform.spawn(argv, cwd=workdir, env=env, uid=uid, gid=gid, groups=platform.user_groups(uid, gid))
+            proc = platform.spawn(
+                argv,
+                cwd=workdir,
+                env=env,
+                uid=uid,
+                gid=gid,
+                groups=platform.user_groups(uid, gid),
+                stdin=want_stdin,
+            )
         except OSError as e:
             op.emit(("s", 255, f"cannot run {argv[0]}: {e.strerror or e}"))
             return
@@ -116,18 +125,22 @@ class ExecService:
             return
         self.jobs[op.id] = proc
         node.procs.started(gpid, proc, job, uid, parent)
+        if want_stdin:
+            node.stdin.attach(op, proc)
         try:
             pumps = [
                 asyncio.ensure_future(self._pump(op, proc.stdout, STDOUT)),
                 asyncio.ensure_future(self._pump(op, proc.stderr, STDERR)),
             ]
             status, error = await self._wait(proc, b.get("timeout"))
+            node.stdin.detach(op.id)
             _, pending = await asyncio.wait(pumps, timeout=EXIT_GRACE)
             for p in pending:
                 p.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
             op.emit(("s", status, error))
         finally:
+            node.stdin.detach(op.id)
             self.jobs.pop(op.id, None)
             if not proc.exited.done():
                 proc.signal_group(signal.SIGKILL)

@@ -43,7 +43,7 @@ import psutil
 from gproc import platform, wire
 from gproc import ranks as rankset
 from gproc.errors import GprocError, RegistrationError, UsageError
-from gproc.pids import BlockTable, GpidSource, NoGpidError, PidConfig, Proc, ProcTable
+from gproc.pids import MAX_WANT, BlockTable, GpidSource, NoGpidError, PidConfig, Proc, ProcTable
 
 if TYPE_CHECKING:
     from gproc.master import Master
@@ -354,15 +354,6 @@ class ProcService:
         if not isinstance(uid, int):
             op.emit(("s", 2, "bad wait request"))
             return
-        job = b.get("job")
-        if isinstance(job, int):
-            g = self.table.job_root.get(job)
-            if g is None:
-                op.emit(("j", NO_SUCH))
-                return
-            status, _ = await self._wait_for(g, uid)
-            op.emit(("j", status))
-            return
         gpids = b.get("gpids")
         if not isinstance(gpids, list) or not all(isinstance(g, int) for g in gpids):
             op.emit(("s", 2, "bad wait request"))
@@ -442,6 +433,9 @@ async def _process_gone(pid: int, created: float) -> None:
 Sink = Callable[[list[list[Any]], bool], None]
 
 
+MASTER_RANK = 0  # the master's rank: owner of the blocks its job ids come from
+
+
 class MasterProcs:
     """The master's part: the block table, routing by gpid, and the client requests."""
 
@@ -456,11 +450,29 @@ class MasterProcs:
         self._loop: asyncio.Task[Any] | None = None
         self._collecting: asyncio.Task[Any] | None = None
         self._last_round = 0.0
+        self._ids: list[tuple[int, int]] = []  # the master's own ids (jobs and other operations)
         master.calls["blocks"] = self._blocks
         master.requests.update(
             ps=self._ps, kill=self._kill, wait=self._wait, collect=self._collect, gpids=self._gpids,
             allocate=self._allocate,
         )  # fmt: skip
+
+    def next_id(self) -> int:
+        """A new job (or other operation) id. Ids come from the gpid space, in blocks owned by the
+        master (rank 0), so a number names a process or a job, never both (``gproc wait N``,
+        ``gproc kill N``), and no id is used twice, across master restarts too."""
+        if not self._ids:
+            self._ids = self.table.grant(MASTER_RANK, MAX_WANT, count=False)
+        start, size = self._ids[0]
+        if size > 1:
+            self._ids[0] = (start + 1, size - 1)
+        else:
+            self._ids.pop(0)
+        return start
+
+    def is_job_id(self, n: int) -> bool:
+        """Whether ``n`` was handed out by ``next_id`` (and so is not a process's gpid)."""
+        return self.table.owner(n) == MASTER_RANK
 
     def job_started(self, job: int, ranks: set[int]) -> None:
         """Remember where a job runs, so that ``kill``/``wait`` of a job id reach only those nodes."""
@@ -522,7 +534,7 @@ class MasterProcs:
             if end and not done.done():
                 done.set_result(None)
 
-        self.m.start_op(self.m.state.next_op_id(), kind, body, targets, sink)
+        self.m.start_op(self.next_id(), kind, body, targets, sink)
         await done
 
     # -- client requests --
@@ -610,35 +622,49 @@ class MasterProcs:
             raise UsageError(f"bad signal {sig!r}")
         job = req.get("job")
         if isinstance(job, int):
-            ranks = self.job_ranks.get(job) or self.m.up_ranks()
-            res: dict[tuple[int, str], set[int]] = {}
-
-            def on_groups(groups: list[list[Any]]) -> None:
-                for key, enc in groups:
-                    if key[0] == "s":
-                        res.setdefault((int(key[1]), str(key[2])), set()).update(rankset.decode(enc))
-
-            await self._run_op("kill", {"job": job, "sig": sig, "uid": cred.uid}, ranks, on_groups)
-            hit = res.get((0, ""), set())
-            other = [{"nodes": self.m.fold(r), "error": e} for (c, e), r in res.items() if c not in (0, 1)]
-            if not hit and not other:
-                raise GprocError(f"job {job}: no such job (or nothing of it is running)")
-            r = {"job": job, "nodes": self.m.fold(hit), "signalled": len(hit), "errors": other}
-            link.send({"t": "ret", "r": r})
+            link.send({"t": "ret", "r": await self._kill_job(job, sig, cred.uid)})
             return
         gpids = self._gpid_list(req)
-        out = await self._per_gpid("kill", {"sig": sig, "uid": cred.uid}, gpids, "g", 1)
+        procs = [g for g in gpids if not self.is_job_id(g)]
+        out = await self._per_gpid("kill", {"sig": sig, "uid": cred.uid}, procs, "g", 1) if procs else {}
+        for g in gpids:
+            if g not in out:  # a job id given where a gpid goes: signal the job
+                try:
+                    r = await self._kill_job(g, sig, cred.uid)
+                    err = "; ".join(f"{e['nodes']}: {e['error']}" for e in r["errors"])
+                    out[g] = {"gpid": g, "code": 0 if r["signalled"] else 1, "error": err, "name": f"job {g}"}
+                except GprocError as e:
+                    out[g] = {"gpid": g, "code": 1, "error": str(e), "name": f"job {g}"}
         link.send({"t": "ret", "r": {"results": [out[g] for g in gpids]}})
+
+    async def _kill_job(self, job: int, sig: int, uid: int) -> dict[str, Any]:
+        """Signal every process of a job on the nodes it runs on."""
+        ranks = self.job_ranks.get(job) or self.m.up_ranks()
+        res: dict[tuple[int, str], set[int]] = {}
+
+        def on_groups(groups: list[list[Any]]) -> None:
+            for key, enc in groups:
+                if key[0] == "s":
+                    res.setdefault((int(key[1]), str(key[2])), set()).update(rankset.decode(enc))
+
+        await self._run_op("kill", {"job": job, "sig": sig, "uid": uid}, ranks, on_groups)
+        hit = res.get((0, ""), set())
+        other = [{"nodes": self.m.fold(r), "error": e} for (c, e), r in res.items() if c not in (0, 1)]
+        if not hit and not other:
+            raise GprocError(f"job {job}: no such job (or nothing of it is running)")
+        return {"job": job, "nodes": self.m.fold(hit), "signalled": len(hit), "errors": other}
 
     async def _wait(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
         """Exit statuses once the processes have ended; ticks while waiting; abandoned if the client goes."""
         job = req.get("job")
-        gpids: list[int] = []
-        if isinstance(job, int):
-            work: asyncio.Future[Any] = asyncio.ensure_future(self._wait_job(job, cred.uid))
-        else:
-            gpids = self._gpid_list(req)
-            work = asyncio.ensure_future(self._per_gpid("wait", {"uid": cred.uid}, gpids, "w", NO_SUCH))
+        gpids: list[int] = [] if isinstance(job, int) else self._gpid_list(req)
+        jobs = [g for g in gpids if self.is_job_id(g)]
+        if jobs and len(gpids) > 1:
+            raise UsageError(f"{jobs[0]} is a job id: wait for one job, or for gpids")
+        if isinstance(job, int) or jobs:  # the job's exit status as `gproc e` gives it, from the job store
+            await self.m.job_service.wait(link, job if isinstance(job, int) else jobs[0], cred)
+            return
+        work = asyncio.ensure_future(self._per_gpid("wait", {"uid": cred.uid}, gpids, "w", NO_SUCH))
         gone = asyncio.ensure_future(link.receive())
         try:
             while not work.done():
@@ -652,34 +678,7 @@ class MasterProcs:
             if not work.done():
                 work.cancel()
         result = work.result()
-        if isinstance(job, int):
-            link.send({"t": "ret", "r": result})
-        else:
-            link.send({"t": "ret", "r": {"results": [result[g] for g in gpids]}})
-
-    async def _wait_job(self, job: int, uid: int) -> dict[str, Any]:
-        ranks = self.job_ranks.get(job) or self.m.up_ranks()
-        res: dict[tuple[str, int, str], set[int]] = {}
-
-        def on_groups(groups: list[list[Any]]) -> None:
-            for key, enc in groups:
-                if key[0] == "j":
-                    res.setdefault(("j", int(key[1]), ""), set()).update(rankset.decode(enc))
-                elif key[0] == "s" and key[1] != 0:
-                    res.setdefault(("s", int(key[1]), str(key[2])), set()).update(rankset.decode(enc))
-
-        await self._run_op("wait", {"job": job, "uid": uid}, ranks, on_groups)
-        statuses = [
-            {"nodes": self.m.fold(r), "status": s, **({"error": e} if e else {})}
-            for (k, s, e), r in res.items()
-            if (k == "j" and s >= 0) or k == "s"
-        ]
-        denied = res.get(("j", DENIED, ""))
-        if not statuses:
-            if denied:
-                raise GprocError(f"job {job}: permission denied")
-            raise GprocError(f"job {job}: no such job")
-        return {"job": job, "statuses": statuses}
+        link.send({"t": "ret", "r": {"results": [result[g] for g in gpids]}})
 
     def _owner_only(self, cred: PeerCred, what: str) -> None:
         if cred.uid not in (0, os.getuid()):
