@@ -320,8 +320,8 @@ class _Closure:
             return launch
         if _ident(self.tree.host(real)) is not None:
             libraries: list[str] = []
-            interp = self.elf_program(path, real, libraries)
-            return _Launch(path, interp, [(argv0, False)], libraries)
+            pt_interp = self.elf_program(path, real, libraries)
+            return _Launch(path, pt_interp, [(argv0, False)], libraries)
         raise StagingError(f"{path}: neither an ELF executable nor a '#!' script")
 
     def elf_program(self, path: str, real: str, libraries: list[str]) -> str | None:

@@ -1,12 +1,15 @@
 """Everything specific to an operating system, in one place.
 
 Process spawning (vfork-fast ``Popen`` with a pidfd exit watch on Linux, a waiter thread elsewhere),
-peer credentials on Unix sockets, file-descriptor limits, and the event-loop choice.
+private mount namespaces for jobs (Linux, root), peer credentials on Unix sockets, file-descriptor
+limits, and the event-loop choice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import os
 import pwd
 import resource
@@ -142,6 +145,45 @@ class Process:
                     pass
 
 
+@dataclass
+class Command:
+    """What to start: arguments, the file to execute (default argv[0]), where and as whom."""
+
+    argv: list[str]
+    cwd: str | None
+    env: dict[str, str]
+    executable: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+    groups: list[int] | None = None
+    stdin: bool = False
+
+    def popen(self) -> subprocess.Popen[bytes]:
+        kw: dict[str, Any] = {}
+        if self.uid is not None and self.uid != os.geteuid():
+            kw.update(user=self.uid, group=self.gid, extra_groups=self.groups or [])
+        return subprocess.Popen(
+            self.argv,
+            executable=self.executable,
+            stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=self.cwd,
+            env=self.env,
+            start_new_session=True,
+            close_fds=True,
+            **kw,
+        )
+
+
+def _process(popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> Process:
+    proc = Process(popen, loop)
+    for fd in (proc.stdout, proc.stderr, proc.stdin):
+        if fd >= 0:
+            os.set_blocking(fd, False)
+    return proc
+
+
 def spawn(
     argv: list[str],
     *,
@@ -151,28 +193,89 @@ def spawn(
     gid: int | None = None,
     groups: list[int] | None = None,
     stdin: bool = False,
+    executable: str | None = None,
 ) -> Process:
     """Start a program in its own session, with piped output (and piped stdin when asked)."""
+    cmd = Command(argv, cwd, env, executable, uid, gid, groups, stdin)
+    return _process(cmd.popen(), asyncio.get_running_loop())
+
+
+def group_alive(pgid: int) -> bool:
+    """Is any process left in this process group?"""
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+# ---- private mount namespaces (Linux) ------------------------------------------------------------
+
+_CLONE_NEWNS = 0x00020000
+_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def private_mounts_possible() -> bool:
+    """Can jobs get a private mount namespace here (Linux, and root)?"""
+    return IS_LINUX and os.geteuid() == 0
+
+
+def bind_mount(source: str, target: str) -> None:
+    """Bind-mount ``source`` on ``target`` (in the calling thread's mount namespace)."""
+    _check(_libc().mount(os.fsencode(source), os.fsencode(target), None, _MS_BIND, None), "bind mount")
+
+
+async def spawn_private(tmpfs_at: str, build: Callable[[], None], cmd: Command) -> Process:
+    """Start ``cmd`` in a new mount namespace (propagation private) with a fresh tmpfs at ``tmpfs_at``,
+    filled by ``build`` first. The tmpfs and everything mounted in it vanish with the job's last process.
+
+    The namespace is made by a short-lived thread of its own (``unshare(CLONE_NEWNS)`` applies to the
+    calling thread only), so the daemon keeps its own view and spawning stays a vfork away.
+    """
     loop = asyncio.get_running_loop()
-    kw: dict[str, Any] = {}
-    if uid is not None and uid != os.geteuid():
-        kw.update(user=uid, group=gid, extra_groups=groups or [])
-    popen = subprocess.Popen(
-        argv,
-        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=cwd,
-        env=env,
-        start_new_session=True,
-        close_fds=True,
-        **kw,
-    )
-    proc = Process(popen, loop)
-    for fd in (proc.stdout, proc.stderr, proc.stdin):
-        if fd >= 0:
-            os.set_blocking(fd, False)
-    return proc
+    fut: asyncio.Future[subprocess.Popen[bytes]] = loop.create_future()
+
+    def settle(popen: subprocess.Popen[bytes] | None, exc: BaseException | None) -> None:
+        if fut.cancelled():  # the daemon gave up waiting (stopping): do not leave the job behind
+            if popen is not None:
+                with contextlib.suppress(OSError):
+                    os.killpg(popen.pid, signal.SIGKILL)
+                popen.wait()
+        elif exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(popen)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            libc = _libc()
+            _check(libc.unshare(_CLONE_NEWNS), "unshare")
+            _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
+            _check(
+                libc.mount(b"tmpfs", os.fsencode(tmpfs_at), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=0700"),
+                f"mount tmpfs on {tmpfs_at}",
+            )
+            build()
+            popen = cmd.popen()
+        except BaseException as e:
+            loop.call_soon_threadsafe(settle, None, e)
+        else:
+            loop.call_soon_threadsafe(settle, popen, None)
+
+    threading.Thread(target=work, name="gproc-private-mount", daemon=True).start()
+    return _process(await fut, loop)
 
 
 def install_shutdown_signals(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
