@@ -49,7 +49,8 @@ usage: gproc [switches] MODE [args]
   down                            stop the local cluster
   keygen [--key FILE]             make the cluster credential
 exec switches: -b (gathered), --json, -w NODESET, -x NODESET, --path SPEC, --timeout S,
-  --export=ALL|NONE|VAR[=VAL],...
+  --export=ALL|NONE|VAR[=VAL],..., -f FILE,DIR,DIR/.  -r ROOT  -localbin  -p=false
+  (CMD, its ELF interpreter and libraries are shipped and run from each node's -binRoot)
 seed switches: -myParent -myId -myAddress -cmdport -defaultMasterUDS -binRoot -r -f -localbin -p -debug
 """
 
@@ -413,6 +414,10 @@ async def _exec(opts: argparse.Namespace, pos: list[str]) -> int:
         env=_environment(opts.export),
         timeout=opts.timeout,
         gather=opts.gather,
+        files=[f for f in (opts.files or "").split(",") if f],
+        root=opts.root,
+        localbin=opts.localbin,
+        private=opts.private,
     )
     loop = asyncio.get_running_loop()
     last_int = [0.0]

@@ -16,10 +16,13 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gproc import wire
-from gproc.errors import ConnectError, GprocError, NoMatchError, ProtocolError, RemoteError, UsageError
+from gproc.errors import ConnectError, GprocError, NoMatchError, ProtocolError, RemoteError, StagingError, UsageError
+
+if TYPE_CHECKING:
+    from gproc.bundle import Bundle
 
 DEFAULT_SOCKET = "/tmp/g"
 SILENCE_LIMIT = 30.0  # the master ticks every few seconds during a job; this much silence is death
@@ -60,6 +63,8 @@ def _raise_remote(msg: wire.Message) -> None:
     code = msg.get("code")
     if code == 2:
         raise UsageError(text)
+    if code == 255:
+        raise StagingError(text)
     if "matched no node" in text:
         raise NoMatchError(text)
     raise RemoteError(text)
@@ -111,10 +116,17 @@ class Connection:
 
 
 class Job:
-    """A running ``exec``: iterate it for events; ``signal()`` reaches every process of the job."""
+    """A running ``exec``: iterate it for events; ``signal()`` reaches every process of the job.
 
-    def __init__(self, conn: Connection, header: wire.Message) -> None:
+    While the job is iterated, the files of its bundle that some node lacks are sent when the master
+    asks for them; ``shipped`` then tells what it cost (``files``, ``bytes`` read here, ``link_bytes``
+    carried by all tree links together).
+    """
+
+    def __init__(self, conn: Connection, header: wire.Message, bundle: Bundle | None = None) -> None:
         self._conn = conn
+        self._bundle = bundle
+        self.shipped: dict[str, Any] = {"files": 0, "bytes": 0, "link_bytes": 0}
         self.id: int = header["job"]
         self.nnodes: int = header.get("n", 0)
         self.absent: str = header.get("absent", "")
@@ -134,6 +146,12 @@ class Job:
                 t = msg.get("t")
                 if t == "end":
                     break
+                if t == "want":
+                    await self._send_files(msg.get("h", []))
+                    continue
+                if t == "ship":
+                    self.shipped = {k: msg.get(k, 0) for k in ("files", "bytes", "link_bytes")}
+                    continue
                 if t != "out":
                     continue
                 for key, nodes, count in msg["g"]:
@@ -148,6 +166,20 @@ class Job:
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self.events()
+
+    async def _send_files(self, hashes: list[str]) -> None:
+        """Stream the files the master asked for, chunk by chunk, in the order asked."""
+        if self._bundle is None:
+            raise ProtocolError("the master asked for files of a job that ships none")
+        for h in hashes:
+            if h not in self._bundle.sources:
+                raise ProtocolError(f"the master asked for an unknown file {str(h)[:16]}")
+            try:
+                for offset, data in self._bundle.chunks(h):
+                    self._conn.send({"t": "data", "h": h, "o": offset, "d": data})
+                    await self._conn.writer.drain()
+            except (OSError, StagingError) as e:
+                self._conn.send({"t": "data", "h": h, "err": str(getattr(e, "strerror", None) or e)})
 
 
 class Cluster:
@@ -201,28 +233,51 @@ class Cluster:
         cwd: str | None = None,
         timeout: float | None = None,
         gather: bool = False,
+        files: list[str] | tuple[str, ...] = (),
+        root: str = "/",
+        localbin: bool = False,
+        private: bool = True,
     ) -> Job:
         """Start ``argv`` on the selected nodes; returns once the master accepted the job.
 
+        The program, its interpreter and libraries (found in ``env``'s PATH and LD_LIBRARY_PATH,
+        inside ``root``), the ``files`` and the working directory are shipped and the program runs
+        from the node's binRoot (``private``: in a private mount namespace where possible), unless
+        ``localbin``, which runs the node's own program and ships only ``files``.
         ``gather``: the tree holds results until every node is done, so each distinct output reaches
         the master once, whatever the number of nodes (``-b``); otherwise results stream live.
         """
+        from gproc import bundle as bundles
+
         check_selection(nodes, include, exclude)
-        conn = await Connection.open(self.socket, self.timeout)
-        conn.send(
-            {
-                "t": "req",
-                "fn": "exec",
-                "argv": argv,
-                "nodes": nodes,
-                "w": include,
-                "x": exclude,
-                "env": dict(os.environ) if env is None else env,
-                "cwd": cwd if cwd is not None else _cwd(),
-                "timeout": timeout,
-                "gather": gather,
-            }
+        env = dict(os.environ) if env is None else env
+        cwd = cwd if cwd is not None else _cwd()
+        ship = bundles.build(
+            argv,
+            root=root,
+            path_env=env.get("PATH"),
+            ld_library_path=env.get("LD_LIBRARY_PATH"),
+            files=files,
+            cwd=cwd,
+            localbin=localbin,
+            private=private,
         )
+        conn = await Connection.open(self.socket, self.timeout)
+        req: wire.Message = {
+            "t": "req",
+            "fn": "exec",
+            "argv": argv,
+            "nodes": nodes,
+            "w": include,
+            "x": exclude,
+            "env": env,
+            "cwd": cwd,
+            "timeout": timeout,
+            "gather": gather,
+        }
+        if ship is not None:
+            req["bundle"] = ship.to_wire()
+        conn.send(req)
         try:
             header = await conn.receive()
         except GprocError:
@@ -231,7 +286,7 @@ class Cluster:
         if header.get("t") != "job":
             conn.close()
             raise ProtocolError(f"unexpected answer {header.get('t')!r}")
-        return Job(conn, header)
+        return Job(conn, header, ship)
 
     async def run(self, argv: list[str], nodes: str | None = None, **kw: Any) -> tuple[int, list[Event]]:
         """Run to completion; returns (exit status, events)."""

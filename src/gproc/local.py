@@ -152,6 +152,7 @@ def up(
                 "host": host,
                 "heartbeat": hb,
                 "dead_after": dead,
+                "bin_root": os.path.join(rundir, "bin"),  # each node its own binRoot (and store)
                 "nodes": [
                     {
                         "index": i,

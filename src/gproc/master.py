@@ -77,6 +77,9 @@ class Master(Node):
         self._fold_cache: dict[tuple[int, ...], str] = {}
         self.requests: dict[str, Request] = {}
         self._register_requests()
+        from gproc.services.ship import Shipper
+
+        self.shipper = Shipper(self)
 
     # ---- lifetime --------------------------------------------------------------------------------
 
@@ -258,7 +261,10 @@ class Master(Node):
             link.send({"t": "ret", "r": {"names": names, "absent": sorted(absent)}})
 
         async def stats(link: Link, req: wire.Message, cred: PeerCred) -> None:
-            link.send({"t": "ret", "r": self.stats()})
+            r = self.stats()
+            if req.get("links"):
+                r["links"] = await self.link_counters()
+            link.send({"t": "ret", "r": r})
 
         async def shutdown(link: Link, req: wire.Message, cred: PeerCred) -> None:
             if cred.uid not in (0, os.getuid()):
@@ -274,8 +280,30 @@ class Master(Node):
         return {
             "bytes_in": sum(lk.counter.bytes_in for lk in links),
             "frames_in": sum(lk.counter.frames_in for lk in links),
+            "bytes_out": sum(lk.counter.bytes_out for lk in links),
             "nodes_up": self.count_up(),
+            "ship_link_bytes": self.shipper.total_link_bytes,
         }
+
+    async def link_counters(self) -> list[dict[str, Any]]:
+        """Per tree link (named by the node below it): bytes and frames it carried down so far, and
+        the file bytes that node stored; nodes with equal counts are grouped."""
+        done = asyncio.get_running_loop().create_future()
+        rows: list[dict[str, Any]] = []
+
+        def sink(groups: list[list[Any]], end: bool) -> None:
+            for key, enc in groups:
+                if key[0] == "c":
+                    rows.append(
+                        {"nodes": self.fold_intervals(enc), "count": rankset.count(enc), "bytes_in": key[1],
+                         "frames_in": key[2], "file_bytes": key[3]}
+                    )  # fmt: skip
+            if end and not done.done():
+                done.set_result(None)
+
+        self.start_op(self.state.next_op_id(), "counters", {}, self.up_ranks(), sink)
+        await done
+        return rows
 
     def _selection(self, req: wire.Message) -> tuple[set[int], set[str]]:
         spec, inc, exc = req.get("nodes"), req.get("w"), req.get("x")
@@ -318,6 +346,8 @@ class Master(Node):
             raise UsageError("bad environment")
         timeout = req.get("timeout")
         targets, absent = self._selection(req)
+        bundle = req.get("bundle")
+        entries = self.shipper.check(bundle) if bundle is not None else []
         job = self.state.next_op_id()
         body = {
             "argv": argv,
@@ -345,6 +375,13 @@ class Master(Node):
                 link.send({"t": "end"})
                 done.set()
 
+        if bundle is not None:
+            targets, failed = await self.shipper.distribute(link, job, entries, targets)
+            body["bundle"] = bundle
+            if failed:
+                sink(failed.to_wire(), not targets)
+            if not targets:
+                return
         self.start_op(job, "exec", body, targets, sink)
         await self._attend(link, job, targets, done)
 

@@ -29,6 +29,7 @@ from gproc.address import Address, parse_address
 from gproc.errors import GprocError, ProtocolError, RegistrationError
 from gproc.groups import Groups, Key
 from gproc.services.execute import ExecService, SpawnGate
+from gproc.services.stage import StageService
 
 log = logging.getLogger("gproc.overlay")
 
@@ -97,7 +98,7 @@ class Link:
             self.abort()
 
     async def receive(self) -> wire.Message:
-        msg = await wire.read_message(self.reader)
+        msg = await wire.read_message(self.reader, counter=self.counter)
         self.last_rx = time.monotonic()
         self.counter.frames_in += 1
         return msg
@@ -361,8 +362,10 @@ class Node:
         self._shutdown_requested = False
         self.log = logging.getLogger(f"gproc.node.{cfg.name}")
         self.handlers["noop"] = self._noop
+        self.handlers["counters"] = self._counters
         self.spawn_gate = spawn_gate or SpawnGate()
         self.exec = ExecService(self)
+        self.stage = StageService(self)
 
     # ---- lifetime -------------------------------------------------------------------------------
 
@@ -392,6 +395,7 @@ class Node:
             return
         self.stopped.set()
         self.exec.kill_all()
+        self.stage.close()
         if self._server is not None:
             self._server.close()
         for link in [*self.children.values(), *([self.parent] if self.parent else [])]:
@@ -840,6 +844,12 @@ class Node:
         op.flush(end=True)
 
     def _noop(self, op: Op) -> None:
+        op.emit(("s", 0, ""))
+
+    async def _counters(self, op: Op) -> None:
+        """Bytes and frames this node received over its parent link, and file bytes it stored."""
+        c = self.parent.counter if self.parent is not None else wire.Counter()
+        op.emit(("c", c.bytes_in, c.frames_in, self.stage.bytes_received))
         op.emit(("s", 0, ""))
 
     # ---- liveness --------------------------------------------------------------------------------

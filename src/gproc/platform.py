@@ -196,7 +196,11 @@ def spawn(
     executable: str | None = None,
 ) -> Process:
     """Start a program in its own session, with piped output (and piped stdin when asked)."""
-    cmd = Command(argv, cwd, env, executable, uid, gid, groups, stdin)
+    return start(Command(argv, cwd, env, executable, uid, gid, groups, stdin))
+
+
+def start(cmd: Command) -> Process:
+    """Start a ``Command`` (see ``spawn``)."""
     return _process(cmd.popen(), asyncio.get_running_loop())
 
 
@@ -221,10 +225,14 @@ def _libc() -> Any:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _check(ret: int, what: str) -> None:
+class NamespaceError(OSError):
+    """A private mount namespace could not be set up (no privilege, or not supported here)."""
+
+
+def _check(ret: int, what: str, error: type[OSError] = OSError) -> None:
     if ret != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+        raise error(err, f"{what}: {os.strerror(err)}")
 
 
 def private_mounts_possible() -> bool:
@@ -237,9 +245,11 @@ def bind_mount(source: str, target: str) -> None:
     _check(_libc().mount(os.fsencode(source), os.fsencode(target), None, _MS_BIND, None), "bind mount")
 
 
-async def spawn_private(tmpfs_at: str, build: Callable[[], None], cmd: Command) -> Process:
+async def spawn_private(tmpfs_at: str, keep: str, build: Callable[[int], None], cmd: Command) -> Process:
     """Start ``cmd`` in a new mount namespace (propagation private) with a fresh tmpfs at ``tmpfs_at``,
-    filled by ``build`` first. The tmpfs and everything mounted in it vanish with the job's last process.
+    filled by ``build`` first. ``build`` gets a descriptor of directory ``keep`` opened in the new
+    namespace before the tmpfs hid it (a bind mount's source must belong to the caller's namespace).
+    The tmpfs and everything mounted in it vanish with the job's last process.
 
     The namespace is made by a short-lived thread of its own (``unshare(CLONE_NEWNS)`` applies to the
     calling thread only), so the daemon keeps its own view and spawning stays a vfork away.
@@ -261,13 +271,15 @@ async def spawn_private(tmpfs_at: str, build: Callable[[], None], cmd: Command) 
     def work() -> None:
         try:
             libc = _libc()
-            _check(libc.unshare(_CLONE_NEWNS), "unshare")
-            _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
-            _check(
-                libc.mount(b"tmpfs", os.fsencode(tmpfs_at), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=0700"),
-                f"mount tmpfs on {tmpfs_at}",
-            )
-            build()
+            _check(libc.unshare(_CLONE_NEWNS), "unshare", NamespaceError)
+            _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "make / private", NamespaceError)
+            keep_fd = os.open(keep, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                tmpfs = libc.mount(b"tmpfs", os.fsencode(tmpfs_at), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=0700")
+                _check(tmpfs, f"mount tmpfs on {tmpfs_at}", NamespaceError)
+                build(keep_fd)
+            finally:
+                os.close(keep_fd)
             popen = cmd.popen()
         except BaseException as e:
             loop.call_soon_threadsafe(settle, None, e)

@@ -221,6 +221,10 @@ class Store:
         if self._ready:
             return
         euid = os.geteuid()
+        try:
+            os.makedirs(os.path.dirname(self.root), 0o755, exist_ok=True)
+        except OSError as e:
+            raise StagingError(f"cannot create {os.path.dirname(self.root)}: {e.strerror}") from None
         for d, mode in ((self.root, 0o755), (self.dir, 0o711), (self.tmp, 0o700), (self.jobs, 0o711)):
             try:
                 os.mkdir(d, mode)

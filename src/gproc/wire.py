@@ -15,7 +15,7 @@ import msgpack
 
 from gproc.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 
@@ -41,8 +41,10 @@ def unpack(body: bytes) -> Message:
     return msg
 
 
-async def read_message(reader: asyncio.StreamReader, max_frame: int = MAX_FRAME) -> Message:
-    """Read one frame; raises EOFError at a clean end of stream, ProtocolError on a bad frame."""
+async def read_message(
+    reader: asyncio.StreamReader, max_frame: int = MAX_FRAME, counter: Counter | None = None
+) -> Message:
+    """Read one frame (counted in ``counter``); EOFError at a clean end of stream, ProtocolError on a bad frame."""
     try:
         head = await reader.readexactly(4)
     except asyncio.IncompleteReadError as e:
@@ -56,6 +58,8 @@ async def read_message(reader: asyncio.StreamReader, max_frame: int = MAX_FRAME)
         body = await reader.readexactly(size)
     except asyncio.IncompleteReadError:
         raise ProtocolError("truncated frame") from None
+    if counter is not None:
+        counter.bytes_in += 4 + size
     return unpack(body)
 
 

@@ -14,6 +14,7 @@ import signal
 from typing import TYPE_CHECKING, Any
 
 from gproc import platform
+from gproc.errors import StagingError
 
 if TYPE_CHECKING:
     from gproc.overlay import Node, Op
@@ -100,10 +101,17 @@ class ExecService:
             "GPROC_JOBID": str(b.get("job", op.id)),
             "GPROC_NNODES": str(b.get("nnodes", 1)),
         }
-        workdir = self._workdir(cwd, uid, gid)
         await node.spawn_gate.wait()
         try:
-            proc = platform.spawn(argv, cwd=workdir, env=env, uid=uid, gid=gid, groups=platform.user_groups(uid, gid))
+            if b.get("bundle") is None:  # -localbin without files: the node's own program, as the seed
+                workdir = self._workdir(cwd, uid, gid)
+                groups = platform.user_groups(uid, gid)
+                proc = platform.spawn(argv, cwd=workdir, env=env, uid=uid, gid=gid, groups=groups)
+            else:
+                proc = await node.stage.start(b.get("job", op.id), b["bundle"], argv, env, uid, gid)
+        except StagingError as e:
+            op.emit(("s", 255, f"staging failed: {e}"))
+            return
         except OSError as e:
             op.emit(("s", 255, f"cannot run {argv[0]}: {e.strerror or e}"))
             return
