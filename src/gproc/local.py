@@ -72,7 +72,7 @@ class UpRecord:
 
 
 def _start(argv: list[str], log: str) -> tuple[int, float]:
-    with open(log, "ab") as out:
+    with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
         p = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True
         )
@@ -103,6 +103,7 @@ def up(
     if old is not None:
         _cleanup_files(old)
     rundir = tempfile.mkdtemp(prefix="gproc-local-")
+    os.chmod(rundir, 0o711)  # jobs of any user reach the nodes' binRoots below it; nothing is listable
     rec = UpRecord(sock, rundir, [], n)
     try:
         keyfile = key or credential.keygen(os.path.join(rundir, "cluster.key"))

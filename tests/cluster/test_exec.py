@@ -86,10 +86,15 @@ def test_gathered_groups_largest_first(cluster16: LocalCluster) -> None:
 
 
 def test_unknown_program_is_255_with_reason(cluster16: LocalCluster) -> None:
-    r = cluster16.gproc("e", "--json", "-w", "node[0-1]", "/nonexistent/prog")
+    # -localbin runs the node's own program: each node that lacks it says why
+    r = cluster16.gproc("e", "--json", "-localbin", "-w", "node[0-1]", "/nonexistent/prog")
     assert r.returncode == 255
     st = [x for x in records(r.stdout) if "status" in x]
     assert st[0]["status"] == 255 and "No such file" in str(st[0]["error"])
+    # shipping it (the default): the client has nothing to ship and says so before sending anything
+    r = cluster16.gproc("e", "--json", "-w", "node[0-1]", "/nonexistent/prog")
+    assert r.returncode == 255 and r.stdout == ""
+    assert r.stderr == "gproc: /nonexistent/prog: no such file\n"
 
 
 def test_bad_selection_is_one_line_exit_2(cluster16: LocalCluster) -> None:
