@@ -106,22 +106,33 @@ def build(
     if localbin and not files:
         return None
     b = Bundle(private=private)
+    base = cwd or _getcwd()
     if not localbin:
-        prog = elf.find_program(argv[0], path_env, root)
+        cmd = argv[0]
+        if root == "/" and base:  # relative names are relative to the client's working directory
+            cmd = os.path.join(base, cmd) if "/" in cmd else cmd
+            if path_env is not None:
+                path_env = ":".join(os.path.join(base, d) for d in path_env.split(":"))
+        prog = elf.find_program(cmd, path_env, root)
         plan = elf.load_plan(prog, root, ld_library_path, path_env, argv0=argv[0])
         for f in plan.files:
             if f.kind == "symlink":
                 b.add_links([f])
             else:
                 b.add_file(f.path, f.source)
+
+        def clean(path: str) -> str:
+            """A bundle path as a node accepts it: no '.' or empty component, no '..' (real path then)."""
+            parts = [p for p in path.split("/") if p not in ("", ".")]
+            return elf.locate(path, root)[0] if ".." in parts else "/" + "/".join(parts)
+
         b.run = {
-            "exe": plan.exe,
-            "interp": plan.interp,
-            "head": [[text, is_path] for text, is_path in plan.argv_head],
-            "libs": plan.libraries,
+            "exe": clean(plan.exe),
+            "interp": clean(plan.interp) if plan.interp else None,
+            "head": [[clean(text) if is_path else text, is_path] for text, is_path in plan.argv_head],
+            "libs": [clean(p) for p in plan.libraries],
             "ldso": _ldso_options(elf.locate(plan.interp, root)[0], root) if plan.interp else [],
         }
-    base = cwd or _getcwd()
     for item in files:
         _add_path(b, os.path.join(base, item) if base else item)
     if base:
