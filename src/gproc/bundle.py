@@ -132,6 +132,7 @@ def build(
             "head": [[clean(text) if is_path else text, is_path] for text, is_path in plan.argv_head],
             "libs": [clean(p) for p in plan.libraries],
             "ldso": _ldso_options(elf.locate(plan.interp, root)[0], root) if plan.interp else [],
+            "machine": elf.machine(plan.exe, root),
         }
     for item in files:
         _add_path(b, os.path.join(base, item) if base else item)

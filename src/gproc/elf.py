@@ -44,7 +44,7 @@ from elftools.elf.segments import InterpSegment
 
 from gproc.errors import StagingError
 
-__all__ = ["BundleFile", "LoadPlan", "closure", "find_program", "load_plan", "locate"]
+__all__ = ["BundleFile", "LoadPlan", "closure", "find_program", "load_plan", "locate", "machine"]
 
 _MAX_SYMLINKS = 40  # as the kernel's ELOOP limit
 _MAX_SCRIPT_DEPTH = 4  # as the kernel's BINPRM_MAX_RECURSION
@@ -225,6 +225,14 @@ class _Tree:
         """Real path of a regular file inside the root, None if there is none there."""
         found = self.resolve(path)
         return found[0] if found and os.path.isfile(self.host(found[0])) else None
+
+
+def machine(path: str, root: str = "/") -> str | None:
+    """The machine an ELF file inside root is built for, as ``uname -m`` names it (None if not ELF)."""
+    tree = _Tree(root)
+    real = tree.real_file(tree.absolute(path))
+    ident = _ident(tree.host(real)) if real is not None else None
+    return _PLATFORMS.get(ident[2], f"machine {ident[2]}") if ident is not None else None
 
 
 def find_program(cmd: str, path_env: str | None, root: str = "/") -> str:

@@ -218,7 +218,7 @@ def group_alive(pgid: int) -> bool:
 # ---- private mount namespaces (Linux) ------------------------------------------------------------
 
 _CLONE_NEWNS = 0x00020000
-_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 32, 0x1000, 0x4000, 0x40000
 
 
 def _libc() -> Any:
@@ -241,8 +241,12 @@ def private_mounts_possible() -> bool:
 
 
 def bind_mount(source: str, target: str) -> None:
-    """Bind-mount ``source`` on ``target`` (in the calling thread's mount namespace)."""
-    _check(_libc().mount(os.fsencode(source), os.fsencode(target), None, _MS_BIND, None), "bind mount")
+    """Bind-mount ``source`` on ``target`` (in the calling thread's mount namespace), read-only, no
+    set-id or devices, and executable even when the source's file system is mounted ``noexec``."""
+    libc, t = _libc(), os.fsencode(target)
+    _check(libc.mount(os.fsencode(source), t, None, _MS_BIND, None), "bind mount")
+    flags = _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV
+    _check(libc.mount(None, t, None, flags, None), "remount read-only")
 
 
 async def spawn_private(tmpfs_at: str, keep: str, build: Callable[[int], None], cmd: Command) -> Process:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import posixpath
 import secrets
@@ -133,6 +134,19 @@ class StageService:
         """Stage the job's bundle and start it; StagingError or OSError when it cannot."""
         if not isinstance(bundle, dict):
             raise StagingError("bad bundle")
+        try:
+            return await self._start(job, bundle, argv, env, uid, gid)
+        except OSError as e:
+            run = bundle.get("run")
+            built_for = run.get("machine") if isinstance(run, dict) else None
+            here = os.uname().machine
+            if e.errno == errno.ENOEXEC and isinstance(built_for, str) and built_for != here:
+                raise OSError(e.errno, f"{e.strerror} (built for {built_for[:40]}, this node is {here})") from None
+            raise
+
+    async def _start(
+        self, job: int, bundle: dict[str, Any], argv: list[str], env: dict[str, str], uid: int, gid: int
+    ) -> platform.Process:
         private = bool(bundle.get("private")) and platform.private_mounts_possible() and not self.private_failed
         if private:
             launch = self.prepare(bundle, argv, env, uid, gid, self.store.root, True)
