@@ -235,8 +235,11 @@ class Store:
             st = os.lstat(d)
             if not stat.S_ISDIR(st.st_mode):
                 raise StagingError(f"{d} is not a directory")
-            if st.st_uid != euid or st.st_mode & 0o022:
-                raise StagingError(f"{d} is owned by uid {st.st_uid} or writable by others: refusing to stage there")
+            if st.st_uid != euid:
+                raise StagingError(f"{d} belongs to uid {st.st_uid}, not to this daemon: refusing to stage there")
+            if st.st_mode & 0o022:
+                mode = oct(stat.S_IMODE(st.st_mode))[2:]
+                raise StagingError(f"{d} is writable by others (mode {mode}): refusing to stage there")
         now = time.time()
         with contextlib.suppress(OSError):
             for name in os.listdir(self.tmp):
