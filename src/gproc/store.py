@@ -238,8 +238,8 @@ class Store:
             if st.st_uid != euid:
                 raise StagingError(f"{d} belongs to uid {st.st_uid}, not to this daemon: refusing to stage there")
             if st.st_mode & 0o022:
-                mode = oct(stat.S_IMODE(st.st_mode))[2:]
-                raise StagingError(f"{d} is writable by others (mode {mode}): refusing to stage there")
+                perms = oct(stat.S_IMODE(st.st_mode))[2:]
+                raise StagingError(f"{d} is writable by others (mode {perms}): refusing to stage there")
         now = time.time()
         with contextlib.suppress(OSError):
             for name in os.listdir(self.tmp):

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 INCOMING_IDLE = 120.0  # a partial file untouched this long (its sender died) is dropped
 GROUP_POLL = 0.5  # how often a finished job's process group is checked for stragglers
+INLINE_BUILD = 256  # views with more entries than this are built in a worker thread
 
 
 @dataclass
@@ -161,7 +162,10 @@ class StageService:
         os.mkdir(root, 0o700)
         self.job_dirs.add(root)
         try:
-            await asyncio.to_thread(self._build_dir, launch)
+            if len(launch.entries) > INLINE_BUILD:
+                await asyncio.to_thread(self._build_dir, launch)
+            else:  # a few links and directories: cheaper than a thread hand-off
+                self._build_dir(launch)
             proc = platform.start(launch.cmd)
         except BaseException:
             self._forget_dir(root)
