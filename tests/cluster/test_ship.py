@@ -122,18 +122,20 @@ def test_each_link_carries_a_file_once_and_a_second_launch_nothing(tree7: LocalC
     assert size <= d["node0"][0] < size + 256 * 1024
     assert all(d[n][0] < 64 * 1024 for n in names[1:])
 
-    # then everywhere: every link carries it once (node0's too: its children lack it), node0 stores nothing
-    status, events, shipped = run(tree7, [str(prog), "a"], "**", cwd=str(tmp_path))
+    # then everywhere, with a new file: every link carries the program once (node0's too: its children
+    # lack it) and node0 receives only the new file
+    (tmp_path / "extra").write_bytes(os.urandom(5000))
+    status, events, shipped = run(tree7, [str(prog), "a"], "**", cwd=str(tmp_path), files=["extra"])
     assert status == 0 and set(per_node(events)) == set(names)
     assert len(set(per_node(events).values())) == 1  # same program, same library, same output everywhere
-    assert shipped["link_bytes"] == size * N and shipped["bytes"] == size
+    assert shipped["link_bytes"] == (size + 5000) * N and shipped["bytes"] == size + 5000
     d = delta(c1, counters(tree7))
-    assert d["node0"][1] == 0 and all(d[n][1] == size for n in names[1:])
+    assert d["node0"][1] == 5000 and all(d[n][1] == size + 5000 for n in names[1:]), d
     assert all(size <= d[n][0] < size + 256 * 1024 for n in names), d
 
     # a second launch moves zero file bytes
     c2 = counters(tree7)
-    status, events, shipped = run(tree7, [str(prog), "b"], "**", cwd=str(tmp_path))
+    status, events, shipped = run(tree7, [str(prog), "b"], "**", cwd=str(tmp_path), files=["extra"])
     assert status == 0 and shipped == {"files": 0, "bytes": 0, "link_bytes": 0}
     d = delta(c2, counters(tree7))
     assert all(d[n][1] == 0 and d[n][0] < 64 * 1024 for n in names), d
