@@ -18,7 +18,7 @@ from gproc import elf
 from gproc.errors import StagingError
 from gproc.store import Entry, file_hash, parse_manifest
 
-CHUNK = 1 << 20  # bytes per data frame, and per ``put`` op down the tree
+CHUNK = 512 * 1024  # bytes per data frame, and per ``put`` op down the tree
 LDSO_OPTIONS = ("inhibit-cache", "preload", "argv0")  # ld.so options used when the interpreter has them
 
 

@@ -140,6 +140,7 @@ class TreeLink(asyncio.Protocol):
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
         self._closed_fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unsent = 0
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -256,6 +257,19 @@ class TreeLink(asyncio.Protocol):
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed_fut)
+
+    def silent_for(self, now: float) -> float:
+        """Seconds without a sign of life from the peer: bytes from it, or it taking in what we send
+        (our send buffer shrank since the last look). A peer busy reading a long stream of file
+        chunks is alive even while its answers queue behind them."""
+        try:
+            unsent = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        except (AttributeError, RuntimeError):  # closing
+            unsent = self._unsent
+        if unsent < self._unsent:
+            self.last_rx = now
+        self._unsent = unsent
+        return now - self.last_rx
 
     def _fail(self, why: str) -> None:
         log.debug("closing link to %s: %s", self.peer.get("name"), why)
@@ -862,13 +876,14 @@ class Node:
             now = time.monotonic()
             stalled, last = now - last > 2 * self.cfg.heartbeat, now
             for link in list(self.children.values()):
-                if not stalled and now - link.last_rx > self.cfg.dead_after:
-                    self.log.info("child %s silent for %.1fs: lost", link.peer.get("name"), now - link.last_rx)
+                silent = link.silent_for(now)
+                if not stalled and silent > self.cfg.dead_after:
+                    self.log.info("child %s silent for %.1fs: lost", link.peer.get("name"), silent)
                     link.abort()
                     self._child_gone(link)
                 else:
                     link.send({"t": "ping"})
             p = self.parent
-            if p is not None and not stalled and now - p.last_rx > self.cfg.dead_after:
-                self.log.info("parent silent for %.1fs: re-attaching", now - p.last_rx)
+            if p is not None and not stalled and (silent := p.silent_for(now)) > self.cfg.dead_after:
+                self.log.info("parent silent for %.1fs: re-attaching", silent)
                 p.abort()

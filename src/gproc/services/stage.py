@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 INCOMING_IDLE = 120.0  # a partial file untouched this long (its sender died) is dropped
 GROUP_POLL = 0.5  # how often a finished job's process group is checked for stragglers
-INLINE_BUILD = 256  # views with more entries than this are built in a worker thread
+INLINE_BUILD = 256  # views with more entries than this are built (and removed) in a worker thread
 
 
 @dataclass
@@ -170,7 +170,7 @@ class StageService:
         except BaseException:
             self._forget_dir(root)
             raise
-        self.node.spawn(self._remove_when_done(proc, root))
+        self.node.spawn(self._remove_when_done(proc, root, len(launch.entries) > INLINE_BUILD))
         return proc
 
     def prepare(
@@ -209,13 +209,16 @@ class StageService:
             v.build(launch.entries, place)
             v.give(launch.uid, launch.gid)
 
-    async def _remove_when_done(self, proc: platform.Process, root: str) -> None:
+    async def _remove_when_done(self, proc: platform.Process, root: str, big: bool) -> None:
         """Remove a job's directory once its last process (the whole process group) is gone."""
         with contextlib.suppress(asyncio.CancelledError):
             await proc.exited
             while platform.group_alive(proc.pid):
                 await asyncio.sleep(GROUP_POLL)
-            await asyncio.to_thread(self._forget_dir, root)
+            if big:
+                await asyncio.to_thread(self._forget_dir, root)
+            else:  # the job may have written more; a small view is still quicker here than a thread
+                self._forget_dir(root)
 
     def _forget_dir(self, root: str) -> None:
         remove_tree(root)
