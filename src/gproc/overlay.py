@@ -887,3 +887,5 @@ class Node:
             if p is not None and not stalled and (silent := p.silent_for(now)) > self.cfg.dead_after:
                 self.log.info("parent silent for %.1fs: re-attaching", silent)
                 p.abort()
+            elif p is not None:  # unasked: the parent's ping may be queued behind a stream of file chunks
+                p.send({"t": "pong"})

@@ -249,6 +249,18 @@ def bind_mount(source: str, target: str) -> None:
     _check(libc.mount(None, t, None, flags, None), "remount read-only")
 
 
+async def spawn_built(build: Callable[[], None], cmd: Command) -> Process:
+    """Run ``build`` (staging the job's files) and start ``cmd``, in a short-lived thread: staging
+    and fork/exec are system calls, so many nodes of one process stage and start side by side
+    while the event loop keeps reading its links."""
+
+    def work() -> subprocess.Popen[bytes]:
+        build()
+        return cmd.popen()
+
+    return await _in_thread(work, "gproc-stage")
+
+
 async def spawn_private(tmpfs_at: str, keep: str, build: Callable[[int], None], cmd: Command) -> Process:
     """Start ``cmd`` in a new mount namespace (propagation private) with a fresh tmpfs at ``tmpfs_at``,
     filled by ``build`` first. ``build`` gets a descriptor of directory ``keep`` opened in the new
@@ -258,6 +270,26 @@ async def spawn_private(tmpfs_at: str, keep: str, build: Callable[[int], None], 
     The namespace is made by a short-lived thread of its own (``unshare(CLONE_NEWNS)`` applies to the
     calling thread only), so the daemon keeps its own view and spawning stays a vfork away.
     """
+
+    def work() -> subprocess.Popen[bytes]:
+        libc = _libc()
+        _check(libc.unshare(_CLONE_NEWNS), "unshare", NamespaceError)
+        _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "make / private", NamespaceError)
+        keep_fd = os.open(keep, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            tmpfs = libc.mount(b"tmpfs", os.fsencode(tmpfs_at), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=0700")
+            _check(tmpfs, f"mount tmpfs on {tmpfs_at}", NamespaceError)
+            build(keep_fd)
+        finally:
+            os.close(keep_fd)
+        return cmd.popen()
+
+    return await _in_thread(work, "gproc-private-mount")
+
+
+async def _in_thread(work: Callable[[], subprocess.Popen[bytes]], name: str) -> Process:
+    """Run ``work`` in a new thread (never a pooled one: it may change its mount namespace) and wrap
+    the process it started; a process started after the caller gave up is killed."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[subprocess.Popen[bytes]] = loop.create_future()
 
@@ -272,25 +304,15 @@ async def spawn_private(tmpfs_at: str, keep: str, build: Callable[[int], None], 
         else:
             fut.set_result(popen)  # type: ignore[arg-type]
 
-    def work() -> None:
+    def run() -> None:
         try:
-            libc = _libc()
-            _check(libc.unshare(_CLONE_NEWNS), "unshare", NamespaceError)
-            _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "make / private", NamespaceError)
-            keep_fd = os.open(keep, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                tmpfs = libc.mount(b"tmpfs", os.fsencode(tmpfs_at), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=0700")
-                _check(tmpfs, f"mount tmpfs on {tmpfs_at}", NamespaceError)
-                build(keep_fd)
-            finally:
-                os.close(keep_fd)
-            popen = cmd.popen()
+            popen = work()
         except BaseException as e:
             loop.call_soon_threadsafe(settle, None, e)
         else:
             loop.call_soon_threadsafe(settle, popen, None)
 
-    threading.Thread(target=work, name="gproc-private-mount", daemon=True).start()
+    threading.Thread(target=run, name=name, daemon=True).start()
     return _process(await fut, loop)
 
 

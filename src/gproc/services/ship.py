@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from gproc.master import Master
     from gproc.overlay import Link
 
-WINDOW = 8  # chunks in flight down the tree
+WINDOW = 4  # chunks in flight down the tree: bounds what any link has queued ahead of a heartbeat
 CLIENT_SILENCE = 60.0  # a client that sends nothing for this long while shipping is gone
 
 

@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 INCOMING_IDLE = 120.0  # a partial file untouched this long (its sender died) is dropped
 GROUP_POLL = 0.5  # how often a finished job's process group is checked for stragglers
-INLINE_BUILD = 256  # views with more entries than this are built (and removed) in a worker thread
 
 
 @dataclass
@@ -162,15 +161,11 @@ class StageService:
         os.mkdir(root, 0o700)
         self.job_dirs.add(root)
         try:
-            if len(launch.entries) > INLINE_BUILD:
-                await asyncio.to_thread(self._build_dir, launch)
-            else:  # a few links and directories: cheaper than a thread hand-off
-                self._build_dir(launch)
-            proc = platform.start(launch.cmd)
+            proc = await platform.spawn_built(lambda: self._build_dir(launch), launch.cmd)
         except BaseException:
             self._forget_dir(root)
             raise
-        self.node.spawn(self._remove_when_done(proc, root, len(launch.entries) > INLINE_BUILD))
+        self.node.spawn(self._remove_when_done(proc, root))
         return proc
 
     def prepare(
@@ -209,16 +204,13 @@ class StageService:
             v.build(launch.entries, place)
             v.give(launch.uid, launch.gid)
 
-    async def _remove_when_done(self, proc: platform.Process, root: str, big: bool) -> None:
+    async def _remove_when_done(self, proc: platform.Process, root: str) -> None:
         """Remove a job's directory once its last process (the whole process group) is gone."""
         with contextlib.suppress(asyncio.CancelledError):
             await proc.exited
             while platform.group_alive(proc.pid):
                 await asyncio.sleep(GROUP_POLL)
-            if big:
-                await asyncio.to_thread(self._forget_dir, root)
-            else:  # the job may have written more; a small view is still quicker here than a thread
-                self._forget_dir(root)
+            await asyncio.to_thread(self._forget_dir, root)
 
     def _forget_dir(self, root: str) -> None:
         remove_tree(root)
