@@ -120,13 +120,14 @@ class Job:
 
     While the job is iterated, the files of its bundle that some node lacks are sent when the master
     asks for them; ``shipped`` then tells what it cost (``files``, ``bytes`` read here, ``link_bytes``
-    carried by all tree links together).
+    carried by all tree links together, ``seconds`` from the master's first question to the nodes
+    until every file was stored).
     """
 
     def __init__(self, conn: Connection, header: wire.Message, bundle: Bundle | None = None) -> None:
         self._conn = conn
         self._bundle = bundle
-        self.shipped: dict[str, Any] = {"files": 0, "bytes": 0, "link_bytes": 0}
+        self.shipped: dict[str, Any] = {"files": 0, "bytes": 0, "link_bytes": 0, "seconds": 0.0}
         self.id: int = header["job"]
         self.nnodes: int = header.get("n", 0)
         self.absent: str = header.get("absent", "")
@@ -150,7 +151,7 @@ class Job:
                     await self._send_files(msg.get("h", []))
                     continue
                 if t == "ship":
-                    self.shipped = {k: msg.get(k, 0) for k in ("files", "bytes", "link_bytes")}
+                    self.shipped = {k: msg.get(k, 0) for k in ("files", "bytes", "link_bytes", "seconds")}
                     continue
                 if t != "out":
                     continue

@@ -296,7 +296,7 @@ class Master(Node):
                 if key[0] == "c":
                     rows.append(
                         {"nodes": self.fold_intervals(enc), "count": rankset.count(enc), "bytes_in": key[1],
-                         "frames_in": key[2], "file_bytes": key[3]}
+                         "frames_in": key[2], "file_bytes": key[3], "stored_at": key[4]}
                     )  # fmt: skip
             if end and not done.done():
                 done.set_result(None)

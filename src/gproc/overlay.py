@@ -861,9 +861,10 @@ class Node:
         op.emit(("s", 0, ""))
 
     async def _counters(self, op: Op) -> None:
-        """Bytes and frames this node received over its parent link, and file bytes it stored."""
+        """Bytes and frames this node received over its parent link, file bytes it stored, and when
+        (monotonic clock) it stored the last one."""
         c = self.parent.counter if self.parent is not None else wire.Counter()
-        op.emit(("c", c.bytes_in, c.frames_in, self.stage.bytes_received))
+        op.emit(("c", c.bytes_in, c.frames_in, self.stage.bytes_received, round(self.stage.stored_at, 4)))
         op.emit(("s", 0, ""))
 
     # ---- liveness --------------------------------------------------------------------------------

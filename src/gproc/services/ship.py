@@ -16,6 +16,7 @@ the reason, and the job runs on the others.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from gproc.master import Master
     from gproc.overlay import Link
 
-WINDOW = 4  # chunks in flight down the tree: bounds what any link has queued ahead of a heartbeat
+WINDOW = 8  # chunks in flight down the tree: bounds what any link has queued ahead of a heartbeat
 CLIENT_SILENCE = 60.0  # a client that sends nothing for this long while shipping is gone
 
 
@@ -63,6 +64,7 @@ class Shipper:
         failed = Groups()
         if not files:
             return targets, failed
+        t0 = time.monotonic()
         need = await self._have(files, targets, failed)
         ok = targets - _ranks(failed)
         wanted = [h for h in files if need.get(h, set()) & ok]
@@ -75,7 +77,8 @@ class Shipper:
                 failed.add(("s", 255, "interrupted while shipping"), targets - _ranks(failed))
         carried = self._link_bytes({h: (files[h][0], need[h]) for h in wanted})
         self.total_link_bytes += carried
-        link.send({"t": "ship", "files": len(wanted), "bytes": sent, "link_bytes": carried})
+        seconds = round(time.monotonic() - t0, 4)
+        link.send({"t": "ship", "files": len(wanted), "bytes": sent, "link_bytes": carried, "seconds": seconds})
         return targets - _ranks(failed), failed
 
     async def _have(self, files: dict[str, tuple[int, bool]], targets: set[int], failed: Groups) -> dict[str, set[int]]:

@@ -67,6 +67,7 @@ class StageService:
         self.incoming: dict[tuple[int, str], Incoming] = {}
         self.private_failed = False  # a private mount was refused here once: do not try again
         self.bytes_received = 0  # file bytes this node stored for itself
+        self.stored_at = 0.0  # time.monotonic() when the last file was stored (benchmarks compare nodes)
         self.job_dirs: set[str] = set()
         node.handlers["have"] = self.have
         node.handlers["put"] = self.put
@@ -117,6 +118,7 @@ class StageService:
         self.bytes_received += len(data)
         if done:
             del self.incoming[key]
+            self.stored_at = time.monotonic()
         op.emit(("s", 0, ""))
 
     def _expire(self) -> None:
