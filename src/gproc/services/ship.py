@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from gproc.master import Master
     from gproc.overlay import Link
 
-WINDOW = 8  # chunks in flight down the tree: bounds what any link has queued ahead of a heartbeat
+WINDOW = 8  # chunks in flight down the tree: what one link may have queued is at most WINDOW x CHUNK
 CLIENT_SILENCE = 60.0  # a client that sends nothing for this long while shipping is gone
 
 
