@@ -312,35 +312,67 @@ def test_foreign_root_program_cannot_start_here(tree7: LocalCluster) -> None:
 
 
 def test_malformed_bundles_are_refused_and_nodes_live_on(tree7: LocalCluster, tmp_path: Path) -> None:
-    from gproc.client import Connection
-
     good = build(["true"], path_env="/usr/bin:/bin", cwd=str(tmp_path))
     assert good is not None
 
-    async def raw(bundle: Any) -> list[Any]:
-        conn = await Connection.open(tree7.socket)
-        conn.send({"t": "req", "fn": "exec", "argv": ["true"], "nodes": "**", "env": {}, "cwd": None, "bundle": bundle})
-        msgs = []
-        try:
-            while True:
-                m = await conn.receive()
-                msgs.append(m)
-                if m["t"] == "want":
-                    for h in m["h"]:
-                        for off, data in good.chunks(h):
-                            conn.send({"t": "data", "h": h, "o": off, "d": data})
-                if m["t"] == "end":
-                    return msgs
-        finally:
-            conn.close()
+    def send(conn: Any, hashes: list[str]) -> None:
+        for h in hashes:
+            for off, data in good.chunks(h):
+                conn.send({"t": "data", "h": h, "o": off, "d": data})
 
     w = good.to_wire()
     for bad_files in ([["f", "/../../etc/passwd", "0" * 64, 1, 0o644]], [["l", "/a", "../../.."]], "x"):
-        with pytest.raises(Exception, match=r"bad|outside|manifest"):
-            asyncio.run(raw({**w, "files": bad_files}))
+        with pytest.raises(Exception, match=r"bad|outside|manifest"):  # refused by the master
+            raw_job(tree7, {**w, "files": bad_files}, send)
     # a run description pointing outside the view: every node refuses it, and goes on working
-    msgs = asyncio.run(raw({**w, "run": {**w["run"], "exe": "/../../bin/sh"}}))
-    outs = [g for m in msgs if m["t"] == "out" for g in m["g"]]
-    assert outs and all(key[0] == "s" and key[1] == 255 and "staging failed" in key[2] for key, _, _ in outs), outs
+    out = raw_job(tree7, {**w, "run": {**w["run"], "exe": "/../../bin/sh"}}, send)
+    assert out and all(key[1] == 255 and "staging failed: bad executable" in key[2] for key, _ in out), out
     status, events, _ = run(tree7, ["true"], "**")
     assert status == 0 and statuses(events) == {f"node{i}": (0, "") for i in range(N)}
+
+
+def raw_job(c: LocalCluster, bundle: Any, answer_want: Any) -> list[Any]:
+    """An exec request sent by hand; ``answer_want(conn, hashes)`` replies to the master's ``want``.
+    Returns the status keys and node sets the master sends back."""
+    from gproc.client import Connection
+
+    async def go() -> list[Any]:
+        conn = await Connection.open(c.socket)
+        conn.send({"t": "req", "fn": "exec", "argv": ["true"], "nodes": "**", "env": {}, "cwd": None, "bundle": bundle})
+        out: list[Any] = []
+        try:
+            while (m := await conn.receive())["t"] != "end":
+                if m["t"] == "want":
+                    answer_want(conn, m["h"])
+                elif m["t"] == "out":
+                    out += [(tuple(key), nodes) for key, nodes, _ in m["g"] if key[0] == "s"]
+        finally:
+            conn.close()
+        return out
+
+    return asyncio.run(go())
+
+
+def test_a_file_the_client_cannot_read_fails_the_nodes_that_need_it(tree7: LocalCluster, tmp_path: Path) -> None:
+    (tmp_path / "fresh").write_bytes(os.urandom(1000))
+    b = build(["true"], path_env="/usr/bin:/bin", cwd=str(tmp_path), files=["fresh"])
+    assert b is not None
+
+    def fail(conn: Any, hashes: list[str]) -> None:
+        for h in hashes:
+            if b.sources[h].endswith("fresh"):
+                conn.send({"t": "data", "h": h, "err": "Permission denied"})
+            else:
+                for off, data in b.chunks(h):
+                    conn.send({"t": "data", "h": h, "o": off, "d": data})
+
+    out = raw_job(tree7, b.to_wire(), fail)
+    assert out == [(("s", 255, "cannot read a file on the client: Permission denied"), f"node[0-{N - 1}]")], out
+
+
+def test_ctrl_c_while_shipping_ends_the_job_before_it_starts(tree7: LocalCluster, tmp_path: Path) -> None:
+    (tmp_path / "fresh").write_bytes(os.urandom(1000))
+    b = build(["true"], path_env="/usr/bin:/bin", cwd=str(tmp_path), files=["fresh"])
+    assert b is not None
+    out = raw_job(tree7, b.to_wire(), lambda conn, hashes: conn.send({"t": "signal", "sig": 2}))
+    assert out == [(("s", 255, "interrupted while shipping"), f"node[0-{N - 1}]")], out
