@@ -31,6 +31,7 @@ from gproc.store import (
     MAX_SIZE,
     Entry,
     Incoming,
+    Placer,
     Store,
     View,
     check_path,
@@ -52,7 +53,6 @@ class Launch:
 
     cmd: platform.Command
     view: str
-    private: bool
     entries: list[Entry]
     uid: int
     gid: int
@@ -151,19 +151,19 @@ class StageService:
     ) -> platform.Process:
         private = bool(bundle.get("private")) and platform.private_mounts_possible() and not self.private_failed
         if private:
-            launch = self.prepare(bundle, argv, env, uid, gid, self.store.root, True)
+            launch = self.prepare(bundle, argv, env, uid, gid, self.store.root)
             try:
-                build = lambda store_fd: self._build_private(launch, store_fd)  # noqa: E731
+                build = lambda store_fd: self._build(launch, self._bind_placer(store_fd))  # noqa: E731
                 return await platform.spawn_private(self.store.root, self.store.dir, build, launch.cmd)
             except platform.NamespaceError as e:
                 self.node.log.warning("private mount namespace refused (%s): staging in a per-job directory", e)
                 self.private_failed = True
         root = os.path.join(self.store.jobs, f"{job}-{self.node.rank}-{secrets.token_hex(4)}")
-        launch = self.prepare(bundle, argv, env, uid, gid, root, False)
+        launch = self.prepare(bundle, argv, env, uid, gid, root)
         os.mkdir(root, 0o700)
         self.job_dirs.add(root)
         try:
-            proc = await platform.spawn_built(lambda: self._build_dir(launch), launch.cmd)
+            proc = await platform.spawn_built(lambda: self._build(launch, link_placer(self.store)), launch.cmd)
         except BaseException:
             self._forget_dir(root)
             raise
@@ -171,7 +171,7 @@ class StageService:
         return proc
 
     def prepare(
-        self, bundle: dict[str, Any], argv: list[str], env: dict[str, str], uid: int, gid: int, view: str, private: bool
+        self, bundle: dict[str, Any], argv: list[str], env: dict[str, str], uid: int, gid: int, view: str
     ) -> Launch:
         """Check a bundle against the store and work out the command; nothing is written yet."""
         entries = parse_manifest(bundle.get("files"))
@@ -185,26 +185,24 @@ class StageService:
         cmd_argv, executable = (argv, None) if run is None else _command(view, run, argv)
         env = {**env, "GPROC_BINROOT": view}
         cmd = platform.Command(cmd_argv, cwd, env, executable, uid, gid, platform.user_groups(uid, gid))
-        return Launch(cmd, view, private, entries, uid, gid)
+        return Launch(cmd, view, entries, uid, gid)
 
-    def _build_dir(self, launch: Launch) -> None:
-        with View(launch.view) as v:
-            v.build(launch.entries, link_placer(self.store))
-            v.give(launch.uid, launch.gid)
-
-    def _build_private(self, launch: Launch, store_fd: int) -> None:
-        """In the job's new mount namespace, on its fresh tmpfs: store files are bind-mounted."""
-
-        def place(e: Entry, dirfd: int, name: str) -> None:
-            os.close(
-                os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400, dir_fd=dirfd)
-            )
-            src = f"/proc/self/fd/{store_fd}/{self.store.name(e.hash, e.executable)}"
-            platform.bind_mount(src, f"/proc/self/fd/{dirfd}/{name}")
-
+    @staticmethod
+    def _build(launch: Launch, place: Placer) -> None:
         with View(launch.view) as v:
             v.build(launch.entries, place)
             v.give(launch.uid, launch.gid)
+
+    def _bind_placer(self, store_fd: int) -> Placer:
+        """In the job's new mount namespace, on its fresh tmpfs: store files are bind-mounted."""
+
+        def place(e: Entry, dirfd: int, name: str) -> None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(name, flags, 0o400, dir_fd=dirfd))
+            src = f"/proc/self/fd/{store_fd}/{self.store.name(e.hash, e.executable)}"
+            platform.bind_mount(src, f"/proc/self/fd/{dirfd}/{name}")
+
+        return place
 
     async def _remove_when_done(self, proc: platform.Process, root: str) -> None:
         """Remove a job's directory once its last process (the whole process group) is gone."""
