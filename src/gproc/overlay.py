@@ -537,6 +537,8 @@ class Node:
         if t == "ping":
             link.send({"t": "pong"})
         elif t == "op":
+            if time.monotonic() - link.last_tx > self.cfg.heartbeat:  # busy with a stream of ops: say so
+                link.send({"t": "pong"})
             self._on_op(msg)
         elif t == "ret":
             self._on_ret(msg)
