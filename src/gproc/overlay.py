@@ -862,7 +862,7 @@ class Node:
     def _noop(self, op: Op) -> None:
         op.emit(("s", 0, ""))
 
-    async def _counters(self, op: Op) -> None:
+    def _counters(self, op: Op) -> None:
         """Bytes and frames this node received over its parent link, file bytes it stored, and when
         (monotonic clock) it stored the last one."""
         c = self.parent.counter if self.parent is not None else wire.Counter()

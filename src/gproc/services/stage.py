@@ -3,7 +3,8 @@
 ``have`` answers which of a bundle's files this node lacks (keys ``("n", hash)``); ``put`` carries one
 chunk of one file to exactly the ranks that lack it, so a tree link carries a file at most once and an
 interior node forwards each chunk to its children as soon as it arrives (the overlay forwards an op
-before running it). The file enters the store once its hash is verified.
+before running it). Both handlers are synchronous, so chunks are written inline, in arrival order;
+the file enters the store once its hash is verified.
 
 For ``exec``, ``prepare`` builds the job's view (see ``gproc.store``) and the command that runs the
 program through its shipped ELF interpreter, so the executable and every shared object it maps come
@@ -83,7 +84,7 @@ class StageService:
 
     # ---- filling the store ----
 
-    async def have(self, op: Op) -> None:
+    def have(self, op: Op) -> None:
         items = op.body.get("h")
         if not isinstance(items, list) or not all(_need_item(i) for i in items):
             op.emit(("s", 255, "bad have request"))
@@ -94,7 +95,7 @@ class StageService:
                 op.emit(("n", h))
         op.emit(("s", 0, ""))
 
-    async def put(self, op: Op) -> None:
+    def put(self, op: Op) -> None:
         b = op.body
         h, off, data, size, x, job = b.get("h"), b.get("o"), b.get("d"), b.get("z"), b.get("x"), b.get("j")
         if not (_need_item([h, size, x]) and isinstance(data, bytes) and isinstance(off, int) and isinstance(job, int)):
