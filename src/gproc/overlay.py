@@ -141,6 +141,7 @@ class TreeLink(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._closed_fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._unsent = 0
+        self.keepalive = 0.0  # > 0: send a pong while reading if nothing was sent for this long
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -150,7 +151,9 @@ class TreeLink(asyncio.Protocol):
             self.on_open(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_rx = time.monotonic()
+        self.last_rx = now = time.monotonic()
+        if self.keepalive and now - self.last_tx > self.keepalive:  # busy reading a long stream: say so
+            self.send({"t": "pong"})
         self.counter.bytes_in += len(data)
         buf = self._buf
         buf += data
@@ -518,6 +521,7 @@ class Node:
         return link
 
     async def _serve_parent(self, link: TreeLink) -> None:
+        link.keepalive = self.cfg.heartbeat
         link.start(self._dispatch_down, lambda lk: None)
         try:
             await link.wait_closed()
@@ -537,8 +541,6 @@ class Node:
         if t == "ping":
             link.send({"t": "pong"})
         elif t == "op":
-            if time.monotonic() - link.last_tx > self.cfg.heartbeat:  # busy with a stream of ops: say so
-                link.send({"t": "pong"})
             self._on_op(msg)
         elif t == "ret":
             self._on_ret(msg)
