@@ -296,6 +296,7 @@ class Store:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as e:
+            self._ready = False  # binRoot may have been removed under us: check (and recreate) it next time
             raise StagingError(f"cannot write in the store: {e.strerror}") from None
         return Incoming(h, size, executable, fd, tmp, hashlib.sha256(), touched=time.monotonic())
 
