@@ -59,7 +59,9 @@ usage: gproc [switches] MODE [args]
   down                            stop the local cluster
   keygen [--key FILE]             make the cluster credential
 exec switches: -b (gathered), --diff, --json, -n (no stdin), -w NODESET, -x NODESET, --path SPEC,
-  --timeout S, --export=ALL|NONE|VAR[=VAL],..., --window S (live merging), --batch, -i
+  --timeout S, --export=ALL|NONE|VAR[=VAL],..., --window S (live merging), --batch, -i,
+  -f FILE,DIR,DIR/.  -r ROOT  -localbin  -p=false
+  (CMD, its ELF interpreter and libraries are shipped and run from each node's -binRoot)
 master switches: --gpid-block N (gpids per block, default 64), --collect-every S (block collection),
   --keep-jobs N, --keep-bytes SIZE (retention of job output; SIZE like 500M or 2G)
 seed switches: -myParent -myId -myAddress -cmdport -defaultMasterUDS -binRoot -r -f -localbin -p -debug
@@ -544,6 +546,10 @@ async def _exec(opts: argparse.Namespace, pos: list[str]) -> int:
         gather=opts.gather or opts.diff,
         stdin=read_stdin() if _stdin_wanted(opts) else None,
         batch=opts.batch,
+        files=[f for f in (opts.files or "").split(",") if f],
+        root=opts.root,
+        localbin=opts.localbin,
+        private=opts.private,
     )
     if opts.batch:
         print(json.dumps({"job": job.id, "n": job.nnodes, "absent": job.absent}) if opts.json else job.id)

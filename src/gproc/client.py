@@ -17,10 +17,13 @@ import contextlib
 import os
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gproc import wire
-from gproc.errors import ConnectError, GprocError, NoMatchError, ProtocolError, RemoteError, UsageError
+from gproc.errors import ConnectError, GprocError, NoMatchError, ProtocolError, RemoteError, StagingError, UsageError
+
+if TYPE_CHECKING:
+    from gproc.bundle import Bundle
 
 DEFAULT_SOCKET = "/tmp/g"
 SILENCE_LIMIT = 30.0  # the master ticks every few seconds during a job; this much silence is death
@@ -63,6 +66,8 @@ def _raise_remote(msg: wire.Message) -> None:
     code = msg.get("code")
     if code == 2:
         raise UsageError(text)
+    if code == 255:
+        raise StagingError(text)
     if "matched no node" in text:
         raise NoMatchError(text)
     raise RemoteError(text)
@@ -119,10 +124,18 @@ class Connection:
 
 class Job:
     """A running ``exec`` (or a stored job's output): iterate it for events; ``signal()`` reaches
-    every process of the job; ``feed()`` sends it input."""
+    every process of the job; ``feed()`` sends it input.
 
-    def __init__(self, conn: Connection, header: wire.Message) -> None:
+    While the job is iterated, the files of its bundle that some node lacks are sent when the master
+    asks for them; ``shipped`` then tells what it cost (``files``, ``bytes`` read here, ``link_bytes``
+    carried by all tree links together, ``seconds`` from the master's first question to the nodes
+    until every file was stored).
+    """
+
+    def __init__(self, conn: Connection, header: wire.Message, bundle: Bundle | None = None) -> None:
         self._conn = conn
+        self._bundle = bundle
+        self.shipped: dict[str, Any] = {"files": 0, "bytes": 0, "link_bytes": 0, "seconds": 0.0}
         self.id: int = header["job"]
         self.nnodes: int = header.get("n", 0)
         self.absent: str = header.get("absent", "")
@@ -133,6 +146,9 @@ class Job:
         self._credit = asyncio.Event()
         self._stdin: AsyncIterable[bytes] | bytes | None = None
         self.batch = False
+        self._ship_done = asyncio.Event()  # input waits for it: the master reads files first
+        if bundle is None or not bundle.sources:
+            self._ship_done.set()
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the job on every node."""
@@ -156,7 +172,22 @@ class Job:
                 await self._send_chunk(chunk[i : i + STDIN_CHUNK], False)
         await self._send_chunk(b"", True)
 
+    async def ship(self) -> None:
+        """Answer the master's questions for files until every node has them (a batch client leaves
+        after this; an attached one does it while iterating)."""
+        while not self._ship_done.is_set():
+            msg = await self._conn.receive()
+            t = msg.get("t")
+            if t == "want":
+                await self._send_files(msg.get("h", []))
+            elif t == "ship":
+                self.shipped = {k: msg.get(k, 0) for k in ("files", "bytes", "link_bytes", "seconds")}
+                self._ship_done.set()
+            elif t == "end":
+                return
+
     async def _send_chunk(self, data: bytes, eof: bool) -> None:
+        await self._ship_done.wait()
         while self._sent - self._acked >= STDIN_WINDOW:
             self._credit.clear()
             await self._credit.wait()
@@ -182,6 +213,13 @@ class Job:
                         self._acked = seq
                         self._credit.set()
                     continue
+                if t == "want":
+                    await self._send_files(msg.get("h", []))
+                    continue
+                if t == "ship":
+                    self.shipped = {k: msg.get(k, 0) for k in ("files", "bytes", "link_bytes", "seconds")}
+                    self._ship_done.set()
+                    continue
                 if t != "out":
                     continue
                 for key, nodes, count in msg["g"]:
@@ -200,6 +238,20 @@ class Job:
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self.events()
+
+    async def _send_files(self, hashes: list[str]) -> None:
+        """Stream the files the master asked for, chunk by chunk, in the order asked."""
+        if self._bundle is None:
+            raise ProtocolError("the master asked for files of a job that ships none")
+        for h in hashes:
+            if h not in self._bundle.sources:
+                raise ProtocolError(f"the master asked for an unknown file {str(h)[:16]}")
+            try:
+                for offset, data in self._bundle.chunks(h):
+                    self._conn.send({"t": "data", "h": h, "o": offset, "d": data})
+                    await self._conn.writer.drain()
+            except (OSError, StagingError) as e:
+                self._conn.send({"t": "data", "h": h, "err": str(getattr(e, "strerror", None) or e)})
 
 
 class Cluster:
@@ -320,35 +372,58 @@ class Cluster:
         gather: bool = False,
         stdin: bytes | AsyncIterable[bytes] | bool | None = None,
         batch: bool = False,
+        files: list[str] | tuple[str, ...] = (),
+        root: str = "/",
+        localbin: bool = False,
+        private: bool = True,
     ) -> Job:
         """Start ``argv`` on the selected nodes; returns once the master accepted the job.
 
+        The program, its interpreter and libraries (found in ``env``'s PATH and LD_LIBRARY_PATH,
+        inside ``root``), the ``files`` and the working directory are shipped and the program runs
+        from the node's binRoot (``private``: in a private mount namespace where possible), unless
+        ``localbin``, which runs the node's own program and ships only ``files``.
         ``gather``: the tree holds results until every node is done, so each distinct output reaches
         the master once, whatever the number of nodes (``-b``); otherwise results stream live.
         ``stdin``: bytes or an async iterable of bytes, sent to every process while the job is
         iterated; ``True`` to send it yourself with ``job.feed()``; None: the processes read EOF.
         ``batch``: the job runs on without this client (``job.id`` names it for ``output``/``wait``).
         """
+        from gproc import bundle as bundles
+
         check_selection(nodes, include, exclude)
         if batch and stdin not in (None, False):
             raise UsageError("a batch job has no stdin")
-        conn = await Connection.open(self.socket, self.timeout)
-        conn.send(
-            {
-                "t": "req",
-                "fn": "exec",
-                "argv": argv,
-                "nodes": nodes,
-                "w": include,
-                "x": exclude,
-                "env": dict(os.environ) if env is None else env,
-                "cwd": cwd if cwd is not None else _cwd(),
-                "timeout": timeout,
-                "gather": gather,
-                "stdin": stdin is not None and stdin is not False,
-                "batch": batch,
-            }
+        env = dict(os.environ) if env is None else env
+        cwd = cwd if cwd is not None else _cwd()
+        ship = bundles.build(
+            argv,
+            root=root,
+            path_env=env.get("PATH"),
+            ld_library_path=env.get("LD_LIBRARY_PATH"),
+            files=files,
+            cwd=cwd,
+            localbin=localbin,
+            private=private,
         )
+        conn = await Connection.open(self.socket, self.timeout)
+        req: wire.Message = {
+            "t": "req",
+            "fn": "exec",
+            "argv": argv,
+            "nodes": nodes,
+            "w": include,
+            "x": exclude,
+            "env": env,
+            "cwd": cwd,
+            "timeout": timeout,
+            "gather": gather,
+            "stdin": stdin is not None and stdin is not False,
+            "batch": batch,
+        }
+        if ship is not None:
+            req["bundle"] = ship.to_wire()
+        conn.send(req)
         try:
             header = await conn.receive()
         except GprocError:
@@ -357,10 +432,13 @@ class Cluster:
         if header.get("t") != "job":
             conn.close()
             raise ProtocolError(f"unexpected answer {header.get('t')!r}")
-        job = Job(conn, header)
-        if batch:
+        job = Job(conn, header, ship)
+        if batch:  # stay until the files are on the nodes, then leave the job to the master
             job.batch = True
-            conn.close()
+            try:
+                await job.ship()
+            finally:
+                conn.close()
         elif stdin is not None and not isinstance(stdin, bool):
             job._stdin = stdin
         return job

@@ -67,10 +67,10 @@ async def serve_node(cfg: NodeConfig) -> int:
 async def serve_many(spec: dict[str, Any]) -> int:
     """Many nodes in one OS process, as ``gproc up --local`` lays them out.
 
-    ``spec``: ``{"key", "master", "host", "heartbeat", "dead_after", "nodes": [{"name", "id",
-    "parent": index or -1, "listen": bool, "socket": client socket path or absent}]}`` and optionally
-    ``"config"``: other ``NodeConfig`` fields (``quiet``, ``hold``, ``edits`` …); parents come before
-    their children.
+    ``spec``: ``{"key", "master", "host", "heartbeat", "dead_after", "bin_root", "nodes": [{"name",
+    "id", "parent": index or -1, "listen": bool, "socket": client socket path or absent}]}`` and
+    optionally ``"config"``: other ``NodeConfig`` fields (``quiet``, ``hold``, ``edits`` …); parents
+    come before their children; each node stages under ``bin_root/<name>``.
     """
     platform.raise_fd_limit()
     server_ssl = credential.server_context(spec["key"])
@@ -92,7 +92,7 @@ async def serve_many(spec: dict[str, Any]) -> int:
             key=spec["key"],
             heartbeat=spec.get("heartbeat", 1.0),
             dead_after=spec.get("dead_after", 3.5),
-            bin_root=spec.get("bin_root", "/tmp/xproc"),
+            bin_root=os.path.join(spec["bin_root"], entry["name"]) if "bin_root" in spec else "/tmp/xproc",
             socket=entry.get("socket"),
             **spec.get("config", {}),
         )

@@ -44,7 +44,7 @@ from elftools.elf.segments import InterpSegment
 
 from gproc.errors import StagingError
 
-__all__ = ["BundleFile", "closure", "find_program"]
+__all__ = ["BundleFile", "LoadPlan", "closure", "find_program", "load_plan", "locate", "machine"]
 
 _MAX_SYMLINKS = 40  # as the kernel's ELOOP limit
 _MAX_SCRIPT_DEPTH = 4  # as the kernel's BINPRM_MAX_RECURSION
@@ -71,6 +71,35 @@ class BundleFile:
     source: str
     kind: str  # 'program' | 'interpreter' | 'library' | 'symlink' | 'script-interpreter'
     link_target: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """How to start a program from its shipped files, as the kernel and ld.so would.
+
+    ``exe`` is the ELF file that is finally loaded (the program, or for a ``#!`` script the last
+    interpreter of the chain) and ``interp`` its PT_INTERP (None for a static executable).
+    ``argv_head`` is the start of the argument vector the kernel builds: ``(text, is_path)`` pairs,
+    where ``is_path`` marks a path inside the bundle (a script handed to its interpreter); the
+    user's arguments after argv[0] follow it. ``libraries`` are the paths ld.so finds the libraries
+    under (its ``l_name``), in load order.
+    """
+
+    files: list[BundleFile]
+    exe: str
+    interp: str | None
+    argv_head: list[tuple[str, bool]]
+    libraries: list[str]
+
+
+@dataclass
+class _Launch:
+    """How one executable of a ``#!`` chain starts (see ``LoadPlan``)."""
+
+    exe: str
+    interp: str | None
+    argv: list[tuple[str, bool]]
+    libraries: list[str]
 
 
 @dataclass
@@ -198,6 +227,14 @@ class _Tree:
         return found[0] if found and os.path.isfile(self.host(found[0])) else None
 
 
+def machine(path: str, root: str = "/") -> str | None:
+    """The machine an ELF file inside root is built for, as ``uname -m`` names it (None if not ELF)."""
+    tree = _Tree(root)
+    real = tree.real_file(tree.absolute(path))
+    ident = _ident(tree.host(real)) if real is not None else None
+    return _PLATFORMS.get(ident[2], f"machine {ident[2]}") if ident is not None else None
+
+
 def find_program(cmd: str, path_env: str | None, root: str = "/") -> str:
     """Path (inside root) of CMD: itself when it has a '/', else its first executable match in PATH."""
     tree = _Tree(root)
@@ -263,8 +300,11 @@ class _Closure:
             self.objs[real] = _parse(self.tree.host(real), shown)
         return self.objs[real]
 
-    def executable(self, path: str, kind: str, depth: int = 0) -> None:
-        """Add a program: an ELF executable with its closure, or a script with its interpreter."""
+    def executable(self, path: str, kind: str, argv0: str, depth: int = 0) -> _Launch:
+        """Add a program: an ELF executable with its closure, or a script with its interpreter.
+
+        Returns how it starts (see ``LoadPlan``), ``argv0`` being what the program is called by.
+        """
         real = self.add(path, kind)
         try:
             with open(self.tree.host(real), "rb") as f:
@@ -277,18 +317,24 @@ class _Closure:
             interp, arg = _shebang(head, path)
             if self.tree.real_file(self.tree.absolute(interp)) is None:
                 raise StagingError(f"interpreter {interp} of {path} not found")
-            self.executable(self.tree.absolute(interp), "script-interpreter", depth + 1)
+            launch = self.executable(self.tree.absolute(interp), "script-interpreter", interp, depth + 1)
             cmd = _env_command(arg) if posixpath.basename(interp) == "env" else None
-            if cmd is not None:
+            if cmd is not None:  # run the command env would find in PATH directly: the shipped copy
                 found = find_program(cmd, self.path_env, self.tree.root)
-                self.executable(found, "script-interpreter", depth + 1)
-        elif _ident(self.tree.host(real)) is not None:
-            self.elf_program(path, real)
-        else:
-            raise StagingError(f"{path}: neither an ELF executable nor a '#!' script")
+                launch = self.executable(found, "script-interpreter", cmd, depth + 1)
+            elif arg:
+                launch.argv.append((arg, False))
+            launch.argv.append((path, True))
+            return launch
+        if _ident(self.tree.host(real)) is not None:
+            libraries: list[str] = []
+            pt_interp = self.elf_program(path, real, libraries)
+            return _Launch(path, pt_interp, [(argv0, False)], libraries)
+        raise StagingError(f"{path}: neither an ELF executable nor a '#!' script")
 
-    def elf_program(self, path: str, real: str) -> None:
-        """Add PT_INTERP and the DT_NEEDED closure of an ELF executable, in ld.so's load order."""
+    def elf_program(self, path: str, real: str, libraries: list[str]) -> str | None:
+        """Add PT_INTERP and the DT_NEEDED closure of an ELF executable, in ld.so's load order;
+        return PT_INTERP and append the paths the libraries are found under to ``libraries``."""
         main = self.parse(real, path)
         if main.etype not in ("ET_EXEC", "ET_DYN"):
             raise StagingError(f"{path}: not an executable ELF file ({main.etype})")
@@ -320,6 +366,8 @@ class _Closure:
                 new = _Loaded(obj, found, lib_real, posixpath.dirname(found), _names(name, obj.soname), who)
                 loaded.append(new)
                 queue.append(new)
+                libraries.append(found)
+        return main.interp
 
     def _dirs(self, items: list[str], owner: _Loaded) -> list[str]:
         """Directories of RPATH/RUNPATH/LD_LIBRARY_PATH items, DSTs expanded; '' is the working dir."""
@@ -472,15 +520,40 @@ def _parse_cache(data: bytes) -> dict[str, list[str]]:
     return out
 
 
-def closure(
-    program: str, root: str = "/", ld_library_path: str | None = None, path_env: str | None = None
-) -> list[BundleFile]:
-    """Files to ship for `program` (a path inside root): the program first, then in load order.
+def load_plan(
+    program: str, root: str = "/", ld_library_path: str | None = None, path_env: str | None = None, argv0: str = ""
+) -> LoadPlan:
+    """The files to ship for `program` (a path inside root) and how ld.so would start it.
 
     ``path_env`` (default: this process's PATH) is used to find ``#!/usr/bin/env CMD`` commands.
     Raises StagingError for a missing library (its name and the directories searched), a file that
     is neither ELF nor a '#!' script, or an interpreter/library of another ELF class or machine.
     """
     work = _Closure(root, ld_library_path, os.environ.get("PATH") if path_env is None else path_env)
-    work.executable(work.tree.absolute(program), "program")
-    return list(work.files.values())
+    launch = work.executable(work.tree.absolute(program), "program", argv0 or program)
+    return LoadPlan(list(work.files.values()), launch.exe, launch.interp, launch.argv, launch.libraries)
+
+
+def closure(
+    program: str, root: str = "/", ld_library_path: str | None = None, path_env: str | None = None
+) -> list[BundleFile]:
+    """Files to ship for `program` (a path inside root): the program first, then in load order.
+
+    See ``load_plan`` (this is its ``files``).
+    """
+    return load_plan(program, root, ld_library_path, path_env).files
+
+
+def locate(path: str, root: str = "/") -> tuple[str, list[BundleFile]]:
+    """Real path of `path` inside root and the symlinks met on the way there, as bundle entries.
+
+    Raises StagingError when the path does not exist or loops.
+    """
+    tree = _Tree(root)
+    found = tree.resolve(tree.absolute(path))
+    if found is None:
+        raise StagingError(f"{path}: too many symbolic links")
+    real, links = found
+    if not os.path.lexists(tree.host(real)):
+        raise StagingError(f"{path}: no such file or directory")
+    return real, [BundleFile(link, tree.host(link), "symlink", target) for link, target in links]

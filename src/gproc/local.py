@@ -75,7 +75,7 @@ class UpRecord:
 
 
 def _start(argv: list[str], log: str) -> tuple[int, float]:
-    with open(log, "ab") as out:
+    with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
         p = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True
         )
@@ -114,6 +114,7 @@ def up(
     if old is not None:
         _cleanup_files(old)
     rundir = tempfile.mkdtemp(prefix="gproc-local-")
+    os.chmod(rundir, 0o711)  # jobs of any user reach the nodes' binRoots below it; nothing is listable
     rec = UpRecord(sock, rundir, [], n)
     try:
         keyfile = key or credential.keygen(os.path.join(rundir, "cluster.key"))
@@ -164,6 +165,7 @@ def up(
                 "heartbeat": hb,
                 "dead_after": dead,
                 "config": node_config or {},
+                "bin_root": os.path.join(rundir, "bin"),  # each node its own binRoot (and store)
                 "nodes": [
                     {
                         "index": i,

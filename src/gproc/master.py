@@ -101,6 +101,9 @@ class Master(Node):
         self.relay = MasterRelay(self)
         self.jobs = JobStore(self.state.db, os.path.join(state_dir, "jobs"), keep_jobs, keep_bytes)
         self.job_service = JobService(self)
+        from gproc.services.ship import Shipper
+
+        self.shipper = Shipper(self)
 
     # ---- lifetime --------------------------------------------------------------------------------
 
@@ -283,7 +286,10 @@ class Master(Node):
             link.send({"t": "ret", "r": {"names": names, "absent": sorted(absent)}})
 
         async def stats(link: Link, req: wire.Message, cred: PeerCred) -> None:
-            link.send({"t": "ret", "r": self.stats()})
+            r = self.stats()
+            if req.get("links"):
+                r["links"] = await self.link_counters()
+            link.send({"t": "ret", "r": r})
 
         async def shutdown(link: Link, req: wire.Message, cred: PeerCred) -> None:
             if cred.uid not in (0, os.getuid()):
@@ -317,7 +323,28 @@ class Master(Node):
             "segs_in": segs,
             "links": len(links),
             "nodes_up": self.count_up(),
+            "ship_link_bytes": self.shipper.total_link_bytes,
         }
+
+    async def link_counters(self) -> list[dict[str, Any]]:
+        """Per tree link (named by the node below it): bytes and frames it carried down so far, and
+        the file bytes that node stored; nodes with equal counts are grouped."""
+        done = asyncio.get_running_loop().create_future()
+        rows: list[dict[str, Any]] = []
+
+        def sink(groups: list[list[Any]], end: bool) -> None:
+            for key, enc in groups:
+                if key[0] == "c":
+                    rows.append(
+                        {"nodes": self.fold_intervals(enc), "count": rankset.count(enc), "bytes_in": key[1],
+                         "frames_in": key[2], "file_bytes": key[3], "stored_at": key[4]}
+                    )  # fmt: skip
+            if end and not done.done():
+                done.set_result(None)
+
+        self.start_op(self.pids.next_id(), "counters", {}, self.up_ranks(), sink)
+        await done
+        return rows
 
     def _selection(self, req: wire.Message) -> tuple[set[int], set[str]]:
         spec, inc, exc = req.get("nodes"), req.get("w"), req.get("x")
@@ -361,6 +388,8 @@ class Master(Node):
         timeout = req.get("timeout")
         batch = req.get("batch") is True
         targets, absent = self._selection(req)
+        bundle = req.get("bundle")
+        entries = self.shipper.check(bundle) if bundle is not None else []
         job = self.pids.next_id()
         body = {
             "argv": argv,
@@ -392,6 +421,13 @@ class Master(Node):
                 done.set()
 
         self.pids.job_started(job, targets)
+        if bundle is not None:
+            targets, failed = await self.shipper.distribute(link, job, entries, targets)
+            body["bundle"] = bundle
+            if failed:
+                sink(failed.to_wire(), not targets)
+            if not targets:
+                return
         ops.append(self.start_op(job, "exec", body, targets, sink))
         if batch:
             return  # the client has its job id and leaves; the job runs on, its output is kept

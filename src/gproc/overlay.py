@@ -30,6 +30,7 @@ from gproc.errors import GprocError, ProtocolError, RegistrationError
 from gproc.groups import Groups, Key
 from gproc.services.execute import ExecService, SpawnGate
 from gproc.services.procs import ProcService
+from gproc.services.stage import StageService
 from gproc.services.stdin import StdinService
 
 log = logging.getLogger("gproc.overlay")
@@ -159,6 +160,8 @@ class TreeLink(asyncio.Protocol):
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
         self._closed_fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unsent = 0
+        self.keepalive = 0.0  # > 0: send a pong while reading if nothing was sent for this long
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -168,7 +171,9 @@ class TreeLink(asyncio.Protocol):
             self.on_open(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_rx = time.monotonic()
+        self.last_rx = now = time.monotonic()
+        if self.keepalive and now - self.last_tx > self.keepalive:  # busy reading a long stream: say so
+            self.send({"t": "pong"})
         self.counter.bytes_in += len(data)
         buf = self._buf
         buf += data
@@ -276,6 +281,19 @@ class TreeLink(asyncio.Protocol):
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed_fut)
+
+    def silent_for(self, now: float) -> float:
+        """Seconds without a sign of life from the peer: bytes from it, or it taking in what we send
+        (our send buffer shrank since the last look). A peer busy reading a long stream of file
+        chunks is alive even while its answers queue behind them."""
+        try:
+            unsent = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        except (AttributeError, RuntimeError):  # closing
+            unsent = self._unsent
+        if unsent < self._unsent:
+            self.last_rx = now
+        self._unsent = unsent
+        return now - self.last_rx
 
     def _fail(self, why: str) -> None:
         log.debug("closing link to %s: %s", self.peer.get("name"), why)
@@ -474,10 +492,12 @@ class Node:
         self._shutdown_requested = False
         self.log = logging.getLogger(f"gproc.node.{cfg.name}")
         self.handlers["noop"] = self._noop
+        self.handlers["counters"] = self._counters
         self.spawn_gate = spawn_gate or SpawnGate()
         self.exec = ExecService(self)
         self.procs = ProcService(self)
         self.stdin = StdinService(self)
+        self.stage = StageService(self)
 
     # ---- lifetime -------------------------------------------------------------------------------
 
@@ -510,6 +530,7 @@ class Node:
         self.exec.kill_all()
         self.procs.stop()
         self.stdin.close()
+        self.stage.close()
         if self._server is not None:
             self._server.close()
         for link in [*self.children.values(), *([self.parent] if self.parent else [])]:
@@ -618,6 +639,7 @@ class Node:
         return link
 
     async def _serve_parent(self, link: TreeLink) -> None:
+        link.keepalive = self.cfg.heartbeat
         link.start(self._dispatch_down, lambda lk: None)
         try:
             await link.wait_closed()
@@ -1001,6 +1023,13 @@ class Node:
     def _noop(self, op: Op) -> None:
         op.emit(("s", 0, ""))
 
+    def _counters(self, op: Op) -> None:
+        """Bytes and frames this node received over its parent link, file bytes it stored, and when
+        (monotonic clock) it stored the last one."""
+        c = self.parent.counter if self.parent is not None else wire.Counter()
+        op.emit(("c", c.bytes_in, c.frames_in, self.stage.bytes_received, round(self.stage.stored_at, 4)))
+        op.emit(("s", 0, ""))
+
     # ---- liveness --------------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
@@ -1011,13 +1040,16 @@ class Node:
             now = time.monotonic()
             stalled, last = now - last > 2 * self.cfg.heartbeat, now
             for link in list(self.children.values()):
-                if not stalled and now - link.last_rx > self.cfg.dead_after:
-                    self.log.info("child %s silent for %.1fs: lost", link.peer.get("name"), now - link.last_rx)
+                silent = link.silent_for(now)
+                if not stalled and silent > self.cfg.dead_after:
+                    self.log.info("child %s silent for %.1fs: lost", link.peer.get("name"), silent)
                     link.abort()
                     self._child_gone(link)
                 else:
                     link.send({"t": "ping"})
             p = self.parent
-            if p is not None and not stalled and now - p.last_rx > self.cfg.dead_after:
-                self.log.info("parent silent for %.1fs: re-attaching", now - p.last_rx)
+            if p is not None and not stalled and (silent := p.silent_for(now)) > self.cfg.dead_after:
+                self.log.info("parent silent for %.1fs: re-attaching", silent)
                 p.abort()
+            elif p is not None:  # unasked: the parent's ping may be queued behind a stream of file chunks
+                p.send({"t": "pong"})

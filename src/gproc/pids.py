@@ -424,6 +424,7 @@ class Proc:
     root: bool  # started by gproc (a job's process) rather than forked by one
     created: float = 0.0  # psutil create_time of forked processes (pid reuse check)
     exited: asyncio.Future[int] | None = None  # roots: their exit status
+    argv: list[str] | None = None  # roots: the command as the user gave it
 
 
 @dataclass(slots=True)

@@ -1,12 +1,15 @@
 """Everything specific to an operating system, in one place.
 
 Process spawning (vfork-fast ``Popen`` with a pidfd exit watch on Linux, a waiter thread elsewhere),
-peer credentials on Unix sockets, file-descriptor limits, and the event-loop choice.
+private mount namespaces for jobs (Linux, root), peer credentials on Unix sockets, file-descriptor
+limits, and the event-loop choice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import os
 import pwd
 import resource
@@ -92,7 +95,10 @@ def tcp_received(sock: Any) -> tuple[int, int] | None:
 
 
 def user_groups(uid: int, gid: int) -> list[int]:
-    """Supplementary groups of a user (empty if the user is unknown on this node)."""
+    """Supplementary groups a job of ``uid`` switches to (empty if the user is unknown on this node,
+    and when the daemon runs as ``uid`` already: then no switch happens and the lookup is wasted)."""
+    if uid == os.geteuid():
+        return []
     try:
         name = pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -173,6 +179,45 @@ class Process:
                     pass
 
 
+@dataclass
+class Command:
+    """What to start: arguments, the file to execute (default argv[0]), where and as whom."""
+
+    argv: list[str]
+    cwd: str | None
+    env: dict[str, str]
+    executable: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+    groups: list[int] | None = None
+    stdin: bool = False
+
+    def popen(self) -> subprocess.Popen[bytes]:
+        kw: dict[str, Any] = {}
+        if self.uid is not None and self.uid != os.geteuid():
+            kw.update(user=self.uid, group=self.gid, extra_groups=self.groups or [])
+        return subprocess.Popen(
+            self.argv,
+            executable=self.executable,
+            stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=self.cwd,
+            env=self.env,
+            start_new_session=True,
+            close_fds=True,
+            **kw,
+        )
+
+
+def _process(popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> Process:
+    proc = Process(popen, loop)
+    for fd in (proc.stdout, proc.stderr, proc.stdin):
+        if fd >= 0:
+            os.set_blocking(fd, False)
+    return proc
+
+
 def spawn(
     argv: list[str],
     *,
@@ -182,28 +227,127 @@ def spawn(
     gid: int | None = None,
     groups: list[int] | None = None,
     stdin: bool = False,
+    executable: str | None = None,
 ) -> Process:
     """Start a program in its own session, with piped output (and piped stdin when asked)."""
+    return start(Command(argv, cwd, env, executable, uid, gid, groups, stdin))
+
+
+def start(cmd: Command) -> Process:
+    """Start a ``Command`` (see ``spawn``)."""
+    return _process(cmd.popen(), asyncio.get_running_loop())
+
+
+def group_alive(pgid: int) -> bool:
+    """Is any process left in this process group?"""
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+# ---- private mount namespaces (Linux) ------------------------------------------------------------
+
+_CLONE_NEWNS = 0x00020000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 32, 0x1000, 0x4000, 0x40000
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+class NamespaceError(OSError):
+    """A private mount namespace could not be set up (no privilege, or not supported here)."""
+
+
+def _check(ret: int, what: str, error: type[OSError] = OSError) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise error(err, f"{what}: {os.strerror(err)}")
+
+
+def private_mounts_possible() -> bool:
+    """Can jobs get a private mount namespace here (Linux, and root)?"""
+    return IS_LINUX and os.geteuid() == 0
+
+
+def bind_mount(source: str, target: str) -> None:
+    """Bind-mount ``source`` on ``target`` (in the calling thread's mount namespace), read-only, no
+    set-id or devices, and executable even when the source's file system is mounted ``noexec``."""
+    libc, t = _libc(), os.fsencode(target)
+    _check(libc.mount(os.fsencode(source), t, None, _MS_BIND, None), "bind mount")
+    flags = _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV
+    _check(libc.mount(None, t, None, flags, None), "remount read-only")
+
+
+async def spawn_built(build: Callable[[], None], cmd: Command) -> Process:
+    """Run ``build`` (staging the job's files) and start ``cmd``, in a short-lived thread: staging
+    and fork/exec are system calls, so many nodes of one process stage and start side by side
+    while the event loop keeps reading its links."""
+
+    def work() -> subprocess.Popen[bytes]:
+        build()
+        return cmd.popen()
+
+    return await _in_thread(work, "gproc-stage")
+
+
+async def spawn_private(tmpfs_at: str, keep: str, build: Callable[[int], None], cmd: Command) -> Process:
+    """Start ``cmd`` in a new mount namespace (propagation private) with a fresh tmpfs at ``tmpfs_at``,
+    filled by ``build`` first. ``build`` gets a descriptor of directory ``keep`` opened in the new
+    namespace before the tmpfs hid it (a bind mount's source must belong to the caller's namespace).
+    The tmpfs and everything mounted in it vanish with the job's last process.
+
+    The namespace is made by a short-lived thread of its own (``unshare(CLONE_NEWNS)`` applies to the
+    calling thread only), so the daemon keeps its own view and spawning stays a vfork away.
+    """
+
+    def work() -> subprocess.Popen[bytes]:
+        libc = _libc()
+        _check(libc.unshare(_CLONE_NEWNS), "unshare", NamespaceError)
+        _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "make / private", NamespaceError)
+        keep_fd = os.open(keep, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            tmpfs = libc.mount(b"tmpfs", os.fsencode(tmpfs_at), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=0700")
+            _check(tmpfs, f"mount tmpfs on {tmpfs_at}", NamespaceError)
+            build(keep_fd)
+        finally:
+            os.close(keep_fd)
+        return cmd.popen()
+
+    return await _in_thread(work, "gproc-private-mount")
+
+
+async def _in_thread(work: Callable[[], subprocess.Popen[bytes]], name: str) -> Process:
+    """Run ``work`` in a new thread (never a pooled one: it may change its mount namespace) and wrap
+    the process it started; a process started after the caller gave up is killed."""
     loop = asyncio.get_running_loop()
-    kw: dict[str, Any] = {}
-    if uid is not None and uid != os.geteuid():
-        kw.update(user=uid, group=gid, extra_groups=groups or [])
-    popen = subprocess.Popen(
-        argv,
-        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=cwd,
-        env=env,
-        start_new_session=True,
-        close_fds=True,
-        **kw,
-    )
-    proc = Process(popen, loop)
-    for fd in (proc.stdout, proc.stderr, proc.stdin):
-        if fd >= 0:
-            os.set_blocking(fd, False)
-    return proc
+    fut: asyncio.Future[subprocess.Popen[bytes]] = loop.create_future()
+
+    def settle(popen: subprocess.Popen[bytes] | None, exc: BaseException | None) -> None:
+        if fut.cancelled():  # the daemon gave up waiting (stopping): do not leave the job behind
+            if popen is not None:
+                with contextlib.suppress(OSError):
+                    os.killpg(popen.pid, signal.SIGKILL)
+                popen.wait()
+        elif exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(popen)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            popen = work()
+        except BaseException as e:
+            loop.call_soon_threadsafe(settle, None, e)
+        else:
+            loop.call_soon_threadsafe(settle, popen, None)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return _process(await fut, loop)
 
 
 def install_shutdown_signals(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:

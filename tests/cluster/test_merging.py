@@ -22,8 +22,12 @@ def records(out: str) -> list[dict[str, object]]:
 
 
 async def master_bytes(sock: str, argv: list[str]) -> tuple[int, int, int]:
-    """(TCP bytes, frame bytes, reply frames) the master received from the tree for one job."""
+    """(TCP bytes, frame bytes, reply frames) the master received from the tree for one job.
+
+    The program is launched once before: the measured launch finds it in every node's store (what a
+    program costs to ship is `bench/ship.py`'s subject), so only the job's own traffic counts."""
     c = Cluster(sock)
+    assert (await c.run(argv, "**"))[0] == 0
     before = await c.stats()
     status, _ = await c.run(argv, "**")
     assert status == 0

@@ -18,6 +18,7 @@ from tests.cluster.daemons import wait_until
 from tests.conftest import LocalCluster, start_cluster, stop_cluster
 
 from gproc import Cluster, local
+from gproc import bundle as _bundle  # noqa: F401  (loaded before as_user drops to a user who cannot read root's site-packages)
 from gproc import ranks as rankset
 
 pytestmark = pytest.mark.cluster

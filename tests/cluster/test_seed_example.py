@@ -79,7 +79,7 @@ def seed_cluster() -> Iterator[SeedCluster]:
         key = os.path.join(tmp, "key")
         subprocess.run([*GPROC, "keygen", "--key", key], check=True, capture_output=True, timeout=30)
         sock = os.path.join(tmp, "g")
-        common = ["--key", key, f"-binRoot={tmp}/xproc", *port_args]  # nodes' client sockets go there
+        common = ["--key", key, f"-binRoot={tmp}/xproc", *port_args]  # client sockets and staged files go there
 
         t0 = time.monotonic()
         master = [*GPROC, "m", "-myAddress=master", f"-defaultMasterUDS={sock}", "--state", f"{tmp}/state"]

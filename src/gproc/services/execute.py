@@ -14,6 +14,7 @@ import signal
 from typing import TYPE_CHECKING, Any
 
 from gproc import platform
+from gproc.errors import StagingError
 
 if TYPE_CHECKING:
     from gproc.overlay import Node, Op
@@ -104,19 +105,18 @@ class ExecService:
             "GPROC_NNODES": str(b.get("nnodes", 1)),
             **node.procs.job_env(gpid, parent),
         }
-        workdir = self._workdir(cwd, uid, gid)
         want_stdin = b.get("stdin") is True
         await node.spawn_gate.wait()
         try:
-            proc = platform.spawn(
-                argv,
-                cwd=workdir,
-                env=env,
-                uid=uid,
-                gid=gid,
-                groups=platform.user_groups(uid, gid),
-                stdin=want_stdin,
-            )
+            if b.get("bundle") is None:  # -localbin without files: the node's own program, as the seed
+                workdir = self._workdir(cwd, uid, gid)
+                groups = platform.user_groups(uid, gid)
+                proc = platform.spawn(argv, cwd=workdir, env=env, uid=uid, gid=gid, groups=groups, stdin=want_stdin)
+            else:
+                proc = await node.stage.start(job, b["bundle"], argv, env, uid, gid, stdin=want_stdin)
+        except StagingError as e:
+            op.emit(("s", 255, f"staging failed: {e}"))
+            return
         except OSError as e:
             op.emit(("s", 255, f"cannot run {argv[0]}: {e.strerror or e}"))
             return
@@ -124,7 +124,7 @@ class ExecService:
             op.emit(("s", 255, f"cannot run {argv[0]}: {e}"))
             return
         self.jobs[op.id] = proc
-        node.procs.started(gpid, proc, job, uid, parent)
+        node.procs.started(gpid, proc, job, uid, parent, argv)
         if want_stdin:
             node.stdin.attach(op, proc)
         try:

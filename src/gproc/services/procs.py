@@ -134,10 +134,13 @@ class ProcService:
             env["GPROC_MASTER"] = self.socket_path  # gproc inside the job talks to this node
         return env
 
-    def started(self, gpid: int, proc: platform.Process, job: int, uid: int, parent: int) -> None:
-        """A job's process is running: it is in the space until it exits."""
+    def started(
+        self, gpid: int, proc: platform.Process, job: int, uid: int, parent: int, argv: list[str] | None = None
+    ) -> None:
+        """A job's process is running: it is in the space until it exits. ``argv``: the command the
+        user gave (a shipped program runs as ``BINROOT/…/ld.so … PROG ARGS``; ps shows ``argv``)."""
         pid = proc.pid
-        self.table.add(Proc(gpid, pid, job, parent, uid, True, 0.0, proc.exited))
+        self.table.add(Proc(gpid, pid, job, parent, uid, True, 0.0, proc.exited, argv))
         self.sessions[pid] = gpid
 
         def on_exit(f: asyncio.Future[int]) -> None:
@@ -242,6 +245,8 @@ class ProcService:
                     argv = []
         except psutil.Error:
             return None
+        if p.argv and argv and argv[0].startswith(self.node.cfg.bin_root.rstrip("/") + "/"):
+            argv, name = p.argv, os.path.basename(p.argv[0])  # still the shipped program gproc started
         cmd = " ".join(argv) if argv and uid in (0, puid) else f"[{name}]"
         elapsed = max(time.time() - created, 1e-6)
         cpu = round(min(100.0 * cpu_s / elapsed, 100.0 * (os.cpu_count() or 1)), 1)
