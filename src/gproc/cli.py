@@ -231,8 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
-    from gproc import daemon
-
+    if mode in ("master", "node", "_worker"):  # only daemons load the daemon code (clients start faster)
+        from gproc import daemon
     if mode == "keygen":
         from gproc import credential
 

@@ -1,0 +1,231 @@
+"""Fan-out and scale benchmark: launch, no-op and wire-up against the tree's fanout, up to 10,000 nodes.
+
+For each N (default 1024 and 10000) and fanout (default 4, 8, 16, 32, 64) it starts a local cluster
+(``gproc.local.up(N, fanout=K)``) and measures:
+
+* ``up``: from the call until every node is registered (tree wire-up, TLS handshakes included);
+* memory: resident set of the node daemon processes beyond what an idle daemon process costs, per
+  node (the ``serve_many`` processes host many nodes each; the baseline is one such process before
+  any node starts in it, measured here);
+* launch: ``Cluster.exec(['/bin/true'], '**', localbin=True)`` iterated to its end, every one of the
+  N exit statuses counted; and shipped (gproc's default, the program already in every store);
+* no-op: ``Cluster.ping()`` round trip through the whole tree;
+* bytes at the master for one job whose output is identical on every node (``echo``): TCP payload
+  received from its children (TLS included, from TCP_INFO) and frame bytes; and how many output
+  records reached the client (1 = merged into one record).
+
+Medians of ``--runs`` after a warm-up (pings: ``--pings``). Results go to ``bench/fanout.json`` (read
+by ``bench/model.py``) and into bench/RESULTS.md between the ``fanout`` markers.
+
+    python bench/fanout.py [--sizes 1024,10000] [--fanouts 4,8,16,32,64] [--runs 3] [--pings 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+
+from launch import Load, api_launch, api_ping, gproc_source, machine, write_section
+
+HERE = Path(__file__).resolve().parent
+JSON = HERE / "fanout.json"
+BEGIN, END = "<!-- fanout:begin -->", "<!-- fanout:end -->"
+
+
+@dataclass
+class Point:
+    n: int
+    fanout: int
+    depth: int
+    up_s: float
+    kib_per_node: float  # resident memory per node daemon beyond the processes' baseline
+    launch_s: float  # -localbin
+    launch_ship_s: float
+    noop_s: float
+    noop_master_s: float
+    master_bytes: int | None  # TCP payload the master received for one identical-output job
+    master_frame_bytes: int
+    records: int  # output records the client got for identical output on every node
+    ok: int  # exit statuses 0 counted in the last launch
+    other: float  # share of the CPU other processes used meanwhile
+
+
+def depth_of(n: int, fanout: int) -> int:
+    from gproc.local import layout
+
+    parents = layout(n, fanout)
+    depth = [0] * n
+    for i, p in enumerate(parents):
+        depth[i] = 1 if p < 0 else depth[p] + 1
+    return max(depth)
+
+
+def idle_daemon_rss() -> int:
+    """Resident bytes of a Python process that imported the node daemon and runs an idle event loop:
+    what a ``serve_many`` process costs before it hosts any node."""
+    code = (
+        "import sys, asyncio, gproc.daemon, gproc.overlay, gproc.platform\n"
+        "async def main():\n"
+        "    print('ready', flush=True); await asyncio.sleep(30)\n"
+        "gproc.platform.run(main())\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        p.stdout.readline()
+        time.sleep(0.3)
+        return int(psutil.Process(p.pid).memory_info().rss)
+    finally:
+        p.kill()
+        p.wait()
+
+
+async def identical_output(sock: str, n: int) -> tuple[int | None, int, int]:
+    """(TCP bytes, frame bytes, records at the client) for one gathered ``echo`` on every node."""
+    from gproc.client import Cluster, Output
+
+    c = Cluster(sock)
+    argv = ["echo", "the same line on every node"]
+    await c.run(argv, "**", localbin=True, gather=True)  # warm-up
+    before = await c.stats()
+    job = await c.exec(argv, "**", localbin=True, gather=True)
+    records = sum(1 for ev in [e async for e in job] if isinstance(ev, Output))
+    after = await c.stats()
+    tcp = None if after["wire_in"] is None else after["wire_in"] - before["wire_in"]
+    return tcp, after["bytes_in"] - before["bytes_in"], records
+
+
+async def in_process(sock: str, n: int, runs: int, pings: int) -> dict[str, float]:
+    from gproc.client import Cluster
+
+    c = Cluster(sock, timeout=600)
+    out: dict[str, float] = {}
+    await api_launch(c, n)
+    out["launch"] = statistics.median([await api_launch(c, n) for _ in range(runs)])
+    await api_launch(c, n, localbin=False)
+    out["ship"] = statistics.median([await api_launch(c, n, localbin=False) for _ in range(runs)])
+    await api_ping(c, n)
+    got = [await api_ping(c, n) for _ in range(pings)]
+    out["ping"] = statistics.median(g[0] for g in got)
+    out["ping_master"] = statistics.median(g[1] for g in got)
+    return out
+
+
+def measure(n: int, fanout: int, runs: int, pings: int, baseline: int) -> Point:
+    from gproc import local
+
+    load = Load()
+    with tempfile.TemporaryDirectory(prefix="gproc-fanout-") as tmp:
+        sock = os.path.join(tmp, "sock")
+        t0 = time.perf_counter()
+        try:
+            rec = local.up(n, fanout=fanout, socket=sock, timeout=max(120.0, n / 50))
+            up = time.perf_counter() - t0
+            workers = [psutil.Process(pid) for pid, _ in rec.procs[1:]]
+            rss = sum(w.memory_info().rss for w in workers)
+            kib = (rss - baseline * len(workers)) / n / 1024
+            r = asyncio.run(in_process(sock, n, runs, pings))
+            tcp, frames, records = asyncio.run(identical_output(sock, n))
+        finally:
+            local.down(sock, quiet=True)
+    return Point(
+        n, fanout, depth_of(n, fanout), round(up, 2), round(kib, 1), r["launch"], r["ship"], r["ping"],
+        r["ping_master"], tcp, frames, records, n, round(load.other(), 3),
+    )  # fmt: skip
+
+
+def report(points: list[Point], meta: dict[str, str]) -> str:
+    out = [
+        "## Fan-out and scale: local clusters up to 10,000 nodes",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}  ",
+        f"Machine: {meta['machine']}  ",
+        f"gproc: {meta['source']}  ",
+        f"Medians of {meta['runs']} runs after a warm-up (pings: {meta['pings']}); times in seconds. All nodes of"
+        " a row run on this machine's 2 cores (many node daemons per OS process, each with its own TLS links),"
+        " so a launch's time is mostly CPU shared by all nodes, unlike on a real cluster. up: `local.up` until"
+        " every node is registered. KiB/node: resident memory of the node processes beyond an idle daemon"
+        f" process ({meta['baseline']} MiB each), per node. launch: `/bin/true` with `localbin=True` on every"
+        " node, all N exit statuses counted; shipped: the default mode (program cached). master bytes: TCP"
+        " payload the master received for one `echo` with identical output everywhere (`-b`), and the output"
+        " records the client got for it.",
+        "",
+        "| N | fanout | depth | up | KiB/node | launch | shipped | no-op | no-op in master | master bytes (TCP)"
+        " | frame bytes | records | other load |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in points:
+        out.append(
+            f"| {p.n} | {p.fanout} | {p.depth} | {p.up_s:.1f} | {p.kib_per_node:.0f} | {p.launch_s:.2f}"
+            f" | {p.launch_ship_s:.2f} | {p.noop_s * 1000:.0f} ms | {p.noop_master_s * 1000:.0f} ms"
+            f" | {p.master_bytes if p.master_bytes is not None else '?'} | {p.master_frame_bytes} | {p.records}"
+            f" | {p.other:.0%} |"
+        )
+    out.append("")
+    for n in sorted({p.n for p in points}):
+        rows = [p for p in points if p.n == n]
+        best_l = min(rows, key=lambda p: p.launch_s)
+        best_p = min(rows, key=lambda p: p.noop_s)
+        out.append(
+            f"- N = {n}: fastest launch at fanout {best_l.fanout} ({best_l.launch_s:.2f} s), fastest no-op at"
+            f" fanout {best_p.fanout} ({best_p.noop_s * 1000:.0f} ms)."
+        )
+    return "\n".join(out) + "\n"
+
+
+def int_list(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--sizes", type=int_list, default=[1024, 10000])
+    ap.add_argument("--fanouts", type=int_list, default=[4, 8, 16, 32, 64])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--pings", type=int, default=10)
+    ap.add_argument("--no-write", action="store_true", help="print only; leave fanout.json and RESULTS.md alone")
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    baseline = idle_daemon_rss()
+    meta = {
+        "command": shlex.join(["python", "bench/fanout.py", *sys.argv[1:]]),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "source": gproc_source(),
+        "runs": str(args.runs),
+        "pings": str(args.pings),
+        "baseline": f"{baseline / 2**20:.1f}",
+    }
+    points: list[Point] = []
+    for n in args.sizes:
+        for f in args.fanouts:
+            print(f"N={n} fanout={f} …", file=sys.stderr, flush=True)
+            p = measure(n, f, args.runs, args.pings, baseline)
+            print(json.dumps(asdict(p)), file=sys.stderr, flush=True)
+            points.append(p)
+            if not args.no_write:  # keep what was measured so far
+                JSON.write_text(json.dumps({**meta, "points": [asdict(q) for q in points]}, indent=1) + "\n")
+    text = report(points, meta)
+    print(text)
+    if not args.no_write:
+        write_section(text, begin=BEGIN, end=END)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
