@@ -207,10 +207,12 @@ async def api_launch(c: Cluster, n: int, localbin: bool = True, argv: tuple[str,
 
     t0 = time.perf_counter()
     job = await c.exec(list(argv), "**", localbin=localbin)
-    ok = sum(ev.count for ev in [e async for e in job] if isinstance(ev, Status) and ev.status == 0)
+    statuses = [ev for ev in [e async for e in job] if isinstance(ev, Status)]
     dt = time.perf_counter() - t0
+    ok = sum(ev.count for ev in statuses if ev.status == 0)
     if job.exit_status != 0 or ok != n:
-        raise RuntimeError(f"exec on {n} nodes: status {job.exit_status}, {ok} succeeded")
+        bad = "; ".join(f"{ev.nodes}: {ev.status} {ev.error}" for ev in statuses if ev.status != 0)
+        raise RuntimeError(f"exec on {n} nodes: status {job.exit_status}, {ok} succeeded ({bad[-600:]})")
     return dt
 
 

@@ -48,6 +48,20 @@ def layout(n: int, fanout: int) -> list[int]:
     return parents
 
 
+def liveness(n: int, heartbeat: float | None = None, dead_after: float | None = None) -> tuple[float, float]:
+    """Heartbeat and dead-after for a local cluster of ``n`` nodes (explicit values win).
+
+    Up to 256 nodes: the daemons' defaults (1 s, 3.5 s: a node killed or frozen is lost within 5 s).
+    Larger local clusters pack hundreds or thousands of nodes into each event loop on a few cores, and
+    one loop turn that forwards and stores file chunks for all of them can take several seconds (seen:
+    4-7 s at 1,024 nodes, 256 per process, 2 cores), during which none of them can answer a ping:
+    such clusters get a window that such turns fit in. A real cluster, one node per machine, keeps
+    the defaults."""
+    hb = heartbeat if heartbeat is not None else (1.0 if n <= 256 else 2.0 if n <= 2048 else 5.0)
+    dead = dead_after if dead_after is not None else (max(3.5, hb * 3.5) if n <= 256 else max(20.0, hb * 6))
+    return hb, dead
+
+
 @dataclass
 class UpRecord:
     """What ``down`` needs: the run directory and the processes (pid, start time) we started."""
@@ -119,8 +133,7 @@ def up(
     try:
         keyfile = key or credential.keygen(os.path.join(rundir, "cluster.key"))
         host = "::1" if ipv6 else "127.0.0.1"
-        hb = heartbeat if heartbeat is not None else (1.0 if n <= 2048 else 5.0)
-        dead = dead_after if dead_after is not None else max(3.5, hb * 3.5)
+        hb, dead = liveness(n, heartbeat, dead_after)
         py = [sys.executable, "-m", "gproc"]
         ready = os.path.join(rundir, "master.addr")
         rec.master_argv = [

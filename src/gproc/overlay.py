@@ -1042,14 +1042,14 @@ class Node:
             for link in list(self.children.values()):
                 silent = link.silent_for(now)
                 if not stalled and silent > self.cfg.dead_after:
-                    self.log.info("child %s silent for %.1fs: lost", link.peer.get("name"), silent)
+                    self.log.warning("child %s silent for %.1fs: lost", link.peer.get("name"), silent)
                     link.abort()
                     self._child_gone(link)
                 else:
                     link.send({"t": "ping"})
             p = self.parent
             if p is not None and not stalled and (silent := p.silent_for(now)) > self.cfg.dead_after:
-                self.log.info("parent silent for %.1fs: re-attaching", silent)
+                self.log.warning("parent silent for %.1fs: re-attaching", silent)
                 p.abort()
             elif p is not None:  # unasked: the parent's ping may be queued behind a stream of file chunks
                 p.send({"t": "pong"})
