@@ -39,11 +39,11 @@ from pathlib import Path
 
 import psutil
 
-from launch import Load, api_launch, api_ping, gproc_source, machine, write_section
+from launch import Load, api_launch, api_ping, gproc_source
+from results import machine, write_section
 
 HERE = Path(__file__).resolve().parent
 JSON = HERE / "fanout.json"
-BEGIN, END = "<!-- fanout:begin -->", "<!-- fanout:end -->"
 
 
 @dataclass
@@ -223,7 +223,7 @@ def main() -> int:
     text = report(points, meta)
     print(text)
     if not args.no_write:
-        write_section(text, begin=BEGIN, end=END)
+        write_section("fanout", text)
     return 0
 
 

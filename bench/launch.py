@@ -41,11 +41,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from results import machine, write_section
+
 if TYPE_CHECKING:
     from gproc.client import Cluster
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-BEGIN, END = "<!-- launch:begin -->", "<!-- launch:end -->"
 PDSH_DEFAULT_FANOUT, CLUSH_DEFAULT_FANOUT = 32, 64
 TARGET_FLOOR_RATIO, TARGET_PING_MS = 1.5, 50.0
 NOISY = 0.10  # share of the CPU used by other processes above which a verdict is flagged as noisy
@@ -114,17 +114,6 @@ def version(argv: list[str]) -> str:
     p = subprocess.run(argv, capture_output=True, text=True)
     out = (p.stdout + p.stderr).strip().splitlines()
     return out[0] if out else "?"
-
-
-def machine() -> str:
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} CPUs ({model}), {mem:.0f} GiB, {platform.system()} {platform.release()}"
 
 
 class Load:
@@ -373,19 +362,6 @@ def targets(peers: list[Peers], runs: list[Gproc]) -> list[str]:
     return lines
 
 
-def write_section(text: str, path: Path = RESULTS, begin: str = BEGIN, end: str = END) -> None:
-    """Replace a section of RESULTS.md (default: launch's; or append it), keeping every other section."""
-    section = f"{begin}\n{text}{end}\n"
-    old = path.read_text() if path.exists() else "# gproc benchmark results\n"
-    if begin in old and end in old:
-        head, rest = old.split(begin, 1)
-        tail = rest.split(end, 1)[1].lstrip("\n")
-        new = head + section + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    path.write_text(new)
-
-
 # ---- which gproc ---------------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parent.parent
@@ -488,8 +464,7 @@ def main() -> int:
     text = report(peers, results, meta)
     print(text)
     if not args.no_write:
-        write_section(text)
-        print(f"written to {RESULTS}", file=sys.stderr)
+        print(f"written to {write_section('launch', text)}", file=sys.stderr)
     return 0
 
 

@@ -39,7 +39,6 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -48,9 +47,8 @@ from ClusterShell.NodeSet import NodeSet
 
 from gproc import local
 from gproc.client import Cluster, Output, Status
+from results import machine, write_section
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-BEGIN, END = "<!-- merge:begin -->", "<!-- merge:end -->"
 TLS_RECORD = 22  # TLS 1.3 AES-GCM: 5-byte header + content type + 16-byte tag per record (one per frame)
 FANOUT = 32
 
@@ -251,29 +249,6 @@ def report(
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace the merge section of RESULTS.md (or append it), keeping every other section."""
-    section = f"{BEGIN}\n{text}{END}\n"
-    old = path.read_text() if path.exists() else "# gproc benchmark results\n\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        new = head + section + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    path.write_text(new)
-
-
-def machine() -> str:
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs ({model}), {platform.system()} {platform.release()}"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--sizes", default="32,64,128,256,512,1024", help="node counts")
@@ -299,8 +274,7 @@ def main() -> int:
     text = report(sizes, res, no_edits, stdin, meta)
     print(text)
     if not args.no_write:
-        write_section(text)
-        print(f"written to {RESULTS}", file=sys.stderr)
+        print(f"written to {write_section('merge', text)}", file=sys.stderr)
     return 0
 
 

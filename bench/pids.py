@@ -37,29 +37,16 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from gproc import local, platform
 from gproc.client import Cluster, Output, Status
 from gproc.services.procs import ProcService
+from results import machine, write_section
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-BEGIN, END = "<!-- pids:begin -->", "<!-- pids:end -->"
 TARGET_OVERHEAD = 0.01
 STARTS = 10_000
-
-
-def machine() -> str:
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
-    except OSError:
-        pass
-    load = os.getloadavg()[0]
-    return f"{os.cpu_count()} CPUs ({model}), {pyplatform.system()} {pyplatform.release()}, load {load:.1f} at start"
 
 
 # ---- gpid cost per start ---------------------------------------------------------------------------
@@ -375,19 +362,6 @@ def report(cost: dict[str, float], msgs: list[dict[str, Any]], k: dict[str, floa
     return "\n".join(out) + "\n"
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace the pids section of RESULTS.md (or append it), keeping every other section."""
-    section = f"{BEGIN}\n{text}{END}\n"
-    old = path.read_text() if path.exists() else "# gproc benchmark results\n\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        new = head + section + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    path.write_text(new)
-
-
 def int_list(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x]
 
@@ -403,7 +377,7 @@ def main() -> int:
     meta = {
         "command": shlex.join(["python", "bench/pids.py", *sys.argv[1:]]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        "machine": machine(load=True),
         "runs": args.runs,
         "nodes": args.nodes,
         "kill_nodes": args.kill_nodes,
@@ -421,8 +395,7 @@ def main() -> int:
     text = report(cost, msgs, k, meta)
     print(text)
     if not args.no_write:
-        write_section(text)
-        print(f"written to {RESULTS}", file=sys.stderr)
+        print(f"written to {write_section('pids', text)}", file=sys.stderr)
     return 0
 
 

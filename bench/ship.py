@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -46,9 +45,7 @@ from ClusterShell.NodeSet import NodeSet
 from gproc import local
 from gproc.bundle import build
 from gproc.client import Cluster, Status
-
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-BEGIN, END = "<!-- ship:begin -->", "<!-- ship:end -->"
+from results import machine, write_section
 
 
 def make_program(where: Path, size_mib: int, nlibs: int) -> Path:
@@ -241,31 +238,6 @@ def report(
     return "\n".join(out) + "\n"
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace the ship section of RESULTS.md (or append it), keeping every other section."""
-    section = f"{BEGIN}\n{text}{END}\n"
-    old = path.read_text() if path.exists() else "# gproc benchmark results\n\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        new = head + section + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    path.write_text(new)
-
-
-def machine() -> str:
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    load = os.getloadavg()[0]
-    return f"{os.cpu_count()} CPUs ({model}), {mem:.0f} GiB, {platform.system()} {platform.release()}, load {load:.1f}"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--nodes", type=int, default=256)
@@ -281,7 +253,7 @@ def main() -> int:
     meta = {
         "command": shlex.join(["python", "bench/ship.py", *sys.argv[1:]]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        "machine": machine(load=True),
         "size": str(args.size_mib),
         "libs": str(args.libs),
         "procs": str(args.procs),
@@ -308,8 +280,7 @@ def main() -> int:
     text = report(meta, cp, rows, args.nodes, true_times)
     print(text)
     if not args.no_write:
-        write_section(text)
-        print(f"written to {RESULTS}", file=sys.stderr)
+        print(f"written to {write_section('ship', text)}", file=sys.stderr)
     return 0
 
 
