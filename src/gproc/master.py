@@ -421,8 +421,17 @@ class Master(Node):
                 done.set()
 
         self.pids.job_started(job, targets)
-        if bundle is not None:
-            targets, failed = await self.shipper.distribute(link, job, entries, targets)
+        if bundle is not None:  # ticks keep the client patient while files go down (minutes on a big tree)
+            shipping = asyncio.ensure_future(self.shipper.distribute(link, job, entries, targets))
+            try:
+                while not shipping.done():
+                    await asyncio.wait({shipping}, timeout=TICK)
+                    if not shipping.done():
+                        link.send({"t": "tick"})
+            finally:
+                if not shipping.done():
+                    shipping.cancel()
+            targets, failed = shipping.result()
             body["bundle"] = bundle
             if failed:
                 sink(failed.to_wire(), not targets)
