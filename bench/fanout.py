@@ -63,6 +63,7 @@ class Point:
     records: int  # output records the client got for identical output on every node
     ok: int  # exit statuses 0 counted in the last launch
     other: float  # share of the CPU other processes used meanwhile
+    procs: int = 0  # node processes of the cluster (0: not recorded, runs before gproc.local.workers)
 
 
 def depth_of(n: int, fanout: int) -> int:
@@ -127,7 +128,7 @@ async def in_process(sock: str, n: int, runs: int, pings: int, ship: bool) -> di
     return out
 
 
-def measure(n: int, fanout: int, runs: int, pings: int, baseline: int, ship: bool) -> Point:
+def measure(n: int, fanout: int, runs: int, pings: int, baseline: int, ship: bool, procs: int | None) -> Point:
     from gproc import local
 
     load = Load()
@@ -135,7 +136,7 @@ def measure(n: int, fanout: int, runs: int, pings: int, baseline: int, ship: boo
         sock = os.path.join(tmp, "sock")
         t0 = time.perf_counter()
         try:
-            rec = local.up(n, fanout=fanout, socket=sock, timeout=max(120.0, n / 50))
+            rec = local.up(n, fanout=fanout, socket=sock, timeout=max(120.0, n / 50), procs=procs)
             up = time.perf_counter() - t0
             workers = [psutil.Process(pid) for pid, _ in rec.procs[1:]]
             rss = sum(w.memory_info().rss for w in workers)
@@ -146,7 +147,7 @@ def measure(n: int, fanout: int, runs: int, pings: int, baseline: int, ship: boo
             local.down(sock, quiet=True)
     return Point(
         n, fanout, depth_of(n, fanout), round(up, 2), round(kib, 1), r["launch"], r["ship"], r["ping"],
-        r["ping_master"], tcp, frames, records, n, round(load.other(), 3),
+        r["ping_master"], tcp, frames, records, n, round(load.other(), 3), len(workers),
     )  # fmt: skip
 
 
@@ -167,14 +168,15 @@ def report(points: list[Point], meta: dict[str, str]) -> str:
         " payload the master received for one `echo` with identical output everywhere (`-b`), and the output"
         " records the client got for it.",
         "",
-        "| N | fanout | depth | up | KiB/node | launch | shipped | no-op | no-op in master | master bytes (TCP)"
-        " | frame bytes | records | other load |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| N | fanout | depth | procs | up | KiB/node | launch | shipped | no-op | no-op in master"
+        " | master bytes (TCP) | frame bytes | records | other load |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
         ship = "" if p.launch_ship_s is None else f"{p.launch_ship_s:.2f}"
         out.append(
-            f"| {p.n} | {p.fanout} | {p.depth} | {p.up_s:.1f} | {p.kib_per_node:.0f} | {p.launch_s:.2f}"
+            f"| {p.n} | {p.fanout} | {p.depth} | {p.procs or '?'} | {p.up_s:.1f} | {p.kib_per_node:.0f}"
+            f" | {p.launch_s:.2f}"
             f" | {ship} | {p.noop_s * 1000:.0f} ms | {p.noop_master_s * 1000:.0f} ms"
             f" | {p.master_bytes if p.master_bytes is not None else '?'} | {p.master_frame_bytes} | {p.records}"
             f" | {p.other:.0%} |"
@@ -185,8 +187,9 @@ def report(points: list[Point], meta: dict[str, str]) -> str:
         best_l = min(rows, key=lambda p: p.launch_s)
         best_p = min(rows, key=lambda p: p.noop_s)
         out.append(
-            f"- N = {n}: fastest launch at fanout {best_l.fanout} ({best_l.launch_s:.2f} s), fastest no-op at"
-            f" fanout {best_p.fanout} ({best_p.noop_s * 1000:.0f} ms)."
+            f"- N = {n}: fastest launch at fanout {best_l.fanout} with {best_l.procs} processes"
+            f" ({best_l.launch_s:.2f} s), fastest no-op at fanout {best_p.fanout} with {best_p.procs} processes"
+            f" ({best_p.noop_s * 1000:.0f} ms)."
         )
     return "\n".join(out) + "\n"
 
@@ -201,6 +204,7 @@ def main() -> int:
     ap.add_argument("--fanouts", type=int_list, default=[4, 8, 16, 32, 64])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--pings", type=int, default=10)
+    ap.add_argument("--procs", type=int, help="node processes per cluster (default: gproc.local.workers' choice)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave fanout.json and RESULTS.md alone")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -214,17 +218,23 @@ def main() -> int:
         "pings": str(args.pings),
         "baseline": f"{baseline / 2**20:.1f}",
     }
-    measured = {(n, f) for n in args.sizes for f in args.fanouts}
+    from gproc.local import workers
+
+    def procs_of(n: int, f: int) -> int:
+        return min(args.procs, f, n) if args.procs else workers(n, f)
+
+    measured = {(n, f, procs_of(n, f)) for n in args.sizes for f in args.fanouts}
     old = json.loads(JSON.read_text()).get("points", []) if JSON.exists() and not args.no_write else []
-    points = [Point(**q) for q in old if (q["n"], q["fanout"]) not in measured]  # other rows are kept
+    points = [Point(**q) for q in old if (q["n"], q["fanout"], q.get("procs", 0)) not in measured]  # kept
     for n in args.sizes:
         for f in args.fanouts:
-            print(f"N={n} fanout={f} …", file=sys.stderr, flush=True)
+            print(f"N={n} fanout={f} procs={procs_of(n, f)} …", file=sys.stderr, flush=True)
             # the first shipped launch moves ~2 MB to every node: minutes at 10,000 nodes on 2 cores
-            p = measure(n, f, args.runs, args.pings, baseline, ship=n <= 2048 or f == SHIP_FANOUT)
+            ship = n <= 2048 or f == SHIP_FANOUT
+            p = measure(n, f, args.runs, args.pings, baseline, ship, procs_of(n, f))
             print(json.dumps(asdict(p)), file=sys.stderr, flush=True)
             points.append(p)
-            points.sort(key=lambda q: (q.n, q.fanout))
+            points.sort(key=lambda q: (q.n, q.fanout, q.procs))
             if not args.no_write:  # keep what was measured so far
                 JSON.write_text(json.dumps({**meta, "points": [asdict(q) for q in points]}, indent=1) + "\n")
     text = report(points, meta)

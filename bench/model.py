@@ -27,7 +27,7 @@ What it does (``python bench/model.py``, about half a minute of light CPU):
 
    * **local** (how the calibration points were measured): every node daemon of ``gproc.local.up``
      on this machine's ``--cores`` CPUs: the master and the worker processes (each an event loop
-     hosting whole subtrees, ``min(ceil(N/256), 2 x cores, fanout)`` of them) and every spawned
+     hosting whole subtrees, ``gproc.local.workers`` of them) and every spawned
      program compete for the cores. A ``simpy`` simulation: a worker runs, per loop turn, the tasks
      that were ready at its start, at most 8 program starts (``SpawnGate``), in slices of
      ``--quantum`` on one core; the ``vfork`` child closes the worker's descriptors before ``exec``
@@ -816,7 +816,12 @@ def levels(n: int, k: int) -> list[Level]:
 
 def local_workers(n: int, k: int, cores: int) -> int:
     """Worker processes of gproc.local.up for this machine."""
-    return max(1, min(math.ceil(n / 256), 2 * cores, min(k, n)))
+    from gproc import local
+
+    rule = getattr(local, "workers", None)
+    if rule is not None:
+        return int(rule(n, k, cores))
+    return max(1, min(math.ceil(n / 256), 2 * cores, min(k, n)))  # before gproc.local.workers existed
 
 
 def local_heartbeat(n: int) -> float:
@@ -1199,6 +1204,7 @@ class Point:
     launch_ship_s: float | None = None
     master_bytes: int | None = None
     other: float | None = None  # share of the machine's CPU that other processes used meanwhile
+    procs: int | None = None  # node processes of the measured cluster (None: gproc.local.workers' choice)
 
 
 def load_points(path: Path) -> tuple[list[Point], str]:
@@ -1214,6 +1220,7 @@ def load_points(path: Path) -> tuple[list[Point], str]:
                 p.get("launch_ship_s"),
                 p.get("master_bytes"),
                 p.get("other"),
+                p.get("procs") or None,
             )
             for p in d.get("points", [])
             if p.get("launch_s") is not None and p.get("noop_s") is not None
@@ -1264,6 +1271,7 @@ class Row:
     model: float
     loaded: float | None = None
     run: LocalRun | None = None
+    procs: int | None = None  # node processes of the measured cluster
 
     @property
     def best(self) -> float:
@@ -1361,7 +1369,8 @@ def assumptions(net: Net, cores: int, quantum: float, fanouts: Sequence[int]) ->
         f"environment the real-daemon corrections (from the {PROBE[0]}-node cluster) are per node and the same "
         "at every N: cache effects and Python's garbage collector at larger heaps, memory and the kernel's "
         "scheduler are not modeled beyond that.",
-        f"local: {cores} cores shared by the master, the worker processes (min(ceil(N/256), 2 x cores, fanout)) "
+        f"local: {cores} cores shared by the master, the worker processes "
+        "(`gproc.local.workers`: min(fanout, max(min(ceil(N/256), 2 x cores), ceil(N/640)))) "
         "and every program; a worker's loop runs the tasks ready at a turn's start plus at most 8 program "
         f"starts, in slices of {quantum * 1e3:g} ms on one core (FIFO among processes); while a program is "
         "forked (vfork) the worker waits for the child to close its descriptors (2 per node + 1 per interior "
@@ -1470,11 +1479,12 @@ def validate(
         tree = Tree.build(p.n, p.fanout)
         t0 = time.perf_counter()
         for what, kind, measured in (("launch", "exec", p.launch_s), ("no-op", "noop", p.noop_s)):
-            run = simulate_local(tree, kind, costs, cores, quantum)
+            run = simulate_local(tree, kind, costs, cores, quantum, workers=p.procs)
             loaded = None
             if p.other:
-                loaded = simulate_local(tree, kind, costs, cores, quantum, foreign=min(0.9, p.other)).seconds
-            rows.append(Row(p.n, p.fanout, what, measured, run.seconds, loaded, run))
+                foreign = min(0.9, p.other)
+                loaded = simulate_local(tree, kind, costs, cores, quantum, foreign=foreign, workers=p.procs).seconds
+            rows.append(Row(p.n, p.fanout, what, measured, run.seconds, loaded, run, p.procs))
         if p.master_bytes:
             model_bytes = min(p.fanout, p.n) * costs.echo_rep_wire_bytes
             rows.append(Row(p.n, p.fanout, "bytes at master", p.master_bytes, model_bytes))
@@ -1595,9 +1605,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if has_load
             else ""
         )
-        + ".\n\n| N | fanout | what | measured | model (idle) |"
+        + ".\n\n| N | fanout | procs | what | measured | model (idle) |"
         + (" model (other load) |" if has_load else "")
-        + " error |\n|---:|---:|---|---:|---:|"
+        + " error |\n|---:|---:|---:|---|---:|---:|"
         + ("---:|" if has_load else "")
         + "---:|\n"
     )
@@ -1606,20 +1616,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         flag = "" if abs(r.err) <= TOLERANCE or r.what == "bytes at master" else " **✗**"
         loaded = ("" if r.loaded is None else show(r.loaded)) + " |" if has_load else ""
         err = f"{r.err:+.0%}{flag}"
-        out.append(f"| {r.n:,} | {r.fanout} | {r.what} | {show(r.measured)} | {show(r.model)} | {loaded} {err} |\n")
+        procs = r.procs or local_workers(r.n, r.fanout, args.cores)
+        out.append(
+            f"| {r.n:,} | {r.fanout} | {procs} | {r.what} | {show(r.measured)} | {show(r.model)} | {loaded} {err} |\n"
+        )
     if not bad:
         out.append(f"\nEvery launch and no-op point is within {TOLERANCE:.0%}: **met**.\n")
     else:
         out.append(
             f"\n**Not met** for {len(bad)} of {len(timed)} timed points: "
-            + ", ".join(f"N={r.n:,}/fanout {r.fanout} {r.what} ({r.err:+.0%})" for r in bad)
+            + ", ".join(f"N={r.n:,}/fanout {r.fanout}/{r.procs or '-'} procs {r.what} ({r.err:+.0%})" for r in bad)
             + ". No per-point factor was tuned; see the notes.\n"
         )
     out.append("\nWhere the model's CPU goes (local, idle machine):\n\n")
     for r in timed:
         if r.run is not None:
-            out.append(f"- N={r.n:,}, fanout {r.fanout}, {r.what}: {breakdown(r.run, args.cores)}\n")
-    obs = next((r for r in timed if r.n == OBSERVED.n and r.fanout == OBSERVED.fanout and r.what == "launch"), None)
+            out.append(
+                f"- N={r.n:,}, fanout {r.fanout}, {r.procs or '-'} procs, {r.what}: {breakdown(r.run, args.cores)}\n"
+            )
+    obs = next(
+        (
+            r
+            for r in timed
+            if (r.n, r.fanout, r.procs, r.what) == (OBSERVED.n, OBSERVED.fanout, OBSERVED.workers, "launch")
+        ),
+        None,
+    )
     if obs is not None and obs.run is not None:
         cpu = obs.run.cpu
         programs = cpu.get("programs", 0.0) + cpu.get("descriptors at fork (child)", 0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 from gproc.address import Address, parse_address, parse_address_list
 from gproc.cli import split_argv
 from gproc.errors import UsageError
-from gproc.local import layout
+from gproc.local import NODES_PER_WORKER, layout, workers
 
 
 def test_seed_switches_before_and_after_mode() -> None:
@@ -63,6 +64,17 @@ def test_layout_is_balanced_and_levelled() -> None:
     assert all(q < i for i, q in enumerate(p))
     p2 = layout(64, 8)
     assert p2.count(-1) == 8 and max(p2.count(i) for i in range(8)) == 7
+
+
+def test_local_workers_bound_nodes_per_process() -> None:
+    # small clusters: one process per 256 nodes, at most twice the cores
+    assert [workers(n, 32, 2) for n in (1, 64, 256, 257, 1024, 2048)] == [1, 1, 1, 2, 4, 4]
+    # large ones: never more than NODES_PER_WORKER nodes in a process, while the master's children allow
+    for n in (4000, 10000, 20000):
+        w = workers(n, 64, 2)
+        assert w == math.ceil(n / NODES_PER_WORKER) and n / w <= NODES_PER_WORKER
+    assert workers(10000, 4, 2) == 4  # a process hosts whole top subtrees: only 4 of them here
+    assert workers(10000, 32, 8) == 16
 
 
 @pytest.mark.parametrize(

@@ -62,6 +62,22 @@ def liveness(n: int, heartbeat: float | None = None, dead_after: float | None = 
     return hb, dead
 
 
+NODES_PER_WORKER = 640  # above this many nodes in one process, its program starts get slow (below)
+
+
+def workers(n: int, fanout: int, cores: int | None = None) -> int:
+    """How many OS processes host the ``n`` nodes of a local cluster (each takes whole top subtrees).
+
+    At least one per 256 nodes up to twice the cores (fewer loops than that leave cores idle while a
+    loop forks); past that one per ``NODES_PER_WORKER`` nodes, because every program a process starts
+    copies and then closes all of that process's descriptors (~3.5 per node it hosts): at 10,000 nodes
+    and fanout 32 on 2 cores, 4 processes launched /bin/true everywhere in 17.8 s, 16 in 10.7 s, and
+    32 in 9.9 s (bench/RESULTS.md, "Fan-out and scale"). Never more than the master's children."""
+    cores = cores or os.cpu_count() or 1
+    top = min(fanout, n)
+    return max(1, min(top, max(min(math.ceil(n / 256), 2 * cores), math.ceil(n / NODES_PER_WORKER))))
+
+
 @dataclass
 class UpRecord:
     """What ``down`` needs: the run directory and the processes (pid, start time) we started."""
@@ -166,11 +182,11 @@ def up(
         parents = layout(n, fanout)
         has_kids = {p for p in parents if p >= 0}
         top = [i for i, p in enumerate(parents) if p < 0]
-        workers = procs or max(1, min(math.ceil(n / 256), 2 * (os.cpu_count() or 1), len(top)))
+        nworkers = min(procs, len(top)) if procs else workers(n, fanout)
         owner: list[int] = [0] * n
         for i, p in enumerate(parents):
-            owner[i] = top.index(i) % workers if p < 0 else owner[p]
-        for w in range(workers):
+            owner[i] = top.index(i) % nworkers if p < 0 else owner[p]
+        for w in range(nworkers):
             spec: dict[str, Any] = {
                 "key": keyfile,
                 "master": master_addr,
