@@ -205,6 +205,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--pings", type=int, default=10)
     ap.add_argument("--procs", type=int, help="node processes per cluster (default: gproc.local.workers' choice)")
+    ap.add_argument("--no-ship", action="store_true", help="measure only -localbin launches, not shipped ones")
     ap.add_argument("--no-write", action="store_true", help="print only; leave fanout.json and RESULTS.md alone")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -230,7 +231,7 @@ def main() -> int:
         for f in args.fanouts:
             print(f"N={n} fanout={f} procs={procs_of(n, f)} …", file=sys.stderr, flush=True)
             # the first shipped launch moves ~2 MB to every node: minutes at 10,000 nodes on 2 cores
-            ship = n <= 2048 or f == SHIP_FANOUT
+            ship = not args.no_ship and (n <= 2048 or f == SHIP_FANOUT)
             p = measure(n, f, args.runs, args.pings, baseline, ship, procs_of(n, f))
             print(json.dumps(asdict(p)), file=sys.stderr, flush=True)
             points.append(p)

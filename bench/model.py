@@ -88,6 +88,7 @@ TOLERANCE = 0.25  # the model must reproduce the measured points within this
 SPAWN_PER_TURN = 8  # gproc.services.execute.SpawnGate's default
 CHUNK = 512 * 1024  # gproc's put chunk
 PROBE = (256, 16, 4)  # the real local cluster measured for the daemons' overhead: nodes, fanout, worker processes
+PROBE_BIG = (1280, 16, 2)  # the same with 640 nodes per process (the per-node overhead grows with that number)
 WINDOW = 8  # chunks in flight (gproc.services.ship.WINDOW)
 TLS_RECORD_OVERHEAD = 22  # TLS 1.3 record: 5 header + 16 AEAD tag + 1 content type
 TLS_RECORD_MAX = 16384
@@ -153,7 +154,8 @@ class Costs:
     up_target: float = 0.146e-6
     master_down_target: float = 0.391e-6  # the same at the master (rank sets in plain ranks)
     master_up_target: float = 0.312e-6
-    select_target: float = 1.22e-6  # master: nodespec.select('**') + job bookkeeping, per node (exec)
+    select_target: float = 0.05e-6  # master: a repeated job's selection (cached) + job bookkeeping, per node (exec)
+    select_first_target: float = 1.22e-6  # master: nodespec.select('**') of a node set's first job, per node
     up_ranks_target: float = 0.0593e-6  # master: the set of ranks that are up, per node (ping)
     fold_target: float = 15.7e-6  # master: NodeSet folding of a new node set (first job only; not in the model)
     master_exec_fixed: float = 6.88e-3  # master + client CPU per exec request beyond the parts (job store, client)
@@ -180,6 +182,32 @@ class Costs:
     daemon_extra_noop: float = -11.7e-6
     daemon_extra_exec: float = 158e-6
     program_extra: float = 117e-6  # the programs' CPU beyond child_post
+    # the same three measured on a cluster of PROBE_BIG (more nodes per process); None: not measured
+    probe_npp: float = PROBE[0] / PROBE[2]
+    probe_npp_big: float = PROBE_BIG[0] / PROBE_BIG[2]
+    daemon_extra_noop_big: float | None = None
+    daemon_extra_exec_big: float | None = None
+    program_extra_big: float | None = None
+
+    def at(self, npp: float) -> Costs:
+        """These costs for processes hosting ``npp`` nodes each: the real-daemon corrections taken along
+        the line through the two probes (extended past them), the parts unchanged."""
+        if self.daemon_extra_noop_big is None or self.daemon_extra_exec_big is None or self.program_extra_big is None:
+            return self
+        t = (npp - self.probe_npp) / (self.probe_npp_big - self.probe_npp)
+
+        def along(a: float, b: float) -> float:
+            return a + t * (b - a)
+
+        return replace(
+            self,
+            daemon_extra_noop=along(self.daemon_extra_noop, self.daemon_extra_noop_big),
+            daemon_extra_exec=along(self.daemon_extra_exec, self.daemon_extra_exec_big),
+            program_extra=max(-self.child_post, along(self.program_extra, self.program_extra_big)),
+            daemon_extra_noop_big=None,
+            daemon_extra_exec_big=None,
+            program_extra_big=None,
+        )
 
     @property
     def exec_fixed(self) -> float:
@@ -515,16 +543,23 @@ def measure_master(n: int) -> dict[str, float]:
     tree = _KTree(n, 32)
     t0 = time.thread_time()
     sel, _ = nodespec.select("**", None, None, tree, 0, lambda r: f"node{int(r) - 1}")  # type: ignore[call-overload]
-    ranks = {int(r) for r in sel}  # type: ignore[call-overload]
-    kept = set(ranks)
+    ranks = frozenset(int(r) for r in sel)  # type: ignore[call-overload]
     t1 = time.thread_time()
-    up = {r for r, s in tree.state.items() if s == "up"}
+    again = set(ranks)  # a later job on the same nodes: Master.select's kept answer, copied
+    kept = set(again)  # the rank set the job keeps
     t2 = time.thread_time()
+    up = {r for r, s in tree.state.items() if s == "up"}
+    t3 = time.thread_time()
     names = [f"node{r - 1}" for r in sorted(up)]
     str(NodeSet.fromlist(names))
-    t3 = time.thread_time()
+    t4 = time.thread_time()
     assert len(ranks) == n and len(kept) == n
-    return {"select_target": (t1 - t0) / n, "up_ranks_target": (t2 - t1) / n, "fold_target": (t3 - t2) / n}
+    return {
+        "select_first_target": (t1 - t0) / n,
+        "select_target": (t2 - t1) / n,
+        "up_ranks_target": (t3 - t2) / n,
+        "fold_target": (t4 - t3) / n,
+    }
 
 
 def probe_predicted(c: Costs, n: int, k: int, procs: int) -> dict[str, float]:
@@ -732,6 +767,16 @@ def measure(quick: bool, probe: bool = True) -> tuple[Costs, dict[str, float]]:
             master_ping_fixed=max(0.0, real["noop_master"] - parts["noop_master"]),
         )
         extra.update({f"probe_{key}": v for key, v in real.items()})
+        n2, k2, procs2 = PROBE_BIG
+        real2 = measure_daemon(n2, k2, procs2, 5 if quick else 10, 2 if quick else 4)
+        parts2 = probe_predicted(replace(costs, **zero), n2, k2, procs2)
+        costs = replace(
+            costs,
+            daemon_extra_noop_big=(real2["noop_worker"] - parts2["noop_worker"]) / n2,
+            daemon_extra_exec_big=(real2["exec_worker"] - parts2["exec_worker"]) / n2,
+            program_extra_big=(real2["exec_programs"] - parts2["exec_programs"]) / n2,
+        )
+        extra.update({f"probe_big_{key}": v for key, v in real2.items()})
         tree = Tree.build(n, k)
         for kind in ("noop", "exec"):
             run = simulate_local(tree, kind, costs, os.cpu_count() or 1, workers=procs)
@@ -880,6 +925,7 @@ def simulate_local(
     env = simpy.Environment()
     cpu = simpy.Resource(env, capacity=cores)
     nloops = workers or local_workers(n, k, cores)
+    c = c.at(n / nloops)
     owner = [0] * n
     for i, p in enumerate(tree.parent):
         owner[i] = tree.top.index(i) % nloops if p < 0 else owner[p]
@@ -1305,7 +1351,10 @@ def costs_table(c: Costs, extra: dict[str, float], measured: bool) -> str:
         f"{c.up_target * us:.3f} µs | `_on_rep` + flush (positions expanded, unions) |",
         f"| master per target: down / up / select('**') / up ranks | {c.master_down_target * us:.3f} / "
         f"{c.master_up_target * us:.3f} / {c.select_target * us:.3f} / {c.up_ranks_target * us:.3f} µs "
-        "| plain ranks at the master; `nodespec.select` on a 32-ary topology |",
+        "| plain ranks at the master; select: a repeated job's (the master keeps a node set's selection "
+        "until the tree changes) |",
+        f"| master: selecting a node set the first time | {c.select_first_target * us:.3f} µs per node | "
+        "`nodespec.select('**')` on a 32-ary topology; not in the model (kept for later jobs) |",
         f"| exec of /bin/true at a leaf: node CPU / program CPU / wall | {c.exec_self * us:.0f} / "
         f"{c.exec_child * us:.0f} / {c.exec_wall * us:.0f} µs | real `ExecService` ({c.exec_fds:.0f} fds open) |",
         f"| Popen (vfork) + wait: parent / child CPU / wall | {c.popen_parent * us:.0f} / {c.popen_child * us:.0f} "
@@ -1322,6 +1371,17 @@ def costs_table(c: Costs, extra: dict[str, float], measured: bool) -> str:
         f"{c.daemon_extra_noop * us:.0f} / {c.daemon_extra_exec * us:.0f} / {c.program_extra * us:.0f} µs | "
         f"a real local cluster of {PROBE[0]} nodes (fanout {PROBE[1]}) in {PROBE[2]} worker processes: their CPU "
         "per op (idle heartbeats subtracted) less what the parts above predict for it |",
+        *(
+            [
+                f"| ... the same with {c.probe_npp_big:.0f} nodes per process | "
+                f"{(c.daemon_extra_noop_big or 0) * us:.0f} / {(c.daemon_extra_exec_big or 0) * us:.0f} / "
+                f"{(c.program_extra_big or 0) * us:.0f} µs | a real local cluster of {PROBE_BIG[0]} nodes (fanout "
+                f"{PROBE_BIG[1]}) in {PROBE_BIG[2]} worker processes; a point with another number of nodes per "
+                "process takes each correction on the line through the two |"
+            ]
+            if c.daemon_extra_noop_big is not None
+            else []
+        ),
         f"| master + client fixed, exec / ping | {c.master_exec_fixed * 1e3:.2f} / {c.master_ping_fixed * 1e3:.2f} "
         "ms | same cluster: master and client CPU per op less the master's parts |",
         f"| identical-output reply on a link | {c.echo_rep_wire_bytes:.0f} B | real `merge.pack` + `wire.pack` + "
@@ -1366,9 +1426,9 @@ def assumptions(net: Net, cores: int, quantum: float, fanouts: Sequence[int]) ->
         "rank set. Nothing else grows with N.",
         "Costs are CPU seconds measured on this machine now; a cost does not depend on N except through the "
         "per-target work above and the descriptors a forking process holds (measured slope). In the local "
-        f"environment the real-daemon corrections (from the {PROBE[0]}-node cluster) are per node and the same "
-        "at every N: cache effects and Python's garbage collector at larger heaps, memory and the kernel's "
-        "scheduler are not modeled beyond that.",
+        f"environment the real-daemon corrections (from the {PROBE[0]}- and {PROBE_BIG[0]}-node clusters) are per "
+        "node, linear in the nodes per process and otherwise the same at every N: cache effects and Python's "
+        "garbage collector at larger heaps, memory and the kernel's scheduler are not modeled beyond that.",
         f"local: {cores} cores shared by the master, the worker processes "
         "(`gproc.local.workers`: min(fanout, max(min(ceil(N/256), 2 x cores), ceil(N/640)))) "
         "and every program; a worker's loop runs the tasks ready at a turn's start plus at most 8 program "

@@ -105,7 +105,7 @@ def _switch_parser() -> _Parser:
     a("--timeout", type=float)
     a("--export", default="ALL")
     a("--local", type=int)
-    a("--fanout", type=int, default=32)
+    a("--fanout", type=int, default=16)
     a("--procs", type=int)
     a("--prefix", default="node")
     a("--ipv6", action="store_true")

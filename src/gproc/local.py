@@ -115,7 +115,7 @@ def _start(argv: list[str], log: str) -> tuple[int, float]:
 def up(
     n: int,
     *,
-    fanout: int = 32,
+    fanout: int = 16,
     socket: str | None = None,
     procs: int | None = None,
     prefix: str = "node",

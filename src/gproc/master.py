@@ -91,6 +91,8 @@ class Master(Node):
         self.root_children: dict[str, int] = {}
         self._unix: asyncio.Server | None = None
         self._fold_cache: dict[tuple[int, ...], str] = {}
+        # selections resolved against the live tree, until its shape or a node's state changes
+        self._select_cache: dict[tuple[str | None, str | None, str | None], tuple[frozenset[int], frozenset[str]]] = {}
         self.requests: dict[str, Request] = {}
         self.calls: dict[str, Call] = {}
         self._register_requests()
@@ -166,12 +168,14 @@ class Master(Node):
         else:
             row = self.topo[rank] = NodeRow(rank, name, nid, parent, addr, instance)
         self._kids(parent)[nid] = rank
+        self._select_cache.clear()
         return {"rank": rank}
 
     def _kids(self, rank: int) -> dict[str, int]:
         return self.root_children if rank == 0 else self.topo[rank].children
 
     def on_detach(self, gone: set[int]) -> None:
+        self._select_cache.clear()
         now = time.time()
         for r in gone:
             row = self.topo.get(r)
@@ -201,18 +205,29 @@ class Master(Node):
         return s
 
     def select(self, spec: str | None, include: str | None, exclude: str | None) -> tuple[set[int], set[str]]:
-        """Resolve a node selection against the live tree: (ranks, names asked for but absent)."""
+        """Resolve a node selection against the live tree: (ranks, names asked for but absent).
+
+        Jobs on the same nodes one after another are the common case, and walking the tree costs about
+        a microsecond per node (the master's largest per-node cost at a million nodes), so answers are
+        kept until the tree changes (a node attaches or is lost)."""
         if not spec and not include:
             raise UsageError("no nodes selected (give a tree path such as './.' or -w NODESET)")
-        sel, absent = nodespec.select(
-            spec or None,
-            include,
-            exclude,
-            _TreeView(self),
-            0,
-            lambda r: self.topo[int(r)].name,  # type: ignore[call-overload]
-        )
-        return {int(r) for r in sel}, set(absent)  # type: ignore[call-overload]
+        key = (spec or None, include, exclude)
+        hit = self._select_cache.get(key)
+        if hit is None:
+            sel, absent = nodespec.select(
+                spec or None,
+                include,
+                exclude,
+                _TreeView(self),
+                0,
+                lambda r: self.topo[int(r)].name,  # type: ignore[call-overload]
+            )
+            hit = frozenset(int(r) for r in sel), frozenset(absent)  # type: ignore[call-overload]
+            if len(self._select_cache) >= 64:
+                self._select_cache.clear()
+            self._select_cache[key] = hit
+        return set(hit[0]), set(hit[1])
 
     def info_rows(self) -> list[dict[str, Any]]:
         """Every node, depth-first from the master, with its level."""

@@ -40,6 +40,8 @@ SCRIPT = 'echo started; if [ "$GPROC_NAME" = victim ]; then sleep 60; else sleep
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
 def test_node_dying_during_a_job_is_lost_within_5s(base: LocalCluster, how: int) -> None:
     log = os.path.join(base.rundir, "victim.log")
+    # the master keeps a selection until the tree changes: the victim joining and dying must both show
+    assert base.gproc("e", "**", "true").returncode == 0
     victim = node("victim", "100", base.master_address, base.key, log)
     try:
         wait_until(lambda: "victim" in up_names(base), 20, "victim to register")
