@@ -165,7 +165,7 @@ class Costs:
     exec_child: float = 474e-6  # the program's CPU (rusage of children)
     exec_wall: float = 597e-6
     exec_fds: float = 9.0  # descriptors open in the measuring process
-    popen_parent: float = 197e-6  # Popen (vfork) + wait, parent CPU, few descriptors
+    popen_parent: float = 197e-6  # a program start (posix_spawn, as -localbin) + wait, parent CPU, few descriptors
     popen_parent_fd: float = 0.00812e-6  # ... per descriptor open in the parent
     popen_child: float = 460e-6  # the child's CPU, few descriptors
     popen_child_fd: float = 0.102e-6  # ... per descriptor open in the parent (closed before exec)
@@ -471,20 +471,21 @@ async def measure_node(key: str, big: int) -> dict[str, float]:
 
 
 def measure_spawn(runs: int, many_fds: int) -> dict[str, float]:
-    """Popen as gproc's platform.Command starts a program (vfork, pipes, new session, close_fds), with
-    few and with ``many_fds`` extra descriptors open; and os.posix_spawn + waitpid as the floor."""
+    """A program start as gproc's exec service makes one for -localbin (platform.Command.posix_spawn:
+    pipes, new session, signals reset, a working directory), with few and with ``many_fds`` extra
+    descriptors open; and a bare os.posix_spawn + waitpid as the floor."""
     from gproc import platform
 
-    cmd = platform.Command(["/bin/true"], None, dict(os.environ))
+    cmd = platform.Command(["/bin/true"], "/", dict(os.environ))
+    home = os.getcwd()
 
     def popen_batch(n: int) -> tuple[float, float, float]:
         c0, k0, w0 = time.process_time(), child_cpu(), time.perf_counter()
         for _ in range(n):
-            p = cmd.popen()
-            p.wait()
-            for f in (p.stdout, p.stderr):
-                if f is not None:
-                    f.close()
+            st = cmd.posix_spawn(home)
+            os.waitpid(st.pid, 0)
+            for fd in (st.stdout, st.stderr):
+                os.close(fd)
         return (time.process_time() - c0) / n, (child_cpu() - k0) / n, (time.perf_counter() - w0) / n
 
     def posix_batch(n: int) -> tuple[float, float]:
@@ -1357,8 +1358,8 @@ def costs_table(c: Costs, extra: dict[str, float], measured: bool) -> str:
         "`nodespec.select('**')` on a 32-ary topology; not in the model (kept for later jobs) |",
         f"| exec of /bin/true at a leaf: node CPU / program CPU / wall | {c.exec_self * us:.0f} / "
         f"{c.exec_child * us:.0f} / {c.exec_wall * us:.0f} µs | real `ExecService` ({c.exec_fds:.0f} fds open) |",
-        f"| Popen (vfork) + wait: parent / child CPU / wall | {c.popen_parent * us:.0f} / {c.popen_child * us:.0f} "
-        f"/ {c.popen_wall * us:.0f} µs | `platform.Command.popen`, few fds |",
+        f"| start (posix_spawn) + wait: parent / child CPU / wall | {c.popen_parent * us:.0f} / "
+        f"{c.popen_child * us:.0f} / {c.popen_wall * us:.0f} µs | `platform.Command.posix_spawn`, few fds |",
         f"| ... per open descriptor: parent / child | {c.popen_parent_fd * us * 1000:.0f} / "
         f"{c.popen_child_fd * us * 1000:.0f} ns | same with 8,000 socket fds open |",
         f"| posix_spawn + waitpid (floor): CPU / wall | {c.posix_spawn_cpu * us:.0f} / "

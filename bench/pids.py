@@ -122,14 +122,15 @@ async def gpid_work(n: int) -> tuple[float, float]:
 async def spawns(n: int, with_gpids: bool, procs: ProcService) -> tuple[float, float]:
     """(CPU, wall) seconds per start of ``n`` sequential spawns of /bin/true, waited for."""
     env = dict(os.environ)
+    spawner = platform.Spawner()  # as the exec service starts a -localbin program
     c0, w0 = cpu_now(), time.perf_counter()
     for _ in range(n):
         if with_gpids:
             g = await procs.allocate()
-            p = platform.spawn(["/bin/true"], cwd=None, env={**env, **procs.job_env(g, 0)})
+            p = platform.spawn(["/bin/true"], cwd=None, env={**env, **procs.job_env(g, 0)}, spawner=spawner)
             procs.started(g, p, 1, os.getuid(), 0)
         else:
-            p = platform.spawn(["/bin/true"], cwd=None, env={**env})
+            p = platform.spawn(["/bin/true"], cwd=None, env={**env}, spawner=spawner)
         await p.exited
         p.close_pipes()
     return (cpu_now() - c0) / n, (time.perf_counter() - w0) / n

@@ -28,8 +28,9 @@ class LocalCluster:
         timeout: float = 60,
         check: bool = False,
         env: dict[str, str] | None = None,
+        cwd: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run the gproc CLI against this cluster."""
+        """Run the gproc CLI against this cluster (from ``cwd``: the jobs start there too)."""
         e = {**os.environ, "GPROC_MASTER": self.socket, **(env or {})}
         return subprocess.run(
             [sys.executable, "-m", "gproc", *args],
@@ -39,6 +40,7 @@ class LocalCluster:
             input=input.decode() if input is not None else None,
             env=e,
             check=check,
+            cwd=cwd,
         )
 
     @property

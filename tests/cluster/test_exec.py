@@ -74,6 +74,25 @@ def test_stdout_stderr_and_exit_status(cluster16: LocalCluster) -> None:
     assert "node[0-3] (4)" in g.stdout and "a\nb\n" in g.stdout
 
 
+def test_a_job_gets_only_its_own_descriptors_the_cwd_and_default_signals(cluster16: LocalCluster, tmp_path) -> None:
+    # the nodes' daemons hold hundreds of sockets: none may leak into a job, in either way of starting
+    # it (-localbin: posix_spawn from the event loop; shipped: Popen from a staging thread); the job
+    # starts in the client's directory, and SIGPIPE is back at its default (Python ignores it)
+    script = "ls /proc/self/fd | sort -n | tr '\\n' ' '; pwd; grep SigIgn /proc/self/status"
+    for mode in (["-localbin"], []):
+        r = cluster16.gproc("e", "--json", *mode, "-w", "node[0-3]", "sh", "-c", script, cwd=str(tmp_path))
+        assert r.returncode == 0, (mode, r.stderr)
+        lines = json_lines(records(r.stdout))
+        fds = {line: nodes for line, nodes in lines.items() if line.startswith("0 1 2 3 /")}
+        assert NodeSet.fromlist(list(fds.values())) == NodeSet("node[0-3]"), (mode, lines)
+        # -localbin: the client's directory itself; shipped: the same path inside the job's view
+        assert all(line.endswith(str(tmp_path)) for line in fds), (mode, lines)
+        if mode:
+            assert list(fds) == ["0 1 2 3 " + str(tmp_path)], lines
+        sigign = [line for line in lines if line.startswith("SigIgn:")]
+        assert len(sigign) == 1 and int(sigign[0].split()[1], 16) & (1 << (signal.SIGPIPE - 1)) == 0, (mode, lines)
+
+
 def test_signal_status_is_128_plus_n(cluster16: LocalCluster) -> None:
     r = cluster16.gproc("e", "-w", "node3", "sh", "-c", "kill -TERM $$")
     assert r.returncode == 128 + signal.SIGTERM

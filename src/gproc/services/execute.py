@@ -34,6 +34,7 @@ class SpawnGate:
 
     def __init__(self, per_turn: int = 8) -> None:
         self.per_turn = per_turn
+        self.spawner = platform.Spawner()  # how the nodes of this process start programs
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self._pump: asyncio.Task[None] | None = None
 
@@ -111,7 +112,16 @@ class ExecService:
             if b.get("bundle") is None:  # -localbin without files: the node's own program, as the seed
                 workdir = self._workdir(cwd, uid, gid)
                 groups = platform.user_groups(uid, gid)
-                proc = platform.spawn(argv, cwd=workdir, env=env, uid=uid, gid=gid, groups=groups, stdin=want_stdin)
+                proc = platform.spawn(
+                    argv,
+                    cwd=workdir,
+                    env=env,
+                    uid=uid,
+                    gid=gid,
+                    groups=groups,
+                    stdin=want_stdin,
+                    spawner=node.spawn_gate.spawner,
+                )
             else:
                 proc = await node.stage.start(job, b["bundle"], argv, env, uid, gid, stdin=want_stdin)
         except StagingError as e:
