@@ -88,7 +88,8 @@ TOLERANCE = 0.25  # the model must reproduce the measured points within this
 SPAWN_PER_TURN = 8  # gproc.services.execute.SpawnGate's default
 CHUNK = 512 * 1024  # gproc's put chunk
 PROBE = (256, 16, 4)  # the real local cluster measured for the daemons' overhead: nodes, fanout, worker processes
-PROBE_BIG = (1280, 16, 2)  # the same with 640 nodes per process (the per-node overhead grows with that number)
+# the same with 640 and 2,560 nodes per process (the per-node overhead grows with that number)
+PROBES_MORE = ((1280, 16, 2), (2560, 16, 1))
 WINDOW = 8  # chunks in flight (gproc.services.ship.WINDOW)
 TLS_RECORD_OVERHEAD = 22  # TLS 1.3 record: 5 header + 16 AEAD tag + 1 content type
 TLS_RECORD_MAX = 16384
@@ -182,31 +183,33 @@ class Costs:
     daemon_extra_noop: float = -11.7e-6
     daemon_extra_exec: float = 158e-6
     program_extra: float = 117e-6  # the programs' CPU beyond child_post
-    # the same three measured on a cluster of PROBE_BIG (more nodes per process); None: not measured
-    probe_npp: float = PROBE[0] / PROBE[2]
-    probe_npp_big: float = PROBE_BIG[0] / PROBE_BIG[2]
-    daemon_extra_noop_big: float | None = None
-    daemon_extra_exec_big: float | None = None
-    program_extra_big: float | None = None
+    # the same three measured on the clusters of PROBES_MORE (more nodes per process):
+    # (nodes per process, noop, exec, program) each
+    more_probes: tuple[tuple[float, float, float, float], ...] = ()
+
+    @property
+    def probe_npp(self) -> float:
+        return PROBE[0] / PROBE[2]
 
     def at(self, npp: float) -> Costs:
-        """These costs for processes hosting ``npp`` nodes each: the real-daemon corrections taken along
-        the line through the two probes (extended past them), the parts unchanged."""
-        if self.daemon_extra_noop_big is None or self.daemon_extra_exec_big is None or self.program_extra_big is None:
+        """These costs for processes hosting ``npp`` nodes each: each real-daemon correction taken
+        on the broken line through the probes (its end segments extended), the parts unchanged."""
+        if not self.more_probes:
             return self
-        t = (npp - self.probe_npp) / (self.probe_npp_big - self.probe_npp)
-
-        def along(a: float, b: float) -> float:
-            return a + t * (b - a)
-
+        pts = sorted([(self.probe_npp, self.daemon_extra_noop, self.daemon_extra_exec, self.program_extra),
+                      *self.more_probes])  # fmt: skip
+        i = 0
+        while i < len(pts) - 2 and npp > pts[i + 1][0]:
+            i += 1
+        (x0, *a), (x1, *b) = pts[i], pts[i + 1]
+        t = (npp - x0) / (x1 - x0)
+        noop, exec_, prog = (u + t * (v - u) for u, v in zip(a, b, strict=True))
         return replace(
             self,
-            daemon_extra_noop=along(self.daemon_extra_noop, self.daemon_extra_noop_big),
-            daemon_extra_exec=along(self.daemon_extra_exec, self.daemon_extra_exec_big),
-            program_extra=max(-self.child_post, along(self.program_extra, self.program_extra_big)),
-            daemon_extra_noop_big=None,
-            daemon_extra_exec_big=None,
-            program_extra_big=None,
+            daemon_extra_noop=noop,
+            daemon_extra_exec=exec_,
+            program_extra=max(-self.child_post, prog),
+            more_probes=(),
         )
 
     @property
@@ -768,16 +771,20 @@ def measure(quick: bool, probe: bool = True) -> tuple[Costs, dict[str, float]]:
             master_ping_fixed=max(0.0, real["noop_master"] - parts["noop_master"]),
         )
         extra.update({f"probe_{key}": v for key, v in real.items()})
-        n2, k2, procs2 = PROBE_BIG
-        real2 = measure_daemon(n2, k2, procs2, 5 if quick else 10, 2 if quick else 4)
-        parts2 = probe_predicted(replace(costs, **zero), n2, k2, procs2)
-        costs = replace(
-            costs,
-            daemon_extra_noop_big=(real2["noop_worker"] - parts2["noop_worker"]) / n2,
-            daemon_extra_exec_big=(real2["exec_worker"] - parts2["exec_worker"]) / n2,
-            program_extra_big=(real2["exec_programs"] - parts2["exec_programs"]) / n2,
-        )
-        extra.update({f"probe_big_{key}": v for key, v in real2.items()})
+        more = []
+        for n2, k2, procs2 in PROBES_MORE:
+            real2 = measure_daemon(n2, k2, procs2, 5 if quick else 10, 2 if quick else 4)
+            parts2 = probe_predicted(replace(costs, **zero), n2, k2, procs2)
+            more.append(
+                (
+                    n2 / procs2,
+                    (real2["noop_worker"] - parts2["noop_worker"]) / n2,
+                    (real2["exec_worker"] - parts2["exec_worker"]) / n2,
+                    (real2["exec_programs"] - parts2["exec_programs"]) / n2,
+                )
+            )
+            extra.update({f"probe_{n2}_{key}": v for key, v in real2.items()})
+        costs = replace(costs, more_probes=tuple(more))
         tree = Tree.build(n, k)
         for kind in ("noop", "exec"):
             run = simulate_local(tree, kind, costs, os.cpu_count() or 1, workers=procs)
@@ -1373,15 +1380,10 @@ def costs_table(c: Costs, extra: dict[str, float], measured: bool) -> str:
         f"a real local cluster of {PROBE[0]} nodes (fanout {PROBE[1]}) in {PROBE[2]} worker processes: their CPU "
         "per op (idle heartbeats subtracted) less what the parts above predict for it |",
         *(
-            [
-                f"| ... the same with {c.probe_npp_big:.0f} nodes per process | "
-                f"{(c.daemon_extra_noop_big or 0) * us:.0f} / {(c.daemon_extra_exec_big or 0) * us:.0f} / "
-                f"{(c.program_extra_big or 0) * us:.0f} µs | a real local cluster of {PROBE_BIG[0]} nodes (fanout "
-                f"{PROBE_BIG[1]}) in {PROBE_BIG[2]} worker processes; a point with another number of nodes per "
-                "process takes each correction on the line through the two |"
-            ]
-            if c.daemon_extra_noop_big is not None
-            else []
+            f"| ... the same with {npp:.0f} nodes per process | {noop * us:.0f} / {exec_ * us:.0f} / {prog * us:.0f} µs"
+            f" | a real local cluster of {n2} nodes (fanout {k2}) in {procs2} worker process(es); a point with"
+            " another number of nodes per process takes each correction on the broken line through the probes |"
+            for (npp, noop, exec_, prog), (n2, k2, procs2) in zip(c.more_probes, PROBES_MORE, strict=False)
         ),
         f"| master + client fixed, exec / ping | {c.master_exec_fixed * 1e3:.2f} / {c.master_ping_fixed * 1e3:.2f} "
         "ms | same cluster: master and client CPU per op less the master's parts |",
@@ -1427,7 +1429,8 @@ def assumptions(net: Net, cores: int, quantum: float, fanouts: Sequence[int]) ->
         "rank set. Nothing else grows with N.",
         "Costs are CPU seconds measured on this machine now; a cost does not depend on N except through the "
         "per-target work above and the descriptors a forking process holds (measured slope). In the local "
-        f"environment the real-daemon corrections (from the {PROBE[0]}- and {PROBE_BIG[0]}-node clusters) are per "
+        f"environment the real-daemon corrections (from the {', '.join(f'{q[0]:,}' for q in (PROBE, *PROBES_MORE))}"
+        "-node clusters) are per "
         "node, linear in the nodes per process and otherwise the same at every N: cache effects and Python's "
         "garbage collector at larger heaps, memory and the kernel's scheduler are not modeled beyond that.",
         f"local: {cores} cores shared by the master, the worker processes "
