@@ -62,6 +62,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import socket
 import ssl
 import statistics
@@ -470,6 +471,7 @@ async def measure_node(key: str, big: int) -> dict[str, float]:
         gpids.cancel()
         with contextlib.suppress(BaseException):
             await gpids
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
