@@ -79,7 +79,16 @@ def test_local_workers_bound_nodes_per_process() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["e"], ["e", "3-1", "true"], ["-bogus", "e"], ["up"], ["--port", "notanumber", "m"], ["-p=maybe", "s"]],
+    [
+        ["e"],
+        ["e", "3-1", "true"],
+        ["-bogus", "e"],
+        ["up"],
+        ["up", "--local", "4", "--fanout", "0"],
+        ["up", "--local", "4", "--procs", "-3"],
+        ["--port", "notanumber", "m"],
+        ["-p=maybe", "s"],
+    ],
 )
 def test_usage_errors_are_one_line_exit_2(args: list[str], tmp_path: object) -> None:
     r = subprocess.run(

@@ -137,6 +137,10 @@ def up(
     sets ``NodeConfig`` fields of every node (``{"hold": 1.0, "edits": False}``)."""
     if n < 1:
         raise UsageError("a local cluster needs at least one node")
+    if fanout < 1:
+        raise UsageError(f"--fanout must be at least 1 (got {fanout})")
+    if procs is not None and procs < 1:
+        raise UsageError(f"--procs must be at least 1 (got {procs})")
     sock = socket_path(socket)
     old = UpRecord.load(sock)
     if old is not None and any(_alive(p) for p in old.procs):
