@@ -225,6 +225,11 @@ class TreeLink(asyncio.Protocol):
         if cb is not None:
             cb(self)
 
+    @property
+    def paused(self) -> bool:
+        """The send buffer is above its high-water mark (``drain`` would wait)."""
+        return self._paused and not self.closed
+
     def pause_writing(self) -> None:
         self._paused = True
 
@@ -443,6 +448,12 @@ class Op:
         parent = self.node.parent
         if parent is not None:
             await parent.drain()
+
+    @property
+    def congested(self) -> bool:
+        """Is the way up above its high-water mark (``backpressure`` would wait)?"""
+        parent = self.node.parent
+        return parent is not None and parent.paused
 
 
 Handler = Callable[[Op], Awaitable[None] | None]

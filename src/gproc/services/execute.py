@@ -137,19 +137,17 @@ class ExecService:
         node.procs.started(gpid, proc, job, uid, parent, argv)
         if want_stdin:
             node.stdin.attach(op, proc)
+        output: OutputReader | None = None
         try:
-            pumps = [
-                asyncio.ensure_future(self._pump(op, proc.stdout, STDOUT)),
-                asyncio.ensure_future(self._pump(op, proc.stderr, STDERR)),
-            ]
+            output = OutputReader(op, [(proc.stdout, STDOUT), (proc.stderr, STDERR)])
             status, error = await self._wait(proc, b.get("timeout"))
             node.stdin.detach(op.id)
-            _, pending = await asyncio.wait(pumps, timeout=EXIT_GRACE)
-            for p in pending:
-                p.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
+            await output.finished(EXIT_GRACE)
+            output.stop()  # a background child may still hold a pipe: what it said so far goes first
             op.emit(("s", status, error))
         finally:
+            if output is not None:
+                output.stop()
             node.stdin.detach(op.id)
             self.jobs.pop(op.id, None)
             if not proc.exited.done():
@@ -187,40 +185,95 @@ class ExecService:
                 proc.signal_group(signal.SIGKILL)
                 return await proc.exited, "timeout"
 
-    async def _pump(self, op: Op, fd: int, stream: int) -> None:
-        """Read a pipe to its end, emitting one group per line (long lines are cut at 64 KiB)."""
-        loop = asyncio.get_running_loop()
-        lineno = 0
-        carry = b""
+
+class OutputReader:
+    """Reads a program's output pipes to their ends and emits one group per line (long lines are cut
+    at 64 KiB), from reader callbacks on the event loop rather than a task per pipe: a launch on
+    a thousand nodes of one process starts two thousand pipes at once.
+
+    While the way up is congested the pipes are not read (the program blocks on a full pipe): the
+    callbacks stop and one task waits for the parent link to drain."""
+
+    def __init__(self, op: Op, pipes: list[tuple[int, int]]) -> None:
+        self.op = op
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self._open: dict[int, int] = {}  # fd -> stream, for the pipes not at their end
+        self._carry: dict[int, bytes] = {}
+        self._lineno: dict[int, int] = {}
+        self._resume: asyncio.Task[None] | None = None
+        self._reading = True  # readers are registered (not while waiting for the way up to drain)
+        for fd, stream in pipes:
+            if fd >= 0:
+                self._open[fd] = stream
+                self._carry[fd] = b""
+                self._lineno[fd] = 0
+                self.loop.add_reader(fd, self._readable, fd)
+        if not self._open:
+            self.done.set_result(None)
+
+    def _readable(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._end(fd)
+            return
+        op, stream = self.op, self._open[fd]
+        carry, lineno = self._carry[fd] + data, self._lineno[fd]
+        start = 0
         while True:
-            ready = loop.create_future()
-            loop.add_reader(fd, ready.set_result, None)
-            try:
-                await ready
-            finally:
-                loop.remove_reader(fd)
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                continue
-            except OSError:
+            nl = carry.find(b"\n", start)
+            if nl < 0:
                 break
-            if not data:
-                break
-            carry += data
-            start = 0
-            while True:
-                nl = carry.find(b"\n", start)
-                if nl < 0:
-                    break
-                op.emit(("o", stream, lineno, carry[start : nl + 1]))
-                lineno += 1
-                start = nl + 1
-            carry = carry[start:]
-            while len(carry) >= MAX_LINE:
-                op.emit(("o", stream, lineno, carry[:MAX_LINE]))
-                lineno += 1
-                carry = carry[MAX_LINE:]
-            await op.backpressure()
+            op.emit(("o", stream, lineno, carry[start : nl + 1]))
+            lineno += 1
+            start = nl + 1
+        carry = carry[start:]
+        while len(carry) >= MAX_LINE:
+            op.emit(("o", stream, lineno, carry[:MAX_LINE]))
+            lineno += 1
+            carry = carry[MAX_LINE:]
+        self._carry[fd], self._lineno[fd] = carry, lineno
+        if op.congested and self._reading:
+            self._reading = False
+            for f in self._open:
+                self.loop.remove_reader(f)
+            self._resume = asyncio.ensure_future(self._after_drain())
+
+    async def _after_drain(self) -> None:
+        await self.op.backpressure()
+        self._resume = None
+        self._reading = True
+        for f in self._open:
+            self.loop.add_reader(f, self._readable, f)
+
+    def _end(self, fd: int) -> None:
+        """The pipe is at its end (or given up): what is left of its last line goes up."""
+        if self._reading:
+            self.loop.remove_reader(fd)
+        stream = self._open.pop(fd)
+        carry = self._carry.pop(fd)
         if carry:
-            op.emit(("o", stream, lineno, carry))
+            self.op.emit(("o", stream, self._lineno[fd], carry))
+        if not self._open and not self.done.done():
+            self.done.set_result(None)
+
+    async def finished(self, grace: float) -> None:
+        """Wait until every pipe ended, at most ``grace`` seconds (a background child may hold one)."""
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.shield(self.done)
+        except TimeoutError:
+            pass
+
+    def stop(self) -> None:
+        """Stop reading (before the pipes are closed); idempotent."""
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        for fd in list(self._open):
+            self._end(fd)
