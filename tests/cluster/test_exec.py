@@ -12,6 +12,7 @@ import time
 
 import pytest
 from ClusterShell.NodeSet import NodeSet
+from tests.cluster.daemons import Daemon, node, wait_until
 from tests.conftest import LocalCluster, json_lines, live_lines, start_cluster, stop_cluster
 
 from gproc import Cluster, Output, Status
@@ -91,6 +92,51 @@ def test_a_job_gets_only_its_own_descriptors_the_cwd_and_default_signals(cluster
             assert list(fds) == ["0 1 2 3 " + str(tmp_path)], lines
         sigign = [line for line in lines if line.startswith("SigIgn:")]
         assert len(sigign) == 1 and int(sigign[0].split()[1], 16) & (1 << (signal.SIGPIPE - 1)) == 0, (mode, lines)
+
+
+def test_big_output_arrives_whole_through_a_congested_link(cluster16: LocalCluster) -> None:
+    # a leaf under a separate interior daemon prints 24 MB in 400 lines; the interior daemon is
+    # frozen for 1.5 s meanwhile, so the leaf's link to it fills (far past its 1 MiB high-water
+    # mark) and the leaf stops reading the program's pipe until the link drains: nothing may be lost
+    logs = cluster16.rundir
+    mid = node("mid", "100", cluster16.master_address, cluster16.key, os.path.join(logs, "mid.log"))
+    leaf: Daemon | None = None
+    try:
+        wait_until(lambda: "mid" in up_rows(cluster16), 20, "mid to register")
+        mid_addr = str(up_rows(cluster16)["mid"]["address"])
+        leaf = node("leaf", "200", mid_addr, cluster16.key, os.path.join(logs, "leaf.log"))
+        wait_until(lambda: "leaf" in up_rows(cluster16), 20, "leaf to register")
+        script = "head -c 24000000 /dev/zero | tr '\\0' a | fold -w 60000; echo end >&2"
+
+        async def go() -> tuple[int, list[object]]:
+            c = Cluster(cluster16.socket, timeout=120)
+            job = await c.exec(["sh", "-c", script], include="leaf", localbin=True)
+            events = []
+            async with asyncio.timeout(60):  # a leaf that never reads its pipe again would hang here
+                async for ev in job:
+                    if not events:  # the first output is here: the leaf is streaming
+                        mid.signal(signal.SIGSTOP)
+                        await asyncio.sleep(1.5)
+                        mid.signal(signal.SIGCONT)
+                    events.append(ev)
+            return job.exit_status or 0, events
+
+        status, events = asyncio.run(go())
+        assert status == 0
+        out = [e for e in events if isinstance(e, Output) and e.stream == "stdout"]
+        assert all(str(e.nodes) == "leaf" for e in out)
+        assert sum(len(e.data) for e in out) == 24000000 + 399 and len(out) == 400  # no newline after the last
+        assert [e.data for e in events if isinstance(e, Output) and e.stream == "stderr"] == [b"end\n"]
+    finally:
+        mid.signal(signal.SIGCONT)
+        mid.end()
+        if leaf is not None:
+            leaf.end()
+
+
+def up_rows(c: LocalCluster) -> dict[str, dict[str, object]]:
+    rows = records(c.gproc("i", "--json").stdout)
+    return {str(row["name"]): row for row in rows if row["state"] == "up"}
 
 
 def test_signal_status_is_128_plus_n(cluster16: LocalCluster) -> None:
