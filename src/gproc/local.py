@@ -71,8 +71,8 @@ def workers(n: int, fanout: int, cores: int | None = None) -> int:
     At least one per 256 nodes up to twice the cores (fewer loops than that leave cores idle while a
     loop forks); past that one per ``NODES_PER_WORKER`` nodes, because every program a process starts
     copies and then closes all of that process's descriptors (~3.5 per node it hosts): at 10,000 nodes
-    and fanout 32 on 2 cores, 4 processes launched /bin/true everywhere in 17.8 s, 16 in 10.7 s, and
-    32 in 9.9 s (bench/RESULTS.md, "Fan-out and scale"). Never more than the master's children."""
+    and fanout 32 on 2 cores, 4 processes launched /bin/true everywhere in 15.2 s and 16 in 10.3 s
+    (``bench/workers.py``, alternating in one run). Never more than the master's children."""
     cores = cores or os.cpu_count() or 1
     top = min(fanout, n)
     return max(1, min(top, max(min(math.ceil(n / 256), 2 * cores), math.ceil(n / NODES_PER_WORKER))))

@@ -15,6 +15,7 @@ import errno
 import os
 import pwd
 import resource
+import shutil
 import signal
 import socket
 import struct
@@ -258,8 +259,6 @@ class Command:
         uses is absolute, and every descriptor it holds is close-on-exec (Python's default)."""
         path = self.executable or self.argv[0]
         if "/" not in path:  # as Popen (and execvpe) look it up: in the job's PATH
-            import shutil
-
             found = shutil.which(path, path=self.env.get("PATH", os.defpath))
             if found is None:
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)

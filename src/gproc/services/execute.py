@@ -11,6 +11,7 @@ import asyncio
 import collections
 import os
 import signal
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gproc import platform
@@ -186,6 +187,15 @@ class ExecService:
                 return await proc.exited, "timeout"
 
 
+@dataclass
+class _Pipe:
+    """One output pipe being read: its stream, the start of a line not ended yet, lines so far."""
+
+    stream: int
+    carry: bytes = b""
+    lineno: int = 0
+
+
 class OutputReader:
     """Reads a program's output pipes to their ends and emits one group per line (long lines are cut
     at 64 KiB), from reader callbacks on the event loop rather than a task per pipe: a launch on
@@ -198,16 +208,12 @@ class OutputReader:
         self.op = op
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = self.loop.create_future()
-        self._open: dict[int, int] = {}  # fd -> stream, for the pipes not at their end
-        self._carry: dict[int, bytes] = {}
-        self._lineno: dict[int, int] = {}
+        self._open: dict[int, _Pipe] = {}  # by descriptor: the pipes not at their end
         self._resume: asyncio.Task[None] | None = None
         self._reading = True  # readers are registered (not while waiting for the way up to drain)
         for fd, stream in pipes:
             if fd >= 0:
-                self._open[fd] = stream
-                self._carry[fd] = b""
-                self._lineno[fd] = 0
+                self._open[fd] = _Pipe(stream)
                 self.loop.add_reader(fd, self._readable, fd)
         if not self._open:
             self.done.set_result(None)
@@ -222,8 +228,8 @@ class OutputReader:
         if not data:
             self._end(fd)
             return
-        op, stream = self.op, self._open[fd]
-        carry, lineno = self._carry[fd] + data, self._lineno[fd]
+        op, pipe = self.op, self._open[fd]
+        stream, carry, lineno = pipe.stream, pipe.carry + data, pipe.lineno
         start = 0
         while True:
             nl = carry.find(b"\n", start)
@@ -237,7 +243,7 @@ class OutputReader:
             op.emit(("o", stream, lineno, carry[:MAX_LINE]))
             lineno += 1
             carry = carry[MAX_LINE:]
-        self._carry[fd], self._lineno[fd] = carry, lineno
+        pipe.carry, pipe.lineno = carry, lineno
         if op.congested and self._reading:
             self._reading = False
             for f in self._open:
@@ -255,10 +261,9 @@ class OutputReader:
         """The pipe is at its end (or given up): what is left of its last line goes up."""
         if self._reading:
             self.loop.remove_reader(fd)
-        stream = self._open.pop(fd)
-        carry = self._carry.pop(fd)
-        if carry:
-            self.op.emit(("o", stream, self._lineno[fd], carry))
+        pipe = self._open.pop(fd)
+        if pipe.carry:
+            self.op.emit(("o", pipe.stream, pipe.lineno, pipe.carry))
         if not self._open and not self.done.done():
             self.done.set_result(None)
 
