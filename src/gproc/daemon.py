@@ -77,7 +77,9 @@ async def serve_many(spec: dict[str, Any]) -> int:
     client_ssl = credential.client_context(spec["key"])
     master_addr = parse_address(spec["master"])
     host = spec.get("host", "127.0.0.1")
-    gate = SpawnGate()  # one per process: its nodes take turns starting programs
+    # one per process: its nodes take turns starting programs; "starter_above": descriptors from which
+    # they go through a starter process (platform.Starter; -1: never), for benchmarks
+    gate = SpawnGate(starter_above=spec.get("starter_above", platform.STARTER_ABOVE))
     joining: collections.deque[Node] = collections.deque()
     nodes: dict[int, Node] = {}
     for entry in spec["nodes"]:
@@ -117,6 +119,7 @@ async def serve_many(spec: dict[str, Any]) -> int:
     await stop.wait()
     watcher.cancel()
     await asyncio.gather(*(n.stop() for n in nodes.values()), return_exceptions=True)
+    gate.spawner.close()
     return 0
 
 

@@ -129,12 +129,15 @@ def up(
     collect_every: float | None = None,
     master_args: list[str] | None = None,
     node_config: dict[str, Any] | None = None,
+    starter_above: int | None = None,
 ) -> UpRecord:
     """Start a master and ``n`` nodes on loopback; return once every node is registered.
 
     ``gpid_block`` and ``collect_every`` set the master's gpid block size and collection period;
     ``master_args`` are extra switches for the master (``["--keep-jobs", "10"]``); ``node_config``
-    sets ``NodeConfig`` fields of every node (``{"hold": 1.0, "edits": False}``)."""
+    sets ``NodeConfig`` fields of every node (``{"hold": 1.0, "edits": False}``); ``starter_above``:
+    open descriptors from which a worker process starts programs through ``platform.Starter``
+    (default ``platform.STARTER_ABOVE``; -1: never)."""
     if n < 1:
         raise UsageError("a local cluster needs at least one node")
     if fanout < 1:
@@ -198,6 +201,7 @@ def up(
                 "heartbeat": hb,
                 "dead_after": dead,
                 "config": node_config or {},
+                **({} if starter_above is None else {"starter_above": starter_above}),
                 "bin_root": os.path.join(rundir, "bin"),  # each node its own binRoot (and store)
                 "nodes": [
                     {

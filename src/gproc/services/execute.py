@@ -33,9 +33,9 @@ class SpawnGate:
     by its nodes, spreads the starts over turns so the loop reads its sockets in between.
     """
 
-    def __init__(self, per_turn: int = 8) -> None:
+    def __init__(self, per_turn: int = 8, starter_above: int | None = platform.STARTER_ABOVE) -> None:
         self.per_turn = per_turn
-        self.spawner = platform.Spawner()  # how the nodes of this process start programs
+        self.spawner = platform.Spawner(starter_above)  # how the nodes of this process start programs
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self._pump: asyncio.Task[None] | None = None
 
