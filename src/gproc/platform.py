@@ -463,6 +463,7 @@ _STARTER_MAX = 256 * 1024  # gproc.spawnd.MAX_MESSAGE
 # descriptor costs the child ~0.1 µs with warm caches and ~0.2 µs on a loaded machine (measured on
 # 2-core EPYC: 2,000 descriptors, idle: 833 µs direct vs 888 µs through the starter).
 STARTER_ABOVE = 1000
+STARTER_RESTARTS = 3  # starters that may die before a process starts all its programs itself
 
 
 class Spawner:
@@ -480,6 +481,7 @@ class Spawner:
         self._starter_failed = False
         self._fds_checked = -1.0
         self._many_fds = False
+        self._deaths = 0
 
     def start(self, cmd: Command) -> Process:
         loop = asyncio.get_running_loop()
@@ -490,17 +492,18 @@ class Spawner:
                 try:
                     return self.starter.start(cmd)
                 except StarterGone:
-                    self._starter_failed = True  # from now on this process starts its programs itself
+                    pass  # this one directly; a dead starter is replaced at the next start
             return _process(cmd.posix_spawn(self.home), loop)
         return _process(cmd.popen(), loop)
 
     def _use_starter(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Does this start go through the starter? While the process holds more than
+        ``starter_above`` descriptors (counted at most once a second: ~0.1 µs per descriptor), and
+        until starters have died ``STARTER_RESTARTS`` times."""
         if self.starter_above is None or self._starter_failed:
             return False
-        if self.starter is not None and self.starter.alive:
-            return True
         now = time.monotonic()
-        if now - self._fds_checked > 1.0:  # counting costs ~0.1 µs per descriptor: once a second at most
+        if now - self._fds_checked > 1.0:
             self._fds_checked = now
             try:
                 self._many_fds = len(os.listdir("/proc/self/fd")) > self.starter_above
@@ -508,6 +511,13 @@ class Spawner:
                 self._many_fds = False
         if not self._many_fds:
             return False
+        if self.starter is not None and self.starter.alive:
+            return True
+        if self.starter is not None:  # it died: a new one, a few times
+            self._deaths += 1
+            if self._deaths >= STARTER_RESTARTS:
+                self._starter_failed = True
+                return False
         try:
             self.starter = Starter(loop)
         except OSError:
