@@ -13,12 +13,14 @@ What it does (``python bench/model.py``, about half a minute of light CPU):
    descriptors (the vfork child closes them before exec: its CPU grows with the descriptors of the
    process that forks, i.e. with the nodes a worker process hosts), the master's node selection
    (``nodespec.select('**')``) per node, and a 512 KiB ``put`` chunk (pack + encrypt; decrypt + unpack +
-   SHA-256 + write). Then a real local cluster (``gproc.local.up``, 256 nodes in 4 worker processes, a
-   few seconds): the CPU its workers, their programs, the master and the client spend per no-op and per
-   launch, less what the parts predict for that cluster, gives per-node corrections for the local
-   environment (what daemons hosting many nodes per process spend beyond or short of the parts) and the
-   master's fixed cost per request. Any cost can be overridden (``--cost NAME=MICROSECONDS``), or all
-   taken from the stored defaults (``--no-measure``).
+   SHA-256 + write), and a start through ``platform.Starter``. Then real local clusters
+   (``gproc.local.up``: ``PROBE`` and ``PROBES_MORE``, 256 to 5,000 nodes in 4 and in 16 worker
+   processes, about two minutes): the CPU their workers (with their starters), their programs, the
+   master and the client spend per no-op and per launch (medians of the ops), less what the parts
+   predict for that cluster, gives per-node corrections for the local environment (what daemons
+   sharing this machine spend beyond or short of the parts; ``Costs.at`` reads them off by size and
+   process count) and the master's fixed cost per request. Any cost can be overridden
+   (``--cost NAME=MICROSECONDS``), or all taken from the stored defaults (``--no-measure``).
 2. **Simulates** a launch (``exec`` of /bin/true) and a no-op (``ping``) on the tree that
    ``gproc.local.layout`` builds (levels filled in turn, the master has ``fanout`` children). The op goes
    down (a node forwards one frame per child, then starts its own program), replies are merged
@@ -89,29 +91,15 @@ TOLERANCE = 0.25  # the model must reproduce the measured points within this
 SPAWN_PER_TURN = 8  # gproc.services.execute.SpawnGate's default
 CHUNK = 512 * 1024  # gproc's put chunk
 PROBE = (256, 16, 4)  # the real local cluster measured for the daemons' overhead: nodes, fanout, worker processes
-# the same with 640 and 2,560 nodes per process (the per-node overhead grows with that number)
-PROBES_MORE = ((1280, 16, 2), (2560, 16, 1))
+# larger clusters, at 4 and at 16 processes (the per-node overhead grows with the cluster's size and
+# with the processes taking turns on the cores; over ~300 nodes per process they start programs
+# through a starter)
+PROBES_MORE = ((1280, 16, 4), (2560, 16, 4), (5000, 16, 4), (1280, 16, 16), (2560, 16, 16), (5000, 16, 16))
 WINDOW = 8  # chunks in flight (gproc.services.ship.WINDOW)
 TLS_RECORD_OVERHEAD = 22  # TLS 1.3 record: 5 header + 16 AEAD tag + 1 content type
 TLS_RECORD_MAX = 16384
 MiB = 1024 * 1024
 
-
-@dataclass(frozen=True)
-class Observed:
-    """Seen once by hand (psutil, 10 s) on the worker processes during bench/fanout.py's launches on
-    10,000 local nodes: the share of a core each worker and its programs used, and its descriptors."""
-
-    n: int = 10_000
-    fanout: int = 8
-    workers: int = 4
-    worker_cores: float = 0.28
-    program_cores: float = 0.21
-    fds: int = 8_800
-    when: str = "2026-11-22 08:37 UTC"
-
-
-OBSERVED = Observed()
 
 # Used while bench/fanout.json does not exist: an earlier, noisier run (10,000-node values very rough).
 # (n, fanout, launch_s, noop_s)
@@ -174,6 +162,11 @@ class Costs:
     popen_wall: float = 663e-6
     posix_spawn_cpu: float = 584e-6  # floor: os.posix_spawn('/bin/true') + waitpid, parent + child CPU
     posix_spawn_wall: float = 421e-6
+    # a start through platform.Starter (what a process holding more than starter_above descriptors does)
+    starter_daemon: float = 135e-6  # the daemon's CPU per start + exit report (pipes, request, reply, Process)
+    starter_self: float = 225e-6  # the starter process's CPU per start (receive, posix_spawn, reap, report)
+    starter_child: float = 525e-6  # the program's CPU (the starter holds five descriptors)
+    starter_above: float = 1000.0  # gproc.platform.STARTER_ABOVE
     # a 512 KiB put chunk
     chunk_send: float = 318e-6  # pack + encrypt, per child link
     chunk_recv: float = 722e-6  # decrypt + unpack + SHA-256 + write to the store
@@ -184,27 +177,51 @@ class Costs:
     daemon_extra_noop: float = -11.7e-6
     daemon_extra_exec: float = 158e-6
     program_extra: float = 117e-6  # the programs' CPU beyond child_post
-    # the same three measured on the clusters of PROBES_MORE (more nodes per process):
-    # (nodes per process, noop, exec, program) each
-    more_probes: tuple[tuple[float, float, float, float], ...] = ()
+    # the same three measured on the clusters of PROBES_MORE: (nodes, processes, noop, exec, program) each
+    more_probes: tuple[tuple[float, float, float, float, float], ...] = ()
 
-    @property
-    def probe_npp(self) -> float:
-        return PROBE[0] / PROBE[2]
-
-    def at(self, npp: float) -> Costs:
-        """These costs for processes hosting ``npp`` nodes each: each real-daemon correction taken
-        on the broken line through the probes (its end segments extended), the parts unchanged."""
+    def at(self, n: float, procs: float) -> Costs:
+        """These costs for a local cluster of ``n`` nodes in ``procs`` worker processes, the parts
+        unchanged and each real-daemon correction read off the probes: for each probed process count,
+        on the least-squares line through its probes by cluster size (single runs scatter by 10-30 %
+        here: a line through all of them, not the segment between the nearest two), then linear in the
+        process count between the two probed counts around ``procs``. Both matter: every process's
+        heap and descriptors compete for the same caches (at 4 processes the CPU per node of a launch
+        grows ~1.5x from 2,560 to 10,000 nodes), and more processes taking turns on the cores refill
+        them more often (10,000 nodes: 16 processes ~10 % more CPU than 4; at 2,560 nodes ~3 %)."""
         if not self.more_probes:
             return self
-        pts = sorted([(self.probe_npp, self.daemon_extra_noop, self.daemon_extra_exec, self.program_extra),
-                      *self.more_probes])  # fmt: skip
-        i = 0
-        while i < len(pts) - 2 and npp > pts[i + 1][0]:
-            i += 1
-        (x0, *a), (x1, *b) = pts[i], pts[i + 1]
-        t = (npp - x0) / (x1 - x0)
-        noop, exec_, prog = (u + t * (v - u) for u, v in zip(a, b, strict=True))
+        lines: dict[float, list[tuple[float, ...]]] = {}
+        for nn, pp, *v in [(float(PROBE[0]), float(PROBE[2]), self.daemon_extra_noop, self.daemon_extra_exec,
+                            self.program_extra), *self.more_probes]:  # fmt: skip
+            lines.setdefault(pp, []).append((nn, *v))
+
+        def along(pts: list[tuple[float, ...]]) -> list[float]:
+            """Each correction on the least-squares line through these probes (by size)."""
+            if len(pts) == 1:
+                return list(pts[0][1:])
+            xs = [q[0] for q in pts]
+            mx = statistics.fmean(xs)
+            sxx = sum((x - mx) ** 2 for x in xs)
+            out = []
+            for j in range(1, len(pts[0])):
+                ys = [q[j] for q in pts]
+                my = statistics.fmean(ys)
+                slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+                out.append(my + slope * (n - mx))
+            return out
+
+        counts = sorted(lines)
+        if len(counts) == 1:
+            noop, exec_, prog = along(lines[counts[0]])
+        else:
+            j = 0
+            while j < len(counts) - 2 and procs > counts[j + 1]:
+                j += 1
+            p0, p1 = counts[j], counts[j + 1]
+            lo, hi = along(lines[p0]), along(lines[p1])
+            t = (procs - p0) / (p1 - p0)
+            noop, exec_, prog = (u + t * (v - u) for u, v in zip(lo, hi, strict=True))
         return replace(
             self,
             daemon_extra_noop=noop,
@@ -523,6 +540,48 @@ def measure_spawn(runs: int, many_fds: int) -> dict[str, float]:
     }  # fmt: skip
 
 
+def measure_starter(runs: int) -> dict[str, float]:
+    """A program start through ``platform.Starter`` (the request, the starter's posix_spawn, the exit
+    report) and the wait for its end, as a worker holding many descriptors makes one: CPU of this
+    process, of the starter and of the program."""
+    import psutil
+
+    from gproc import platform
+
+    async def go() -> dict[str, float]:
+        sp = platform.Spawner(starter_above=0)
+        env = dict(os.environ)
+
+        async def batch(n: int) -> tuple[float, float, float]:
+            assert sp.starter is not None
+            st = psutil.Process(sp.starter.pid)
+            t0, s0 = time.process_time(), st.cpu_times()
+            for _ in range(n):
+                proc = sp.start(platform.Command(["/bin/true"], "/", env))
+                await proc.exited
+                proc.close_pipes()
+            t1, s1 = time.process_time(), st.cpu_times()
+            own = (s1.user + s1.system - s0.user - s0.system) / n
+            child = (s1.children_user + s1.children_system - s0.children_user - s0.children_system) / n
+            return (t1 - t0) / n, own, child
+
+        try:
+            first = sp.start(platform.Command(["/bin/true"], "/", env))  # starts the starter
+            await first.exited
+            first.close_pipes()
+            await batch(10)
+            best = min([await batch(runs) for _ in range(3)], key=sum)
+        finally:
+            sp.close()
+        return {"starter_daemon": best[0], "starter_self": best[1], "starter_child": best[2]}
+
+    from gproc import platform as gp
+
+    out = gp.run(go())
+    out["starter_above"] = float(gp.STARTER_ABOVE)
+    return out
+
+
 class _KTree:
     """A complete ``k``-ary tree of ``n`` nodes as nodespec's Tree protocol sees the master's topology."""
 
@@ -593,11 +652,18 @@ def measure_daemon(n: int, k: int, procs: int, pings: int, launches: int) -> dic
     from gproc.client import Cluster, Status
 
     def cpu_of(ps: list[psutil.Process]) -> tuple[float, float]:
+        """CPU of these processes and of their reaped children; a worker's starter (platform.Starter,
+        never reaped while the cluster runs) counts with its worker, its programs with the programs."""
         own = kids = 0.0
         for p in ps:
             t = p.cpu_times()
             own += t.user + t.system
             kids += t.children_user + t.children_system
+            for st in p.children():
+                if any("gproc_spawnd" in a for a in st.cmdline()):
+                    t = st.cpu_times()
+                    own += t.user + t.system
+                    kids += t.children_user + t.children_system
         return own, kids
 
     async def ops(sock: str, workers: list[psutil.Process], master: list[psutil.Process]) -> dict[str, float]:
@@ -609,27 +675,43 @@ def measure_daemon(n: int, k: int, procs: int, pings: int, launches: int) -> dic
         await asyncio.sleep(1.0)
         w1, m1, t1 = cpu_of(workers), cpu_of(master), time.perf_counter()
         idle, m_idle = (w1[0] - w0[0]) / (t1 - t0), (m1[0] - m0[0]) / (t1 - t0)
-        w0, m0, c0, t0 = cpu_of(workers), cpu_of(master)[0], time.process_time(), time.perf_counter()
-        for _ in range(pings):
-            r = await c.ping()
-            assert r["counts"].get("ok") == n, r
-        w1, m1, c1, t1 = cpu_of(workers), cpu_of(master)[0], time.process_time(), time.perf_counter()
-        for _ in range(launches):
-            job = await c.exec(["/bin/true"], "**", localbin=True)
-            ok = sum(e.count for e in [e async for e in job] if isinstance(e, Status) and e.status == 0)
-            assert ok == n, ok
-        w2, m2, c2, t2 = cpu_of(workers), cpu_of(master)[0], time.process_time(), time.perf_counter()
+
+        async def one(kind: str) -> tuple[float, ...]:
+            """(worker, programs, master + client CPU, wall) of one op, idle heartbeats subtracted."""
+            w0, m0 = cpu_of(workers), cpu_of(master)[0]
+            c0, t0 = time.process_time(), time.perf_counter()  # this client's own CPU: the op alone
+            if kind == "noop":
+                r = await c.ping()
+                assert r["counts"].get("ok") == n, r
+            else:
+                job = await c.exec(["/bin/true"], "**", localbin=True)
+                ok = sum(e.count for e in [e async for e in job] if isinstance(e, Status) and e.status == 0)
+                assert ok == n, ok
+            c1, t1 = time.process_time(), time.perf_counter()
+            w1, m1 = cpu_of(workers), cpu_of(master)[0]
+            wall = t1 - t0
+            return w1[0] - w0[0] - idle * wall, w1[1] - w0[1], m1 - m0 - m_idle * wall + c1 - c0, wall
+
+        # each figure the median over its ops: one op disturbed by the machine (a cluster torn down
+        # before, another process) moves a sum or a mean by up to 2x here, a median hardly
+        noops = [await one("noop") for _ in range(pings)]
+        execs = [await one("exec") for _ in range(launches)]
+
+        def med(rows: list[tuple[float, ...]], i: int) -> float:
+            return statistics.median(r[i] for r in rows)
+
         return {
-            "noop_worker": (w1[0] - w0[0] - idle * (t1 - t0)) / pings,
-            "exec_worker": (w2[0] - w1[0] - idle * (t2 - t1)) / launches,
-            "exec_programs": (w2[1] - w1[1]) / launches,
-            "noop_master": (m1 - m0 - m_idle * (t1 - t0) + c1 - c0) / pings,
-            "exec_master": (m2 - m1 - m_idle * (t2 - t1) + c2 - c1) / launches,
+            "noop_worker": med(noops, 0),
+            "exec_worker": med(execs, 0),
+            "exec_programs": med(execs, 1),
+            "noop_master": med(noops, 2),
+            "exec_master": med(execs, 2),
             "idle_worker": idle,
-            "noop_wall": (t1 - t0) / pings,
-            "exec_wall": (t2 - t1) / launches,
+            "noop_wall": med(noops, 3),
+            "exec_wall": med(execs, 3),
         }
 
+    wait_quiet(20.0)  # the kernel may still be tearing down the cluster measured before
     with tempfile.TemporaryDirectory(prefix="gproc-model-") as tmp:
         sock = os.path.join(tmp, "sock")
         rec = local.up(n, fanout=k, socket=sock, procs=procs)
@@ -752,6 +834,7 @@ def measure(quick: bool, probe: bool = True) -> tuple[Costs, dict[str, float]]:
         frames = asyncio.run(measure_frames(key, rounds))
         node = asyncio.run(measure_node(key, 20_000 if quick else 50_000))
         spawn = measure_spawn(60 if quick else 100, 8000)
+        spawn.update(measure_starter(100 if quick else 200))
         master = measure_master(20_000 if quick else 50_000)
         chunk = measure_chunk(key, 10 if quick else 20)
     vals: dict[str, float] = {**frames, **node, **spawn, **master, **chunk}
@@ -762,7 +845,7 @@ def measure(quick: bool, probe: bool = True) -> tuple[Costs, dict[str, float]]:
     extra = {k: v for k, v in vals.items() if k not in names}
     if probe:
         n, k, procs = PROBE
-        real = measure_daemon(n, k, procs, 5 if quick else 10, 2 if quick else 4)
+        real = measure_daemon(n, k, procs, 10 if quick else 30, 3 if quick else 5)
         parts = probe_predicted(costs, n, k, procs)
         costs = replace(
             costs,
@@ -775,11 +858,12 @@ def measure(quick: bool, probe: bool = True) -> tuple[Costs, dict[str, float]]:
         extra.update({f"probe_{key}": v for key, v in real.items()})
         more = []
         for n2, k2, procs2 in PROBES_MORE:
-            real2 = measure_daemon(n2, k2, procs2, 5 if quick else 10, 2 if quick else 4)
+            real2 = measure_daemon(n2, k2, procs2, 10 if quick else 30, 3 if quick else 5)
             parts2 = probe_predicted(replace(costs, **zero), n2, k2, procs2)
             more.append(
                 (
-                    n2 / procs2,
+                    float(n2),
+                    float(procs2),
                     (real2["noop_worker"] - parts2["noop_worker"]) / n2,
                     (real2["exec_worker"] - parts2["exec_worker"]) / n2,
                     (real2["exec_programs"] - parts2["exec_programs"]) / n2,
@@ -935,7 +1019,7 @@ def simulate_local(
     env = simpy.Environment()
     cpu = simpy.Resource(env, capacity=cores)
     nloops = workers or local_workers(n, k, cores)
-    c = c.at(n / nloops)
+    c = c.at(n, nloops)
     owner = [0] * n
     for i, p in enumerate(tree.parent):
         owner[i] = tree.top.index(i) % nloops if p < 0 else owner[p]
@@ -998,6 +1082,12 @@ def simulate_local(
         if what == "spawn":
             v = task[1]
             fds = lp.static_fds + 3 * lp.running
+            if fds > c.starter_above:  # platform.Spawner: through the starter (held while it spawns)
+                cost = add("program start", 0.5 * c.exec_fixed + c.starter_daemon)
+                cost += add("starter", c.starter_self)
+                lp.running += 1
+                effects.append(lambda v=v: env.process(program(v, c.starter_child)))
+                return cost
             base = c.exec_pre(0.0)
             cost = add("program start", base) + add("descriptors at fork", c.popen_parent_fd * fds)
             cost += add("descriptors at fork (child)", c.exec_pre(fds) - base - c.popen_parent_fd * fds)
@@ -1034,10 +1124,11 @@ def simulate_local(
         p = tree.parent[v]
         deliver(master if p < 0 else loops[owner[p]], ("rep", p, v))
 
-    def program(v: int) -> Generator[Any, Any, None]:
+    def program(v: int, child: float | None = None) -> Generator[Any, Any, None]:
         req = cpu.request()
         yield req
-        yield env.timeout(add("programs", c.program))
+        own = c.program if child is None else max(0.0, child + c.program_extra)
+        yield env.timeout(add("programs", own))
         cpu.release(req)
         deliver(loops[owner[v]], ("exit", v))
 
@@ -1371,6 +1462,9 @@ def costs_table(c: Costs, extra: dict[str, float], measured: bool) -> str:
         f"{c.popen_child * us:.0f} / {c.popen_wall * us:.0f} µs | `platform.Command.posix_spawn`, few fds |",
         f"| ... per open descriptor: parent / child | {c.popen_parent_fd * us * 1000:.0f} / "
         f"{c.popen_child_fd * us * 1000:.0f} ns | same with 8,000 socket fds open |",
+        f"| start through the starter + exit report: daemon / starter / program CPU | {c.starter_daemon * us:.0f}"
+        f" / {c.starter_self * us:.0f} / {c.starter_child * us:.0f} µs | `platform.Starter` (`gproc.spawnd`): "
+        f"what a process holding more than {c.starter_above:,.0f} descriptors does (no per-descriptor cost) |",
         f"| posix_spawn + waitpid (floor): CPU / wall | {c.posix_spawn_cpu * us:.0f} / "
         f"{c.posix_spawn_wall * us:.0f} µs | parent + child |",
         f"| 512 KiB put chunk: send (per child) / receive | {c.chunk_send * us:.0f} / {c.chunk_recv * us:.0f} µs "
@@ -1382,10 +1476,11 @@ def costs_table(c: Costs, extra: dict[str, float], measured: bool) -> str:
         f"a real local cluster of {PROBE[0]} nodes (fanout {PROBE[1]}) in {PROBE[2]} worker processes: their CPU "
         "per op (idle heartbeats subtracted) less what the parts above predict for it |",
         *(
-            f"| ... the same with {npp:.0f} nodes per process | {noop * us:.0f} / {exec_ * us:.0f} / {prog * us:.0f} µs"
-            f" | a real local cluster of {n2} nodes (fanout {k2}) in {procs2} worker process(es); a point with"
-            " another number of nodes per process takes each correction on the broken line through the probes |"
-            for (npp, noop, exec_, prog), (n2, k2, procs2) in zip(c.more_probes, PROBES_MORE, strict=False)
+            f"| ... the same at {nn:,.0f} nodes in {pp:.0f} processes | {noop * us:.0f} / {exec_ * us:.0f} / "
+            f"{prog * us:.0f} µs | a real local cluster of {n2:,} nodes (fanout {k2}); a point of another size "
+            "or process count reads each correction off the probes (`Costs.at`: on the least-squares line by "
+            "size through the probes of each process count, then linear in the count) |"
+            for (nn, pp, noop, exec_, prog), (n2, k2, _) in zip(c.more_probes, PROBES_MORE, strict=False)
         ),
         f"| master + client fixed, exec / ping | {c.master_exec_fixed * 1e3:.2f} / {c.master_ping_fixed * 1e3:.2f} "
         "ms | same cluster: master and client CPU per op less the master's parts |",
@@ -1431,16 +1526,21 @@ def assumptions(net: Net, cores: int, quantum: float, fanouts: Sequence[int]) ->
         "rank set. Nothing else grows with N.",
         "Costs are CPU seconds measured on this machine now; a cost does not depend on N except through the "
         "per-target work above and the descriptors a forking process holds (measured slope). In the local "
-        f"environment the real-daemon corrections (from the {', '.join(f'{q[0]:,}' for q in (PROBE, *PROBES_MORE))}"
-        "-node clusters) are per "
-        "node, linear in the nodes per process and otherwise the same at every N: cache effects and Python's "
-        "garbage collector at larger heaps, memory and the kernel's scheduler are not modeled beyond that.",
+        "environment the real-daemon corrections (from the clusters of "
+        + ", ".join(f"{q[0]:,} nodes in {q[2]} processes" for q in (PROBE, *PROBES_MORE))
+        + ") are per node, read off the probes by the cluster's size N (least-squares line through the "
+        "probes of each process count) and its number of worker processes (linear between the probed "
+        "counts): what all daemons' heaps and descriptors sharing this machine's caches, and the "
+        "processes taking turns on its cores, cost beyond the parts measured alone. Past the largest probe "
+        "this is an extrapolation.",
         f"local: {cores} cores shared by the master, the worker processes "
         "(`gproc.local.workers`: min(fanout, max(min(ceil(N/256), 2 x cores), ceil(N/640)))) "
         "and every program; a worker's loop runs the tasks ready at a turn's start plus at most 8 program "
         f"starts, in slices of {quantum * 1e3:g} ms on one core (FIFO among processes); while a program is "
         "forked (vfork) the worker waits for the child to close its descriptors (2 per node + 1 per interior "
-        "node + 1 per child link in the same process + 3 per running program); heartbeats: 3 frames per link "
+        "node + 1 per child link in the same process + 3 per running program), unless the worker holds more "
+        "than the starter threshold: then the start goes through its starter process (its CPU charged to "
+        "the worker's turn, which waits for the pid) and no descriptor is copied; heartbeats: 3 frames per link "
         "per period (`gproc.local.liveness`) as a steady load; loopback latency 0; other processes on the "
         "machine: the share a point records, as one process per core that wants that share of it.",
         f"cluster: one daemon per machine, its loop on one core and its program on another; latency "
@@ -1700,36 +1800,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             out.append(
                 f"- N={r.n:,}, fanout {r.fanout}, {r.procs or '-'} procs, {r.what}: {breakdown(r.run, args.cores)}\n"
             )
-    obs = next(
-        (
-            r
-            for r in timed
-            if (r.n, r.fanout, r.procs, r.what) == (OBSERVED.n, OBSERVED.fanout, OBSERVED.workers, "launch")
-        ),
-        None,
-    )
-    if obs is not None and obs.run is not None:
-        cpu = obs.run.cpu
-        programs = cpu.get("programs", 0.0) + cpu.get("descriptors at fork (child)", 0.0)
-        worker = obs.run.busy - programs - cpu.get("master", 0.0)
-        seen_w = OBSERVED.worker_cores * OBSERVED.workers * obs.measured / obs.n
-        seen_p = OBSERVED.program_cores * OBSERVED.workers * obs.measured / obs.n
-        out.append(
-            f"\nWhy the larger local clusters are slower than modeled (observed {OBSERVED.when} with psutil on "
-            f"the {OBSERVED.workers} workers during the N={obs.n:,}, fanout {obs.fanout} launches): each worker "
-            f"used {OBSERVED.worker_cores:.2f} of a core and its programs {OBSERVED.program_cores:.2f} (the "
-            f"machine was saturated), i.e. about {fmt_t(seen_w)} of worker CPU per node and {fmt_t(seen_p)} per "
-            f"program over the {fmt_t(obs.measured)} launch, against the model's {fmt_t(worker / obs.n)} and "
-            f"{fmt_t(programs / obs.n)}. A worker then hosts {obs.n // OBSERVED.workers:,} nodes (~"
-            f"{OBSERVED.fds:,} descriptors, ~240 MB of heap) instead of the calibration cluster's "
-            f"{PROBE[0] // PROBE[2]}: per-node work costs 2-3x more (cache misses on a heap far larger than the "
-            "caches; each vfork child closing the worker's descriptors at ~0.25 µs each when both cores are busy, "
-            f"{costs.popen_child_fd * 1e9:.0f} ns measured alone). The model keeps per-node costs constant, so "
-            "it underestimates local clusters of thousands of nodes per process; a cluster (one node per "
-            "process) does not have this effect. At N = 10,000 interior nodes also wait longer than `hold` "
-            "(3 s) for their subtrees and send partial replies, hence more bytes at the master than one "
-            "reply per link.\n"
-        )
     if checks:
         out.append(
             "\nCluster model, per-node simulation (simpy) vs level-by-level recurrence: "

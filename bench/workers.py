@@ -27,18 +27,34 @@ from launch import Load, api_launch, api_ping, gproc_source, int_list, spawn_flo
 from results import machine, write_section
 
 
-async def measure(sock: str, n: int, runs: int, pings: int) -> tuple[float, float]:
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has used (all processes, /proc/stat)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
+
+
+async def measure(sock: str, n: int, runs: int, pings: int) -> tuple[float, float, float]:
+    """Medians of the launches and no-ops, and the machine's CPU per launch."""
     from gproc.client import Cluster
 
     c = Cluster(sock, timeout=600)
     await api_launch(c, n)
-    launch = statistics.median([await api_launch(c, n) for _ in range(runs)])
+    launches, cpus = [], []
+    for _ in range(runs):
+        c0 = machine_cpu()
+        launches.append(await api_launch(c, n))
+        cpus.append(machine_cpu() - c0)
     await api_ping(c, n)
     ping = statistics.median([(await api_ping(c, n))[0] for _ in range(pings)])
-    return launch, ping
+    return statistics.median(launches), ping, statistics.median(cpus)
 
 
-def one(n: int, fanout: int, procs: int, runs: int, pings: int) -> dict[str, float]:
+def one(
+    n: int, fanout: int, procs: int | None, runs: int, pings: int, starter_above: int | None = None
+) -> dict[str, float]:
+    """Start the cluster, measure (floor, up, launch, no-op, other load, machine CPU per launch), stop it."""
     from gproc import local
 
     floor = statistics.median(spawn_floor(n) for _ in range(3))
@@ -47,12 +63,14 @@ def one(n: int, fanout: int, procs: int, runs: int, pings: int) -> dict[str, flo
         sock = os.path.join(tmp, "sock")
         t0 = time.perf_counter()
         try:
-            local.up(n, fanout=fanout, socket=sock, procs=procs, timeout=max(120.0, n / 50))
+            local.up(
+                n, fanout=fanout, socket=sock, procs=procs, timeout=max(120.0, n / 50), starter_above=starter_above
+            )
             up = time.perf_counter() - t0
-            launch, ping = asyncio.run(measure(sock, n, runs, pings))
+            launch, ping, cpu = asyncio.run(measure(sock, n, runs, pings))
         finally:
             local.down(sock, quiet=True)
-    return {"floor": floor, "up": up, "launch": launch, "ping": ping, "other": load.other()}
+    return {"floor": floor, "up": up, "launch": launch, "ping": ping, "other": load.other(), "cpu": cpu}
 
 
 def main() -> int:

@@ -62,17 +62,21 @@ def liveness(n: int, heartbeat: float | None = None, dead_after: float | None = 
     return hb, dead
 
 
-NODES_PER_WORKER = 640  # above this many nodes in one process, its program starts get slow (below)
+NODES_PER_WORKER = 640  # at most this many nodes share a process in large local clusters (see workers)
 
 
 def workers(n: int, fanout: int, cores: int | None = None) -> int:
     """How many OS processes host the ``n`` nodes of a local cluster (each takes whole top subtrees).
 
     At least one per 256 nodes up to twice the cores (fewer loops than that leave cores idle while a
-    loop forks); past that one per ``NODES_PER_WORKER`` nodes, because every program a process starts
-    copies and then closes all of that process's descriptors (~3.5 per node it hosts): at 10,000 nodes
-    and fanout 32 on 2 cores, 4 processes launched /bin/true everywhere in 15.2 s and 16 in 10.3 s
-    (``bench/workers.py``, alternating in one run). Never more than the master's children."""
+    loop waits for a program start); past that one per ``NODES_PER_WORKER`` nodes. That bound first
+    came from program starts (each copied and closed all of its process's descriptors: 10,000 nodes,
+    fanout 32, 4 processes 15.2 s, 16 processes 10.3 s); since a process holding over
+    ``platform.STARTER_ABOVE`` descriptors starts programs through a starter, 4 processes launch
+    /bin/true on 10,000 nodes 1.14x faster than 16 (``bench/workers.py``), but 16 answer the no-op
+    1.16x faster and keep a loop's share of a first shipped launch (a bundle stored for each of its
+    nodes) short enough for the liveness window: a loop hosting 2,500 nodes once stalled past it.
+    Never more than the master's children."""
     cores = cores or os.cpu_count() or 1
     top = min(fanout, n)
     return max(1, min(top, max(min(math.ceil(n / 256), 2 * cores), math.ceil(n / NODES_PER_WORKER))))
