@@ -36,6 +36,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -64,6 +65,27 @@ class Point:
     ok: int  # exit statuses 0 counted in the last launch
     other: float  # share of the CPU other processes used meanwhile
     procs: int = 0  # node processes of the cluster (0: not recorded, runs before gproc.local.workers)
+    starts: int = 1  # clusters started for this point; the figures above are medians over them
+    launch_all: list[float] | None = None  # each start's launch (its median of --runs)
+    noop_all: list[float] | None = None  # each start's no-op (its median of --pings)
+
+
+def combine(runs: list[Point]) -> Point:
+    """One point from several starts of the same cluster: medians (exit statuses: the fewest counted)."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def med(name: str) -> Any:
+        vals = [getattr(r, name) for r in runs if getattr(r, name) is not None]
+        return statistics.median(vals) if vals else None
+
+    first = runs[0]
+    return Point(
+        first.n, first.fanout, first.depth, round(med("up_s"), 2), round(med("kib_per_node"), 1), med("launch_s"),
+        med("launch_ship_s"), med("noop_s"), med("noop_master_s"), med("master_bytes"), med("master_frame_bytes"),
+        max(r.records for r in runs), min(r.ok for r in runs), round(med("other"), 3), first.procs, len(runs),
+        [r.launch_s for r in runs], [r.noop_s for r in runs],
+    )  # fmt: skip
 
 
 def depth_of(n: int, fanout: int) -> int:
@@ -151,6 +173,13 @@ def measure(n: int, fanout: int, runs: int, pings: int, baseline: int, ship: boo
     )  # fmt: skip
 
 
+def each(values: list[float] | None, scale: float, fmt: str) -> str:
+    """' (a, b, c)': every start's figure, when there were several."""
+    if not values or len(values) < 2:
+        return ""
+    return " (" + ", ".join(fmt.format(v * scale) for v in values) + ")"
+
+
 def report(points: list[Point], meta: dict[str, str]) -> str:
     out = [
         "## Fan-out and scale: local clusters up to 10,000 nodes",
@@ -159,7 +188,8 @@ def report(points: list[Point], meta: dict[str, str]) -> str:
         f"Date: {meta['date']}  ",
         f"Machine: {meta['machine']}  ",
         f"gproc: {meta['source']}  ",
-        f"Medians of {meta['runs']} runs after a warm-up (pings: {meta['pings']}); times in seconds. All nodes of"
+        f"Medians of {meta['runs']} runs after a warm-up (pings: {meta['pings']}), and over {meta['starts']} starts"
+        " of each cluster (launch and no-op: every start's in brackets); times in seconds. All nodes of"
         " a row run on this machine's 2 cores (many node daemons per OS process, each with its own TLS links),"
         " so a launch's time is mostly CPU shared by all nodes, unlike on a real cluster. up: `local.up` until"
         " every node is registered. KiB/node: resident memory of the node processes beyond an idle daemon"
@@ -176,8 +206,8 @@ def report(points: list[Point], meta: dict[str, str]) -> str:
         ship = "" if p.launch_ship_s is None else f"{p.launch_ship_s:.2f}"
         out.append(
             f"| {p.n} | {p.fanout} | {p.depth} | {p.procs or '?'} | {p.up_s:.1f} | {p.kib_per_node:.0f}"
-            f" | {p.launch_s:.2f}"
-            f" | {ship} | {p.noop_s * 1000:.0f} ms | {p.noop_master_s * 1000:.0f} ms"
+            f" | {p.launch_s:.2f}{each(p.launch_all, 1, '{:.2f}')}"
+            f" | {ship} | {p.noop_s * 1000:.0f} ms{each(p.noop_all, 1000, '{:.0f}')} | {p.noop_master_s * 1000:.0f} ms"
             f" | {p.master_bytes if p.master_bytes is not None else '?'} | {p.master_frame_bytes} | {p.records}"
             f" | {p.other:.0%} |"
         )
@@ -203,6 +233,9 @@ def main() -> int:
     ap.add_argument("--sizes", type=int_list, default=[1024, 10000])
     ap.add_argument("--fanouts", type=int_list, default=[4, 8, 16, 32, 64])
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--starts", type=int, default=1, help="clusters started per point (medians over them; shipped: first only)"
+    )
     ap.add_argument("--pings", type=int, default=10)
     ap.add_argument("--procs", type=int, help="node processes per cluster (default: gproc.local.workers' choice)")
     ap.add_argument("--no-ship", action="store_true", help="measure only -localbin launches, not shipped ones")
@@ -217,6 +250,7 @@ def main() -> int:
         "source": gproc_source(),
         "runs": str(args.runs),
         "pings": str(args.pings),
+        "starts": str(args.starts),
         "baseline": f"{baseline / 2**20:.1f}",
     }
     from gproc.local import workers
@@ -232,8 +266,11 @@ def main() -> int:
             print(f"N={n} fanout={f} procs={procs_of(n, f)} …", file=sys.stderr, flush=True)
             # the first shipped launch moves ~2 MB to every node: minutes at 10,000 nodes on 2 cores
             ship = not args.no_ship and (n <= 2048 or f == SHIP_FANOUT)
-            p = measure(n, f, args.runs, args.pings, baseline, ship, procs_of(n, f))
-            print(json.dumps(asdict(p)), file=sys.stderr, flush=True)
+            starts = []
+            for i in range(args.starts):  # the shipped launch on the first start only: minutes at 10,000 nodes
+                starts.append(measure(n, f, args.runs, args.pings, baseline, ship and i == 0, procs_of(n, f)))
+                print(json.dumps(asdict(starts[-1])), file=sys.stderr, flush=True)
+            p = combine(starts)
             points.append(p)
             points.sort(key=lambda q: (q.n, q.fanout, q.procs))
             if not args.no_write:  # keep what was measured so far

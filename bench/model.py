@@ -822,8 +822,16 @@ def wait_quiet(limit: float, share: float = 0.1) -> float:
             return load
 
 
-def measure(quick: bool, probe: bool = True) -> tuple[Costs, dict[str, float]]:
-    """Measure every cost (a few seconds of one core). Returns the costs and extra facts for the report."""
+def measure_cluster(n: int, k: int, procs: int, quick: bool, starts: int) -> dict[str, float]:
+    """``measure_daemon`` on ``starts`` fresh starts of the cluster: each figure the median over them
+    (one start's figures move by 10-30 % on this machine, their median much less)."""
+    runs = [measure_daemon(n, k, procs, 10 if quick else 30, 3 if quick else 5) for _ in range(starts)]
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
+def measure(quick: bool, probe: bool = True, starts: int = 3) -> tuple[Costs, dict[str, float]]:
+    """Measure every cost (a few seconds of one core, and ``starts`` starts of each calibration
+    cluster). Returns the costs and extra facts for the report."""
     from gproc import credential
 
     rounds = 300 if quick else 600
@@ -845,7 +853,7 @@ def measure(quick: bool, probe: bool = True) -> tuple[Costs, dict[str, float]]:
     extra = {k: v for k, v in vals.items() if k not in names}
     if probe:
         n, k, procs = PROBE
-        real = measure_daemon(n, k, procs, 10 if quick else 30, 3 if quick else 5)
+        real = measure_cluster(n, k, procs, quick, starts)
         parts = probe_predicted(costs, n, k, procs)
         costs = replace(
             costs,
@@ -858,7 +866,7 @@ def measure(quick: bool, probe: bool = True) -> tuple[Costs, dict[str, float]]:
         extra.update({f"probe_{key}": v for key, v in real.items()})
         more = []
         for n2, k2, procs2 in PROBES_MORE:
-            real2 = measure_daemon(n2, k2, procs2, 10 if quick else 30, 3 if quick else 5)
+            real2 = measure_cluster(n2, k2, procs2, quick, starts)
             parts2 = probe_predicted(replace(costs, **zero), n2, k2, procs2)
             more.append(
                 (
@@ -1626,6 +1634,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="local: cores of the measured machine")
     ap.add_argument("--quantum", type=float, default=4.0, help="local: CPU slice of a process, ms (4)")
     ap.add_argument("--points", type=Path, default=FANOUT_JSON, help="measured points (bench/fanout.json)")
+    ap.add_argument(
+        "--probe-starts", type=int, default=3, help="starts of each calibration cluster (medians over them)"
+    )
     ap.add_argument("--des-max", type=int, default=10_000, help="cluster: per-node simulation up to this N")
     ap.add_argument("--no-measure", action="store_true", help="use stored default costs instead of measuring")
     ap.add_argument("--quick", action="store_true", help="shorter measurements")
@@ -1705,7 +1716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"waiting up to {args.quiet:g} s for other processes to use < 10 % of the CPU ...", flush=True)
             print(f"  other load now {wait_quiet(args.quiet):.0%}", flush=True)
         print("measuring costs (a few seconds) ...", flush=True)
-        costs, extra = measure(args.quick)
+        costs, extra = measure(args.quick, starts=args.probe_starts)
     costs = override(costs, args.cost)
 
     points, source = load_points(args.points)
