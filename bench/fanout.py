@@ -4,9 +4,9 @@ For each N (default 1024 and 10000) and fanout (default 4, 8, 16, 32, 64) it sta
 (``gproc.local.up(N, fanout=K)``) and measures:
 
 * ``up``: from the call until every node is registered (tree wire-up, TLS handshakes included);
-* memory: resident set of the node daemon processes beyond what an idle daemon process costs, per
-  node (the ``serve_many`` processes host many nodes each; the baseline is one such process before
-  any node starts in it, measured here);
+* memory: resident set of the node daemon processes (and of their starters) after the launches,
+  beyond what an idle daemon process costs, per node (the ``serve_many`` processes host many nodes
+  each; the baseline is one such process before any node starts in it, measured here);
 * launch: ``Cluster.exec(['/bin/true'], '**', localbin=True)`` iterated to its end, every one of the
   N exit statuses counted; and shipped (gproc's default, the program already in every store);
 * no-op: ``Cluster.ping()`` round trip through the whole tree;
@@ -161,9 +161,12 @@ def measure(n: int, fanout: int, runs: int, pings: int, baseline: int, ship: boo
             rec = local.up(n, fanout=fanout, socket=sock, timeout=max(120.0, n / 50), procs=procs)
             up = time.perf_counter() - t0
             workers = [psutil.Process(pid) for pid, _ in rec.procs[1:]]
-            rss = sum(w.memory_info().rss for w in workers)
-            kib = (rss - baseline * len(workers)) / n / 1024
             r = asyncio.run(in_process(sock, n, runs, pings, ship))
+            # after the launches: each worker holding many descriptors has its starter by then
+            # (platform.Starter, a child process), whose memory counts with its nodes
+            starters = [c for w in workers for c in w.children() if any("gproc_spawnd" in a for a in c.cmdline())]
+            rss = sum(w.memory_info().rss for w in workers + starters)
+            kib = (rss - baseline * len(workers)) / n / 1024
             tcp, frames, records = asyncio.run(identical_output(sock, n))
         finally:
             local.down(sock, quiet=True)
