@@ -575,10 +575,8 @@ def measure_starter(runs: int) -> dict[str, float]:
             sp.close()
         return {"starter_daemon": best[0], "starter_self": best[1], "starter_child": best[2]}
 
-    from gproc import platform as gp
-
-    out = gp.run(go())
-    out["starter_above"] = float(gp.STARTER_ABOVE)
+    out = platform.run(go())
+    out["starter_above"] = float(platform.STARTER_ABOVE)
     return out
 
 

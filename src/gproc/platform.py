@@ -29,6 +29,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from gproc import spawnd
+
 T = TypeVar("T")
 
 IS_LINUX = sys.platform.startswith("linux")
@@ -337,8 +339,6 @@ class Starter:
     raises ``StarterGone``."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float = 5.0) -> None:
-        from gproc import spawnd
-
         self.timeout = timeout
         self._loop = loop
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -358,7 +358,7 @@ class Starter:
         self._seq = 0
         self._procs: dict[int, Process] = {}
         self.alive = True
-        loop.add_reader(self._sock.fileno(), self._read_all)
+        loop.add_reader(self._sock.fileno(), self._read_some)
 
     @property
     def pid(self) -> int:
@@ -371,7 +371,7 @@ class Starter:
         self._seq += 1
         req = json.dumps({"s": self._seq, "path": path, "argv": cmd.argv, "env": cmd.env, "cwd": cmd.cwd})
         data = req.encode()
-        if len(data) > _STARTER_MAX:
+        if len(data) > spawnd.MAX_MESSAGE:
             raise StarterGone(errno.E2BIG, "request too large for the program starter")
         mine, theirs = cmd._pipes()
         try:
@@ -417,7 +417,7 @@ class Starter:
         that reply names, which is not registered yet)."""
         while self.alive:
             try:
-                data = self._sock.recv(_STARTER_MAX)
+                data = self._sock.recv(spawnd.MAX_MESSAGE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -439,9 +439,6 @@ class Starter:
                 return msg
         return None
 
-    def _read_all(self) -> None:
-        self._read_some()
-
     def close(self) -> None:
         """Stop using the starter (it ends when its socket closes); unreported programs get 255."""
         if not self.alive:
@@ -457,7 +454,6 @@ class Starter:
         self._child.poll()  # it ends on its own when it sees the socket closed; reaped then or later
 
 
-_STARTER_MAX = 256 * 1024  # gproc.spawnd.MAX_MESSAGE
 # Open descriptors from which a process starts its programs through a Starter. Below, it costs more
 # than it saves: per start the starter spends ~225 µs, the daemon as much as before, while a
 # descriptor costs the child ~0.1 µs with warm caches and ~0.2 µs on a loaded machine (measured on

@@ -35,13 +35,14 @@ import sys
 MAX_MESSAGE = 256 * 1024  # requests larger than this (huge environments) are started by the daemon itself
 # Signals a program must get at their default though this process ignores them (Python ignores the
 # first two at start-up; SIGINT is ignored here so a terminal's Ctrl-C reaches only the daemon).
+MALFORMED = {"errno": errno.EINVAL, "error": "malformed start request"}
 RESET = tuple(s for s in (getattr(signal, n, None) for n in ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGCHLD")) if s)
 
 
 def _start(req: dict[str, object], fds: list[int]) -> dict[str, object]:
     path, argv, env, cwd = req.get("path"), req.get("argv"), req.get("env"), req.get("cwd")
     if not (isinstance(path, str) and isinstance(argv, list) and isinstance(env, dict) and len(fds) == 3):
-        return {"errno": errno.EINVAL, "error": "malformed start request"}
+        return MALFORMED
     actions = [(os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(fds)]
     try:
         if isinstance(cwd, str):
@@ -80,10 +81,10 @@ def serve(sock: socket.socket) -> None:
                     return  # the daemon is gone
                 try:
                     req = json.loads(data)
-                    reply = _start(req, fds) if isinstance(req, dict) else {"errno": errno.EINVAL, "error": "?"}
+                    reply = _start(req, fds) if isinstance(req, dict) else MALFORMED
                     seq = req.get("s") if isinstance(req, dict) else None
                 except ValueError:
-                    reply, seq = {"errno": errno.EINVAL, "error": "malformed start request"}, None
+                    reply, seq = MALFORMED, None
                 finally:
                     for fd in fds:
                         with contextlib.suppress(OSError):
@@ -92,8 +93,7 @@ def serve(sock: socket.socket) -> None:
             else:
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     os.read(wake_r, 4096)
-                _reap(sock)
-        _reap(sock)  # a SIGCHLD may have come while a start was under way
+        _reap(sock)  # after a SIGCHLD, or one that came while a start was under way
 
 
 def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:

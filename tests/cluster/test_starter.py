@@ -92,7 +92,7 @@ def test_a_missing_program_is_reported_per_node(started: LocalCluster) -> None:
     assert "cannot run /no/such/program" in r.stdout + r.stderr
 
 
-def test_a_job_started_through_the_starter_is_killed_by_gpid(started: LocalCluster) -> None:
+def test_a_job_started_through_the_starter_is_killed_through_its_job(started: LocalCluster) -> None:
     async def go() -> tuple[int | None, float]:
         c = Cluster(started.socket, timeout=60)
         job = await c.exec(["sleep", "30"], include="node[0-3]", localbin=True)
