@@ -89,7 +89,7 @@ PNG = HERE / "model.png"
 
 TOLERANCE = 0.25  # the model must reproduce the measured points within this
 SPAWN_PER_TURN = 8  # gproc.services.execute.SpawnGate's default
-CHUNK = 512 * 1024  # gproc's put chunk
+CHUNK = 128 * 1024  # gproc's put chunk (gproc.bundle.CHUNK)
 PROBE = (256, 16, 4)  # the real local cluster measured for the daemons' overhead: nodes, fanout, worker processes
 # larger clusters, at 4 and at 16 processes (the per-node overhead grows with the cluster's size and
 # with the processes taking turns on the cores; over ~300 nodes per process they start programs

@@ -39,6 +39,7 @@ ID_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
 
 LOST: Key = ("s", 255, "lost")
+WRITE_SLICE = 64 * 1024  # TLS encrypts a write whole into a buffer that keeps its peak size
 ADMIT_WAIT = 30.0  # how long a parent that is not attached yet holds a new child before refusing it
 FLUSH_BYTES = 4 << 20  # results this big go up at once, whatever the timing (bounds a node's memory)
 
@@ -266,7 +267,12 @@ class TreeLink(asyncio.Protocol):
         if self.closed or self.transport is None:
             return False
         data = wire.pack(msg)
-        self.transport.write(data)
+        if len(data) <= WRITE_SLICE:
+            self.transport.write(data)
+        else:
+            view = memoryview(data)
+            for i in range(0, len(data), WRITE_SLICE):
+                self.transport.write(view[i : i + WRITE_SLICE])
         self.counter.bytes_out += len(data)
         self.counter.frames_out += 1
         self.last_tx = time.monotonic()
@@ -950,6 +956,7 @@ class Node:
         if op.local:
             self._run_local(op)
         else:
+            op.body = {}  # forwarded: holding a file chunk until the subtree answers costs its size
             self._maybe_finish(op)
         return op
 
@@ -966,6 +973,7 @@ class Node:
             self._local_failed(op, e)
             result = None
         if result is None:
+            op.body = {}  # handled: drop the chunk a put carries while the subtree answers
             op.local = False
             self._op_changed(op)
             self._maybe_finish(op)
@@ -980,6 +988,7 @@ class Node:
         except Exception as e:
             self._local_failed(op, e)
         finally:
+            op.body = {}
             op.local = False
             self._op_changed(op)
             self._maybe_finish(op)
