@@ -12,11 +12,12 @@ What it does (``python bench/model.py``, about half a minute of light CPU):
    ``platform.Command`` does it, and ``posix_spawn`` as the floor) with few and with 8,000 open
    descriptors (the vfork child closes them before exec: its CPU grows with the descriptors of the
    process that forks, i.e. with the nodes a worker process hosts), the master's node selection
-   (``nodespec.select('**')``) per node, and a 512 KiB ``put`` chunk (pack + encrypt; decrypt + unpack +
+   (``nodespec.select('**')``) per node, and a 128 KiB ``put`` chunk (pack + encrypt; decrypt + unpack +
    SHA-256 + write), and a start through ``platform.Starter``. Then real local clusters
-   (``gproc.local.up``: ``PROBE`` and ``PROBES_MORE``, 256 to 5,000 nodes in 4 and in 16 worker
-   processes, about two minutes): the CPU their workers (with their starters), their programs, the
-   master and the client spend per no-op and per launch (medians of the ops), less what the parts
+   (``gproc.local.up``: ``PROBE`` and ``PROBES_MORE``, 256 to 7,500 nodes in 4 and in 16 worker
+   processes, each started three times: about ten minutes): the CPU their workers (with their
+   starters), their programs, the master and the client spend per no-op and per launch (medians of
+   the ops), less what the parts
    predict for that cluster, gives per-node corrections for the local environment (what daemons
    sharing this machine spend beyond or short of the parts; ``Costs.at`` reads them off by size and
    process count) and the master's fixed cost per request. Any cost can be overridden
@@ -48,7 +49,7 @@ What it does (``python bench/model.py``, about half a minute of light CPU):
    the other load a point records (CPU used by other processes meanwhile) is simulated as such.
 4. **Projects** for 10^5, 10^6 and 10^7 nodes on a 10 GbE cluster: launch, no-op round trip, bytes
    received by the master for identical output (one reply per master link), and the broadcast of a
-   10 MiB file (512 KiB chunks, store-and-forward per chunk, a node sends each chunk to its children
+   10 MiB file (128 KiB chunks, store-and-forward per chunk, a node sends each chunk to its children
    one after the other over its NIC and encrypts it once per child).
 5. Writes ``bench/model.png`` and its section of ``bench/RESULTS.md`` (``--no-write``: print only).
 """
@@ -94,7 +95,16 @@ PROBE = (256, 16, 4)  # the real local cluster measured for the daemons' overhea
 # larger clusters, at 4 and at 16 processes (the per-node overhead grows with the cluster's size and
 # with the processes taking turns on the cores; over ~300 nodes per process they start programs
 # through a starter)
-PROBES_MORE = ((1280, 16, 4), (2560, 16, 4), (5000, 16, 4), (1280, 16, 16), (2560, 16, 16), (5000, 16, 16))
+PROBES_MORE = (
+    (1280, 16, 4),
+    (2560, 16, 4),
+    (5000, 16, 4),
+    (7500, 16, 4),
+    (1280, 16, 16),
+    (2560, 16, 16),
+    (5000, 16, 16),
+    (7500, 16, 16),
+)
 WINDOW = 8  # chunks in flight (gproc.services.ship.WINDOW)
 TLS_RECORD_OVERHEAD = 22  # TLS 1.3 record: 5 header + 16 AEAD tag + 1 content type
 TLS_RECORD_MAX = 16384
@@ -167,9 +177,9 @@ class Costs:
     starter_self: float = 225e-6  # the starter process's CPU per start (receive, posix_spawn, reap, report)
     starter_child: float = 525e-6  # the program's CPU (the starter holds five descriptors)
     starter_above: float = 1000.0  # gproc.platform.STARTER_ABOVE
-    # a 512 KiB put chunk
-    chunk_send: float = 318e-6  # pack + encrypt, per child link
-    chunk_recv: float = 722e-6  # decrypt + unpack + SHA-256 + write to the store
+    # a put chunk of CHUNK bytes (these defaults: the 512 KiB measurement of 2026-11-22, scaled to 128 KiB)
+    chunk_send: float = 79.5e-6  # pack + encrypt, per child link
+    chunk_recv: float = 180.5e-6  # decrypt + unpack + SHA-256 + write to the store
     loop_wake: float = 5.96e-6  # one future round trip on the event loop (heartbeat wake-up per node)
     # local environment only: what real daemon processes hosting many nodes spend per node beyond (or
     # short of) the parts above (a local cluster of PROBE nodes in PROBE worker processes: CPU per op,
@@ -749,7 +759,7 @@ def _tls_pair(key: str) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO, ss
 
 
 def measure_chunk(key: str, runs: int) -> dict[str, float]:
-    """One 512 KiB put chunk: pack + encrypt (per child), decrypt + unpack + SHA-256 + write (per node)."""
+    """One put chunk (CHUNK bytes): pack + encrypt (per child), decrypt + unpack + SHA-256 + write (per node)."""
     from gproc import wire
 
     cli, c_out, s_in, srv, _ = _tls_pair(key)
@@ -1473,7 +1483,8 @@ def costs_table(c: Costs, extra: dict[str, float], measured: bool) -> str:
         f"what a process holding more than {c.starter_above:,.0f} descriptors does (no per-descriptor cost) |",
         f"| posix_spawn + waitpid (floor): CPU / wall | {c.posix_spawn_cpu * us:.0f} / "
         f"{c.posix_spawn_wall * us:.0f} µs | parent + child |",
-        f"| 512 KiB put chunk: send (per child) / receive | {c.chunk_send * us:.0f} / {c.chunk_recv * us:.0f} µs "
+        f"| {CHUNK // 1024} KiB put chunk: send (per child) / receive | {c.chunk_send * us:.0f} / "
+        f"{c.chunk_recv * us:.0f} µs "
         "| pack + encrypt; decrypt + unpack + SHA-256 + write |",
         f"| NodeSet folding of a new node set (first job) | {c.fold_target * us:.2f} µs per node | not in the "
         "model (cached per node set) |",
@@ -1558,8 +1569,8 @@ def assumptions(net: Net, cores: int, quantum: float, fanouts: Sequence[int]) ->
         "Bytes at the master: one identical-output reply per master link (TCP payload incl. TLS, as measured "
         "by bench/fanout.py; without it the real merge+wire encoding of an `echo` reply + 22 B TLS); "
         "unmerged: every node's reply on its own.",
-        "Broadcast of 10 MiB: 512 KiB chunks, each hop store-and-forward per chunk, a node sends a chunk to "
-        "its children one after the other on its NIC (network only: file*k/B + depth*(chunk*k/B + L)); with "
+        f"Broadcast of 10 MiB: {CHUNK // 1024} KiB chunks, each hop store-and-forward per chunk, a node sends a "
+        "chunk to its children one after the other on its NIC (network only: file*k/B + depth*(chunk*k/B + L)); with "
         "CPU, a node also decrypts+hashes+stores each chunk once and encrypts it once per child, and at most "
         "8 chunks are unacknowledged.",
         f"Projection fanouts: {', '.join(str(k) for k in fanouts)} (gproc's default: {project_fanout_default()}).",

@@ -177,27 +177,39 @@ class TreeLink(asyncio.Protocol):
             self.send({"t": "pong"})
         self.counter.bytes_in += len(data)
         buf = self._buf
-        buf += data
-        pos, end = 0, len(buf)
+        if buf:  # the rest of a frame split across reads: gather it
+            buf += data
+            with memoryview(buf) as view:
+                used = self._frames(view)
+            if used > 0:
+                del buf[:used]
+        else:  # whole frames decode straight from the read; only a partial one is kept
+            with memoryview(data) as view:
+                used = self._frames(view)
+                if 0 <= used < len(data):
+                    buf += view[used:]
+
+    def _frames(self, view: memoryview) -> int:
+        """Decode and deliver the whole frames at the start of ``view`` (no copy of a frame: a file
+        chunk's bytes are copied once, by the decoder); returns the bytes used, -1 once failed."""
+        pos, end = 0, len(view)
         while end - pos >= 4 and not self.closed:
-            size = int.from_bytes(buf[pos : pos + 4], "big")
+            size = int.from_bytes(view[pos : pos + 4], "big")
             if size > self.max_frame:
                 self._fail(f"frame of {size} bytes exceeds the limit")
-                return
+                return -1
             if end - pos - 4 < size:
                 break
-            body = bytes(buf[pos + 4 : pos + 4 + size])
-            pos += 4 + size
             try:
-                msg = wire.unpack(body)
+                msg = wire.unpack(view[pos + 4 : pos + 4 + size])
             except ProtocolError as e:
                 self._fail(str(e))
-                return
+                return -1
+            pos += 4 + size
             self.counter.frames_in += 1
             self.counter.last_in = 4 + size
             self._deliver(msg)
-        if pos:
-            del buf[:pos]
+        return pos
 
     def _deliver(self, msg: wire.Message) -> None:
         handler = self.handler

@@ -30,7 +30,7 @@ def pack(msg: Message) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def unpack(body: bytes) -> Message:
+def unpack(body: bytes | memoryview) -> Message:
     """Decode a frame body; anything but a msgpack map with a string ``t`` is a ProtocolError."""
     try:
         msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
