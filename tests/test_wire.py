@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 
 import msgpack
@@ -83,8 +84,12 @@ def test_hello_version_checked() -> None:
 class _Recorder:
     """Stands in for a TLS transport: records each write (pure logic of TreeLink's framing)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sock: socket.socket | None = None) -> None:
         self.writes: list[bytes] = []
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> object:
+        return self.sock if name == "socket" else None
 
     def set_write_buffer_limits(self, high: int) -> None:
         pass
@@ -114,5 +119,20 @@ def test_tree_link_writes_big_frames_in_slices(size: int, piece: int) -> None:
         for i in range(0, len(stream), piece):
             receiver.data_received(stream[i : i + piece])
         assert got == [msg]
+
+    asyncio.run(go())
+
+
+def test_tree_link_sets_its_receive_buffer() -> None:
+    """``recv_buffer`` reaches the link's socket (Linux doubles it); 0 leaves the system's."""
+    from gproc.overlay import TreeLink
+
+    async def go() -> None:
+        with socket.socket() as small, socket.socket() as default:
+            before = default.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            TreeLink({}, recv_buffer=24 * 1024).connection_made(_Recorder(small))  # type: ignore[arg-type]
+            TreeLink({}).connection_made(_Recorder(default))  # type: ignore[arg-type]
+            assert small.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * 24 * 1024 != before
+            assert default.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == before
 
     asyncio.run(go())

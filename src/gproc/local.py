@@ -62,6 +62,7 @@ def liveness(n: int, heartbeat: float | None = None, dead_after: float | None = 
     return hb, dead
 
 
+LINK_RECV_BUFFER = 64 * 1024  # SO_RCVBUF of every link of a local cluster's nodes (NodeConfig.recv_buffer)
 NODES_PER_WORKER = 640  # at most this many nodes share a process in large local clusters (see workers)
 
 
@@ -204,7 +205,9 @@ def up(
                 "host": host,
                 "heartbeat": hb,
                 "dead_after": dead,
-                "config": node_config or {},
+                # a first shipped launch left a 640-node worker at 0.52 GB with the system's receive
+                # buffers (TLS keeps buffers as large as the reads), 0.32 GB with 64 KiB
+                "config": {"recv_buffer": LINK_RECV_BUFFER, **(node_config or {})},
                 **({} if starter_above is None else {"starter_above": starter_above}),
                 "bin_root": os.path.join(rundir, "bin"),  # each node its own binRoot (and store)
                 "nodes": [

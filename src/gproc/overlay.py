@@ -17,6 +17,7 @@ import itertools
 import logging
 import re
 import secrets
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -62,6 +63,10 @@ class NodeConfig:
     connect_timeout: float = 10.0  # TCP connect and TLS handshake
     bin_root: str = "/tmp/xproc"
     socket: str | None = None  # where this node serves clients (relayed to the master); None: nowhere
+    # kernel receive buffer of each link (SO_RCVBUF), 0: the system's. What a read hands to TLS, and
+    # so the buffers TLS keeps per link, grow with it: a local cluster's hundreds of nodes per process
+    # set it small (gproc.local.LINK_RECV_BUFFER)
+    recv_buffer: int = 0
 
 
 class Link:
@@ -145,9 +150,10 @@ class TreeLink(asyncio.Protocol):
 
     HIGH_WATER = 1 << 20
 
-    def __init__(self, peer: dict[str, Any], max_frame: int = wire.MAX_FRAME) -> None:
+    def __init__(self, peer: dict[str, Any], max_frame: int = wire.MAX_FRAME, recv_buffer: int = 0) -> None:
         self.peer = peer
         self.max_frame = max_frame
+        self.recv_buffer = recv_buffer
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.counter = wire.Counter()
@@ -168,6 +174,10 @@ class TreeLink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
         transport.set_write_buffer_limits(high=self.HIGH_WATER)  # type: ignore[attr-defined]
+        sock = transport.get_extra_info("socket") if self.recv_buffer > 0 else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.recv_buffer)
         if self.on_open is not None:
             self.on_open(self)
 
@@ -624,7 +634,7 @@ class Node:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.cfg.connect_timeout):
             _, link = await loop.create_connection(
-                lambda: TreeLink({"name": f"parent {addr}"}),
+                lambda: TreeLink({"name": f"parent {addr}"}, recv_buffer=self.cfg.recv_buffer),
                 addr.host,
                 addr.port,
                 ssl=self.client_ssl,
@@ -801,7 +811,7 @@ class Node:
     # ---- the child side of this node -------------------------------------------------------------
 
     def _new_child_link(self) -> TreeLink:
-        link = TreeLink({})
+        link = TreeLink({}, recv_buffer=self.cfg.recv_buffer)
         link.on_open = lambda lk: self._spawn_admission(lk)
         return link
 
