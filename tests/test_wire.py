@@ -97,6 +97,9 @@ class _Recorder:
     def write(self, data: bytes | memoryview) -> None:
         self.writes.append(bytes(data))
 
+    def abort(self) -> None:
+        self.aborted = True
+
 
 @given(st.integers(0, 3 * 64 * 1024), st.integers(1, 100_000))
 @settings(max_examples=30, deadline=None)
@@ -134,5 +137,30 @@ def test_tree_link_sets_its_receive_buffer() -> None:
             TreeLink({}).connection_made(_Recorder(default))  # type: ignore[arg-type]
             assert small.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * 24 * 1024 != before
             assert default.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == before
+
+    asyncio.run(go())
+
+
+@given(st.lists(messages, max_size=4), st.binary(max_size=300), st.lists(st.integers(1, 400), min_size=1, max_size=8))
+@settings(max_examples=200, deadline=None)
+def test_tree_link_survives_any_bytes(msgs: list[dict[str, object]], junk: bytes, cuts: list[int]) -> None:
+    """Whole frames and then any bytes, read in any pieces: the frames before the junk arrive in order,
+    and the junk either waits as a partial frame or closes the link; nothing raises."""
+    from gproc.overlay import TreeLink
+
+    async def go() -> None:
+        link = TreeLink({"name": "fuzz"})
+        transport = _Recorder()
+        link.connection_made(transport)  # type: ignore[arg-type]
+        got: list[wire.Message] = []
+        link.handler = lambda _link, msg: got.append(msg)
+        stream = b"".join(wire.pack(m) for m in msgs) + junk
+        pos, i = 0, 0
+        while pos < len(stream) and not link.closed:
+            step = cuts[i % len(cuts)]
+            link.data_received(stream[pos : pos + step])
+            pos, i = pos + step, i + 1
+        assert got[: len(msgs)] == msgs
+        assert link.closed == getattr(transport, "aborted", False)
 
     asyncio.run(go())
