@@ -41,7 +41,7 @@ from typing import Any
 import psutil
 
 from launch import Load, api_launch, api_ping, gproc_source
-from results import machine, write_section
+from results import machine, publish
 
 HERE = Path(__file__).resolve().parent
 JSON = HERE / "fanout.json"
@@ -278,10 +278,7 @@ def main() -> int:
             points.sort(key=lambda q: (q.n, q.fanout, q.procs))
             if not args.no_write:  # keep what was measured so far
                 JSON.write_text(json.dumps({**meta, "points": [asdict(q) for q in points]}, indent=1) + "\n")
-    text = report(points, meta)
-    print(text)
-    if not args.no_write:
-        write_section("fanout", text)
+    publish("fanout", report(points, meta), write=not args.no_write)
     return 0
 
 

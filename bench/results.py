@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -39,3 +40,10 @@ def write_section(name: str, text: str, path: Path = RESULTS) -> Path:
         new = old.rstrip("\n") + "\n\n" + section
     path.write_text(new)
     return path
+
+
+def publish(name: str, text: str, write: bool = True) -> None:
+    """Print a benchmark's report; with ``write``, it also replaces the ``name`` section of RESULTS.md."""
+    print(text)
+    if write:
+        print(f"written to {write_section(name, text)}", file=sys.stderr)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from launch import api_launch, gproc_source, int_list
-from results import machine, write_section
+from results import machine, publish
 from ship import cp_into_dirs
 
 
@@ -166,10 +166,7 @@ def main() -> int:
         " to the kernel's OOM killer during this launch.",
         "",
     ]
-    text = "\n".join(out)
-    print(text)
-    if not args.no_write:
-        write_section("shipscale", text)
+    publish("shipscale", "\n".join(out), write=not args.no_write)
     return 0
 
 

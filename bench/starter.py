@@ -20,7 +20,7 @@ import sys
 from datetime import UTC, datetime
 
 from launch import gproc_source
-from results import machine, write_section
+from results import machine, publish
 from workers import one
 
 
@@ -73,10 +73,7 @@ def main() -> int:
         f" CPU per launch ({(d['cpu'] - s['cpu']) / args.n * 1e6:.0f} µs per program).",
         "",
     ]
-    text = "\n".join(out)
-    print(text)
-    if not args.no_write:
-        write_section("starter", text)
+    publish("starter", "\n".join(out), write=not args.no_write)
     return 0
 
 

@@ -24,7 +24,7 @@ import time
 from datetime import UTC, datetime
 
 from launch import Load, api_launch, api_ping, gproc_source, int_list, spawn_floor
-from results import machine, write_section
+from results import machine, publish
 
 
 def machine_cpu() -> float:
@@ -120,10 +120,7 @@ def main() -> int:
         f" no-op {med[first]['ping'] / med[last]['ping']:.2f}x.",
         "",
     ]
-    text = "\n".join(out)
-    print(text)
-    if not args.no_write:
-        write_section("workers", text)
+    publish("workers", "\n".join(out), write=not args.no_write)
     return 0
 
 
