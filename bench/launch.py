@@ -116,6 +116,13 @@ def version(argv: list[str]) -> str:
     return out[0] if out else "?"
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
 class Load:
     """How much of the machine's CPU other processes used since ``start`` (the benchmark shares it).
 
@@ -128,9 +135,7 @@ class Load:
 
     @staticmethod
     def _now() -> tuple[float, float, float]:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:9]]
-        busy = (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+        busy = machine_busy_seconds()
         who = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
         own = sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, who))
         return time.monotonic(), busy, own

@@ -80,6 +80,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from launch import machine_busy_seconds
 from results import machine, write_section
 
 HERE = Path(__file__).resolve().parent
@@ -806,10 +807,7 @@ def echo_reply_bytes() -> float:
 
 def machine_busy() -> tuple[float, float]:
     """(CPU seconds the whole machine has been busy, CPU seconds of this process and its children)."""
-    import psutil
-
-    t = psutil.cpu_times()
-    return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0), cpu_now()
+    return machine_busy_seconds(), cpu_now()
 
 
 def other_load(since: tuple[float, float], wall: float) -> float:

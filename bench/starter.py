@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import statistics
 import sys
 from datetime import UTC, datetime
 
 from launch import gproc_source
 from results import machine, publish
-from workers import one
+from workers import medians, one
 
 
 def main() -> int:
@@ -44,7 +43,7 @@ def main() -> int:
             print(f"round {r + 1}: {name} " + " ".join(f"{k}={v:.3f}" for k, v in res.items()), flush=True)
             got[name].append(res)
     procs = workers(args.n, args.fanout)
-    med = {k: {f: statistics.median(x[f] for x in rs) for f in rs[0]} for k, rs in got.items()}
+    med = medians(got)
     out = [
         f"## Program starts through a starter process: N = {args.n:,}, fanout {args.fanout}",
         "",

@@ -22,17 +22,10 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime
+from typing import Any
 
-from launch import Load, api_launch, api_ping, gproc_source, int_list, spawn_floor
+from launch import Load, api_launch, api_ping, gproc_source, int_list, machine_busy_seconds, spawn_floor
 from results import machine, publish
-
-
-def machine_cpu() -> float:
-    """CPU seconds the whole machine has used (all processes, /proc/stat)."""
-    import psutil
-
-    t = psutil.cpu_times()
-    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
 
 
 async def measure(sock: str, n: int, runs: int, pings: int) -> tuple[float, float, float]:
@@ -43,9 +36,9 @@ async def measure(sock: str, n: int, runs: int, pings: int) -> tuple[float, floa
     await api_launch(c, n)
     launches, cpus = [], []
     for _ in range(runs):
-        c0 = machine_cpu()
+        c0 = machine_busy_seconds()
         launches.append(await api_launch(c, n))
-        cpus.append(machine_cpu() - c0)
+        cpus.append(machine_busy_seconds() - c0)
     await api_ping(c, n)
     ping = statistics.median([(await api_ping(c, n))[0] for _ in range(pings)])
     return statistics.median(launches), ping, statistics.median(cpus)
@@ -71,6 +64,11 @@ def one(
         finally:
             local.down(sock, quiet=True)
     return {"floor": floor, "up": up, "launch": launch, "ping": ping, "other": load.other(), "cpu": cpu}
+
+
+def medians(got: dict[Any, list[dict[str, float]]]) -> dict[Any, dict[str, float]]:
+    """Per setting, the median of each figure over that setting's starts (``one``'s dicts)."""
+    return {key: {f: statistics.median(x[f] for x in rs) for f in rs[0]} for key, rs in got.items()}
 
 
 def main() -> int:
@@ -107,7 +105,7 @@ def main() -> int:
         "| processes | nodes per process | up (s) | launch (s) | launch / floor | no-op (ms) | other load |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    med = {p: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for p, rs in got.items()}
+    med = medians(got)
     for p, m in med.items():
         out.append(
             f"| {p}{' (default)' if p == default else ''} | {args.n / p:,.0f} | {m['up']:.1f} | {m['launch']:.2f}"
