@@ -75,9 +75,10 @@ def workers(n: int, fanout: int, cores: int | None = None) -> int:
     fanout 32, 4 processes 15.2 s, 16 processes 10.3 s); since a process holding over
     ``platform.STARTER_ABOVE`` descriptors starts programs through a starter, 4 processes launch
     /bin/true on 10,000 nodes 1.14x faster than 16 (``bench/workers.py``), but 16 answer the no-op
-    1.16x faster and keep a loop's share of a first shipped launch (a bundle stored for each of its
-    nodes) short enough for the liveness window: a loop hosting 2,500 nodes once stalled past it.
-    Never more than the master's children."""
+    1.16x faster, and a process's peak memory in a first shipped launch grows with its nodes (~0.5-0.7
+    MiB each, ``bench/shipscale.py``; a process of 2,500 nodes was once lost in that launch, most
+    likely killed for memory as 625-node ones were with 512 KiB chunks). Never more than the master's
+    children."""
     cores = cores or os.cpu_count() or 1
     top = min(fanout, n)
     return max(1, min(top, max(min(math.ceil(n / 256), 2 * cores), math.ceil(n / NODES_PER_WORKER))))

@@ -33,9 +33,9 @@ import socket
 import sys
 
 MAX_MESSAGE = 256 * 1024  # requests larger than this (huge environments) are started by the daemon itself
+MALFORMED = {"errno": errno.EINVAL, "error": "malformed start request"}
 # Signals a program must get at their default though this process ignores them (Python ignores the
 # first two at start-up; SIGINT is ignored here so a terminal's Ctrl-C reaches only the daemon).
-MALFORMED = {"errno": errno.EINVAL, "error": "malformed start request"}
 RESET = tuple(s for s in (getattr(signal, n, None) for n in ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGCHLD")) if s)
 
 
