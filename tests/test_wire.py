@@ -141,7 +141,11 @@ def test_tree_link_sets_its_receive_buffer() -> None:
     asyncio.run(go())
 
 
-@given(st.lists(messages, max_size=4), st.binary(max_size=300), st.lists(st.integers(1, 400), min_size=1, max_size=8))
+# junk: any bytes, or any bytes behind a length that fits them (so the decoder sees a whole bad frame)
+junk_bytes = st.one_of(st.binary(max_size=300), st.binary(max_size=300).map(lambda b: struct.pack(">I", len(b)) + b))
+
+
+@given(st.lists(messages, max_size=4), junk_bytes, st.lists(st.integers(1, 400), min_size=1, max_size=8))
 @settings(max_examples=200, deadline=None)
 def test_tree_link_survives_any_bytes(msgs: list[dict[str, object]], junk: bytes, cuts: list[int]) -> None:
     """Whole frames and then any bytes, read in any pieces: the frames before the junk arrive in order,
