@@ -1,6 +1,6 @@
 """A model of gproc's tree past one machine: measured costs, a discrete-event simulation, projections.
 
-What it does (``python bench/model.py``, about half a minute of light CPU):
+What it does (``python bench/model.py``, about 45 minutes with every point measured; ``--no-measure``: seconds):
 
 1. **Measures** what one node spends on each step, briefly and with gproc's real code ("the parts"):
    frames (``overlay.TreeLink`` over TLS 1.3 on loopback TCP with the cluster credential, one frame at a
@@ -15,13 +15,18 @@ What it does (``python bench/model.py``, about half a minute of light CPU):
    (``nodespec.select('**')``) per node, and a 128 KiB ``put`` chunk (pack + encrypt; decrypt + unpack +
    SHA-256 + write), and a start through ``platform.Starter``. Then real local clusters
    (``gproc.local.up``: ``PROBE`` and ``PROBES_MORE``, 256 to 7,500 nodes in 4 and in 16 worker
-   processes, each started three times: about ten minutes): the CPU their workers (with their
+   processes, each started three times): the CPU their workers (with their
    starters), their programs, the master and the client spend per no-op and per launch (medians of
    the ops), less what the parts
    predict for that cluster, gives per-node corrections for the local environment (what daemons
    sharing this machine spend beyond or short of the parts; ``Costs.at`` reads them off by size and
    process count) and the master's fixed cost per request. Any cost can be overridden
    (``--cost NAME=MICROSECONDS``), or all taken from the stored defaults (``--no-measure``).
+   In the same run it measures the validation points (N = 1,024 and 10,000 at fanouts 4-64, as
+   ``bench/fanout.py`` does), each started three times too, in turn with the calibration clusters and
+   the parts (three rounds of parts, cluster, point, cluster, point, ...; medians over the rounds): the
+   calibration and the points then see this VM's speed of the same minutes (it drifts by ~20 % over an
+   hour). About 45 minutes in all.
 2. **Simulates** a launch (``exec`` of /bin/true) and a no-op (``ping``) on the tree that
    ``gproc.local.layout`` builds (levels filled in turn, the master has ``fanout`` children). The op goes
    down (a node forwards one frame per child, then starts its own program), replies are merged
@@ -43,10 +48,12 @@ What it does (``python bench/model.py``, about half a minute of light CPU):
      regular: all nodes of one level behave alike; it takes the largest subtree of each level), and
      the two are checked against each other. A node costs what the parts say there (no local
      correction: one node per process).
-3. **Validates** the local model against ``bench/fanout.json`` (written by ``bench/fanout.py``;
-   provisional numbers when it is missing): model vs measured and the error, for launch, no-op and
-   bytes at the master, and whether every point is within 25 %. No parameter is fitted to those points;
-   the other load a point records (CPU used by other processes meanwhile) is simulated as such.
+3. **Validates** the local model against the points measured in this run (or, with ``--points FILE``
+   or ``--no-measure``, those of ``bench/fanout.json``, written by ``bench/fanout.py``; provisional
+   numbers when it is missing): model vs measured and the error, for launch, no-op and bytes at the
+   master, and whether every point is within 25 %; and, as a second line, against ``bench/fanout.json``'s
+   points of another hour. No parameter is fitted to those points; the other load a point records (CPU
+   used by other processes meanwhile) is simulated as such. The points go to ``bench/model_points.json``.
 4. **Projects** for 10^5, 10^6 and 10^7 nodes on a 10 GbE cluster: launch, no-op round trip, bytes
    received by the master for identical output (one reply per master link), and the broadcast of a
    10 MiB file (128 KiB chunks, store-and-forward per chunk, a node sends each chunk to its children
@@ -75,7 +82,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,6 +93,7 @@ from results import machine, write_section
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 FANOUT_JSON = HERE / "fanout.json"
+POINTS_JSON = HERE / "model_points.json"  # the validation points the last full run measured
 RESULTS = HERE / "RESULTS.md"
 PNG = HERE / "model.png"
 
@@ -828,38 +836,98 @@ def wait_quiet(limit: float, share: float = 0.1) -> float:
             return load
 
 
-def measure_cluster(n: int, k: int, procs: int, quick: bool, starts: int) -> dict[str, float]:
-    """``measure_daemon`` on ``starts`` fresh starts of the cluster: each figure the median over them
-    (one start's figures move by 10-30 % on this machine, their median much less)."""
-    runs = [measure_daemon(n, k, procs, 10 if quick else 30, 3 if quick else 5) for _ in range(starts)]
-    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+def measure_parts(key: str, quick: bool) -> dict[str, float]:
+    """Every part alone (a few seconds of one core)."""
+    rounds = 300 if quick else 600
+    frames = asyncio.run(measure_frames(key, rounds))
+    node = asyncio.run(measure_node(key, 20_000 if quick else 50_000))
+    spawn = measure_spawn(60 if quick else 100, 8000)
+    spawn.update(measure_starter(100 if quick else 200))
+    master = measure_master(20_000 if quick else 50_000)
+    chunk = measure_chunk(key, 10 if quick else 20)
+    return {**frames, **node, **spawn, **master, **chunk}
 
 
-def measure(quick: bool, probe: bool = True, starts: int = 3) -> tuple[Costs, dict[str, float]]:
-    """Measure every cost (a few seconds of one core, and ``starts`` starts of each calibration
-    cluster). Returns the costs and extra facts for the report."""
+def measure_point(n: int, k: int, quick: bool) -> Point | None:
+    """One start of a validation point, measured as ``bench/fanout.py`` measures it (its ``measure``:
+    launches of /bin/true with ``-localbin``, pings, in ``gproc.local.workers``' processes); None when
+    that start failed (said on stderr)."""
+    import fanout
+
+    wait_quiet(20.0)
+    try:
+        q = fanout.measure(n, k, 2 if quick else 3, 5 if quick else 10, 0, False, None)
+    except Exception as e:  # one lost start must not lose the whole run
+        print(f"  point N={n} fanout={k}: this start failed ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
+        return None
+    return Point(q.n, q.fanout, q.launch_s, q.noop_s, None, q.master_bytes, q.other, q.procs)
+
+
+def combine_points(runs: Sequence[Point]) -> Point:
+    """One validation point from its starts: medians (the other load too)."""
+    first = runs[0]
+    bytes_ = [r.master_bytes for r in runs if r.master_bytes is not None]
+    return Point(
+        first.n, first.fanout, statistics.median(r.launch_s for r in runs), statistics.median(r.noop_s for r in runs),
+        None, int(statistics.median(bytes_)) if bytes_ else None, statistics.median(r.other or 0.0 for r in runs),
+        first.procs, tuple(r.launch_s for r in runs), tuple(r.noop_s for r in runs),
+    )  # fmt: skip
+
+
+def interleave(a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
+    """a0 b0 a1 b1 ... then the rest of the longer one."""
+    out: list[Any] = []
+    for i in range(max(len(a), len(b))):
+        out.extend(x[i] for x in (a, b) if i < len(x))
+    return out
+
+
+def measure(
+    quick: bool, probe: bool = True, starts: int = 3, points: Sequence[tuple[int, int]] = ()
+) -> tuple[Costs, dict[str, float], list[Point]]:
+    """Measure every cost and, when ``points`` are given, the validation points (N, fanout) themselves.
+
+    ``starts`` rounds; each round measures the parts, then starts every calibration cluster once and
+    every validation point once, one after the other in turn (calibration, point, calibration, ...), so
+    that both see the machine as it is during the same minutes: this VM's speed drifts by ~20 % over an
+    hour, which moved the model's error against points measured in another hour by as much. Each
+    figure is the median over its rounds. Returns the costs, extra facts for the report and the
+    measured points."""
     from gproc import credential
 
-    rounds = 300 if quick else 600
+    clusters = [PROBE, *PROBES_MORE] if probe else []
+    parts_runs: list[dict[str, float]] = []
+    real_runs: dict[tuple[int, int, int], list[dict[str, float]]] = {c: [] for c in clusters}
+    point_runs: dict[tuple[int, int], list[Point]] = {q: [] for q in points}
     b0, w0 = machine_busy(), time.perf_counter()
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gproc-model-") as tmp:
         key = credential.keygen(os.path.join(tmp, "cluster.key"))
-        t0 = time.perf_counter()
-        frames = asyncio.run(measure_frames(key, rounds))
-        node = asyncio.run(measure_node(key, 20_000 if quick else 50_000))
-        spawn = measure_spawn(60 if quick else 100, 8000)
-        spawn.update(measure_starter(100 if quick else 200))
-        master = measure_master(20_000 if quick else 50_000)
-        chunk = measure_chunk(key, 10 if quick else 20)
-    vals: dict[str, float] = {**frames, **node, **spawn, **master, **chunk}
+        for r in range(starts if (clusters or points) else 1):
+            wait_quiet(20.0)
+            parts_runs.append(measure_parts(key, quick))
+            for item in interleave(clusters, list(points)):
+                print(f"  round {r + 1}/{starts}: {'calibration' if len(item) == 3 else 'point'} {item} "
+                      f"[{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip
+                if len(item) == 3:
+                    n, k, procs = item
+                    real_runs[item].append(measure_daemon(n, k, procs, 10 if quick else 30, 3 if quick else 5))
+                else:
+                    got = measure_point(*item, quick)
+                    if got is not None:
+                        point_runs[item].append(got)
+    vals = {key: statistics.median(run[key] for run in parts_runs) for key in parts_runs[0]}
     vals["echo_rep_wire_bytes"] = echo_reply_bytes()
     names = {f.name for f in fields(Costs)}
     zero = {"daemon_extra_noop": 0.0, "daemon_extra_exec": 0.0, "program_extra": 0.0}  # the parts alone
     costs = Costs(**{**zero, **{k: v for k, v in vals.items() if k in names}})
     extra = {k: v for k, v in vals.items() if k not in names}
+    real_of = {
+        c: {key: statistics.median(run[key] for run in runs) for key in runs[0]} for c, runs in real_runs.items()
+    }
     if probe:
         n, k, procs = PROBE
-        real = measure_cluster(n, k, procs, quick, starts)
+        real = real_of[PROBE]
         parts = probe_predicted(costs, n, k, procs)
         costs = replace(
             costs,
@@ -872,7 +940,7 @@ def measure(quick: bool, probe: bool = True, starts: int = 3) -> tuple[Costs, di
         extra.update({f"probe_{key}": v for key, v in real.items()})
         more = []
         for n2, k2, procs2 in PROBES_MORE:
-            real2 = measure_cluster(n2, k2, procs2, quick, starts)
+            real2 = real_of[(n2, k2, procs2)]
             parts2 = probe_predicted(replace(costs, **zero), n2, k2, procs2)
             more.append(
                 (
@@ -893,7 +961,8 @@ def measure(quick: bool, probe: bool = True, starts: int = 3) -> tuple[Costs, di
     took = time.perf_counter() - t0
     extra["measure_s"] = took
     extra["other_load"] = other_load(b0, time.perf_counter() - w0)
-    return costs, extra
+    measured = [combine_points(runs) for runs in point_runs.values() if runs]
+    return costs, extra, measured
 
 
 def override(costs: Costs, items: Iterable[str]) -> Costs:
@@ -1366,6 +1435,8 @@ class Point:
     master_bytes: int | None = None
     other: float | None = None  # share of the machine's CPU that other processes used meanwhile
     procs: int | None = None  # node processes of the measured cluster (None: gproc.local.workers' choice)
+    launch_all: tuple[float, ...] | None = None  # each start's figure, when there were several
+    noop_all: tuple[float, ...] | None = None
 
 
 def load_points(path: Path) -> tuple[list[Point], str]:
@@ -1382,6 +1453,8 @@ def load_points(path: Path) -> tuple[list[Point], str]:
                 p.get("master_bytes"),
                 p.get("other"),
                 p.get("procs") or None,
+                tuple(p["launch_all"]) if p.get("launch_all") else None,
+                tuple(p["noop_all"]) if p.get("noop_all") else None,
             )
             for p in d.get("points", [])
             if p.get("launch_s") is not None and p.get("noop_s") is not None
@@ -1630,6 +1703,10 @@ def git_commit() -> str:
 # ---- main ------------------------------------------------------------------------------------------
 
 
+def int_list(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x]
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--fanout", type=int, default=None, help="projection fanout (default: gproc.local.up's)")
@@ -1640,7 +1717,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--file-mib", type=float, default=10.0, help="broadcast file size, MiB (10)")
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="local: cores of the measured machine")
     ap.add_argument("--quantum", type=float, default=4.0, help="local: CPU slice of a process, ms (4)")
-    ap.add_argument("--points", type=Path, default=FANOUT_JSON, help="measured points (bench/fanout.json)")
+    ap.add_argument(
+        "--points",
+        type=Path,
+        default=None,
+        help="validate against these measured points (bench/fanout.json) instead of measuring them in this run",
+    )
+    ap.add_argument("--point-sizes", default="1024,10000", help="validation points measured here: sizes")
+    ap.add_argument("--point-fanouts", default="4,8,16,32,64", help="validation points measured here: fanouts")
     ap.add_argument(
         "--probe-starts", type=int, default=3, help="starts of each calibration cluster (medians over them)"
     )
@@ -1654,20 +1738,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def validate(
-    points: Sequence[Point], costs: Costs, cores: int, quantum: float
+    points: Sequence[Point],
+    costs: Costs,
+    cores: int,
+    quantum: float,
+    memo: dict[tuple[Any, ...], LocalRun] | None = None,
 ) -> tuple[list[Row], dict[int, list[tuple[int, float, float]]]]:
     """The local model at every measured point (idle machine, and with the point's other load), and
-    local curves per measured fanout for the plot."""
+    local curves per measured fanout for the plot. ``memo`` keeps simulations for another set of points."""
+    memo = {} if memo is None else memo
+
+    def sim(tree: Tree, kind: str, procs: int | None, foreign: float = 0.0) -> LocalRun:
+        key = (tree.n, tree.k, kind, procs, round(foreign, 3))
+        if key not in memo:
+            memo[key] = simulate_local(tree, kind, costs, cores, quantum, foreign=foreign, workers=procs)
+        return memo[key]
+
     rows: list[Row] = []
     for p in points:
         tree = Tree.build(p.n, p.fanout)
         t0 = time.perf_counter()
         for what, kind, measured in (("launch", "exec", p.launch_s), ("no-op", "noop", p.noop_s)):
-            run = simulate_local(tree, kind, costs, cores, quantum, workers=p.procs)
+            run = sim(tree, kind, p.procs)
             loaded = None
             if p.other:
-                foreign = min(0.9, p.other)
-                loaded = simulate_local(tree, kind, costs, cores, quantum, foreign=foreign, workers=p.procs).seconds
+                loaded = sim(tree, kind, p.procs, min(0.9, p.other)).seconds
             rows.append(Row(p.n, p.fanout, what, measured, run.seconds, loaded, run, p.procs))
         if p.master_bytes:
             model_bytes = min(p.fanout, p.n) * costs.echo_rep_wire_bytes
@@ -1693,6 +1788,16 @@ def validate(
     return rows, curves
 
 
+def starts_of(points: Sequence[Point], r: Row) -> str:
+    """' (a, b, c)': each start's measured figure behind a launch or no-op row, when there were several."""
+    for p in points:
+        if (p.n, p.fanout, p.procs) == (r.n, r.fanout, r.procs):
+            vals = p.launch_all if r.what == "launch" else p.noop_all if r.what == "no-op" else None
+            if vals and len(vals) > 1:
+                return " (" + ", ".join(fmt_t(v) for v in vals) + ")"
+    return ""
+
+
 def breakdown(run: LocalRun, cores: int) -> str:
     """Where a simulated local op's CPU went."""
     parts = sorted(run.cpu.items(), key=lambda kv: -kv[1])
@@ -1716,19 +1821,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     net = Net(args.latency * 1e-6, args.bandwidth * 1e9 / 8)
     quantum = args.quantum * 1e-3
 
+    extra: dict[str, float] = {}
+    points: list[Point] = []
     if args.no_measure:
-        costs, extra = Costs(), {}
+        costs = Costs()
     else:
         if args.quiet > 0:
             print(f"waiting up to {args.quiet:g} s for other processes to use < 10 % of the CPU ...", flush=True)
             print(f"  other load now {wait_quiet(args.quiet):.0%}", flush=True)
-        print("measuring costs (a few seconds) ...", flush=True)
-        costs, extra = measure(args.quick, starts=args.probe_starts)
+        print("measuring costs and validation points ...", flush=True)
+        here = [] if args.points else [(n, k) for n in int_list(args.point_sizes) for k in int_list(args.point_fanouts)]
+        costs, extra, points = measure(args.quick, starts=args.probe_starts, points=here)
     costs = override(costs, args.cost)
 
-    points, source = load_points(args.points)
+    memo: dict[tuple[Any, ...], LocalRun] = {}
+    if args.no_measure or args.points:
+        points, source = load_points(args.points or FANOUT_JSON)
+        others: list[Point] = []
+        other_source = ""
+    else:
+        source = (
+            f"measured in this run ({machine()}, {datetime.now(UTC):%Y-%m-%d}): each point started "
+            f"{args.probe_starts} times, in turn with the calibration clusters"
+        )
+        others, other_source = load_points(FANOUT_JSON) if FANOUT_JSON.exists() else ([], "")
     print(f"measured points: {source}")
-    rows, local_curve = validate(points, costs, args.cores, quantum)
+    rows, local_curve = validate(points, costs, args.cores, quantum, memo)
+    other_rows = validate(others, costs, args.cores, quantum, memo)[0] if others else []
     # bytes per master link for the projection: the smallest measured N, where every subtree answers well
     # within `hold` and sends one reply (larger local clusters answer slowly enough for partial replies)
     with_bytes = [p for p in points if p.master_bytes]
@@ -1737,6 +1856,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     link_bytes = statistics.median(per_link) if per_link else costs.echo_rep_wire_bytes
     timed = [r for r in rows if r.what != "bytes at master"]
     bad = [r for r in timed if abs(r.err) > TOLERANCE]
+    other_timed = [r for r in other_rows if r.what != "bytes at master"]
+    other_bad = [r for r in other_timed if abs(r.err) > TOLERANCE]
 
     # cluster: the per-node simulation against the recurrence where both run
     checks: list[tuple[int, int, str, float, float]] = []
@@ -1802,7 +1923,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         err = f"{r.err:+.0%}{flag}"
         procs = r.procs or local_workers(r.n, r.fanout, args.cores)
         out.append(
-            f"| {r.n:,} | {r.fanout} | {procs} | {r.what} | {show(r.measured)} | {show(r.model)} | {loaded} {err} |\n"
+            f"| {r.n:,} | {r.fanout} | {procs} | {r.what} | {show(r.measured)}{starts_of(points, r)} | "
+            f"{show(r.model)} | {loaded} {err} |\n"
         )
     if not bad:
         out.append(f"\nEvery launch and no-op point is within {TOLERANCE:.0%}: **met**.\n")
@@ -1811,6 +1933,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"\n**Not met** for {len(bad)} of {len(timed)} timed points: "
             + ", ".join(f"N={r.n:,}/fanout {r.fanout}/{r.procs or '-'} procs {r.what} ({r.err:+.0%})" for r in bad)
             + ". No per-point factor was tuned; see the notes.\n"
+        )
+    if other_timed:
+        out.append(
+            f"\nThe same model against the points of another hour, {other_source}: "
+            f"{len(other_timed) - len(other_bad)} of {len(other_timed)} within {TOLERANCE:.0%}"
+            + (
+                " (" + ", ".join(f"N={r.n:,}/fanout {r.fanout} {r.what} {r.err:+.0%}" for r in other_bad) + ")"
+                if other_bad
+                else ""
+            )
+            + " (the gap to the table above holds how far this VM's speed moved between the two hours).\n"
         )
     out.append("\nWhere the model's CPU goes (local, idle machine):\n\n")
     for r in timed:
@@ -1865,6 +1998,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_write:
         plot(PNG, curves, local_curve, points)
         write_section("model", text, RESULTS)  # reads RESULTS.md afresh and replaces only this section
+        if not (args.no_measure or args.points):  # the points measured here, for `--points` later
+            POINTS_JSON.write_text(
+                json.dumps({"machine": machine(), "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}",
+                            "points": [asdict(p) for p in points]}, indent=1) + "\n"
+            )  # fmt: skip
         print(f"wrote {PNG.relative_to(REPO)} and the model section of {RESULTS.relative_to(REPO)}")
     return 0
 
