@@ -1,6 +1,6 @@
 """A model of gproc's tree past one machine: measured costs, a discrete-event simulation, projections.
 
-What it does (``python bench/model.py``, about 45 minutes with every point measured; ``--no-measure``: seconds):
+What it does (``python bench/model.py``, about 55 minutes with every point measured; ``--no-measure``: seconds):
 
 1. **Measures** what one node spends on each step, briefly and with gproc's real code ("the parts"):
    frames (``overlay.TreeLink`` over TLS 1.3 on loopback TCP with the cluster credential, one frame at a
@@ -23,10 +23,11 @@ What it does (``python bench/model.py``, about 45 minutes with every point measu
    process count) and the master's fixed cost per request. Any cost can be overridden
    (``--cost NAME=MICROSECONDS``), or all taken from the stored defaults (``--no-measure``).
    In the same run it measures the validation points (N = 1,024 and 10,000 at fanouts 4-64, as
-   ``bench/fanout.py`` does), each started three times too, in turn with the calibration clusters and
-   the parts (three rounds of parts, cluster, point, cluster, point, ...; medians over the rounds): the
-   calibration and the points then see this VM's speed of the same minutes (it drifts by ~20 % over an
-   hour). About 45 minutes in all.
+   ``bench/fanout.py`` does), each started three times too (the 1,024-node ones six: they scatter
+   more and cost little), in turn with the calibration clusters and the parts (three rounds of
+   parts, cluster, point, cluster, point, ...; medians over the rounds): the calibration and the
+   points then see this VM's speed of the same minutes (it drifts by ~20 % over an hour). About 55
+   minutes in all.
 2. **Simulates** a launch (``exec`` of /bin/true) and a no-op (``ping``) on the tree that
    ``gproc.local.layout`` builds (levels filled in turn, the master has ``fanout`` children). The op goes
    down (a node forwards one frame per child, then starts its own program), replies are merged
@@ -98,6 +99,7 @@ RESULTS = HERE / "RESULTS.md"
 PNG = HERE / "model.png"
 
 TOLERANCE = 0.25  # the model must reproduce the measured points within this
+SMALL_POINT = 2048  # validation points up to this size are started twice per round
 SPAWN_PER_TURN = 8  # gproc.services.execute.SpawnGate's default
 CHUNK = 128 * 1024  # gproc's put chunk (gproc.bundle.CHUNK)
 PROBE = (256, 16, 4)  # the real local cluster measured for the daemons' overhead: nodes, fanout, worker processes
@@ -918,7 +920,10 @@ def measure(
         for r in range(starts if (clusters or points) else 1):
             wait_quiet(20.0)
             parts_runs.append(measure_parts(key, quick))
-            for item in interleave(clusters, list(points)):
+            # small points twice a round: their starts scatter by up to ±20 % (a fifth of the tolerance
+            # is most of it) and one costs ~10 s, against ~90 s for a 10,000-node start
+            twice = [q for q in points if q[0] <= SMALL_POINT]
+            for item in interleave(clusters, [*points, *twice]):
                 print(f"  round {r + 1}/{starts}: {'calibration' if len(item) == 3 else 'point'} {item} "
                       f"[{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip
                 if len(item) == 3:
@@ -1854,7 +1859,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         source = (
             f"measured in this run ({machine()}, {datetime.now(UTC):%Y-%m-%d}): each point started "
-            f"{args.probe_starts} times, in turn with the calibration clusters"
+            f"{args.probe_starts} times ({2 * args.probe_starts} up to {SMALL_POINT:,} nodes), in turn with the "
+            "calibration clusters"
         )
         others, other_source = load_points(FANOUT_JSON) if FANOUT_JSON.exists() else ([], "")
     print(f"measured points: {source}")
@@ -1918,7 +1924,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{TOLERANCE:.0%}"
         + (
             " of the model run with the CPU share other processes used during that point (the 'other load' "
-            "bench/fanout.py records; 'idle' is the model on an otherwise idle machine)"
+            "recorded with each point; 'idle' is the model on an otherwise idle machine)"
             if has_load
             else ""
         )
