@@ -74,6 +74,7 @@ import math
 import os
 import resource
 import shutil
+import signal
 import socket
 import ssl
 import statistics
@@ -1830,6 +1831,8 @@ def breakdown(run: LocalRun, cores: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # stopped (a background job ignores SIGINT): unwind, so the cluster being measured is torn down
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t_start = time.perf_counter()
     default_k = project_fanout_default()
     k_main = args.fanout or default_k
