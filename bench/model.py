@@ -1997,7 +1997,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.append(
         f"\nBytes at the master: {link_bytes:.0f} B per master link ("
         + (
-            f"median of bench/fanout.json's master_bytes / master links at N = {small:,}; more than the reply's own "
+            f"median of the measured points' master_bytes / master links at N = {small:,}; more than the reply's own "
             f"{costs.echo_rep_wire_bytes:.0f} B: the TCP count also holds the heartbeat pongs that arrived "
             "meanwhile (and the odd second reply frame)"
             if per_link
