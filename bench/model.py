@@ -96,6 +96,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 FANOUT_JSON = HERE / "fanout.json"
 POINTS_JSON = HERE / "model_points.json"  # the validation points the last full run measured
+COSTS_JSON = HERE / "model_costs.json"  # and the costs it measured
 RESULTS = HERE / "RESULTS.md"
 PNG = HERE / "model.png"
 
@@ -1457,6 +1458,17 @@ class Point:
     noop_all: tuple[float, ...] | None = None
 
 
+def load_costs(path: Path) -> tuple[Costs, dict[str, float], str]:
+    """Costs (and the extra facts) a full run saved, and a line saying where they come from."""
+    d = json.loads(path.read_text())
+    raw = d["costs"]
+    raw["more_probes"] = tuple(tuple(float(v) for v in row) for row in raw.get("more_probes", ()))
+    costs = Costs(**{f.name: raw[f.name] for f in fields(Costs) if f.name in raw})
+    where = path.resolve()
+    name = where.relative_to(REPO) if where.is_relative_to(REPO) else where
+    return costs, dict(d.get("extra", {})), f"measured {d.get('date', '?')} at {d.get('commit', '?')}, read from {name}"
+
+
 def load_points(path: Path) -> tuple[list[Point], str]:
     """Points of bench/fanout.json (or the provisional ones) and where they come from."""
     if path.exists():
@@ -1534,9 +1546,8 @@ class Row:
         return (self.best - self.measured) / self.measured if self.measured else float("nan")
 
 
-def costs_table(c: Costs, extra: dict[str, float], measured: bool) -> str:
+def costs_table(c: Costs, extra: dict[str, float], src: str) -> str:
     us = 1e6
-    src = "measured now" if measured else "stored defaults / overrides (not measured in this run)"
     lines = [
         f"Costs ({src}; CPU time on one core, which still grows when other processes compete for the cores "
         "and caches):",
@@ -1748,6 +1759,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--des-max", type=int, default=10_000, help="cluster: per-node simulation up to this N")
     ap.add_argument("--no-measure", action="store_true", help="use stored default costs instead of measuring")
+    ap.add_argument(
+        "--costs",
+        type=Path,
+        help="costs from a file a full run wrote (bench/model_costs.json); measures nothing, validates against "
+        "bench/model_points.json (or --points)",
+    )
     ap.add_argument("--quick", action="store_true", help="shorter measurements")
     ap.add_argument("--quiet", type=float, default=0.0, metavar="S", help="wait up to S s for a quiet machine first")
     ap.add_argument("--cost", action="append", default=[], metavar="NAME=US", help="override a cost (µs)")
@@ -1843,9 +1860,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     extra: dict[str, float] = {}
     points: list[Point] = []
+    measured = not (args.no_measure or args.costs)
     if args.no_measure:
-        costs = Costs()
+        costs, cost_source = Costs(), "stored defaults / overrides (not measured in this run)"
+    elif args.costs:
+        costs, extra, cost_source = load_costs(args.costs)
     else:
+        cost_source = "measured now"
         if args.quiet > 0:
             print(f"waiting up to {args.quiet:g} s for other processes to use < 10 % of the CPU ...", flush=True)
             print(f"  other load now {wait_quiet(args.quiet):.0%}", flush=True)
@@ -1855,8 +1876,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     costs = override(costs, args.cost)
 
     memo: dict[tuple[Any, ...], LocalRun] = {}
-    if args.no_measure or args.points:
-        points, source = load_points(args.points or FANOUT_JSON)
+    if not measured or args.points:
+        default = POINTS_JSON if args.costs and POINTS_JSON.exists() else FANOUT_JSON
+        points, source = load_points(args.points or default)
         others: list[Point] = []
         other_source = ""
     else:
@@ -1918,7 +1940,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.append(f"Machine: {machine()}  \n")
     out.append(f"gproc: commit {git_commit()} (working tree); Python {sys.version.split()[0]}  \n")
     out.append(f"Measured points: {source}\n\n")
-    out.append(costs_table(costs, extra, not args.no_measure) + "\n")
+    out.append(costs_table(costs, extra, cost_source) + "\n")
     out.append("Assumptions:\n\n" + assumptions(net, args.cores, quantum, fanouts) + "\n")
     has_load = any(r.loaded is not None for r in timed)
     out.append(
@@ -2019,11 +2041,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_write:
         plot(PNG, curves, local_curve, points)
         write_section("model", text, RESULTS)  # reads RESULTS.md afresh and replaces only this section
-        if not (args.no_measure or args.points):  # the points measured here, for `--points` later
-            POINTS_JSON.write_text(
-                json.dumps({"machine": machine(), "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}",
-                            "points": [asdict(p) for p in points]}, indent=1) + "\n"
-            )  # fmt: skip
+        stamp = {"machine": machine(), "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}", "commit": git_commit()}
+        if measured and not args.points:  # the points measured here, for `--points` later
+            POINTS_JSON.write_text(json.dumps({**stamp, "points": [asdict(p) for p in points]}, indent=1) + "\n")
+        if measured:  # and the costs, for `--costs` (the model again without measuring anything)
+            COSTS_JSON.write_text(json.dumps({**stamp, "costs": asdict(costs), "extra": extra}, indent=1) + "\n")
         print(f"wrote {PNG.relative_to(REPO)} and the model section of {RESULTS.relative_to(REPO)}")
     return 0
 
