@@ -89,6 +89,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import fanout
 from launch import machine_busy_seconds
 from results import machine, write_section
 
@@ -864,30 +865,23 @@ def measure_parts(key: str, quick: bool) -> dict[str, float]:
     return {**frames, **node, **spawn, **master, **chunk}
 
 
-def measure_point(n: int, k: int, quick: bool) -> Point | None:
+def measure_point(n: int, k: int, quick: bool) -> fanout.Point | None:
     """One start of a validation point, measured as ``bench/fanout.py`` measures it (its ``measure``:
     launches of /bin/true with ``-localbin``, pings, in ``gproc.local.workers``' processes); None when
     that start failed (said on stderr)."""
-    import fanout
-
     wait_quiet(20.0)
     try:
-        q = fanout.measure(n, k, 2 if quick else 3, 5 if quick else 10, 0, False, None)
+        return fanout.measure(n, k, 2 if quick else 3, 5 if quick else 10, 0, False, None)
     except Exception as e:  # one lost start must not lose the whole run
         print(f"  point N={n} fanout={k}: this start failed ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
         return None
-    return Point(q.n, q.fanout, q.launch_s, q.noop_s, None, q.master_bytes, q.other, q.procs)
 
 
-def combine_points(runs: Sequence[Point]) -> Point:
-    """One validation point from its starts: medians (the other load too)."""
-    first = runs[0]
-    bytes_ = [r.master_bytes for r in runs if r.master_bytes is not None]
-    return Point(
-        first.n, first.fanout, statistics.median(r.launch_s for r in runs), statistics.median(r.noop_s for r in runs),
-        None, int(statistics.median(bytes_)) if bytes_ else None, statistics.median(r.other or 0.0 for r in runs),
-        first.procs, tuple(r.launch_s for r in runs), tuple(r.noop_s for r in runs),
-    )  # fmt: skip
+def point_of(runs: list[fanout.Point]) -> Point:
+    """One validation point from its starts: ``fanout.combine``'s medians, each start's figures kept."""
+    q = fanout.combine(runs)
+    each = (tuple(q.launch_all), tuple(q.noop_all)) if q.launch_all and q.noop_all else (None, None)
+    return Point(q.n, q.fanout, q.launch_s, q.noop_s, None, q.master_bytes, q.other, q.procs, *each)
 
 
 def interleave(a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
@@ -914,7 +908,10 @@ def measure(
     clusters = [PROBE, *PROBES_MORE] if probe else []
     parts_runs: list[dict[str, float]] = []
     real_runs: dict[tuple[int, int, int], list[dict[str, float]]] = {c: [] for c in clusters}
-    point_runs: dict[tuple[int, int], list[Point]] = {q: [] for q in points}
+    point_runs: dict[tuple[int, int], list[fanout.Point]] = {q: [] for q in points}
+    # small points twice a round: their starts scatter by up to ±20 % (a fifth of the tolerance is
+    # most of it) and one costs ~10 s, against ~90 s for a 10,000-node start
+    twice = [q for q in points if q[0] <= SMALL_POINT]
     b0, w0 = machine_busy(), time.perf_counter()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gproc-model-") as tmp:
@@ -922,9 +919,6 @@ def measure(
         for r in range(starts if (clusters or points) else 1):
             wait_quiet(20.0)
             parts_runs.append(measure_parts(key, quick))
-            # small points twice a round: their starts scatter by up to ±20 % (a fifth of the tolerance
-            # is most of it) and one costs ~10 s, against ~90 s for a 10,000-node start
-            twice = [q for q in points if q[0] <= SMALL_POINT]
             for item in interleave(clusters, [*points, *twice]):
                 print(f"  round {r + 1}/{starts}: {'calibration' if len(item) == 3 else 'point'} {item} "
                       f"[{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip
@@ -980,7 +974,7 @@ def measure(
     took = time.perf_counter() - t0
     extra["measure_s"] = took
     extra["other_load"] = other_load(b0, time.perf_counter() - w0)
-    measured = [combine_points(runs) for runs in point_runs.values() if runs]
+    measured = [point_of(runs) for runs in point_runs.values() if runs]
     return costs, extra, measured
 
 
@@ -1732,10 +1726,6 @@ def git_commit() -> str:
 # ---- main ------------------------------------------------------------------------------------------
 
 
-def int_list(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x]
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--fanout", type=int, default=None, help="projection fanout (default: gproc.local.up's)")
@@ -1871,7 +1861,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"waiting up to {args.quiet:g} s for other processes to use < 10 % of the CPU ...", flush=True)
             print(f"  other load now {wait_quiet(args.quiet):.0%}", flush=True)
         print("measuring costs and validation points ...", flush=True)
-        here = [] if args.points else [(n, k) for n in int_list(args.point_sizes) for k in int_list(args.point_fanouts)]
+        sizes_here, fanouts_here = fanout.int_list(args.point_sizes), fanout.int_list(args.point_fanouts)
+        here = [] if args.points else [(n, k) for n in sizes_here for k in fanouts_here]
         costs, extra, points = measure(args.quick, starts=args.probe_starts, points=here)
     costs = override(costs, args.cost)
 
