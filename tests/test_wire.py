@@ -87,6 +87,7 @@ class _Recorder:
     def __init__(self, sock: socket.socket | None = None) -> None:
         self.writes: list[bytes] = []
         self.sock = sock
+        self.aborted = False
 
     def get_extra_info(self, name: str) -> object:
         return self.sock if name == "socket" else None
@@ -165,6 +166,6 @@ def test_tree_link_survives_any_bytes(msgs: list[dict[str, object]], junk: bytes
             link.data_received(stream[pos : pos + step])
             pos, i = pos + step, i + 1
         assert got[: len(msgs)] == msgs
-        assert link.closed == getattr(transport, "aborted", False)
+        assert link.closed == transport.aborted
 
     asyncio.run(go())
