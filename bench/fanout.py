@@ -40,7 +40,7 @@ from typing import Any
 
 import psutil
 
-from launch import Load, api_launch, api_ping, gproc_source
+from launch import Load, api_launch, api_ping, gproc_source, int_list
 from results import machine, publish
 
 HERE = Path(__file__).resolve().parent
@@ -225,10 +225,6 @@ def report(points: list[Point], meta: dict[str, str]) -> str:
             f" ({best_p.noop_s * 1000:.0f} ms)."
         )
     return "\n".join(out) + "\n"
-
-
-def int_list(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x]
 
 
 def main() -> int:

@@ -90,7 +90,7 @@ from pathlib import Path
 from typing import Any
 
 import fanout
-from launch import machine_busy_seconds
+from launch import int_list, machine_busy_seconds
 from results import machine, write_section
 
 HERE = Path(__file__).resolve().parent
@@ -1861,7 +1861,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"waiting up to {args.quiet:g} s for other processes to use < 10 % of the CPU ...", flush=True)
             print(f"  other load now {wait_quiet(args.quiet):.0%}", flush=True)
         print("measuring costs and validation points ...", flush=True)
-        sizes_here, fanouts_here = fanout.int_list(args.point_sizes), fanout.int_list(args.point_fanouts)
+        sizes_here, fanouts_here = int_list(args.point_sizes), int_list(args.point_fanouts)
         here = [] if args.points else [(n, k) for n in sizes_here for k in fanouts_here]
         costs, extra, points = measure(args.quick, starts=args.probe_starts, points=here)
     costs = override(costs, args.cost)

@@ -43,6 +43,7 @@ from typing import Any
 from gproc import local, platform
 from gproc.client import Cluster, Output, Status
 from gproc.services.procs import ProcService
+from launch import int_list
 from results import machine, write_section
 
 TARGET_OVERHEAD = 0.01
@@ -361,10 +362,6 @@ def report(cost: dict[str, float], msgs: list[dict[str, Any]], k: dict[str, floa
         f"| job on {meta['kill_nodes']} nodes | {ms(k['job_sent'])} | {ms(k['job_seen'])} |",
     ]
     return "\n".join(out) + "\n"
-
-
-def int_list(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x]
 
 
 def main() -> int:
