@@ -14,7 +14,7 @@ What it does (``python bench/model.py``, about 55 minutes with every point measu
    process that forks, i.e. with the nodes a worker process hosts), the master's node selection
    (``nodespec.select('**')``) per node, and a 128 KiB ``put`` chunk (pack + encrypt; decrypt + unpack +
    SHA-256 + write), and a start through ``platform.Starter``. Then real local clusters
-   (``gproc.local.up``: ``PROBE`` and ``PROBES_MORE``, 256 to 7,500 nodes in 4 and in 16 worker
+   (``gproc.local.up``: ``PROBE`` and ``PROBES_MORE``, 256 to 10,000 nodes in 4 and in 16 worker
    processes, each started three times): the CPU their workers (with their
    starters), their programs, the master and the client spend per no-op and per launch (medians of
    the ops), less what the parts
@@ -26,8 +26,8 @@ What it does (``python bench/model.py``, about 55 minutes with every point measu
    ``bench/fanout.py`` does), each started three times too (the 1,024-node ones six: they scatter
    more and cost little), in turn with the calibration clusters and the parts (three rounds of
    parts, cluster, point, cluster, point, ...; medians over the rounds): the calibration and the
-   points then see this VM's speed of the same minutes (it drifts by ~20 % over an hour). About 55
-   minutes in all.
+   points then see this VM's speed of the same minutes (it drifts by ~20 % over an hour). About an
+   hour in all.
 2. **Simulates** a launch (``exec`` of /bin/true) and a no-op (``ping``) on the tree that
    ``gproc.local.layout`` builds (levels filled in turn, the master has ``fanout`` children). The op goes
    down (a node forwards one frame per child, then starts its own program), replies are merged
@@ -108,16 +108,22 @@ CHUNK = 128 * 1024  # gproc's put chunk (gproc.bundle.CHUNK)
 PROBE = (256, 16, 4)  # the real local cluster measured for the daemons' overhead: nodes, fanout, worker processes
 # larger clusters, at 4 and at 16 processes (the per-node overhead grows with the cluster's size and
 # with the processes taking turns on the cores; over ~300 nodes per process they start programs
-# through a starter)
+# through a starter). The 10,000-node ones hold as many nodes per process as the 10,000-node points
+# (2,500 in 4, 625 in 16), at a fanout no point has with that process count (the points at 10,000 are
+# fanout 4 in 4 processes, 8 in 8, 16-64 in 16): without them a 10,000-node point reads its correction
+# off a line extrapolated past 7,500 nodes, which missed the point of 2,500 nodes per process by -26 %
+# and -30 % in two runs (``--probes-upto 7500`` shows the model without them).
 PROBES_MORE = (
     (1280, 16, 4),
     (2560, 16, 4),
     (5000, 16, 4),
     (7500, 16, 4),
+    (10000, 16, 4),
     (1280, 16, 16),
     (2560, 16, 16),
     (5000, 16, 16),
     (7500, 16, 16),
+    (10000, 4, 16),
 )
 WINDOW = 8  # chunks in flight (gproc.services.ship.WINDOW)
 TLS_RECORD_OVERHEAD = 22  # TLS 1.3 record: 5 header + 16 AEAD tag + 1 content type
@@ -893,7 +899,11 @@ def interleave(a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
 
 
 def measure(
-    quick: bool, probe: bool = True, starts: int = 3, points: Sequence[tuple[int, int]] = ()
+    quick: bool,
+    probe: bool = True,
+    starts: int = 3,
+    points: Sequence[tuple[int, int]] = (),
+    upto: float = math.inf,
 ) -> tuple[Costs, dict[str, float], list[Point]]:
     """Measure every cost and, when ``points`` are given, the validation points (N, fanout) themselves.
 
@@ -901,11 +911,12 @@ def measure(
     every validation point once, one after the other in turn (calibration, point, calibration, ...), so
     that both see the machine as it is during the same minutes: this VM's speed drifts by ~20 % over an
     hour, which moved the model's error against points measured in another hour by as much. Each
-    figure is the median over its rounds. Returns the costs, extra facts for the report and the
-    measured points."""
+    figure is the median over its rounds; calibration clusters larger than ``upto`` nodes are skipped.
+    Returns the costs, extra facts for the report and the measured points."""
     from gproc import credential
 
-    clusters = [PROBE, *PROBES_MORE] if probe else []
+    more_probes = [q for q in PROBES_MORE if q[0] <= upto]
+    clusters = [PROBE, *more_probes] if probe else []
     parts_runs: list[dict[str, float]] = []
     real_runs: dict[tuple[int, int, int], list[dict[str, float]]] = {c: [] for c in clusters}
     point_runs: dict[tuple[int, int], list[fanout.Point]] = {q: [] for q in points}
@@ -952,7 +963,7 @@ def measure(
         )
         extra.update({f"probe_{key}": v for key, v in real.items()})
         more = []
-        for n2, k2, procs2 in PROBES_MORE:
+        for n2, k2, procs2 in more_probes:
             real2 = real_of[(n2, k2, procs2)]
             parts2 = probe_predicted(replace(costs, **zero), n2, k2, procs2)
             more.append(
@@ -1452,6 +1463,16 @@ class Point:
     noop_all: tuple[float, ...] | None = None
 
 
+def probe_fanout(n: float, procs: float) -> str:
+    """The fanout of the calibration cluster of ``n`` nodes in ``procs`` processes (``?`` if unknown)."""
+    return next((str(k) for nn, k, pp in PROBES_MORE if nn == n and pp == procs), "?")
+
+
+def probes_upto(costs: Costs, n: float) -> Costs:
+    """These costs with the calibration clusters larger than ``n`` nodes left out."""
+    return replace(costs, more_probes=tuple(q for q in costs.more_probes if q[0] <= n))
+
+
 def load_costs(path: Path) -> tuple[Costs, dict[str, float], str]:
     """Costs (and the extra facts) a full run saved, and a line saying where they come from."""
     d = json.loads(path.read_text())
@@ -1588,10 +1609,10 @@ def costs_table(c: Costs, extra: dict[str, float], src: str) -> str:
         "per op (idle heartbeats subtracted) less what the parts above predict for it |",
         *(
             f"| ... the same at {nn:,.0f} nodes in {pp:.0f} processes | {noop * us:.0f} / {exec_ * us:.0f} / "
-            f"{prog * us:.0f} µs | a real local cluster of {n2:,} nodes (fanout {k2}); a point of another size "
-            "or process count reads each correction off the probes (`Costs.at`: on the least-squares line by "
-            "size through the probes of each process count, then linear in the count) |"
-            for (nn, pp, noop, exec_, prog), (n2, k2, _) in zip(c.more_probes, PROBES_MORE, strict=False)
+            f"{prog * us:.0f} µs | a real local cluster of {nn:,.0f} nodes (fanout {probe_fanout(nn, pp)}); a "
+            "point of another size or process count reads each correction off the probes (`Costs.at`: on the "
+            "least-squares line by size through the probes of each process count, then linear in the count) |"
+            for nn, pp, noop, exec_, prog in c.more_probes
         ),
         f"| master + client fixed, exec / ping | {c.master_exec_fixed * 1e3:.2f} / {c.master_ping_fixed * 1e3:.2f} "
         "ms | same cluster: master and client CPU per op less the master's parts |",
@@ -1747,6 +1768,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--probe-starts", type=int, default=3, help="starts of each calibration cluster (medians over them)"
     )
+    ap.add_argument(
+        "--probes-upto",
+        type=float,
+        default=math.inf,
+        metavar="N",
+        help="leave out the calibration clusters larger than N nodes (when measuring, and from --costs)",
+    )
     ap.add_argument("--des-max", type=int, default=10_000, help="cluster: per-node simulation up to this N")
     ap.add_argument("--no-measure", action="store_true", help="use stored default costs instead of measuring")
     ap.add_argument(
@@ -1863,8 +1891,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("measuring costs and validation points ...", flush=True)
         sizes_here, fanouts_here = int_list(args.point_sizes), int_list(args.point_fanouts)
         here = [] if args.points else [(n, k) for n in sizes_here for k in fanouts_here]
-        costs, extra, points = measure(args.quick, starts=args.probe_starts, points=here)
-    costs = override(costs, args.cost)
+        costs, extra, points = measure(args.quick, starts=args.probe_starts, points=here, upto=args.probes_upto)
+    costs = override(probes_upto(costs, args.probes_upto), args.cost)
 
     memo: dict[tuple[Any, ...], LocalRun] = {}
     if not measured or args.points:
@@ -1882,6 +1910,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"measured points: {source}")
     rows, local_curve = validate(points, costs, args.cores, quantum, memo)
     other_rows = validate(others, costs, args.cores, quantum, memo)[0] if others else []
+    # the same points without the calibration clusters as large as the largest point: how much of the
+    # fit at that size the probes there make
+    big_n = max((p.n for p in points), default=0)
+    below = [q[0] for q in costs.more_probes if q[0] < big_n]
+    fewer_rows: list[Row] = []
+    if below and any(q[0] >= big_n for q in costs.more_probes):
+        fewer_rows = validate(points, probes_upto(costs, max(below)), args.cores, quantum)[0]
+    fewer_timed = [r for r in fewer_rows if r.what != "bytes at master"]
+    fewer_bad = [r for r in fewer_timed if abs(r.err) > TOLERANCE]
     # bytes per master link for the projection: the smallest measured N, where every subtree answers well
     # within `hold` and sends one reply (larger local clusters answer slowly enough for partial replies)
     with_bytes = [p for p in points if p.master_bytes]
@@ -1967,6 +2004,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"\n**Not met** for {len(bad)} of {len(timed)} timed points: "
             + ", ".join(f"N={r.n:,}/fanout {r.fanout}/{r.procs or '-'} procs {r.what} ({r.err:+.0%})" for r in bad)
             + ". No per-point factor was tuned; see the notes.\n"
+        )
+    if fewer_timed:
+        out.append(
+            f"\nWithout the calibration clusters of {big_n:,} nodes or more (probes up to {max(below):,.0f} "
+            f"nodes, so a {big_n:,}-node point reads its corrections off lines extrapolated past them): "
+            f"{len(fewer_timed) - len(fewer_bad)} of {len(fewer_timed)} within {TOLERANCE:.0%}"
+            + (
+                " (" + ", ".join(f"N={r.n:,}/fanout {r.fanout} {r.what} {r.err:+.0%}" for r in fewer_bad) + ")"
+                if fewer_bad
+                else ""
+            )
+            + ".\n"
         )
     if other_timed:
         out.append(
