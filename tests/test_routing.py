@@ -7,6 +7,7 @@ closed, ranks that moved to another link, ranks detached and ranks never heard o
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gproc import credential
+from gproc import credential, wire
+from gproc import ranks as rankset
 from gproc.overlay import Node, NodeConfig
 
 
@@ -49,6 +51,20 @@ def reference(node: Node, targets: set[int]) -> tuple[dict[object, set[int]], se
     return buckets, unreachable
 
 
+def reset(node: Node) -> None:
+    node.route.clear()
+    node.subtree.clear()
+    node._whole.clear()
+
+
+def shares_are_current(node: Node) -> None:
+    """Every frozen share is its link's subtree as it is now, encoded and sorted right."""
+    for lk, w in node._whole.items():
+        assert w.ranks == node.subtree.get(lk)
+        assert rankset.decode(w.encoded()) == w.ranks
+        assert w.ordered() == sorted(w.ranks)
+
+
 routes = st.lists(st.tuples(st.integers(2, 60), st.integers(0, 7)), max_size=80)  # (rank, link), in order
 
 
@@ -63,8 +79,7 @@ def test_buckets_follow_the_route_of_every_target(
     node: Node, adds: list[tuple[int, int]], closed: list[bool], detached: set[int], targets: set[int]
 ) -> None:
     links = [Link(c) for c in closed]
-    node.route.clear()
-    node.subtree.clear()
+    reset(node)
     for rank, i in adds:  # a rank attached again under another link moves there
         node._route_add(rank, links[i])  # type: ignore[arg-type]
     node._detach(detached)
@@ -79,11 +94,88 @@ def test_buckets_follow_the_route_of_every_target(
 
 def test_a_large_job_is_split_by_subtree(node: Node) -> None:
     links = [Link(False) for _ in range(16)]
-    node.route.clear()
-    node.subtree.clear()
+    reset(node)
     for r in range(2, 10_002):
         node._route_add(r, links[r % 16])  # type: ignore[arg-type]
     buckets, unreachable = node._buckets(set(range(1, 10_005)), True)
     assert unreachable == {10_002, 10_003, 10_004}
     assert sorted(len(rs) for rs in buckets.values()) == [625] * 16
     assert all(all(r % 16 == i for r in buckets[links[i]]) for i in range(16))  # type: ignore[index]
+
+
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(2, 40), st.integers(0, 3)),  # attach (or move) a rank
+        st.tuples(st.just("detach"), st.sets(st.integers(2, 40), max_size=6)),
+        st.tuples(st.just("split"), st.sets(st.integers(1, 45), max_size=45)),  # an op's targets
+        st.tuples(st.just("all")),  # an op on every rank this node knows (whole subtrees)
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps)
+def test_frozen_subtrees_follow_every_route_change(node: Node, todo: list[tuple[object, ...]]) -> None:
+    """Ops on whole subtrees reuse a frozen share per link; attaching, moving or detaching a rank
+    between ops must never leave a share behind that no longer is the subtree."""
+    links = [Link(False) for _ in range(4)]
+    reset(node)
+    for step in todo:
+        if step[0] == "add":
+            node._route_add(step[1], links[step[2]])  # type: ignore[arg-type,index]
+        elif step[0] == "detach":
+            node._detach(step[1])  # type: ignore[arg-type]
+        else:
+            targets = set(step[1]) if step[0] == "split" else {1, *node.route}  # type: ignore[call-overload]
+            got = node._buckets(targets, 1 in targets)
+            assert ({lk: set(rs) for lk, rs in got[0].items()}, got[1]) == reference(node, targets)
+            few = len(targets) <= len(node.subtree)  # the per-target path: plain sets
+            for lk, rs in got[0].items():
+                w = node._whole.get(lk)  # type: ignore[call-overload]
+                assert (w is not None and rs is w.ranks) == (rs == node.subtree[lk] and not few)
+        shares_are_current(node)
+
+
+class Wire(Link):
+    """A child link that keeps the frames sent down it."""
+
+    def __init__(self) -> None:
+        super().__init__(False)
+        self.sent: list[dict[str, object]] = []
+        self.counter = wire.Counter()
+
+    def send(self, msg: dict[str, object]) -> bool:
+        self.sent.append(msg)
+        return True
+
+
+def test_ops_on_whole_subtrees_carry_the_ranks_under_each_link_now(node: Node) -> None:
+    """Three ops on every node, a rank attached before the second and one moved before the third:
+    each frame down carries the link's subtree as it is then, and the children's "all of them"
+    replies come back as exactly the targets."""
+
+    async def go() -> None:
+        links = [Wire() for _ in range(3)]
+        reset(node)
+        for r in range(2, 30):
+            node._route_add(r, links[r % 3])  # type: ignore[arg-type]
+        for op_id, change in ((100, None), (101, (30, 0)), (102, (4, 2))):
+            if change is not None:
+                node._route_add(change[0], links[change[1]])  # type: ignore[arg-type]
+            got: list[tuple[list[list[object]], bool]] = []
+            targets = {1, *node.route}
+            node.start_op(op_id, "noop", {}, targets, lambda g, end, got=got: got.append((g, end)))
+            for lk in links:
+                assert rankset.decode(lk.sent[-1]["tg"]) == node.subtree[lk]  # type: ignore[arg-type,index]
+                node._on_rep(lk, {"t": "rep", "op": op_id, "g": [[["s", 0, ""], True]], "end": True})  # type: ignore[arg-type]
+            assert got and got[-1][1] is True
+            ok: set[int] = set()
+            for groups, _ in got:
+                for key, rs in groups:
+                    assert key == ["s", 0, ""]
+                    ok |= rankset.decode(rs)  # type: ignore[arg-type]
+            assert ok == targets
+            shares_are_current(node)
+
+    asyncio.run(go())

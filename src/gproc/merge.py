@@ -19,7 +19,7 @@ per-key union, associative and commutative whatever the tree's shape and the arr
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import Any
 
 from gproc import ranks as rankset
@@ -43,10 +43,11 @@ def positions(ranks: set[int], base: Sequence[int]) -> list[int] | bool:
     return rankset.encode(pos)
 
 
-def ranks_at(intervals: Any, base: Sequence[int]) -> set[int]:
-    """The ranks at the given position intervals of ``base`` (ProtocolError when out of range)."""
+def ranks_at(intervals: Any, base: Sequence[int], whole: Set[int] | None = None) -> Set[int]:
+    """The ranks at the given position intervals of ``base`` (ProtocolError when out of range);
+    ``whole``, when given, is the set of all of ``base`` (returned as is for "all positions")."""
     if intervals is True:
-        return set(base)
+        return set(base) if whole is None else whole
     if not isinstance(intervals, list):
         raise ProtocolError("rank positions must be a list (or true)")
     k = len(base)
@@ -132,8 +133,9 @@ def pack(groups: Groups, base: Sequence[int] | None, edits: bool = True) -> list
     return out
 
 
-def unpack_into(groups: Groups, wire: Any, base: Sequence[int] | None) -> None:
-    """Decode a ``rep``'s groups (as ``pack`` wrote them) and union them into ``groups``.
+def unpack_into(groups: Groups, wire: Any, base: Sequence[int] | None, whole: Set[int] | None = None) -> None:
+    """Decode a ``rep``'s groups (as ``pack`` wrote them) and union them into ``groups``; ``whole``
+    is the set of all of ``base`` when the caller has it (the targets it sent: not copied again).
 
     Malformed input raises ProtocolError (which closes that one link)."""
     if not isinstance(wire, list):
@@ -145,13 +147,14 @@ def unpack_into(groups: Groups, wire: Any, base: Sequence[int] | None) -> None:
         raw = item[0]
         key: Key = _undo_edit(raw, keys) if raw[0] == "d" else freeze(raw)
         keys.append(key)
+        rs: Set[int]
         if base is None:
             try:
                 rs = rankset.decode(item[1])
             except (ValueError, TypeError) as e:
                 raise ProtocolError(f"bad rank set in group: {e}") from None
         else:
-            rs = ranks_at(item[1], base)
+            rs = ranks_at(item[1], base, whole)
         groups.add(key, rs)
 
 
