@@ -105,6 +105,7 @@ TOLERANCE = 0.25  # the model must reproduce the measured points within this
 SMALL_POINT = 2048  # validation points up to this size are started twice per round
 SPAWN_PER_TURN = 8  # gproc.services.execute.SpawnGate's default
 CHUNK = 128 * 1024  # gproc's put chunk (gproc.bundle.CHUNK)
+WIDE, WIDE_FIRST = 10_000, 100_000  # the op frame measured for its target list: spread ranks from here
 PROBE = (256, 16, 4)  # the real local cluster measured for the daemons' overhead: nodes, fanout, worker processes
 # larger clusters, at 4 and at 16 processes (the per-node overhead grows with the cluster's size and
 # with the processes taking turns on the cores; over ~300 nodes per process they start programs
@@ -161,6 +162,11 @@ class Costs:
     small_send: float = 22.5e-6  # ping / pong
     small_recv: float = 36.6e-6
     op_exec_bytes: float = 1862.0  # frame bytes (length prefix included)
+    # an op frame's target list grows with the subtree it goes to: a subtree's ranks are spread (one
+    # interval per rank), 10 B per target past rank 65,535 (msgpack uint32 twice)
+    tg_send_target: float = 0.040e-6  # pack + encrypt + send, per target (measured 2026-12-01)
+    tg_recv_target: float = 0.046e-6  # receive + decrypt + unpack, per target
+    tg_bytes_target: float = 10.0
     op_noop_bytes: float = 36.0
     rep_bytes: float = 34.0  # a status-only reply ("s", 0) for a whole subtree
     echo_rep_wire_bytes: float = 93.0  # one identical-output reply (echo) on a link, TLS included
@@ -327,6 +333,7 @@ def exec_body(job: int = 123456, nnodes: int = 10000) -> dict[str, Any]:
 async def measure_frames(key: str, rounds: int) -> dict[str, float]:
     """Frame costs on a real TreeLink pair (TLS 1.3, the cluster credential, loopback TCP)."""
     from gproc import credential, wire
+    from gproc import ranks as rankset
     from gproc.overlay import TreeLink
 
     loop = asyncio.get_running_loop()
@@ -357,11 +364,13 @@ async def measure_frames(key: str, rounds: int) -> dict[str, float]:
     child.start(handler, lambda lk: None)
     sslobj = transport.get_extra_info("ssl_object")
     cipher = sslobj.cipher() if sslobj is not None else None
+    wide = rankset.encode({WIDE_FIRST + 7 * i for i in range(WIDE)})  # a subtree's spread ranks
     msgs = {
         "op_exec": ({"t": "op", "op": 123456, "k": "exec", "b": exec_body(), "tg": [1, 312]}, parent),
         "op_noop": ({"t": "op", "op": 123456, "k": "noop", "b": {}, "tg": [1, 312]}, parent),
         "rep": ({"t": "rep", "op": 123456, "g": [[["s", 0, ""], True]], "end": True}, child),
         "small": ({"t": "ping"}, parent),
+        "op_wide": ({"t": "op", "op": 123456, "k": "noop", "b": {}, "tg": wide}, parent),
     }
     out: dict[str, float] = {}
 
@@ -373,22 +382,23 @@ async def measure_frames(key: str, rounds: int) -> dict[str, float]:
     try:
         for name, (msg, sender) in msgs.items():
             sends, totals = [], []
+            n_rounds = rounds if name != "op_wide" else max(20, rounds // 10)
             for _ in range(3):
                 send = 0.0
                 c0 = time.process_time()
-                for _ in range(rounds):
+                for _ in range(n_rounds):
                     waiter.append(loop.create_future())
                     t0 = time.thread_time()
                     sender.send(msg)
                     send += time.thread_time() - t0
                     await waiter[-1]
                     waiter.clear()
-                total = (time.process_time() - c0) / rounds
+                total = (time.process_time() - c0) / n_rounds
                 c1 = time.process_time()
-                for _ in range(rounds):
+                for _ in range(n_rounds):
                     await wake_round()
-                base = (time.process_time() - c1) / rounds
-                sends.append(send / rounds)
+                base = (time.process_time() - c1) / n_rounds
+                sends.append(send / n_rounds)
                 totals.append(total - base)
                 out["loop_wake"] = base
             s, t = min(sends), min(totals)
@@ -399,6 +409,10 @@ async def measure_frames(key: str, rounds: int) -> dict[str, float]:
         transport.close()
         parent.abort()
         server.close()
+    # the target list alone: the wide frame less the same frame with one interval
+    out["tg_send_target"] = max(0.0, out.pop("op_wide_send") - out["op_noop_send"]) / WIDE
+    out["tg_recv_target"] = max(0.0, out.pop("op_wide_recv") - out["op_noop_recv"]) / WIDE
+    out["tg_bytes_target"] = (out.pop("op_wide_bytes") - out["op_noop_bytes"]) / (WIDE - 1)
     out["cipher"] = 0.0
     if cipher:
         print(f"  frames: {cipher[1]} {cipher[0]}")
@@ -474,8 +488,8 @@ async def measure_node(key: str, big: int) -> dict[str, float]:
         tg = rankset.encode(targets)
         reps = max(1, 3000 // m)
         down = up = 0.0
-        for _ in range(reps):
-            op = next(ids)
+        for i in range(reps + 1):  # the first op (untimed) is the first after the routes changed: it
+            op = next(ids)  # freezes each link's share, which later jobs on the same nodes reuse
             t0 = time.thread_time()
             if master:
                 node.start_op(op, "noop", {}, targets, sink)
@@ -484,8 +498,9 @@ async def measure_node(key: str, big: int) -> dict[str, float]:
             t1 = time.thread_time()
             for lk in links:
                 node._on_rep(lk, {"t": "rep", "op": op, "g": [[["s", 0, ""], True]], "end": True})  # type: ignore[arg-type]
-            down += t1 - t0
-            up += time.thread_time() - t1
+            if i:
+                down += t1 - t0
+                up += time.thread_time() - t1
         node._detach(set(node.route))
         return down / reps, up / reps
 
@@ -1168,11 +1183,13 @@ def simulate_local(
         if what == "mstart":
             for v in tree.top:
                 effects.append(lambda v=v: deliver(loops[owner[v]], ("op", v)))
-            return add("master", 0.5 * fixed + per_target_master * n + len(tree.top) * (c.down_child + send))
+            tg = c.tg_send_target * n
+            return add("master", 0.5 * fixed + per_target_master * n + len(tree.top) * (c.down_child + send) + tg)
         if what == "op":
             v = task[1]
-            kids = tree.children[v]
-            cost = add("frames", recv + len(kids) * send)
+            kids = tree.children[v]  # the frames carry the targets: this subtree in, each child's out
+            cost = add("frames", recv + len(kids) * send + c.tg_recv_target * tree.size[v])
+            cost += add("frames", c.tg_send_target * (tree.size[v] - 1))
             cost += add("real-daemon correction", c.overhead_down(kind))
             if not kids and not exec_:
                 cost += add("op machinery", c.leaf_noop) + add("frames", c.rep_send)
@@ -1329,18 +1346,18 @@ def simulate_cluster(tree: Tree, kind: str, c: Costs, net: Net) -> float:
     def forward(v: int, kids: list[int], start: float) -> float:
         t = start
         for u in kids:
-            t += c.down_child + c.op_send(kind)
-            nic_free[v] = max(nic_free[v], t) + c.op_bytes(kind) / net.bandwidth
+            t += c.down_child + c.op_send(kind) + c.tg_send_target * tree.size[u]
+            nic_free[v] = max(nic_free[v], t) + (c.op_bytes(kind) + c.tg_bytes_target * tree.size[u]) / net.bandwidth
             at(nic_free[v] + net.latency, lambda u=u: on_op(u))
         return t
 
     def on_op(v: int) -> None:
         kids = tree.children[v]
         if not kids and not exec_:
-            end = cpu(v, c.op_recv(kind) + c.leaf_noop + c.rep_send)
+            end = cpu(v, c.op_recv(kind) + c.tg_recv_target + c.leaf_noop + c.rep_send)
             at(end, lambda: leave(v))
             return
-        pre = c.op_recv(kind) + c.down_base + c.down_target * tree.size[v]
+        pre = c.op_recv(kind) + c.tg_recv_target * tree.size[v] + c.down_base + c.down_target * tree.size[v]
         start = max(env.now, cpu_free[v])
         t = forward(v, kids, start + pre)
         cpu_free[v] = t
@@ -1392,7 +1409,7 @@ def recurrence(n: int, k: int, kind: str, c: Costs, net: Net) -> float:
     for d in range(len(lv) - 1, -1, -1):
         kids = lv[d].kids
         if kids == 0 and not exec_:
-            r = c.op_recv(kind) + c.leaf_noop + c.rep_send
+            r = c.op_recv(kind) + c.tg_recv_target + c.leaf_noop + c.rep_send
         else:
             r = node_span(kids, lv[d].subtree, r_child, sub_child, kind, c, net, master=False, n=n)
         r_child, sub_child = r, lv[d].subtree
@@ -1411,13 +1428,13 @@ def node_span(
         t = 0.5 * fixed + per_target * n
         up_target = c.master_up_target
     else:
-        t = c.op_recv(kind) + c.down_base + c.down_target * subtree
+        t = c.op_recv(kind) + c.tg_recv_target * subtree + c.down_base + c.down_target * subtree
         up_target = c.up_target
     nic = 0.0
     jobs: list[tuple[float, float]] = []
     for _ in range(kids):
-        t += c.down_child + c.op_send(kind)
-        nic = max(nic, t) + c.op_bytes(kind) / net.bandwidth
+        t += c.down_child + c.op_send(kind) + c.tg_send_target * sub_child
+        nic = max(nic, t) + (c.op_bytes(kind) + c.tg_bytes_target * sub_child) / net.bandwidth
         back = nic + net.latency + r_child + c.rep_bytes / net.bandwidth + net.latency
         jobs.append((back, c.rep_recv + c.up_child + up_target * sub_child))
     if exec_ and not master:
@@ -1573,6 +1590,9 @@ def costs_table(c: Costs, extra: dict[str, float], src: str) -> str:
         f"{c.op_exec_recv * us:.0f} µs | `TreeLink` over TLS 1.3 on loopback, one frame at a time |",
         f"| noop op frame ({c.op_noop_bytes:.0f} B): send / receive | {c.op_noop_send * us:.0f} / "
         f"{c.op_noop_recv * us:.0f} µs | same |",
+        f"| an op frame's target list, per target: send / receive / bytes | {c.tg_send_target * 1e9:.0f} / "
+        f"{c.tg_recv_target * 1e9:.0f} ns / {c.tg_bytes_target:.1f} B | a noop frame carrying {WIDE:,} spread "
+        f"ranks from {WIDE_FIRST:,} (one interval each, as a subtree's) less the one-interval frame |",
         f"| reply frame ({c.rep_bytes:.0f} B): send / receive | {c.rep_send * us:.0f} / {c.rep_recv * us:.0f} µs "
         "| same |",
         f"| ping/pong frame: send / receive | {c.small_send * us:.0f} / {c.small_recv * us:.0f} µs | same |",
@@ -1655,7 +1675,9 @@ def assumptions(net: Net, cores: int, quantum: float, fanouts: Sequence[int]) ->
         "of constant size.",
         "Per-target work is real: every node expands its targets and its children's reply positions into "
         "Python sets (cost linear in its subtree), the master also selects the nodes and keeps the job's "
-        "rank set. Nothing else grows with N.",
+        "rank set. An op frame carries its targets, one interval per rank (a subtree's ranks are spread): "
+        "packing, encrypting, decrypting and unpacking them and their bytes on the NIC grow with the subtree "
+        "the frame goes to. Nothing else grows with N.",
         "Costs are CPU seconds measured on this machine now; a cost does not depend on N except through the "
         "per-target work above and the descriptors a forking process holds (measured slope). In the local "
         "environment the real-daemon corrections (from the clusters of "
