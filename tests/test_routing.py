@@ -149,6 +149,9 @@ class Wire(Link):
         self.sent.append(msg)
         return True
 
+    def send_frame(self, data: bytes) -> bool:
+        return self.send(wire.unpack(data[4:]))
+
 
 def test_ops_on_whole_subtrees_carry_the_ranks_under_each_link_now(node: Node) -> None:
     """Three ops on every node, a rank attached before the second and one moved before the third:

@@ -43,6 +43,31 @@ def _read_all(data: bytes) -> list[wire.Message]:
     return asyncio.run(go())
 
 
+values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text() | st.binary(),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=4), c, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.text(max_size=6), values, max_size=14), st.text(max_size=6), values)
+def test_a_frame_with_a_value_packed_beforehand_is_the_same_frame(
+    head: dict[str, object], name: str, value: object
+) -> None:
+    """pack_with (an op's target list encoded once, sent to many) gives pack's bytes exactly."""
+    head.pop(name, None)
+    assert wire.pack_with(wire.packed(head), name, wire.packed(value)) == wire.pack({**head, name: value})
+
+
+def test_pack_with_refuses_what_it_cannot_extend() -> None:
+    with pytest.raises(ValueError):
+        wire.pack_with(wire.packed([1, 2]), "tg", wire.packed(1))  # not a map
+    with pytest.raises(ValueError):
+        wire.pack_with(wire.packed({str(i): i for i in range(15)}), "tg", wire.packed(1))  # no fixmap room
+    with pytest.raises(ProtocolError, match="exceeds"):
+        wire.pack_with(wire.packed({"t": "op"}), "tg", wire.packed(b"x" * wire.MAX_FRAME))
+
+
 @settings(max_examples=300)
 @given(st.binary(max_size=300))
 def test_garbage_stream_only_protocol_errors(data: bytes) -> None:

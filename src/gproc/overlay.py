@@ -288,7 +288,12 @@ class TreeLink(asyncio.Protocol):
         """Queue one message; False when the link is closed."""
         if self.closed or self.transport is None:
             return False
-        data = wire.pack(msg)
+        return self.send_frame(wire.pack(msg))
+
+    def send_frame(self, data: bytes) -> bool:
+        """Queue one frame already packed (``wire.pack``, ``wire.pack_with``); False when closed."""
+        if self.closed or self.transport is None:
+            return False
         if len(data) <= WRITE_SLICE:
             self.transport.write(data)
         else:
@@ -352,18 +357,25 @@ class Share:
     until the subtree changes (``Node._route_add`` / ``_route_drop`` drop it). Saves each op the
     per-rank encode going down and the sort coming back up (a subtree's ranks are rarely contiguous)."""
 
-    __slots__ = ("_encoded", "_ordered", "ranks")
+    __slots__ = ("_encoded", "_ordered", "_packed", "ranks")
 
     def __init__(self, ranks: frozenset[int]) -> None:
         self.ranks = ranks
         self._encoded: list[int] | None = None
         self._ordered: list[int] | None = None
+        self._packed: bytes | None = None
 
     def encoded(self) -> list[int]:
         """The ranks as the flat interval list an op's ``tg`` carries (shared: not to be changed)."""
         if self._encoded is None:
             self._encoded = rankset.encode(self.ranks)
         return self._encoded
+
+    def packed(self) -> bytes:
+        """The encoding as msgpack bytes, for ``wire.pack_with``."""
+        if self._packed is None:
+            self._packed = wire.packed(self.encoded())
+        return self._packed
 
     def ordered(self) -> list[int]:
         """The ranks sorted: the base a child's reply positions index into (shared: not to be changed)."""
@@ -999,10 +1011,16 @@ class Node:
             op.groups.add(("s", 255, "unreachable"), unreachable)
         self.ops[op_id] = op
         whole = self._whole
+        head: bytes | None = None  # the op without its targets, packed once for every whole subtree
         for lk, rs in buckets.items():
             w = whole.get(lk)
-            tg = w.encoded() if w is not None and w.ranks is rs else rankset.encode(rs)
-            if lk.send({"t": "op", "op": op_id, "k": kind, "b": body, "tg": tg}):
+            if w is not None and w.ranks is rs:
+                if head is None:
+                    head = wire.packed({"t": "op", "op": op_id, "k": kind, "b": body})
+                sent = lk.send_frame(wire.pack_with(head, "tg", w.packed()))
+            else:
+                sent = lk.send({"t": "op", "op": op_id, "k": kind, "b": body, "tg": rankset.encode(rs)})
+            if sent:
                 op.waiting[lk] = rs
                 op.unheard.add(lk)
             else:
