@@ -1083,6 +1083,12 @@ def levels(n: int, k: int) -> list[Level]:
     return [Level(s, c, min(m, n)) for s, c, m in zip(sizes, kids, sub, strict=True)]
 
 
+def op_frame(n: int, k: int, c: Costs) -> float:
+    """Bytes of the exec op frame the master sends each child: the op and the child's subtree as
+    targets (spread ranks: one interval each)."""
+    return c.op_exec_bytes + c.tg_bytes_target * levels(n, k)[0].subtree
+
+
 def local_workers(n: int, k: int, cores: int) -> int:
     """Worker processes of gproc.local.up for this machine."""
     from gproc import local
@@ -2076,13 +2082,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.latency:g} µs per hop (recurrence: the per-node simulation takes too long past ~10^5 nodes).\n\n"
         "| N | fanout | depth | launch | no-op RTT | bytes at master (merged) | unmerged | "
         f"broadcast {args.file_mib:g} MiB (network only) | broadcast (with TLS CPU) | "
-        "master per-target CPU (launch) |\n"
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "master per-target CPU (launch) | exec op frame to a master child |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
+    from gproc import wire
+
     for n, k, depth, launch, noop, mb, unmerged, bn, bc in proj_rows:
+        frame = op_frame(n, k, costs)
+        over = " (over the frame limit)" if frame > wire.MAX_FRAME else ""
         out.append(
             f"| {n:,} | {k} | {depth} | {fmt_t(launch)} | {fmt_t(noop)} | {fmt_b(mb)} | {fmt_b(unmerged)} | "
-            f"{fmt_t(bn)} | {fmt_t(bc)} | {fmt_t(master_exec * n)} |\n"
+            f"{fmt_t(bn)} | {fmt_t(bc)} | {fmt_t(master_exec * n)} | {fmt_b(frame)}{over} |\n"
         )
     big = max(sizes)
     launch_big = recurrence(big, k_main, "exec", costs, net)
@@ -2101,9 +2111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"expanding and merging rank sets: {master_exec * 1e6:.2f} µs per node for a launch, "
         f"{master_ping * 1e6:.2f} µs for a ping) is {master_exec * big / launch_big:.0%} of the launch "
         f"({fmt_t(launch_big)}) and {master_ping * big / noop_big:.0%} of the no-op ({fmt_t(noop_big)}); the "
-        "tree itself (frames, forks, hops) adds only milliseconds per level. The first job on a new node set "
+        f"rest of the launch ({fmt_t(launch_big - master_exec * big)}) is the tree's: frames and their target "
+        "lists, forks, hops. The first job on a new node set "
         f"also folds N names with ClusterShell ({costs.fold_target * 1e6:.1f} µs per node, "
-        f"{fmt_t(costs.fold_target * big)} at {big:,}), cached afterwards.\n"
+        f"{fmt_t(costs.fold_target * big)} at {big:,}), cached afterwards. An op frame carries its "
+        f"targets, one interval per rank ({costs.tg_bytes_target:.0f} B each): the master's frame to each "
+        f"child holds that child's subtree ({fmt_b(op_frame(big, k_main, costs))} at {big:,}, fanout "
+        f"{k_main}), and a subtree of more than "
+        f"{(wire.MAX_FRAME - costs.op_exec_bytes) / costs.tg_bytes_target:,.0f} nodes would exceed the "
+        f"frame limit ({fmt_b(wire.MAX_FRAME)}, `gproc.wire.MAX_FRAME`).\n"
     )
     out.append("\n![model](model.png)\n\n")
     text = "".join(out)
