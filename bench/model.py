@@ -1522,9 +1522,13 @@ def load_costs(path: Path) -> tuple[Costs, dict[str, float], str]:
     raw = d["costs"]
     raw["more_probes"] = tuple(tuple(float(v) for v in row) for row in raw.get("more_probes", ()))
     costs = Costs(**{f.name: raw[f.name] for f in fields(Costs) if f.name in raw})
+    missing = [f.name for f in fields(Costs) if f.name not in raw]  # costs that run did not measure yet
     where = path.resolve()
     name = where.relative_to(REPO) if where.is_relative_to(REPO) else where
-    return costs, dict(d.get("extra", {})), f"measured {d.get('date', '?')} at {d.get('commit', '?')}, read from {name}"
+    source = f"measured {d.get('date', '?')} at {d.get('commit', '?')}, read from {name}"
+    if missing:
+        source += f" (not in that file, so the stored defaults: {', '.join(missing)})"
+    return costs, dict(d.get("extra", {})), source
 
 
 def load_points(path: Path) -> tuple[list[Point], str]:
