@@ -1506,6 +1506,12 @@ class Point:
     noop_all: tuple[float, ...] | None = None
 
 
+def tally(timed: Sequence[Row], bad: Sequence[Row]) -> str:
+    """'X of Y within 25 %' and the points that are not, for a second validation line."""
+    misses = ", ".join(f"N={r.n:,}/fanout {r.fanout} {r.what} {r.err:+.0%}" for r in bad)
+    return f"{len(timed) - len(bad)} of {len(timed)} within {TOLERANCE:.0%}" + (f" ({misses})" if bad else "")
+
+
 def probe_fanout(n: float, procs: float) -> str:
     """The fanout of the calibration cluster of ``n`` nodes in ``procs`` processes (``?`` if unknown)."""
     return next((str(k) for nn, k, pp in PROBES_MORE if nn == n and pp == procs), "?")
@@ -2064,24 +2070,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.append(
             f"\nWithout the calibration clusters of {big_n:,} nodes or more (probes up to {max(below):,.0f} "
             f"nodes, so a {big_n:,}-node point reads its corrections off lines extrapolated past them): "
-            f"{len(fewer_timed) - len(fewer_bad)} of {len(fewer_timed)} within {TOLERANCE:.0%}"
-            + (
-                " (" + ", ".join(f"N={r.n:,}/fanout {r.fanout} {r.what} {r.err:+.0%}" for r in fewer_bad) + ")"
-                if fewer_bad
-                else ""
-            )
-            + ".\n"
+            f"{tally(fewer_timed, fewer_bad)}.\n"
         )
     if other_timed:
         out.append(
             f"\nThe same model against the points of another hour, {other_source}: "
-            f"{len(other_timed) - len(other_bad)} of {len(other_timed)} within {TOLERANCE:.0%}"
-            + (
-                " (" + ", ".join(f"N={r.n:,}/fanout {r.fanout} {r.what} {r.err:+.0%}" for r in other_bad) + ")"
-                if other_bad
-                else ""
-            )
-            + " (the gap to the table above holds how far this VM's speed moved between the two hours).\n"
+            f"{tally(other_timed, other_bad)} (the gap to the table above holds how far this VM's speed moved "
+            "between the two hours).\n"
         )
     out.append("\nWhere the model's CPU goes (local, idle machine):\n\n")
     for r in timed:
