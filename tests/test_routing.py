@@ -146,7 +146,7 @@ class Wire(Link):
         self.counter = wire.Counter()
 
     def send(self, msg: dict[str, object]) -> bool:
-        self.sent.append(msg)
+        self.sent.append(wire.unpack(wire.pack(msg)[4:]))  # packed as TreeLink does: the frame limit holds
         return True
 
     def send_frame(self, data: bytes) -> bool:
@@ -180,5 +180,32 @@ def test_ops_on_whole_subtrees_carry_the_ranks_under_each_link_now(node: Node) -
                     ok |= rankset.decode(rs)  # type: ignore[arg-type]
             assert ok == targets
             shares_are_current(node)
+
+    asyncio.run(go())
+
+
+def test_an_op_too_large_for_a_frame_fails_on_those_ranks_and_keeps_the_links(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subtree whose op frame would pass the frame limit (past ~1.7 million nodes under one child)
+    gets an error status for its ranks; the links stay up and the other subtrees run it."""
+
+    async def go() -> None:
+        links = [Wire() for _ in range(2)]
+        reset(node)
+        for r in range(2, 400, 2):  # spread ranks: one interval each
+            node._route_add(r, links[0])  # type: ignore[arg-type]
+        node._route_add(3, links[1])  # type: ignore[arg-type]
+        got: list[tuple[list[list[object]], bool]] = []
+        monkeypatch.setattr(wire, "MAX_FRAME", 100)  # 199 ranks do not fit, one does
+        node.start_op(200, "noop", {}, {1, *node.route}, lambda g, end: got.append((g, end)))
+        assert not links[0].sent and len(links[1].sent) == 1 and not links[0].closed
+        node._on_rep(links[1], {"t": "rep", "op": 200, "g": [[["s", 0, ""], True]], "end": True})  # type: ignore[arg-type]
+        by_key: dict[tuple[object, ...], set[int]] = {}
+        for groups, _ in got:
+            for key, rs in groups:
+                by_key.setdefault(tuple(key), set()).update(rankset.decode(rs))  # type: ignore[arg-type]
+        assert got[-1][1] is True
+        assert by_key == {("s", 255, "operation too large for one frame"): set(range(2, 400, 2)), ("s", 0, ""): {1, 3}}
 
     asyncio.run(go())

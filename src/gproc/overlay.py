@@ -40,6 +40,7 @@ ID_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
 
 LOST: Key = ("s", 255, "lost")
+TOO_LARGE: Key = ("s", 255, "operation too large for one frame")  # its targets and body past wire.MAX_FRAME
 WRITE_SLICE = 64 * 1024  # TLS encrypts a write whole into a buffer that keeps its peak size
 ADMIT_WAIT = 30.0  # how long a parent that is not attached yet holds a new child before refusing it
 FLUSH_BYTES = 4 << 20  # results this big go up at once, whatever the timing (bounds a node's memory)
@@ -1014,12 +1015,16 @@ class Node:
         head: bytes | None = None  # the op without its targets, packed once for every whole subtree
         for lk, rs in buckets.items():
             w = whole.get(lk)
-            if w is not None and w.ranks is rs:
-                if head is None:
-                    head = wire.packed({"t": "op", "op": op_id, "k": kind, "b": body})
-                sent = lk.send_frame(wire.pack_with(head, "tg", w.packed()))
-            else:
-                sent = lk.send({"t": "op", "op": op_id, "k": kind, "b": body, "tg": rankset.encode(rs)})
+            try:
+                if w is not None and w.ranks is rs:
+                    if head is None:
+                        head = wire.packed({"t": "op", "op": op_id, "k": kind, "b": body})
+                    sent = lk.send_frame(wire.pack_with(head, "tg", w.packed()))
+                else:
+                    sent = lk.send({"t": "op", "op": op_id, "k": kind, "b": body, "tg": rankset.encode(rs)})
+            except ProtocolError:  # the frame would pass the frame limit: the op fails there, the link stays
+                op.groups.add(TOO_LARGE, rs)
+                continue
             if sent:
                 op.waiting[lk] = rs
                 op.unheard.add(lk)
