@@ -1011,12 +1011,11 @@ class Node:
         if unreachable:
             op.groups.add(("s", 255, "unreachable"), unreachable)
         self.ops[op_id] = op
-        whole = self._whole
         head: bytes | None = None  # the op without its targets, packed once for every whole subtree
         for lk, rs in buckets.items():
-            w = whole.get(lk)
+            w = self._share_of(lk, rs)
             try:
-                if w is not None and w.ranks is rs:
+                if w is not None:
                     if head is None:
                         head = wire.packed({"t": "op", "op": op_id, "k": kind, "b": body})
                     sent = lk.send_frame(wire.pack_with(head, "tg", w.packed()))
@@ -1087,6 +1086,11 @@ class Node:
             unreachable.update(r for r in targets if r != self.rank and r not in route)
         return buckets, unreachable
 
+    def _share_of(self, link: TreeLink, ranks: Set[int]) -> Share | None:
+        """The frozen share ``ranks`` is, when it is all of ``link``'s subtree as it still stands."""
+        w = self._whole.get(link)
+        return w if w is not None and w.ranks is ranks else None
+
     def _run_local(self, op: Op) -> None:
         """Run this node's part of an op: inline when the handler is synchronous, else as a task."""
         handler = self.handlers.get(op.kind)
@@ -1132,13 +1136,13 @@ class Node:
         if op is None:
             return  # late reply for an op already finished (its ranks were reported lost)
         base = op.bases.get(link)
+        sent = op.waiting.get(link)
         if base is None:
-            sent = op.waiting.get(link)
             if sent is None:
                 return  # not a child this op was forwarded to
-            w = self._whole.get(link)
-            base = op.bases[link] = w.ordered() if w is not None and w.ranks is sent else sorted(sent)
-        merge.unpack_into(op.groups, msg.get("g", []), base, op.waiting.get(link))
+            w = self._share_of(link, sent)
+            base = op.bases[link] = w.ordered() if w is not None else sorted(sent)
+        merge.unpack_into(op.groups, msg.get("g", []), base, sent)
         op.bytes_in += link.counter.last_in
         op.frames_in += 1
         op.pending_bytes += link.counter.last_in

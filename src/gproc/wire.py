@@ -24,7 +24,11 @@ Message = dict[str, Any]
 
 def pack(msg: Message) -> bytes:
     """Encode one message as a frame."""
-    body = msgpack.packb(msg, use_bin_type=True)
+    return _frame(packed(msg))
+
+
+def _frame(body: bytes) -> bytes:
+    """A message body with its length prefix (ProtocolError past the frame limit)."""
     if len(body) > MAX_FRAME:
         raise ProtocolError(f"message of {len(body)} bytes exceeds the frame limit of {MAX_FRAME}")
     return _HEADER.pack(len(body)) + body
@@ -35,17 +39,14 @@ def packed(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
 
-def pack_with(head: bytes, name: str, packed: bytes) -> bytes:
-    """The frame of a message whose fields are ``head`` (``msgpack.packb`` of a map of at most 14
-    fields) plus ``name`` with a value given already encoded (``packed``): byte for byte what ``pack``
-    gives for the whole message, without encoding that value again. For a large value sent often (an
-    op's target list, made once per subtree) this leaves only the copy."""
+def pack_with(head: bytes, name: str, encoded: bytes) -> bytes:
+    """The frame of a message whose fields are ``head`` (``packed`` of a map of at most 14 fields)
+    plus ``name`` with a value given already encoded (``encoded``, from ``packed``): byte for byte what
+    ``pack`` gives for the whole message, without encoding that value again. For a large value sent
+    often (an op's target list, made once per subtree) this leaves only the copy."""
     if not head or head[0] & 0xF0 != 0x80 or head[0] == 0x8F:
         raise ValueError("head must be a msgpack map of at most 14 fields")
-    body = b"".join((bytes((head[0] + 1,)), memoryview(head)[1:], msgpack.packb(name, use_bin_type=True), packed))
-    if len(body) > MAX_FRAME:
-        raise ProtocolError(f"message of {len(body)} bytes exceeds the frame limit of {MAX_FRAME}")
-    return _HEADER.pack(len(body)) + body
+    return _frame(b"".join((bytes((head[0] + 1,)), memoryview(head)[1:], packed(name), encoded)))
 
 
 def unpack(body: bytes | memoryview) -> Message:
