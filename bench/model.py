@@ -113,7 +113,12 @@ PROBE = (256, 16, 4)  # the real local cluster measured for the daemons' overhea
 # (2,500 in 4, 625 in 16), at a fanout no point has with that process count (the points at 10,000 are
 # fanout 4 in 4 processes, 8 in 8, 16-64 in 16): without them a 10,000-node point reads its correction
 # off a line extrapolated past 7,500 nodes, which missed the point of 2,500 nodes per process by -26 %
-# and -30 % in two runs (``--probes-upto 7500`` shows the model without them).
+# and -30 % in two runs (``--probes-upto 7500`` shows the model without them). A cluster's processes
+# each take whole subtrees of the master's children, so a probe's fanout must be at least its process
+# count (``gproc.local.up`` runs min(procs, fanout) of them): runs 6 and 7 probed "10,000 nodes in 16
+# processes at fanout 4", which ran in 4 and put a 4-process deep tree's correction on the 16-process
+# line (the 10,000-node no-op at fanout 32 in 16 processes came out +21 % and +37 %). Fanout 48 gives
+# each of the 16 processes three whole subtrees.
 PROBES_MORE = (
     (1280, 16, 4),
     (2560, 16, 4),
@@ -124,7 +129,7 @@ PROBES_MORE = (
     (2560, 16, 16),
     (5000, 16, 16),
     (7500, 16, 16),
-    (10000, 4, 16),
+    (10000, 48, 16),
 )
 WINDOW = 8  # chunks in flight (gproc.services.ship.WINDOW)
 TLS_RECORD_OVERHEAD = 22  # TLS 1.3 record: 5 header + 16 AEAD tag + 1 content type
@@ -792,7 +797,8 @@ def measure_daemon(n: int, k: int, procs: int, pings: int, launches: int) -> dic
         rec = local.up(n, fanout=k, socket=sock, procs=procs)
         try:
             workers = [psutil.Process(pid) for pid, _ in rec.procs[1:]]
-            return asyncio.run(ops(sock, workers, [psutil.Process(rec.procs[0][0])]))
+            got = asyncio.run(ops(sock, workers, [psutil.Process(rec.procs[0][0])]))
+            return {**got, "workers": float(len(workers))}  # what local.up ran, not what was asked
         finally:
             local.down(sock, quiet=True)
 
@@ -952,6 +958,9 @@ def measure(
 
     more_probes = [q for q in PROBES_MORE if q[0] <= upto]
     clusters = [PROBE, *more_probes] if probe else []
+    for n, k, procs in clusters:  # before an hour of measuring: local.up runs min(procs, fanout) processes
+        if min(n, k) < procs:
+            raise ValueError(f"calibration cluster {n} nodes at fanout {k} cannot have {procs} processes")
     parts_runs: list[dict[str, float]] = []
     real_runs: dict[tuple[int, int, int], list[dict[str, float]]] = {c: [] for c in clusters}
     point_runs: dict[tuple[int, int], list[fanout.Point]] = {q: [] for q in points}
@@ -1000,17 +1009,18 @@ def measure(
         more = []
         for n2, k2, procs2 in more_probes:
             real2 = real_of[(n2, k2, procs2)]
-            parts2 = probe_predicted(replace(costs, **zero), n2, k2, procs2)
+            ran = int(real2["workers"])
+            parts2 = probe_predicted(replace(costs, **zero), n2, k2, ran)
             more.append(
                 (
                     float(n2),
-                    float(procs2),
+                    float(ran),
                     (real2["noop_worker"] - parts2["noop_worker"]) / n2,
                     (real2["exec_worker"] - parts2["exec_worker"]) / n2,
                     (real2["exec_programs"] - parts2["exec_programs"]) / n2,
                 )
             )
-            extra.update({f"probe_{n2}_{key}": v for key, v in real2.items()})
+            extra.update({f"probe_{n2}_{procs2}p_{key}": v for key, v in real2.items()})
         costs = replace(costs, more_probes=tuple(more))
         tree = Tree.build(n, k)
         for kind in ("noop", "exec"):
@@ -1166,7 +1176,7 @@ def simulate_local(
     n, k = tree.n, tree.k
     env = simpy.Environment()
     cpu = simpy.Resource(env, capacity=cores)
-    nloops = workers or local_workers(n, k, cores)
+    nloops = min(workers or local_workers(n, k, cores), len(tree.top))  # as local.up: whole top subtrees
     c = c.at(n, nloops)
     owner = [0] * n
     for i, p in enumerate(tree.parent):
