@@ -1712,7 +1712,14 @@ def costs_table(c: Costs, extra: dict[str, float], src: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def assumptions(net: Net, cores: int, quantum: float, fanouts: Sequence[int]) -> str:
+def assumptions(
+    net: Net, cores: int, quantum: float, fanouts: Sequence[int], probes: Sequence[tuple[float, ...]] = ()
+) -> str:
+    """The report's list of assumptions; ``probes``: the calibration clusters beyond ``PROBE`` the
+    costs hold (nodes, processes, ...)."""
+    clusters = [f"{PROBE[0]:,} nodes at fanout {PROBE[1]} in {PROBE[2]} processes"] + [
+        f"{q[0]:,.0f} nodes at fanout {probe_fanout(q[0], q[1])} in {q[1]:.0f} processes" for q in probes
+    ]
     items = [
         "The tree is `gproc.local.layout`'s: levels filled in turn, the master has `fanout` children, the last "
         "level dealt round-robin. All nodes are targets; `exec` of /bin/true with `-localbin` (launch) and "
@@ -1730,7 +1737,7 @@ def assumptions(net: Net, cores: int, quantum: float, fanouts: Sequence[int]) ->
         "Costs are CPU seconds measured on this machine now; a cost does not depend on N except through the "
         "per-target work above and the descriptors a forking process holds (measured slope). In the local "
         "environment the real-daemon corrections (from the clusters of "
-        + ", ".join(f"{q[0]:,} nodes in {q[2]} processes" for q in (PROBE, *PROBES_MORE))
+        + ", ".join(clusters)
         + ") are per node, read off the probes by the cluster's size N (least-squares line through the "
         "probes of each process count) and its number of worker processes (linear between the probed "
         "counts): what all daemons' heaps and descriptors sharing this machine's caches, and the "
@@ -2040,7 +2047,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.append(f"gproc: commit {git_commit()} (working tree); Python {sys.version.split()[0]}  \n")
     out.append(f"Measured points: {source}\n\n")
     out.append(costs_table(costs, extra, cost_source) + "\n")
-    out.append("Assumptions:\n\n" + assumptions(net, args.cores, quantum, fanouts) + "\n")
+    out.append("Assumptions:\n\n" + assumptions(net, args.cores, quantum, fanouts, costs.more_probes) + "\n")
     has_load = any(r.loaded is not None for r in timed)
     out.append(
         "**Validation**: the local model (`gproc.local.up` on this machine's "
