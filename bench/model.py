@@ -132,7 +132,7 @@ PROBES_MORE = (
     (10000, 48, 16),
 )
 WINDOW = 8  # chunks in flight (gproc.services.ship.WINDOW)
-TLS_RECORD_OVERHEAD = 22  # TLS 1.3 record: 5 header + 16 AEAD tag + 1 content type
+TLS_RECORD_OVERHEAD = fanout.TLS_RECORD_OVERHEAD
 TLS_RECORD_MAX = 16384
 MiB = 1024 * 1024
 
@@ -928,7 +928,7 @@ def point_of(runs: list[fanout.Point]) -> Point:
     """One validation point from its starts: ``fanout.combine``'s medians, each start's figures kept."""
     q = fanout.combine(runs)
     each = (tuple(q.launch_all), tuple(q.noop_all)) if q.launch_all and q.noop_all else (None, None)
-    return Point(q.n, q.fanout, q.launch_s, q.noop_s, None, q.master_bytes, q.other, q.procs, *each)
+    return Point(q.n, q.fanout, q.launch_s, q.noop_s, None, q.master_bytes, q.other, q.procs, *each, q.reply_bytes)
 
 
 def interleave(a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
@@ -1514,6 +1514,10 @@ class Point:
     procs: int | None = None  # node processes of the measured cluster (None: gproc.local.workers' choice)
     launch_all: tuple[float, ...] | None = None  # each start's figure, when there were several
     noop_all: tuple[float, ...] | None = None
+    reply_bytes: int | None = None  # the identical-output job's own reply frames at the master, TLS included
+
+
+BYTES_ROWS = ("bytes at master", "reply bytes at master")  # rows in bytes (TCP count, the job's replies)
 
 
 def tally(timed: Sequence[Row], bad: Sequence[Row]) -> str:
@@ -1563,6 +1567,7 @@ def load_points(path: Path) -> tuple[list[Point], str]:
                 p.get("procs") or None,
                 tuple(p["launch_all"]) if p.get("launch_all") else None,
                 tuple(p["noop_all"]) if p.get("noop_all") else None,
+                p.get("reply_bytes"),
             )
             for p in d.get("points", [])
             if p.get("launch_s") is not None and p.get("noop_s") is not None
@@ -1895,9 +1900,11 @@ def validate(
             if p.other:
                 loaded = sim(tree, kind, p.procs, min(0.9, p.other)).seconds
             rows.append(Row(p.n, p.fanout, what, measured, run.seconds, loaded, run, p.procs))
-        if p.master_bytes:
-            model_bytes = min(p.fanout, p.n) * costs.echo_rep_wire_bytes
+        model_bytes = min(p.fanout, p.n) * costs.echo_rep_wire_bytes
+        if p.master_bytes:  # all the master's links received during the job, heartbeats too: shown
             rows.append(Row(p.n, p.fanout, "bytes at master", p.master_bytes, model_bytes))
+        if p.reply_bytes:  # the job's own replies: checked
+            rows.append(Row(p.n, p.fanout, "reply bytes at master", p.reply_bytes, model_bytes))
         got = {r.what: r for r in rows[-3:] if r.n == p.n and r.fanout == p.fanout}
         print(
             f"  local model N={p.n} fanout={p.fanout}: launch {fmt_t(got['launch'].best)} (measured "
@@ -1995,17 +2002,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     fewer_rows: list[Row] = []
     if below and any(q[0] >= big_n for q in costs.more_probes):
         fewer_rows = validate(points, probes_upto(costs, max(below)), args.cores, quantum)[0]
-    fewer_timed = [r for r in fewer_rows if r.what != "bytes at master"]
+    fewer_timed = [r for r in fewer_rows if r.what not in BYTES_ROWS]
     fewer_bad = [r for r in fewer_timed if abs(r.err) > TOLERANCE]
+
     # bytes per master link for the projection: the smallest measured N, where every subtree answers well
     # within `hold` and sends one reply (larger local clusters answer slowly enough for partial replies)
-    with_bytes = [p for p in points if p.master_bytes]
+    # (the job's own replies where the points have them, else the TCP count with its heartbeats)
+    def job_bytes(p: Point) -> int | None:
+        return p.reply_bytes or p.master_bytes
+
+    with_bytes = [p for p in points if job_bytes(p)]
     small = min((p.n for p in with_bytes), default=0)
-    per_link = [p.master_bytes / min(p.fanout, p.n) for p in with_bytes if p.n == small and p.master_bytes]
+    per_link = [(job_bytes(p) or 0) / min(p.fanout, p.n) for p in with_bytes if p.n == small]
     link_bytes = statistics.median(per_link) if per_link else costs.echo_rep_wire_bytes
-    timed = [r for r in rows if r.what != "bytes at master"]
+    per_link_tcp = all(not p.reply_bytes for p in with_bytes)
+    timed = [r for r in rows if r.what not in BYTES_ROWS]
     bad = [r for r in timed if abs(r.err) > TOLERANCE]
-    other_timed = [r for r in other_rows if r.what != "bytes at master"]
+    replies = [r for r in rows if r.what == "reply bytes at master"]
+    other_timed = [r for r in other_rows if r.what not in BYTES_ROWS]
     other_bad = [r for r in other_timed if abs(r.err) > TOLERANCE]
 
     # cluster: the per-node simulation against the recurrence where both run
@@ -2066,7 +2080,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + "---:|\n"
     )
     for r in rows:
-        show = fmt_b if r.what == "bytes at master" else fmt_t
+        show = fmt_b if r.what in BYTES_ROWS else fmt_t
         flag = "" if abs(r.err) <= TOLERANCE or r.what == "bytes at master" else " **✗**"
         loaded = ("" if r.loaded is None else show(r.loaded)) + " |" if has_load else ""
         err = f"{r.err:+.0%}{flag}"
@@ -2082,6 +2096,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"\n**Not met** for {len(bad)} of {len(timed)} timed points: "
             + ", ".join(f"N={r.n:,}/fanout {r.fanout}/{r.procs or '-'} procs {r.what} ({r.err:+.0%})" for r in bad)
             + ". No per-point factor was tuned; see the notes.\n"
+        )
+    if replies:
+        out.append(
+            f"\nThe job's own reply bytes at the master (the job store's `rep_bytes` + one TLS record per frame; "
+            f"the TCP count above also holds the heartbeat pongs that arrived meanwhile): "
+            f"{tally(replies, [r for r in replies if abs(r.err) > TOLERANCE])}.\n"
         )
     if fewer_timed:
         out.append(
@@ -2133,6 +2153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"median of the measured points' master_bytes / master links at N = {small:,}; more than the reply's own "
             f"{costs.echo_rep_wire_bytes:.0f} B: the TCP count also holds the heartbeat pongs that arrived "
             "meanwhile (and the odd second reply frame)"
+            if per_link and per_link_tcp
+            else f"median of the measured jobs' own reply bytes / master links at N = {small:,}; the real encoding "
+            f"of an echo reply is {costs.echo_rep_wire_bytes:.0f} B"
             if per_link
             else "real encoding of an echo reply"
         )
