@@ -45,6 +45,7 @@ from results import machine, publish
 
 HERE = Path(__file__).resolve().parent
 JSON = HERE / "fanout.json"
+TLS_RECORD_OVERHEAD = 22  # TLS 1.3 record: 5 header + 16 AEAD tag + 1 content type
 SHIP_FANOUT = 32  # above 2,048 nodes the shipped launch is measured at this fanout only
 
 
@@ -68,6 +69,7 @@ class Point:
     starts: int = 1  # clusters started for this point; the figures above are medians over them
     launch_all: list[float] | None = None  # each start's launch (its median of --runs)
     noop_all: list[float] | None = None  # each start's no-op (its median of --pings)
+    reply_bytes: int | None = None  # the identical-output job's own reply frames at the master, TLS included
 
 
 def combine(runs: list[Point]) -> Point:
@@ -84,7 +86,7 @@ def combine(runs: list[Point]) -> Point:
         first.n, first.fanout, first.depth, round(med("up_s"), 2), round(med("kib_per_node"), 1), med("launch_s"),
         med("launch_ship_s"), med("noop_s"), med("noop_master_s"), med("master_bytes"), med("master_frame_bytes"),
         max(r.records for r in runs), min(r.ok for r in runs), round(med("other"), 3), first.procs, len(runs),
-        [r.launch_s for r in runs], [r.noop_s for r in runs],
+        [r.launch_s for r in runs], [r.noop_s for r in runs], med("reply_bytes"),
     )  # fmt: skip
 
 
@@ -118,8 +120,11 @@ def idle_daemon_rss() -> int:
         p.wait()
 
 
-async def identical_output(sock: str, n: int) -> tuple[int | None, int, int]:
-    """(TCP bytes, frame bytes, records at the client) for one gathered ``echo`` on every node."""
+async def identical_output(sock: str, n: int) -> tuple[int | None, int, int, int | None]:
+    """(TCP bytes, frame bytes, records at the client, reply bytes) for one gathered ``echo`` on every
+    node. The first two count everything the master's links received meanwhile, heartbeat pongs too
+    (at 1,024 nodes one 34 B pong per link in most jobs); the last the job's own reply frames (the
+    job store's ``rep_bytes``) with one TLS record each."""
     from gproc.client import Cluster, Output
 
     c = Cluster(sock)
@@ -130,7 +135,11 @@ async def identical_output(sock: str, n: int) -> tuple[int | None, int, int]:
     records = sum(1 for ev in [e async for e in job] if isinstance(ev, Output))
     after = await c.stats()
     tcp = None if after["wire_in"] is None else after["wire_in"] - before["wire_in"]
-    return tcp, after["bytes_in"] - before["bytes_in"], records
+    row = next((r for r in await c.jobs() if r.get("id") == job.id), None)
+    reply = None
+    if row is not None and row.get("rep_frames"):
+        reply = int(row["rep_bytes"]) + TLS_RECORD_OVERHEAD * int(row["rep_frames"])
+    return tcp, after["bytes_in"] - before["bytes_in"], records, reply
 
 
 async def in_process(sock: str, n: int, runs: int, pings: int, ship: bool) -> dict[str, float | None]:
@@ -167,12 +176,13 @@ def measure(n: int, fanout: int, runs: int, pings: int, baseline: int, ship: boo
             starters = [c for w in workers for c in w.children() if any("gproc_spawnd" in a for a in c.cmdline())]
             rss = sum(w.memory_info().rss for w in workers + starters)
             kib = (rss - baseline * len(workers)) / n / 1024
-            tcp, frames, records = asyncio.run(identical_output(sock, n))
+            tcp, frames, records, reply = asyncio.run(identical_output(sock, n))
         finally:
             local.down(sock, quiet=True)
     return Point(
         n, fanout, depth_of(n, fanout), round(up, 2), round(kib, 1), r["launch"], r["ship"], r["ping"],
         r["ping_master"], tcp, frames, records, n, round(load.other(), 3), len(workers),
+        reply_bytes=reply,
     )  # fmt: skip
 
 
@@ -199,11 +209,12 @@ def report(points: list[Point], meta: dict[str, str]) -> str:
         f" process ({meta['baseline']} MiB each), per node. launch: `/bin/true` with `localbin=True` on every"
         " node, all N exit statuses counted; shipped: the default mode (program cached). master bytes: TCP"
         " payload the master received for one `echo` with identical output everywhere (`-b`), and the output"
-        " records the client got for it.",
+        " records the client got for it; reply bytes: that job's own reply frames at the master (the job"
+        " store's rep_bytes, one TLS record each), without the heartbeats that arrived meanwhile.",
         "",
         "| N | fanout | depth | procs | up | KiB/node | launch | shipped | no-op | no-op in master"
-        " | master bytes (TCP) | frame bytes | records | other load |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | master bytes (TCP) | frame bytes | reply bytes | records | other load |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
         ship = "" if p.launch_ship_s is None else f"{p.launch_ship_s:.2f}"
@@ -211,7 +222,8 @@ def report(points: list[Point], meta: dict[str, str]) -> str:
             f"| {p.n} | {p.fanout} | {p.depth} | {p.procs or '?'} | {p.up_s:.1f} | {p.kib_per_node:.0f}"
             f" | {p.launch_s:.2f}{each(p.launch_all, 1, '{:.2f}')}"
             f" | {ship} | {p.noop_s * 1000:.0f} ms{each(p.noop_all, 1000, '{:.0f}')} | {p.noop_master_s * 1000:.0f} ms"
-            f" | {p.master_bytes if p.master_bytes is not None else '?'} | {p.master_frame_bytes} | {p.records}"
+            f" | {p.master_bytes if p.master_bytes is not None else '?'} | {p.master_frame_bytes}"
+            f" | {p.reply_bytes if p.reply_bytes is not None else '?'} | {p.records}"
             f" | {p.other:.0%} |"
         )
     out.append("")

@@ -132,7 +132,7 @@ PROBES_MORE = (
     (10000, 48, 16),
 )
 WINDOW = 8  # chunks in flight (gproc.services.ship.WINDOW)
-TLS_RECORD_OVERHEAD = 22  # TLS 1.3 record: 5 header + 16 AEAD tag + 1 content type
+TLS_RECORD_OVERHEAD = fanout.TLS_RECORD_OVERHEAD
 TLS_RECORD_MAX = 16384
 MiB = 1024 * 1024
 
@@ -928,7 +928,7 @@ def point_of(runs: list[fanout.Point]) -> Point:
     """One validation point from its starts: ``fanout.combine``'s medians, each start's figures kept."""
     q = fanout.combine(runs)
     each = (tuple(q.launch_all), tuple(q.noop_all)) if q.launch_all and q.noop_all else (None, None)
-    return Point(q.n, q.fanout, q.launch_s, q.noop_s, None, q.master_bytes, q.other, q.procs, *each)
+    return Point(q.n, q.fanout, q.launch_s, q.noop_s, None, q.master_bytes, q.other, q.procs, *each, q.reply_bytes)
 
 
 def interleave(a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
@@ -1514,6 +1514,10 @@ class Point:
     procs: int | None = None  # node processes of the measured cluster (None: gproc.local.workers' choice)
     launch_all: tuple[float, ...] | None = None  # each start's figure, when there were several
     noop_all: tuple[float, ...] | None = None
+    reply_bytes: int | None = None  # the identical-output job's own reply frames at the master, TLS included
+
+
+BYTES_ROWS = ("bytes at master", "reply bytes at master")  # rows in bytes (TCP count, the job's replies)
 
 
 def tally(timed: Sequence[Row], bad: Sequence[Row]) -> str:
@@ -1563,6 +1567,7 @@ def load_points(path: Path) -> tuple[list[Point], str]:
                 p.get("procs") or None,
                 tuple(p["launch_all"]) if p.get("launch_all") else None,
                 tuple(p["noop_all"]) if p.get("noop_all") else None,
+                p.get("reply_bytes"),
             )
             for p in d.get("points", [])
             if p.get("launch_s") is not None and p.get("noop_s") is not None
@@ -1712,7 +1717,14 @@ def costs_table(c: Costs, extra: dict[str, float], src: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def assumptions(net: Net, cores: int, quantum: float, fanouts: Sequence[int]) -> str:
+def assumptions(
+    net: Net, cores: int, quantum: float, fanouts: Sequence[int], probes: Sequence[tuple[float, ...]] = ()
+) -> str:
+    """The report's list of assumptions; ``probes``: the calibration clusters beyond ``PROBE`` the
+    costs hold (nodes, processes, ...)."""
+    clusters = [f"{PROBE[0]:,} nodes at fanout {PROBE[1]} in {PROBE[2]} processes"] + [
+        f"{q[0]:,.0f} nodes at fanout {probe_fanout(q[0], q[1])} in {q[1]:.0f} processes" for q in probes
+    ]
     items = [
         "The tree is `gproc.local.layout`'s: levels filled in turn, the master has `fanout` children, the last "
         "level dealt round-robin. All nodes are targets; `exec` of /bin/true with `-localbin` (launch) and "
@@ -1730,7 +1742,7 @@ def assumptions(net: Net, cores: int, quantum: float, fanouts: Sequence[int]) ->
         "Costs are CPU seconds measured on this machine now; a cost does not depend on N except through the "
         "per-target work above and the descriptors a forking process holds (measured slope). In the local "
         "environment the real-daemon corrections (from the clusters of "
-        + ", ".join(f"{q[0]:,} nodes in {q[2]} processes" for q in (PROBE, *PROBES_MORE))
+        + ", ".join(clusters)
         + ") are per node, read off the probes by the cluster's size N (least-squares line through the "
         "probes of each process count) and its number of worker processes (linear between the probed "
         "counts): what all daemons' heaps and descriptors sharing this machine's caches, and the "
@@ -1888,9 +1900,11 @@ def validate(
             if p.other:
                 loaded = sim(tree, kind, p.procs, min(0.9, p.other)).seconds
             rows.append(Row(p.n, p.fanout, what, measured, run.seconds, loaded, run, p.procs))
-        if p.master_bytes:
-            model_bytes = min(p.fanout, p.n) * costs.echo_rep_wire_bytes
+        model_bytes = min(p.fanout, p.n) * costs.echo_rep_wire_bytes
+        if p.master_bytes:  # all the master's links received during the job, heartbeats too: shown
             rows.append(Row(p.n, p.fanout, "bytes at master", p.master_bytes, model_bytes))
+        if p.reply_bytes:  # the job's own replies: checked
+            rows.append(Row(p.n, p.fanout, "reply bytes at master", p.reply_bytes, model_bytes))
         got = {r.what: r for r in rows[-3:] if r.n == p.n and r.fanout == p.fanout}
         print(
             f"  local model N={p.n} fanout={p.fanout}: launch {fmt_t(got['launch'].best)} (measured "
@@ -1988,17 +2002,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     fewer_rows: list[Row] = []
     if below and any(q[0] >= big_n for q in costs.more_probes):
         fewer_rows = validate(points, probes_upto(costs, max(below)), args.cores, quantum)[0]
-    fewer_timed = [r for r in fewer_rows if r.what != "bytes at master"]
+    fewer_timed = [r for r in fewer_rows if r.what not in BYTES_ROWS]
     fewer_bad = [r for r in fewer_timed if abs(r.err) > TOLERANCE]
+
     # bytes per master link for the projection: the smallest measured N, where every subtree answers well
     # within `hold` and sends one reply (larger local clusters answer slowly enough for partial replies)
-    with_bytes = [p for p in points if p.master_bytes]
+    # (the job's own replies where the points have them, else the TCP count with its heartbeats)
+    def job_bytes(p: Point) -> int | None:
+        return p.reply_bytes or p.master_bytes
+
+    with_bytes = [p for p in points if job_bytes(p)]
     small = min((p.n for p in with_bytes), default=0)
-    per_link = [p.master_bytes / min(p.fanout, p.n) for p in with_bytes if p.n == small and p.master_bytes]
+    per_link = [(job_bytes(p) or 0) / min(p.fanout, p.n) for p in with_bytes if p.n == small]
     link_bytes = statistics.median(per_link) if per_link else costs.echo_rep_wire_bytes
-    timed = [r for r in rows if r.what != "bytes at master"]
+    per_link_tcp = all(not p.reply_bytes for p in with_bytes)
+    timed = [r for r in rows if r.what not in BYTES_ROWS]
     bad = [r for r in timed if abs(r.err) > TOLERANCE]
-    other_timed = [r for r in other_rows if r.what != "bytes at master"]
+    replies = [r for r in rows if r.what == "reply bytes at master"]
+    other_timed = [r for r in other_rows if r.what not in BYTES_ROWS]
     other_bad = [r for r in other_timed if abs(r.err) > TOLERANCE]
 
     # cluster: the per-node simulation against the recurrence where both run
@@ -2040,7 +2061,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.append(f"gproc: commit {git_commit()} (working tree); Python {sys.version.split()[0]}  \n")
     out.append(f"Measured points: {source}\n\n")
     out.append(costs_table(costs, extra, cost_source) + "\n")
-    out.append("Assumptions:\n\n" + assumptions(net, args.cores, quantum, fanouts) + "\n")
+    out.append("Assumptions:\n\n" + assumptions(net, args.cores, quantum, fanouts, costs.more_probes) + "\n")
     has_load = any(r.loaded is not None for r in timed)
     out.append(
         "**Validation**: the local model (`gproc.local.up` on this machine's "
@@ -2059,7 +2080,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + "---:|\n"
     )
     for r in rows:
-        show = fmt_b if r.what == "bytes at master" else fmt_t
+        show = fmt_b if r.what in BYTES_ROWS else fmt_t
         flag = "" if abs(r.err) <= TOLERANCE or r.what == "bytes at master" else " **✗**"
         loaded = ("" if r.loaded is None else show(r.loaded)) + " |" if has_load else ""
         err = f"{r.err:+.0%}{flag}"
@@ -2075,6 +2096,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"\n**Not met** for {len(bad)} of {len(timed)} timed points: "
             + ", ".join(f"N={r.n:,}/fanout {r.fanout}/{r.procs or '-'} procs {r.what} ({r.err:+.0%})" for r in bad)
             + ". No per-point factor was tuned; see the notes.\n"
+        )
+    if replies:
+        out.append(
+            f"\nThe job's own reply bytes at the master (the job store's `rep_bytes` + one TLS record per frame; "
+            f"the TCP count above also holds the heartbeat pongs that arrived meanwhile): "
+            f"{tally(replies, [r for r in replies if abs(r.err) > TOLERANCE])}.\n"
         )
     if fewer_timed:
         out.append(
@@ -2126,6 +2153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"median of the measured points' master_bytes / master links at N = {small:,}; more than the reply's own "
             f"{costs.echo_rep_wire_bytes:.0f} B: the TCP count also holds the heartbeat pongs that arrived "
             "meanwhile (and the odd second reply frame)"
+            if per_link and per_link_tcp
+            else f"median of the measured jobs' own reply bytes / master links at N = {small:,}; the real encoding "
+            f"of an echo reply is {costs.echo_rep_wire_bytes:.0f} B"
             if per_link
             else "real encoding of an echo reply"
         )
