@@ -1894,6 +1894,7 @@ def validate(
     for p in points:
         tree = Tree.build(p.n, p.fanout)
         t0 = time.perf_counter()
+        first = len(rows)  # this point's rows start here
         for what, kind, measured in (("launch", "exec", p.launch_s), ("no-op", "noop", p.noop_s)):
             run = sim(tree, kind, p.procs)
             loaded = None
@@ -1905,7 +1906,7 @@ def validate(
             rows.append(Row(p.n, p.fanout, "bytes at master", p.master_bytes, model_bytes))
         if p.reply_bytes:  # the job's own replies: checked
             rows.append(Row(p.n, p.fanout, "reply bytes at master", p.reply_bytes, model_bytes))
-        got = {r.what: r for r in rows[-3:] if r.n == p.n and r.fanout == p.fanout}
+        got = {r.what: r for r in rows[first:]}
         print(
             f"  local model N={p.n} fanout={p.fanout}: launch {fmt_t(got['launch'].best)} (measured "
             f"{fmt_t(p.launch_s)}), no-op {fmt_t(got['no-op'].best)} (measured {fmt_t(p.noop_s)})"
