@@ -2008,15 +2008,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # bytes per master link for the projection: the smallest measured N, where every subtree answers well
     # within `hold` and sends one reply (larger local clusters answer slowly enough for partial replies)
-    # (the job's own replies where the points have them, else the TCP count with its heartbeats)
-    def job_bytes(p: Point) -> int | None:
-        return p.reply_bytes or p.master_bytes
-
-    with_bytes = [p for p in points if job_bytes(p)]
-    small = min((p.n for p in with_bytes), default=0)
-    per_link = [(job_bytes(p) or 0) / min(p.fanout, p.n) for p in with_bytes if p.n == small]
+    # (the job's own replies when the points have them, else the TCP count with its heartbeats)
+    use_reply = any(p.reply_bytes for p in points)
+    sized = [(p, p.reply_bytes if use_reply else p.master_bytes) for p in points]
+    small = min((p.n for p, b in sized if b), default=0)
+    per_link = [b / min(p.fanout, p.n) for p, b in sized if b and p.n == small]
     link_bytes = statistics.median(per_link) if per_link else costs.echo_rep_wire_bytes
-    per_link_tcp = all(not p.reply_bytes for p in with_bytes)
     timed = [r for r in rows if r.what not in BYTES_ROWS]
     bad = [r for r in timed if abs(r.err) > TOLERANCE]
     replies = [r for r in rows if r.what == "reply bytes at master"]
@@ -2154,7 +2151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"median of the measured points' master_bytes / master links at N = {small:,}; more than the reply's own "
             f"{costs.echo_rep_wire_bytes:.0f} B: the TCP count also holds the heartbeat pongs that arrived "
             "meanwhile (and the odd second reply frame)"
-            if per_link and per_link_tcp
+            if per_link and not use_reply
             else f"median of the measured jobs' own reply bytes / master links at N = {small:,}; the real encoding "
             f"of an echo reply is {costs.echo_rep_wire_bytes:.0f} B"
             if per_link
