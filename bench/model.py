@@ -15,7 +15,7 @@ What it does (``python bench/model.py``, about 55 minutes with every point measu
    (``nodespec.select('**')``) per node, and a 128 KiB ``put`` chunk (pack + encrypt; decrypt + unpack +
    SHA-256 + write), and a start through ``platform.Starter``. Then real local clusters
    (``gproc.local.up``: ``PROBE`` and ``PROBES_MORE``, 256 to 10,000 nodes in 4 and in 16 worker
-   processes, each started three times): the CPU their workers (with their
+   processes, each started three times, the 10,000-node ones five): the CPU their workers (with their
    starters), their programs, the master and the client spend per no-op and per launch (medians of
    the ops), less what the parts
    predict for that cluster, gives per-node corrections for the local environment (what daemons
@@ -24,10 +24,11 @@ What it does (``python bench/model.py``, about 55 minutes with every point measu
    (``--cost NAME=MICROSECONDS``), or all taken from the stored defaults (``--no-measure``).
    In the same run it measures the validation points (N = 1,024 and 10,000 at fanouts 4-64, as
    ``bench/fanout.py`` does), each started three times too (the 1,024-node ones six: they scatter
-   more and cost little), in turn with the calibration clusters and the parts (three rounds of
-   parts, cluster, point, cluster, point, ...; medians over the rounds): the calibration and the
-   points then see this VM's speed of the same minutes (it drifts by ~20 % over an hour). About an
-   hour in all.
+   more and cost little; the 10,000-node ones five: their starts scatter by up to ±20 %), in turn
+   with the calibration clusters and the parts (three rounds of parts, cluster, point, cluster,
+   point, ..., then two of the 10,000-node ones alone; medians over the rounds): the calibration and
+   the points then see this VM's speed of the same minutes (it drifts by ~20 % over an hour). About
+   an hour and three quarters in all.
 2. **Simulates** a launch (``exec`` of /bin/true) and a no-op (``ping``) on the tree that
    ``gproc.local.layout`` builds (levels filled in turn, the master has ``fanout`` children). The op goes
    down (a node forwards one frame per child, then starts its own program), replies are merged
@@ -103,6 +104,9 @@ PNG = HERE / "model.png"
 
 TOLERANCE = 0.25  # the model must reproduce the measured points within this
 SMALL_POINT = 2048  # validation points up to this size are started twice per round
+# points and calibration clusters this large get more rounds: their starts scatter by up to ±20 %
+# around the median of three (run 8: 651 / 910 / 932 ms for one no-op), close to the tolerance
+BIG_POINT = 10_000
 SPAWN_PER_TURN = 8  # gproc.services.execute.SpawnGate's default
 CHUNK = 128 * 1024  # gproc's put chunk (gproc.bundle.CHUNK)
 WIDE, WIDE_FIRST = 10_000, 100_000  # the op frame measured for its target list: spread ranks from here
@@ -945,6 +949,7 @@ def measure(
     starts: int = 3,
     points: Sequence[tuple[int, int]] = (),
     upto: float = math.inf,
+    big_starts: int = 0,
 ) -> tuple[Costs, dict[str, float], list[Point]]:
     """Measure every cost and, when ``points`` are given, the validation points (N, fanout) themselves.
 
@@ -953,6 +958,8 @@ def measure(
     that both see the machine as it is during the same minutes: this VM's speed drifts by ~20 % over an
     hour, which moved the model's error against points measured in another hour by as much. Each
     figure is the median over its rounds; calibration clusters larger than ``upto`` nodes are skipped.
+    Points and calibration clusters of ``BIG_POINT`` nodes or more are started in ``big_starts``
+    rounds when that is more than ``starts`` (the rounds past ``starts`` hold only them).
     Returns the costs, extra facts for the report and the measured points."""
     from gproc import credential
 
@@ -971,11 +978,16 @@ def measure(
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gproc-model-") as tmp:
         key = credential.keygen(os.path.join(tmp, "cluster.key"))
-        for r in range(starts if (clusters or points) else 1):
+        rounds = max(starts, big_starts) if (clusters or points) else 1
+        for r in range(rounds):
             wait_quiet(20.0)
             parts_runs.append(measure_parts(key, quick))
-            for item in interleave(clusters, [*points, *twice]):
-                print(f"  round {r + 1}/{starts}: {'calibration' if len(item) == 3 else 'point'} {item} "
+            big = r >= starts  # a round past ``starts``: only the large ones
+            for item in interleave(
+                [c for c in clusters if not big or c[0] >= BIG_POINT],
+                [q for q in [*points, *twice] if not big or q[0] >= BIG_POINT],
+            ):
+                print(f"  round {r + 1}/{rounds}: {'calibration' if len(item) == 3 else 'point'} {item} "
                       f"[{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip
                 if len(item) == 3:
                     n, k, procs = item
@@ -1852,6 +1864,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--probe-starts", type=int, default=3, help="starts of each calibration cluster (medians over them)"
     )
     ap.add_argument(
+        "--big-starts",
+        type=int,
+        default=5,
+        help=f"starts of each point and calibration cluster of {BIG_POINT:,} nodes or more (5)",
+    )
+    ap.add_argument(
         "--probes-upto",
         type=float,
         default=math.inf,
@@ -1977,7 +1995,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("measuring costs and validation points ...", flush=True)
         sizes_here, fanouts_here = int_list(args.point_sizes), int_list(args.point_fanouts)
         here = [] if args.points else [(n, k) for n in sizes_here for k in fanouts_here]
-        costs, extra, points = measure(args.quick, starts=args.probe_starts, points=here, upto=args.probes_upto)
+        costs, extra, points = measure(
+            args.quick, starts=args.probe_starts, points=here, upto=args.probes_upto, big_starts=args.big_starts
+        )
     costs = override(probes_upto(costs, args.probes_upto), args.cost)
 
     memo: dict[tuple[Any, ...], LocalRun] = {}
@@ -1989,8 +2009,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         source = (
             f"measured in this run ({machine()}, {datetime.now(UTC):%Y-%m-%d}): each point started "
-            f"{args.probe_starts} times ({2 * args.probe_starts} up to {SMALL_POINT:,} nodes), in turn with the "
-            "calibration clusters"
+            f"{args.probe_starts} times ({2 * args.probe_starts} up to {SMALL_POINT:,} nodes, "
+            f"{max(args.probe_starts, args.big_starts)} from {BIG_POINT:,}), in turn with the calibration clusters"
         )
         others, other_source = load_points(FANOUT_JSON) if FANOUT_JSON.exists() else ([], "")
     print(f"measured points: {source}")
