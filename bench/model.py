@@ -948,6 +948,26 @@ def interleave(a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
     return out
 
 
+def plan_rounds(
+    clusters: Sequence[tuple[int, int, int]], points: Sequence[tuple[int, int]], starts: int, big_starts: int
+) -> list[list[Any]]:
+    """What each round starts, in order: calibration clusters and points in turn, all of them in the
+    first ``starts`` rounds, only those of ``BIG_POINT`` nodes or more in the rounds after, up to
+    ``big_starts`` (one round, empty, when there is nothing to start: the parts are still measured)."""
+    if not (clusters or points):
+        return [[]]
+    out = []
+    for r in range(max(starts, big_starts)):
+        big = r >= starts
+        out.append(
+            interleave(
+                [c for c in clusters if not big or c[0] >= BIG_POINT],
+                [q for q in points if not big or q[0] >= BIG_POINT],
+            )
+        )
+    return out
+
+
 def measure(
     quick: bool,
     probe: bool = True,
@@ -983,16 +1003,12 @@ def measure(
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gproc-model-") as tmp:
         key = credential.keygen(os.path.join(tmp, "cluster.key"))
-        rounds = max(starts, big_starts) if (clusters or points) else 1
-        for r in range(rounds):
+        rounds = plan_rounds(clusters, [*points, *twice], starts, big_starts)
+        for r, items in enumerate(rounds):
             wait_quiet(20.0)
             parts_runs.append(measure_parts(key, quick))
-            big = r >= starts  # a round past ``starts``: only the large ones
-            for item in interleave(
-                [c for c in clusters if not big or c[0] >= BIG_POINT],
-                [q for q in [*points, *twice] if not big or q[0] >= BIG_POINT],
-            ):
-                print(f"  round {r + 1}/{rounds}: {'calibration' if len(item) == 3 else 'point'} {item} "
+            for item in items:
+                print(f"  round {r + 1}/{len(rounds)}: {'calibration' if len(item) == 3 else 'point'} {item} "
                       f"[{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip
                 if len(item) == 3:
                     n, k, procs = item
