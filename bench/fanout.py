@@ -36,7 +36,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import psutil
 
@@ -142,21 +142,33 @@ async def identical_output(sock: str, n: int) -> tuple[int | None, int, int, int
     return tcp, after["bytes_in"] - before["bytes_in"], records, reply
 
 
-async def in_process(sock: str, n: int, runs: int, pings: int, ship: bool) -> dict[str, float | None]:
+class Timings(TypedDict):
+    """Medians of one start: launch (-localbin), launch shipped (None: not measured), no-op, its master part."""
+
+    launch: float
+    ship: float | None
+    ping: float
+    ping_master: float
+
+
+async def in_process(sock: str, n: int, runs: int, pings: int, ship: bool) -> Timings:
     from gproc.client import Cluster
 
     c = Cluster(sock, timeout=600)
-    out: dict[str, float | None] = {"ship": None}
     await api_launch(c, n)
-    out["launch"] = statistics.median([await api_launch(c, n) for _ in range(runs)])
+    launch = statistics.median([await api_launch(c, n) for _ in range(runs)])
+    shipped = None
     if ship:
         await api_launch(c, n, localbin=False)
-        out["ship"] = statistics.median([await api_launch(c, n, localbin=False) for _ in range(runs)])
+        shipped = statistics.median([await api_launch(c, n, localbin=False) for _ in range(runs)])
     await api_ping(c, n)
     got = [await api_ping(c, n) for _ in range(pings)]
-    out["ping"] = statistics.median(g[0] for g in got)
-    out["ping_master"] = statistics.median(g[1] for g in got)
-    return out
+    return Timings(
+        launch=launch,
+        ship=shipped,
+        ping=statistics.median(g[0] for g in got),
+        ping_master=statistics.median(g[1] for g in got),
+    )
 
 
 def measure(n: int, fanout: int, runs: int, pings: int, baseline: int, ship: bool, procs: int | None) -> Point:

@@ -87,6 +87,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -379,7 +380,7 @@ async def measure_frames(key: str, rounds: int) -> dict[str, float]:
     cipher = sslobj.cipher() if sslobj is not None else None
     wide = rankset.encode({WIDE_FIRST + 7 * i for i in range(WIDE)})  # a subtree's spread ranks
     wide_packed = wire.packed(wide)  # packed once, as overlay.Share does for a subtree
-    msgs = {
+    msgs: dict[str, tuple[dict[str, Any], TreeLink]] = {
         "op_exec": ({"t": "op", "op": 123456, "k": "exec", "b": exec_body(), "tg": [1, 312]}, parent),
         "op_noop": ({"t": "op", "op": 123456, "k": "noop", "b": {}, "tg": [1, 312]}, parent),
         "rep": ({"t": "rep", "op": 123456, "g": [[["s", 0, ""], True]], "end": True}, child),
@@ -506,7 +507,7 @@ async def measure_node(key: str, big: int) -> dict[str, float]:
         links = [_StandIn() for _ in range(k)]
         targets = set(range(1, m + 1)) if master else {1 + 7 * i for i in range(m)}
         for i, r in enumerate(sorted(targets - {1}) if k else ()):
-            node._route_add(r, links[i % k])
+            node._route_add(r, links[i % k])  # type: ignore[arg-type]  # a stand-in for a TreeLink
         tg = rankset.encode(targets)
         reps = max(1, 3000 // m)
         down = up = 0.0
@@ -931,8 +932,12 @@ def measure_point(n: int, k: int, quick: bool) -> fanout.Point | None:
 def point_of(runs: list[fanout.Point]) -> Point:
     """One validation point from its starts: ``fanout.combine``'s medians, each start's figures kept."""
     q = fanout.combine(runs)
-    each = (tuple(q.launch_all), tuple(q.noop_all)) if q.launch_all and q.noop_all else (None, None)
-    return Point(q.n, q.fanout, q.launch_s, q.noop_s, None, q.master_bytes, q.other, q.procs, *each, q.reply_bytes)
+    la, na = q.launch_all, q.noop_all
+    return Point(
+        q.n, q.fanout, q.launch_s, q.noop_s, None, q.master_bytes, q.other, q.procs,
+        launch_all=tuple(la) if la and na else None, noop_all=tuple(na) if la and na else None,
+        reply_bytes=q.reply_bytes,
+    )  # fmt: skip
 
 
 def interleave(a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
@@ -940,6 +945,26 @@ def interleave(a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
     out: list[Any] = []
     for i in range(max(len(a), len(b))):
         out.extend(x[i] for x in (a, b) if i < len(x))
+    return out
+
+
+def plan_rounds(
+    clusters: Sequence[tuple[int, int, int]], points: Sequence[tuple[int, int]], starts: int, big_starts: int
+) -> list[list[Any]]:
+    """What each round starts, in order: calibration clusters and points in turn, all of them in the
+    first ``starts`` rounds, only those of ``BIG_POINT`` nodes or more in the rounds after, up to
+    ``big_starts`` (one round, empty, when there is nothing to start: the parts are still measured)."""
+    if not (clusters or points):
+        return [[]]
+    out = []
+    for r in range(max(starts, big_starts)):
+        big = r >= starts
+        out.append(
+            interleave(
+                [c for c in clusters if not big or c[0] >= BIG_POINT],
+                [q for q in points if not big or q[0] >= BIG_POINT],
+            )
+        )
     return out
 
 
@@ -978,28 +1003,25 @@ def measure(
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gproc-model-") as tmp:
         key = credential.keygen(os.path.join(tmp, "cluster.key"))
-        rounds = max(starts, big_starts) if (clusters or points) else 1
-        for r in range(rounds):
+        rounds = plan_rounds(clusters, [*points, *twice], starts, big_starts)
+        for r, items in enumerate(rounds):
             wait_quiet(20.0)
             parts_runs.append(measure_parts(key, quick))
-            big = r >= starts  # a round past ``starts``: only the large ones
-            for item in interleave(
-                [c for c in clusters if not big or c[0] >= BIG_POINT],
-                [q for q in [*points, *twice] if not big or q[0] >= BIG_POINT],
-            ):
-                print(f"  round {r + 1}/{rounds}: {'calibration' if len(item) == 3 else 'point'} {item} "
+            for item in items:
+                print(f"  round {r + 1}/{len(rounds)}: {'calibration' if len(item) == 3 else 'point'} {item} "
                       f"[{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip
                 if len(item) == 3:
                     n, k, procs = item
                     real_runs[item].append(measure_daemon(n, k, procs, 10 if quick else 30, 3 if quick else 5))
                 else:
-                    got = measure_point(*item, quick)
+                    n, k = item
+                    got = measure_point(n, k, quick)
                     if got is not None:
                         point_runs[item].append(got)
     vals = {key: statistics.median(run[key] for run in parts_runs) for key in parts_runs[0]}
     vals["echo_rep_wire_bytes"] = echo_reply_bytes()
     names = {f.name for f in fields(Costs)}
-    zero = {"daemon_extra_noop": 0.0, "daemon_extra_exec": 0.0, "program_extra": 0.0}  # the parts alone
+    zero: dict[str, Any] = {"daemon_extra_noop": 0.0, "daemon_extra_exec": 0.0, "program_extra": 0.0}  # parts alone
     costs = Costs(**{**zero, **{k: v for k, v in vals.items() if k in names}})
     extra = {k: v for k, v in vals.items() if k not in names}
     real_of = {
@@ -1049,7 +1071,7 @@ def measure(
 def override(costs: Costs, items: Iterable[str]) -> Costs:
     """``NAME=MICROSECONDS`` (or bytes / descriptors for those fields) replaces a cost."""
     names = {f.name for f in fields(Costs)}
-    changes: dict[str, float] = {}
+    changes: dict[str, Any] = {}
     for item in items:
         name, _, value = item.partition("=")
         if name not in names or not value:
@@ -1221,16 +1243,20 @@ def simulate_local(
         lp.tasks.append(task)
         wake(lp)
 
+    def queue_spawn(lp: _Loop, v: int) -> None:
+        lp.spawns.append(v)
+        wake(lp)
+
     def reply() -> float:
         return add("frames", c.rep_send) + add("op machinery", c.up_base)
 
-    def run_task(lp: _Loop, task: tuple[Any, ...], effects: list[Callable[[], None]]) -> float:
+    def run_task(lp: _Loop, task: tuple[Any, ...], effects: list[Callable[[], object]]) -> float:
         what = task[0]
         if what == "bg":
             return add("heartbeats", float(task[1]))
         if what == "mstart":
             for v in tree.top:
-                effects.append(lambda v=v: deliver(loops[owner[v]], ("op", v)))
+                effects.append(partial(deliver, loops[owner[v]], ("op", v)))
             tg = c.tg_send_target * n
             return add("master", 0.5 * fixed + per_target_master * n + len(tree.top) * (c.down_child + send) + tg)
         if what == "op":
@@ -1241,13 +1267,13 @@ def simulate_local(
             cost += add("real-daemon correction", c.overhead_down(kind))
             if not kids and not exec_:
                 cost += add("op machinery", c.leaf_noop) + add("frames", c.rep_send)
-                effects.append(lambda v=v: send_up(v))
+                effects.append(partial(send_up, v))
                 return cost
             cost += add("op machinery", c.down_base + c.down_target * tree.size[v] + len(kids) * c.down_child)
             for u in kids:
-                effects.append(lambda u=u: deliver(loops[owner[u]], ("op", u)))
+                effects.append(partial(deliver, loops[owner[u]], ("op", u)))
             if exec_:
-                effects.append(lambda v=v, lp=lp: (lp.spawns.append(v), wake(lp)))
+                effects.append(partial(queue_spawn, lp, v))
             else:
                 own[v] = True
             return cost
@@ -1258,13 +1284,13 @@ def simulate_local(
                 cost = add("program start", 0.5 * c.exec_fixed + c.starter_daemon)
                 cost += add("starter", c.starter_self)
                 lp.running += 1
-                effects.append(lambda v=v: env.process(program(v, c.starter_child)))
+                effects.append(partial(env.process, program(v, c.starter_child)))
                 return cost
             base = c.exec_pre(0.0)
             cost = add("program start", base) + add("descriptors at fork", c.popen_parent_fd * fds)
             cost += add("descriptors at fork (child)", c.exec_pre(fds) - base - c.popen_parent_fd * fds)
             lp.running += 1
-            effects.append(lambda v=v: env.process(program(v)))
+            effects.append(partial(env.process, program(v)))
             return cost
         if what == "exit":
             v = task[1]
@@ -1273,7 +1299,7 @@ def simulate_local(
             cost = add("program start", c.exec_post) + add("real-daemon correction", c.overhead_exit)
             if pending[v] == 0:
                 cost += reply()
-                effects.append(lambda v=v: send_up(v))
+                effects.append(partial(send_up, v))
             return cost
         if what == "rep":
             v, u = task[1], task[2]
@@ -1282,13 +1308,13 @@ def simulate_local(
                 state["master_pending"] -= 1
                 if state["master_pending"] == 0:
                     cost += add("master", 0.5 * fixed)
-                    effects.append(lambda: done.succeed())
+                    effects.append(done.succeed)
                 return cost
             cost = add("frames", c.rep_recv) + add("op machinery", c.up_child + c.up_target * tree.size[u])
             pending[v] -= 1
             if pending[v] == 0 and own[v]:
                 cost += reply()
-                effects.append(lambda v=v: send_up(v))
+                effects.append(partial(send_up, v))
             return cost
         raise ValueError(what)
 
@@ -1319,7 +1345,7 @@ def simulate_local(
                 req = cpu.request()
                 yield req
                 used = 0.0
-                effects: list[Callable[[], None]] = []
+                effects: list[Callable[[], object]] = []
                 while i < len(turn) and used < quantum:
                     used += max(0.0, run_task(lp, turn[i], effects))
                     i += 1
@@ -1396,7 +1422,7 @@ def simulate_cluster(tree: Tree, kind: str, c: Costs, net: Net) -> float:
         for u in kids:
             t += c.down_child + c.op_send(kind) + c.tg_send_target * tree.size[u]
             nic_free[v] = max(nic_free[v], t) + (c.op_bytes(kind) + c.tg_bytes_target * tree.size[u]) / net.bandwidth
-            at(nic_free[v] + net.latency, lambda u=u: on_op(u))
+            at(nic_free[v] + net.latency, partial(on_op, u))
         return t
 
     def on_op(v: int) -> None:

@@ -128,7 +128,12 @@ async def true_launches(sock: str, n: int, runs: int = 5) -> dict[str, float]:
     """Median seconds of ``/bin/true`` on every node: shipped (-p, -p=false) and -localbin."""
     c = Cluster(sock)
     out = {}
-    for label, kw in (("-p", {}), ("-p=false", {"private": False}), ("-localbin", {"localbin": True})):
+    modes: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("-p", {}),
+        ("-p=false", {"private": False}),
+        ("-localbin", {"localbin": True}),
+    )
+    for label, kw in modes:
         times = []
         for _ in range(runs + 1):
             t0 = time.monotonic()

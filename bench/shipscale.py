@@ -100,7 +100,9 @@ async def shipped(sock: str, n: int, rec_pids: list[int]) -> tuple[float, dict[s
 def one(n: int, fanout: int) -> Run:
     from gproc import bundle, local
 
-    files = sorted(set(bundle.build(["/bin/true"]).sources.values()))
+    program = bundle.build(["/bin/true"])
+    assert program is not None  # without -localbin there is always the program to ship
+    files = sorted(set(program.sources.values()))
     with tempfile.TemporaryDirectory(prefix="gproc-bench-") as tmp:
         sock = os.path.join(tmp, "sock")
         t0 = time.perf_counter()

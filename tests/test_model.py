@@ -52,3 +52,22 @@ def test_program_correction_never_makes_a_program_free() -> None:
 def test_no_probes_leaves_the_costs_alone() -> None:
     c = model.Costs(daemon_extra_noop=3e-6)
     assert c.at(10000, 16) is c
+
+
+def test_rounds_start_the_large_ones_more_often() -> None:
+    # three shared rounds, then two of the 10,000-node points and calibration clusters alone: the
+    # starts of one 10,000-node configuration scatter by up to ±20 %, a median of five holds better
+    clusters = [(256, 16, 4), (10000, 16, 4)]
+    points = [(1024, 4), (10000, 4), (10000, 16), (1024, 4)]  # a small point twice a round
+    rounds = model.plan_rounds(clusters, points, starts=3, big_starts=5)
+    assert len(rounds) == 5
+    assert rounds[0] == [(256, 16, 4), (1024, 4), (10000, 16, 4), (10000, 4), (10000, 16), (1024, 4)]
+    assert rounds[3] == rounds[4] == [(10000, 16, 4), (10000, 4), (10000, 16)]
+    starts = [item for r in rounds for item in r]
+    assert starts.count((10000, 4)) == starts.count((10000, 16, 4)) == 5
+    assert starts.count((1024, 4)) == 6 and starts.count((256, 16, 4)) == 3
+
+
+def test_rounds_without_big_starts_and_without_anything() -> None:
+    assert len(model.plan_rounds([(256, 16, 4)], [(10000, 4)], starts=3, big_starts=0)) == 3
+    assert model.plan_rounds([], [], starts=3, big_starts=5) == [[]]
