@@ -1,6 +1,6 @@
 """A model of gproc's tree past one machine: measured costs, a discrete-event simulation, projections.
 
-What it does (``python bench/model.py``, about 55 minutes with every point measured; ``--no-measure``: seconds):
+What it does (``python bench/model.py``, about 100 minutes with every point measured; ``--no-measure``: seconds):
 
 1. **Measures** what one node spends on each step, briefly and with gproc's real code ("the parts"):
    frames (``overlay.TreeLink`` over TLS 1.3 on loopback TCP with the cluster credential, one frame at a
