@@ -36,8 +36,6 @@ UNTESTED = re.compile(r"\[untested: [^\]]+\]")
 EXIT = re.compile(r"#.*\[exit (\d+)\]")
 BLOCK_TIMEOUT = 300.0
 
-pytestmark = pytest.mark.cluster
-
 
 @dataclass
 class Block:
@@ -175,6 +173,7 @@ def _bin_path() -> str:
     return os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("block", README_BLOCKS, ids=lambda b: f"{b.lang}@README:{b.line}")
 def test_readme_block(block: Block, session: Session) -> None:
     if block.untested:
