@@ -14,16 +14,21 @@ from gproc.errors import UsageError
 from gproc.local import NODES_PER_WORKER, layout, workers
 
 
+def _split(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
+    line = split_argv(argv)
+    return line.switches, line.mode.name if line.mode else None, line.pos
+
+
 def test_seed_switches_before_and_after_mode() -> None:
-    sw, mode, pos = split_argv(["-myParent=master", "s", "-myId", "hostname hostbase", "-debug=3"])
-    assert mode == "node" and pos == []
+    sw, mode, pos = _split(["-myParent=master", "s", "-myId", "hostname hostbase", "-debug=3"])
+    assert mode == "s" and pos == []
     assert sw == ["--parent=master", "--id", "hostname hostbase", "--debug=3"]
 
 
 def test_exec_command_is_verbatim() -> None:
-    sw, mode, pos = split_argv(["e", "-b", "./.", "grep", "-r", "-f", "x", "--json"])
-    assert mode == "exec" and sw == ["-b"] and pos == ["./.", "grep", "-r", "-f", "x", "--json"]
-    sw, mode, pos = split_argv(["-w", "n[1-4]", "e", "ls", "-l"])
+    sw, mode, pos = _split(["e", "-b", "./.", "grep", "-r", "-f", "x", "--json"])
+    assert mode == "e" and sw == ["-b"] and pos == ["./.", "grep", "-r", "-f", "x", "--json"]
+    sw, mode, pos = _split(["-w", "n[1-4]", "e", "ls", "-l"])
     assert sw == ["-w", "n[1-4]"] and pos == ["ls", "-l"]
 
 
@@ -112,16 +117,16 @@ def test_no_master_is_one_line() -> None:
 
 
 def test_kill_signal_is_not_a_gproc_switch() -> None:
-    from gproc.cli import parse_signal
+    from gproc.modes.procs import parse_signal
 
     for args, sig in (
         (["kill", "-9", "17"], "-9"),
         (["kill", "-KILL", "17"], "-KILL"),
         (["kill", "-SIGUSR1", "17"], "-SIGUSR1"),
     ):
-        sw, mode, pos = split_argv(args)
+        sw, mode, pos = _split(args)
         assert mode == "kill" and sw == [] and pos == [sig, "17"]
-    sw, mode, pos = split_argv(["--json", "kill", "-s", "HUP", "%3"])
+    sw, mode, pos = _split(["--json", "kill", "-s", "HUP", "%3"])
     assert sw == ["--json", "-s", "HUP"] and pos == ["%3"]
     assert parse_signal("-9") == 9 and parse_signal("KILL") == 9 and parse_signal("-SIGTERM") == 15
     assert parse_signal("usr1") == 10
@@ -131,7 +136,7 @@ def test_kill_signal_is_not_a_gproc_switch() -> None:
 
 
 def test_gpids_and_job_ids() -> None:
-    from gproc.cli import parse_targets
+    from gproc.modes.procs import parse_targets
 
     assert parse_targets(["5", "17"]) == ([5, 17], [])
     assert parse_targets(["%3", "job:4"]) == ([], [3, 4])
