@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from foreign_root import ForeignRootUnavailable, arm64_root
 from gproc.elf import BundleFile, closure, find_program
-from gproc.errors import StagingError
+from gproc.errors import CannotExecute, CommandNotFound, StagingError
 
 PROGRAMS = [
     "/bin/ls", "/bin/bash", "/usr/bin/python3.11", os.path.realpath(sys.executable), "/usr/bin/ssh",
@@ -281,8 +281,30 @@ def test_find_program(tmp_path: Path) -> None:
     assert find_program("/bin/sh", None) == "/bin/sh"
     with pytest.raises(StagingError, match="no-such-cmd"):
         find_program("no-such-cmd", "/usr/bin:/bin")
-    with pytest.raises(StagingError, match="no such file"):
+    with pytest.raises(CommandNotFound, match="No such file or directory"):
         find_program("/nonexistent/prog", "/usr/bin")
+
+
+def test_find_program_fails_as_a_shell_does(tmp_path: Path) -> None:
+    """Not found: 127; a directory or a file without execute permission: 126 (what sh says)."""
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    for cmd, kind, text in (
+        (str(tmp_path), CannotExecute, "Is a directory"),
+        (str(script), CannotExecute, "Permission denied"),
+        (str(tmp_path / "absent"), CommandNotFound, "No such file or directory"),
+        ("no-such-cmd", CommandNotFound, "command not found"),
+    ):
+        with pytest.raises(kind, match=text) as caught:
+            find_program(cmd, "/usr/bin:/bin")
+        assert caught.value.exit_status == (126 if kind is CannotExecute else 127)
+    script.chmod(0o755)
+    assert find_program(str(script), None) == str(script)
+    with pytest.raises(CommandNotFound, match="the root does not exist"):
+        find_program("ls", "/bin", root=str(tmp_path / "no-root"))
+    with pytest.raises(CommandNotFound, match="the root is not a directory"):
+        find_program("ls", "/bin", root=str(script))
 
 
 def test_script_brings_interpreter_closure(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""Showing a job's merged output: live ``name: line``, gathered like ``dshbak -c``, as unified diffs
-against the largest group (``--diff``, like ``clush --diff``), or JSON Lines.
+"""Showing a job's merged output: live ``name: line``, gathered like ``dshbak -c`` (stderr groups on
+stderr), as unified diffs against the largest group (``--diff``, like ``clush --diff``: only the
+differences, the largest group itself with ``verbose``), or JSON Lines.
 
 JSON records (stable field names): output ``{"nodes", "stream", "data"}`` (live: one line without its
 newline; gathered: a group's whole output); exit statuses ``{"nodes", "status"}``; nodes that could
@@ -51,10 +52,12 @@ class Display:
         out: TextIO | None = None,
         err: TextIO | None = None,
         diff: bool = False,
+        verbose: bool = False,
     ) -> None:
         self.json = json_mode
         self.diff = diff and not json_mode
         self.gather = gather or diff
+        self.verbose = verbose  # --diff: also print the reference group
         self.window = window
         self.out = out or sys.stdout
         self.err = err or sys.stderr
@@ -112,6 +115,7 @@ class Display:
                     groups.setdefault(b"".join(d for _, d in sorted(lines)), []).append(name)
             ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), min(map(_natural, kv[1]))))
             ref: tuple[str, str] | None = None
+            out = self.err if stream == "stderr" else self.out  # stderr groups stay on stderr, as clush's
             for data, names in ordered:
                 nodes = str(NodeSet.fromlist(names))
                 if self.json:
@@ -120,16 +124,19 @@ class Display:
                 label = f"{nodes} ({len(names)})" + (" stderr" if stream == "stderr" else "")
                 text = _text(data) if data.endswith(b"\n") else _text(data) + "\n"
                 if self.diff and ref is not None:
-                    self.out.writelines(
+                    out.writelines(
                         difflib.unified_diff(
                             ref[1].splitlines(keepends=True), text.splitlines(keepends=True), ref[0], label
                         )
                     )
                     continue
-                bar = "-" * min(max(len(label), 15), 78)
-                print(f"{bar}\n{label}\n{bar}", file=self.out)
-                self.out.write(text)
                 ref = (label, text)
+                if self.diff and not self.verbose:
+                    continue  # --diff shows only differences (clush --diff): nothing when all agree
+                bar = "-" * min(max(len(label), 15), 78)
+                print(f"{bar}\n{label}\n{bar}", file=out)
+                out.write(text)
+            out.flush()
         self.out.flush()
 
     def _print_statuses(self) -> None:

@@ -42,7 +42,7 @@ from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import InterpSegment
 
-from gproc.errors import StagingError
+from gproc.errors import CannotExecute, CommandNotFound, StagingError
 
 __all__ = ["BundleFile", "LoadPlan", "closure", "find_program", "load_plan", "locate", "machine"]
 
@@ -238,9 +238,19 @@ def machine(path: str, root: str = "/") -> str | None:
 def find_program(cmd: str, path_env: str | None, root: str = "/") -> str:
     """Path (inside root) of CMD: itself when it has a '/', else its first executable match in PATH."""
     tree = _Tree(root)
+    if root != "/" and not os.path.isdir(root):
+        raise CommandNotFound(
+            f"-r {root}: the root {'is not a directory' if os.path.exists(root) else 'does not exist'}"
+        )
     if "/" in cmd:
-        if tree.real_file(tree.absolute(cmd)) is None:
-            raise StagingError(f"{cmd}: no such file")
+        found = tree.resolve(tree.absolute(cmd))
+        host = tree.host(found[0]) if found else None
+        if host is not None and os.path.isdir(host):
+            raise CannotExecute(f"{cmd}: Is a directory")
+        if host is None or not os.path.isfile(host):
+            raise CommandNotFound(f"{cmd}: No such file or directory")
+        if not os.access(host, os.X_OK):
+            raise CannotExecute(f"{cmd}: Permission denied")
         return tree.absolute(cmd)
     dirs = (path_env if path_env is not None else "/bin:/usr/bin").split(":")
     for d in dirs:
@@ -248,7 +258,7 @@ def find_program(cmd: str, path_env: str | None, root: str = "/") -> str:
         real = tree.real_file(cand)
         if real is not None and os.access(tree.host(real), os.X_OK):
             return cand
-    raise StagingError(f"{cmd}: command not found (searched PATH: {', '.join(dirs)})")
+    raise CommandNotFound(f"{cmd}: command not found (searched PATH: {', '.join(dirs)})")
 
 
 def _shebang(head: bytes, shown: str) -> tuple[str, str]:

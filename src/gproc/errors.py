@@ -55,3 +55,15 @@ class StagingError(GprocError):
 
 class RemoteError(GprocError):
     """An error reported by the master or a node for a request."""
+
+
+class CommandNotFound(StagingError):
+    """CMD is in no PATH directory, or its path names nothing (exit 127, as a shell)."""
+
+    exit_status = 127
+
+
+class CannotExecute(StagingError):
+    """CMD exists but cannot run: a directory, no execute permission (exit 126, as a shell)."""
+
+    exit_status = 126

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import os
 import signal
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 STDOUT, STDERR = 1, 2
 MAX_LINE = 64 * 1024
 EXIT_GRACE = 2.0  # how long output pipes are read after the command exited (background children)
+CANNOT_RUN = (errno.EACCES, errno.EISDIR, errno.ENOEXEC, errno.EPERM, errno.ENOTDIR)  # exit 126, as a shell
 
 
 class SpawnGate:
@@ -128,8 +130,9 @@ class ExecService:
         except StagingError as e:
             op.emit(("s", 255, f"staging failed: {e}"))
             return
-        except OSError as e:
-            op.emit(("s", 255, f"cannot run {argv[0]}: {e.strerror or e}"))
+        except OSError as e:  # a program the node cannot start: a shell's status (127 not found, 126 cannot run)
+            code = 127 if e.errno == errno.ENOENT else 126 if e.errno in CANNOT_RUN else 255
+            op.emit(("s", code, f"cannot run {argv[0]}: {e.strerror or e}"))
             return
         except (ValueError, TypeError) as e:
             op.emit(("s", 255, f"cannot run {argv[0]}: {e}"))
