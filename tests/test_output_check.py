@@ -152,3 +152,12 @@ def test_json_statuses_and_replaced_bytes() -> None:
     v = c.verdict()
     assert (v.complete, v.exact, v.stray) == (0, 0, 0)
     assert v.statuses == {"0": 1, "255 lost": 1}
+
+
+def test_pieces_of_an_altered_line_are_not_judged_for_order() -> None:
+    # a line cut in two: its second piece equals the first line, which is no duplicate nor reordering
+    c = Checker(names(1), b"ab\nqab\nc\n")
+    c.feed_file(io.BytesIO(b"node0: ab\nnode0: q\nnode0: ab\nnode0: c\n"))
+    v = c.verdict()
+    assert (v.complete, v.in_order, v.unjudged, v.exact) == (0, 1, 1, 0)
+    assert c.nodes["node0"].duplicated == c.nodes["node0"].out_of_order == 0
