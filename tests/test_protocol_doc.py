@@ -34,15 +34,23 @@ def names_in_code() -> dict[str, set[str]]:
     calls = _named(r'calls\["([\w.]+)"\]', code) | _named(r'call_up\(\s*"([\w.]+)"', code)
     for args in re.findall(r"calls\.update\(([^)]*)\)", code):
         calls |= _named(r'"([\w.]+)":', args)
+    # services that declare themselves in one table (``ops={...}``, ``requests={...}``, a ``calls``
+    # dict ...): the keys of those dict literals
+    table: dict[str, set[str]] = {"ops": set(), "requests": set(), "calls": set(), "down": set(), "up": set()}
+    for what, body in re.findall(r"\b(ops|requests|calls|down|up)\b(?:: [^=\n]*)?\s*=\s*\{([^{}]*)\}", code):
+        table[what] |= _named(r'"([\w.]+)"\s*:', body)
     return {
         "message types": _named(r'"t": "(\w+)"', code)
         | _named(r't == "(\w+)"', code)
-        | _named(r'_messages\["(\w+)"\]', code),
+        | _named(r'_messages\["(\w+)"\]', code)
+        | table["down"]
+        | table["up"],
         "op kinds": _named(r'handlers\["(\w+)"\]', code)
         | _named(r'\("(\w+)", self\._\w+\),', (SRC / "services" / "procs.py").read_text())
-        | _named(r'start_op\([^,]+, "(\w+)"', code),
-        "client requests": requests,
-        "upward calls": calls,
+        | _named(r'start_op\([^,]+, "(\w+)"', code)
+        | table["ops"],
+        "client requests": requests | table["requests"] | _named(r"\b(\w+)=ClientRequest\(", code),
+        "upward calls": calls | table["calls"],
     }
 
 

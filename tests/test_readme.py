@@ -81,8 +81,9 @@ def blocks(text: str) -> list[Block]:
     return out
 
 
-def commands(b: Block) -> list[Command]:
-    """The runnable lines of a sh block (continuations joined), without comments-only and untested lines."""
+def commands(b: Block, untested: bool = False) -> list[Command]:
+    """The runnable lines of a sh block (continuations joined), without comment lines and (unless
+    ``untested``) without the lines marked untested."""
     out: list[Command] = []
     pending: Command | None = None
     for k, ln in enumerate(b.lines):
@@ -91,7 +92,7 @@ def commands(b: Block) -> list[Command]:
         elif ln.strip() and not ln.lstrip().startswith("#"):
             pending = Command(ln, b.line + k)
         if pending is not None and not ln.endswith("\\"):
-            if not UNTESTED.search(pending.text):
+            if untested or not UNTESTED.search(pending.text):
                 m = EXIT.search(pending.text)
                 pending.status = int(m.group(1)) if m else 0
                 out.append(pending)
@@ -209,6 +210,8 @@ def test_readme_block(block: Block, session: Session) -> None:
         assert rc == c.status, f"README line {c.line} exited {rc}, not {c.status}: {c.text}\n{out}"
     if block.output is not None:
         last = cmds[-1]
+        shown = commands(block, untested=True)[-1]
+        assert last.line == shown.line, f"README line {shown.line}: output shown after an untested line"
         got = (outdir / f"{last.line}.out").read_text().splitlines()
         assert matches(block.output, got), (
             f"README line {last.line} ({last.text.strip()}) printed\n" + "\n".join(got)
