@@ -169,9 +169,9 @@ def test_repeated_w_and_x_accumulate() -> None:
     from gproc.cli import MODE_TABLE
 
     line = split_argv(["-w", "a", "e", "-w", "b[1-2]", "-x", "b1", "-x", "c", "true"])
-    opts = MODE_TABLE["e"].parser().parse_args(line.switches)
+    opts = MODE_TABLE["e"].parser.parse_args(line.switches)
     assert (opts.include, opts.exclude, line.pos) == ("a,b[1-2]", "b1,c", ["true"])
-    opts = MODE_TABLE["ps"].parser().parse_args(["-w", "a", "-w", "b"])
+    opts = MODE_TABLE["ps"].parser.parse_args(["-w", "a", "-w", "b"])
     assert opts.include == "a,b"
 
 
@@ -208,11 +208,11 @@ def test_a_switch_takes_a_value_in_every_mode_or_in_none() -> None:
 
     from gproc.cli import MODE_TABLE
 
-    valued = set().union(*(m.value_switches() for m in MODE_TABLE.values()))
+    valued = set().union(*(m.value_switches for m in MODE_TABLE.values()))
     flags = {
         s
         for m in MODE_TABLE.values()
-        for a in m.parser()._actions
+        for a in m.parser._actions
         if isinstance(a, _StoreTrueAction)
         for s in a.option_strings
     }

@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             wants_help = any(s in ("-h", "--help") for s in line.switches)
             print(usage(), end="", file=sys.stdout if wants_help else sys.stderr)
             return 0 if wants_help else 2
-        opts = line.mode.parser().parse_args(line.switches)
+        opts = line.mode.parser.parse_args(line.switches)
         opts.verbatim = line.verbatim
         return int(line.mode.run(opts, line.pos))
     except GprocError as e:

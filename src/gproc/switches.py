@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, NoReturn
 
 from gproc.errors import UsageError
@@ -48,29 +49,29 @@ class Mode:
     command_after: Callable[[list[str]], int] | None = None
     signal_args: bool = False
     epilog: str = ""
-    _parser: list[Parser] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def name(self) -> str:
         return self.names[0]
 
+    @cached_property
     def parser(self) -> Parser:
-        if not self._parser:
-            p = Parser(
-                prog=f"gproc {self.name}",
-                usage=self.usage or f"gproc {self.name} [switches]",
-                description=self.description,
-                epilog=self.epilog,
-                allow_abbrev=False,
-                formatter_class=argparse.RawDescriptionHelpFormatter,
-            )
-            self.build(p)
-            self._parser.append(p)
-        return self._parser[0]
+        """This mode's parser (built once): ``gproc MODE --help`` prints its switches."""
+        p = Parser(
+            prog=f"gproc {self.name}",
+            usage=self.usage or f"gproc {self.name} [switches]",
+            description=self.description,
+            epilog=self.epilog,
+            allow_abbrev=False,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        self.build(p)
+        return p
 
-    def value_switches(self) -> set[str]:
+    @cached_property
+    def value_switches(self) -> frozenset[str]:
         """Switches of this mode that take a value (the token after them is theirs)."""
-        return {s for a in self.parser()._actions if a.nargs is None for s in a.option_strings}
+        return frozenset(s for a in self.parser._actions if a.nargs is None for s in a.option_strings)
 
 
 class JoinSets(argparse.Action):
@@ -155,7 +156,7 @@ class CommandLine:
 def split_argv(argv: Sequence[str], modes: dict[str, Mode]) -> CommandLine:
     """Split into switches, mode and positionals. Switches may come before or after the mode (as the
     seed's did); for exec everything from the command on is the command's own and is left untouched."""
-    values = set().union(*(m.value_switches() for m in modes.values()))
+    values = frozenset().union(*(m.value_switches for m in modes.values()))
     line = CommandLine([], None, [])
     args = list(argv)
     i = 0
@@ -172,7 +173,7 @@ def split_argv(argv: Sequence[str], modes: dict[str, Mode]) -> CommandLine:
             norm = normalize(tok)
             name = norm.partition("=")[0]
             line.switches.append(norm)
-            if "=" not in norm and name in (values if mode is None else mode.value_switches()):
+            if "=" not in norm and name in (values if mode is None else mode.value_switches):
                 if i + 1 >= len(args):
                     raise UsageError(f"{tok} needs a value")
                 line.switches.append(args[i + 1])

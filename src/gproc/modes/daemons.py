@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from gproc import client, daemonconfig, platform
+from gproc import client, platform
 from gproc.errors import GprocError, UsageError
 from gproc.switches import Mode, Parser, add_debug, add_key, add_liveness, add_socket, size
+
+if TYPE_CHECKING:  # the daemon code loads only in daemon modes: client commands start faster
+    from gproc.daemonconfig import Timing
 
 
 def _common(p: Parser) -> None:
@@ -26,7 +30,9 @@ def _common(p: Parser) -> None:
     p.add_argument("--hold", type=float, metavar="S", help="an op's replies are held at most S seconds")
 
 
-def _timing(opts: argparse.Namespace) -> daemonconfig.Timing:
+def _timing(opts: argparse.Namespace) -> Timing:
+    from gproc import daemonconfig
+
     return daemonconfig.Timing(opts.heartbeat, opts.dead_after, opts.quiet, opts.hold)
 
 
@@ -59,7 +65,7 @@ def _started(run: Callable[[], int], what: str) -> int:
 
 
 def _master(opts: argparse.Namespace, pos: list[str]) -> int:
-    from gproc import daemon
+    from gproc import daemon, daemonconfig
 
     if pos:
         raise UsageError(f"gproc m takes no arguments (got {pos[0]!r})")
@@ -87,7 +93,7 @@ def _master(opts: argparse.Namespace, pos: list[str]) -> int:
 
 
 def _node(opts: argparse.Namespace, pos: list[str]) -> int:
-    from gproc import daemon
+    from gproc import daemon, daemonconfig
 
     if pos:
         raise UsageError(f"gproc s takes no arguments (got {pos[0]!r})")

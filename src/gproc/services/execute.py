@@ -130,8 +130,11 @@ class ExecService:
         except StagingError as e:
             op.emit(("s", 255, f"staging failed: {e}"))
             return
-        except OSError as e:  # a program the node cannot start: a shell's status (127 not found, 126 cannot run)
-            code = 127 if e.errno == errno.ENOENT else 126 if e.errno in CANNOT_RUN else 255
+        except OSError as e:
+            # the node's own program (-localbin) that cannot start ends as in a shell (127 not found,
+            # 126 cannot run); a shipped one that cannot start is the node's failure (255)
+            own = b.get("bundle") is None
+            code = 255 if not own else 127 if e.errno == errno.ENOENT else 126 if e.errno in CANNOT_RUN else 255
             op.emit(("s", code, f"cannot run {argv[0]}: {e.strerror or e}"))
             return
         except (ValueError, TypeError) as e:
