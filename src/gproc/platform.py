@@ -30,7 +30,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from gproc import spawnd
+from gproc import peers, spawnd
 
 T = TypeVar("T")
 
@@ -70,16 +70,9 @@ class PeerCred:
 
 
 def peer_credentials(sock: socket.socket) -> PeerCred:
-    """Kernel credentials of a Unix-socket peer (SO_PEERCRED on Linux, getpeereid elsewhere)."""
-    if IS_LINUX:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, gid = struct.unpack("3i", raw)
-        return PeerCred(pid, uid, gid)
-    getpeereid = getattr(os, "getpeereid", None)  # BSD/macOS via a tiny ctypes shim is future work
-    if getpeereid is None:
-        return PeerCred(0, os.getuid(), os.getgid())
-    uid, gid = getpeereid(sock.fileno())
-    return PeerCred(0, uid, gid)
+    """Kernel credentials of a Unix-socket peer (SO_PEERCRED on Linux, getpeereid elsewhere);
+    ``PermissionError`` where they cannot be read, so the caller refuses rather than guesses."""
+    return PeerCred(*peers.peer_ids(sock))
 
 
 _TCP_INFO_BYTES_RECEIVED = 128  # struct tcp_info: tcpi_bytes_received (u64), then segs_out, segs_in (u32)
