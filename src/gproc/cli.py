@@ -64,6 +64,8 @@ exec switches: -b (gathered), --diff, --json, -n (no stdin), -w NODESET, -x NODE
   (CMD, its ELF interpreter and libraries are shipped and run from each node's -binRoot)
 master switches: --gpid-block N (gpids per block, default 64), --collect-every S (block collection),
   --keep-jobs N, --keep-bytes SIZE (retention of job output; SIZE like 500M or 2G)
+node switches: --store-max SIZE (bound of the shipped-file store: least recently used files no job
+  runs from are removed; a file that does not fit is refused with "No space left in the store")
 seed switches: -myParent -myId -myAddress -cmdport -defaultMasterUDS -binRoot -r -f -localbin -p -debug
 """
 
@@ -121,6 +123,7 @@ def _switch_parser() -> _Parser:
     a("-i", "--interactive", action="store_true")
     a("--keep-jobs", type=int, default=1000)
     a("--keep-bytes", type=_size, default=1 << 30)
+    a("--store-max", type=_size)
     a("--quiet", type=float)
     a("--hold", type=float)
     return p
@@ -131,7 +134,7 @@ VALUE_OPTIONS = {
     "--debug", "--key", "--listen", "--state", "--ready-file", "--heartbeat", "--dead-after", "-w", "-x",
     "--path", "--timeout", "--export", "--local", "--fanout", "--procs", "--prefix", "--window",
     "-s", "--signal", "--gpid-block", "--collect-every", "--node-socket",
-    "--keep-jobs", "--keep-bytes", "--quiet", "--hold",
+    "--keep-jobs", "--keep-bytes", "--quiet", "--hold", "--store-max",
 }  # fmt: skip
 SIGNAL_SWITCH = re.compile(r"^-(\d+|(SIG)?[A-Z][A-Z0-9]*)$")  # kill -9, kill -KILL, kill -SIGKILL
 
@@ -351,6 +354,7 @@ def _node_config(opts: argparse.Namespace) -> Any:
         listen=listen,
         key=_key(opts),
         bin_root=opts.bin_root,
+        store_max=opts.store_max,
         socket=None if sock == "none" else sock,
     )
     _timing(cfg, opts)
