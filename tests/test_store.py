@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gproc.errors import StagingError
@@ -212,7 +212,7 @@ def test_build_never_follows_a_planted_link(tmp_path: Path) -> None:
 
 # ---- property: arbitrary manifests never write outside the root and never crash -----------------
 
-GOOD_NAMES = st.sampled_from(["a", "b", "lib", "é", "a b", "~", "-"])
+GOOD_NAMES = st.sampled_from(["a", "b", "lib", "é", "a b", "~", "-", "sentinel"])
 PATH_NAMES = st.one_of(GOOD_NAMES, st.sampled_from(["..", ".", "", "x" * 256]))
 TARGET_NAMES = st.one_of(GOOD_NAMES, st.sampled_from(["..", ".", "", "\0"]))
 PATHS = st.lists(st.one_of(GOOD_NAMES, GOOD_NAMES, PATH_NAMES), min_size=1, max_size=4).map(
@@ -245,6 +245,9 @@ def snapshot(top: Path) -> set[tuple[str, int]]:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(MANIFESTS)
+@example([["l", "/lib", "../../sentinel"], f("/lib/a/x")])  # through a link out of the view, into the sentinel
+@example([["l", "/a", "/../../sentinel/a"], f("/a/x")])
+@example([["l", "/a", "b"], ["l", "/b", "../../sentinel"], f("/a/a/x")])  # through a chain of links
 def test_arbitrary_manifests_stay_inside_the_root(tmp_path: Path, manifest: list[object]) -> None:
     jail = tmp_path / "jail"
     jail.mkdir(exist_ok=True)
@@ -252,9 +255,11 @@ def test_arbitrary_manifests_stay_inside_the_root(tmp_path: Path, manifest: list
     if not store.has(H, 6):
         put(store, b"hello\n")
         put(store, b"hello\n", executable=True)
-    (tmp_path / "sentinel").mkdir(exist_ok=True)
-    before = snapshot(tmp_path / "sentinel") | {(str(p), 0) for p in jail.iterdir()}
+    # an escape lands in the sentinel (the view's "../../sentinel") or elsewhere under tmp_path: every
+    # name and mtime there outside the view is compared, the store included
+    (tmp_path / "sentinel" / "a").mkdir(parents=True, exist_ok=True)
     view = jail / "view"
+    before = snapshot(tmp_path)
     try:
         entries = parse_manifest(manifest)
     except StagingError:
@@ -266,7 +271,11 @@ def test_arbitrary_manifests_stay_inside_the_root(tmp_path: Path, manifest: list
                 v.build(entries, link_placer(store))
             except StagingError:
                 pass
-        assert snapshot(tmp_path / "sentinel") | {(str(p), 0) for p in jail.iterdir()} == before | {(str(view), 0)}
+
+        def outside(snap: set[tuple[str, int]]) -> set[tuple[str, int]]:  # the jail's own mtime moves with view
+            return {(p, t) for p, t in snap if p not in (str(jail), str(view)) and not p.startswith(str(view) + "/")}
+
+        assert outside(snapshot(tmp_path)) == outside(before)
         for dirpath, dirs, names in os.walk(view):
             for n in dirs + names:
                 p = os.path.join(dirpath, n)
