@@ -91,11 +91,13 @@ class StageService:
             op.emit(("s", 255, "bad have request"))
             return
         self.store.ensure()
+        job = op.body.get("j")
         for h, size, x in items:
             if not self.store.has(h, size):
                 op.emit(("n", h))
-            elif self.store.max_bytes is not None:  # about to be used: last in line for eviction
-                self.store.touch([self.store.name(h, x), self.store.name(h, not x)])
+            elif self.store.max_bytes is not None and isinstance(job, int):  # kept for the job until it starts
+                self.store.pin(("put", job), [self.store.name(h, x), self.store.name(h, not x)])
+                self.put_pins[job] = time.monotonic()
         op.emit(("s", 0, ""))
 
     def put(self, op: Op) -> None:
