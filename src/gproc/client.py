@@ -19,7 +19,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gproc import wire
+from gproc import peers, wire
 from gproc.errors import ConnectError, GprocError, NoMatchError, ProtocolError, RemoteError, StagingError, UsageError
 
 if TYPE_CHECKING:
@@ -82,11 +82,22 @@ class Connection:
 
     @classmethod
     async def open(cls, path: str, timeout: float = 10.0) -> Connection:
+        # Nothing (the request carries the whole environment) goes to a socket that another user could
+        # have put there while the master was down: the path and its directories must be root's or
+        # ours, and so must the process that listens on it.
+        trusted = {0, os.geteuid()}
+        refused = peers.untrusted_path(path, trusted)
+        if refused is not None:
+            raise ConnectError(refused)
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_unix_connection(path, limit=wire.MAX_FRAME)
         except (OSError, TimeoutError) as e:
             raise ConnectError(f"cannot reach the master at {path}: {getattr(e, 'strerror', None) or e}") from None
+        refused = peers.untrusted_peer(writer.get_extra_info("socket"), path, trusted)
+        if refused is not None:
+            writer.close()
+            raise ConnectError(refused)
         conn = cls(reader, writer)
         conn.send(wire.hello("client"))
         try:

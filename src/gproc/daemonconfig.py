@@ -111,6 +111,7 @@ def node(
     key: str | None = None,
     bin_root: str = "/tmp/xproc",
     node_socket: str | None = None,
+    store_max: int | None = None,
     timing: Timing | None = None,
 ) -> NodeConfig:
     """A node daemon's config. ``parent``, ``node_id`` and ``address`` may be postfix expressions (the
@@ -130,6 +131,7 @@ def node(
         listen=where,
         key=credential.key_path(key),
         bin_root=bin_root,
+        store_max=store_max,
         socket=None if sock == "none" else sock,
     )
     (timing or Timing()).apply(cfg)

@@ -14,7 +14,10 @@ For each DT_NEEDED name, in breadth-first load order:
 3. a candidate is accepted only if it is an ELF file of the program's class, byte order and machine.
 
 ``$ORIGIN`` is the directory of the program's real path, and for a library the directory of the path
-it was found at (as glibc does); ``$PLATFORM`` is the machine name (x86_64, aarch64, i686, ...);
+it was found at (as glibc does); ``$PLATFORM`` is what the program's own loader substitutes on this
+machine when ROOT is ``/`` (glibc names some CPUs, e.g. ``haswell`` on Intel with AVX2, where the
+auxiliary vector says ``x86_64``: its ``--list-diagnostics`` or ``--help`` tells), else the machine name
+(x86_64, aarch64, i686, ...);
 ``$LIB`` and the default directories follow the root's layout: with a Debian multiarch directory
 (``/lib/<triplet>``) ``$LIB`` is ``lib/<triplet>`` and the defaults are ``/lib/<triplet>``,
 ``/usr/lib/<triplet>``, ``/lib``, ``/usr/lib`` (Debian's ld.so); otherwise ``$LIB`` is ``lib64`` (64-bit)
@@ -35,6 +38,7 @@ import os
 import posixpath
 import re
 import struct
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -126,6 +130,30 @@ class _Loaded:
     origin: str
     names: set[str]
     loader: _Loaded | None = None
+
+
+def _host_machine() -> str:
+    m = os.uname().machine
+    return {"arm64": "aarch64", "amd64": "x86_64"}.get(m, m)
+
+
+_DL_PLATFORM = re.compile(r'^dl_platform="([^"\n]+)"$', re.M)  # ld.so --list-diagnostics (glibc >= 2.33)
+_HELP_PLATFORM = re.compile(r"^\s+(\S+) \(AT_PLATFORM[;)]", re.M)  # ld.so --help (glibc >= 2.33)
+
+
+def loader_platform(interp: str) -> str | None:
+    """The ``$PLATFORM`` a glibc dynamic loader substitutes on this machine, as it says itself: its
+    ``dl_platform`` (which glibc may set from the CPU, e.g. ``haswell``, over the kernel's AT_PLATFORM);
+    None when it does not say (another C library, an older glibc)."""
+    for option, pattern in (("--list-diagnostics", _DL_PLATFORM), ("--help", _HELP_PLATFORM)):
+        try:
+            r = subprocess.run([interp, option], capture_output=True, text=True, timeout=10, env={"LC_ALL": "C"})
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return None
+        m = pattern.search(r.stdout) if r.returncode == 0 else None
+        if m is not None:
+            return m.group(1)
+    return None
 
 
 def _names(*names: str | None) -> set[str]:
@@ -293,6 +321,8 @@ class _Closure:
         self._cache: dict[str, list[str]] | None = None
         self._conf_dirs: list[str] | None = None
         self._layouts: dict[Ident, tuple[str, list[str]]] = {}
+        self._platforms: dict[str, str | None] = {}  # by interpreter (host path): the $PLATFORM it uses
+        self._interp: str | None = None  # the program's loader, when it is this machine's to ask
 
     def add(self, path: str, kind: str) -> str:
         """Record a file and the symlinks leading to it; return its real path."""
@@ -359,6 +389,8 @@ class _Closure:
             if interp.ident != main.ident:
                 raise StagingError(f"interpreter {main.interp} of {path} is of another ELF class or machine")
             loaded.append(_Loaded(interp, ipath, ireal, "", _names(main.interp, interp.soname)))
+            if self.tree.root == "/" and _PLATFORMS.get(main.ident[2]) == _host_machine():
+                self._interp = self.tree.host(ireal)
         llp = (self.llp or "").replace(";", ":")
         env = _Env(main.ident, self._dirs(llp.split(":") if llp else [], prog), self.layout(main.ident)[1])
         queue = [prog]
@@ -395,8 +427,16 @@ class _Closure:
         """Expand $ORIGIN, $LIB and $PLATFORM (also in ${...} form) for an object."""
         machine = owner.obj.ident[2]
         values = {"ORIGIN": owner.origin, "LIB": self.layout(owner.obj.ident)[0]}
-        values["PLATFORM"] = _PLATFORMS.get(machine, str(machine))
+        if "PLATFORM" in text:
+            values["PLATFORM"] = self._platform(machine)
         return _DST.sub(lambda m: values[m.group(1) or m.group(2)], text)
+
+    def _platform(self, machine: int) -> str:
+        interp = self._interp
+        if interp is not None and interp not in self._platforms:
+            self._platforms[interp] = loader_platform(interp)
+        said = self._platforms.get(interp) if interp is not None else None
+        return said or _PLATFORMS.get(machine, str(machine))
 
     def layout(self, ident: Ident) -> tuple[str, list[str]]:
         """$LIB and the default library directories for an ELF class/machine in this root."""

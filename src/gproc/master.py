@@ -19,7 +19,7 @@ from typing import Any
 
 from ClusterShell.NodeSet import NodeSet
 
-from gproc import nodespec, platform, wire
+from gproc import nodespec, peers, platform, wire
 from gproc import ranks as rankset
 from gproc.errors import GprocError, ProtocolError, RegistrationError, UsageError
 from gproc.overlay import ID_RE, NAME_RE, Link, Node, NodeConfig, TreeLink
@@ -90,6 +90,7 @@ class Master(Node):
         self.topo: dict[int, NodeRow] = {}
         self.root_children: dict[str, int] = {}
         self._unix: asyncio.Server | None = None
+        self._clients = peers.ClientLimit()
         self._fold_cache: dict[tuple[int, ...], str] = {}
         # selections resolved against the live tree, until its shape or a node's state changes
         self._select_cache: dict[tuple[str | None, str | None, str | None], tuple[frozenset[int], frozenset[str]]] = {}
@@ -262,9 +263,12 @@ class Master(Node):
         if task is not None:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        cred: PeerCred | None = None
         try:
-            sock = writer.get_extra_info("socket")
-            cred = peer_credentials(sock) if sock is not None else PeerCred(0, os.getuid(), os.getgid())
+            cred = peer_credentials(writer.get_extra_info("socket"))
+            if not self._clients.enter(cred.uid):
+                cred = None
+                raise GprocError(f"too many connections from this user (at most {self._clients.per_user})")
             async with asyncio.timeout(10):
                 wire.check_hello(await link.receive(), "client")
                 link.send(wire.hello("master", name=self.cfg.name))
@@ -278,6 +282,8 @@ class Master(Node):
             self.log.exception("client request failed")
             link.send({"t": "error", "msg": "internal error in the master (see its log)", "code": 1})
         finally:
+            if cred is not None:
+                self._clients.leave(cred.uid)
             await link.close(30.0)  # what is queued still goes (a big output to a slow client), then close
 
     async def _serve_request(self, link: Link, req: wire.Message, cred: PeerCred) -> None:

@@ -63,6 +63,7 @@ class NodeConfig:
     edits: bool = True  # send near-identical output lines as edits of a reference line
     connect_timeout: float = 10.0  # TCP connect and TLS handshake
     bin_root: str = "/tmp/xproc"
+    store_max: int | None = None  # bytes the store under bin_root may hold (None: unbounded)
     socket: str | None = None  # where this node serves clients (relayed to the master); None: nowhere
     # kernel receive buffer of each link (SO_RCVBUF), 0: the system's. What a read hands to TLS, and
     # so the buffers TLS keeps per link, grow with it: a local cluster's hundreds of nodes per process

@@ -51,6 +51,13 @@ def _node_switches(p: Parser) -> None:
     p.add_argument("--parent", metavar="EXPR", help="-myParent: the parent's address(es), or a postfix expression")
     p.add_argument("--id", metavar="EXPR", help="-myId: the node's id (default: the host's number)")
     p.add_argument("--node-socket", metavar="PATH", help="the relayed client socket ('none': no socket)")
+    p.add_argument(
+        "--store-max",
+        type=size,
+        metavar="SIZE",
+        help="bound of the shipped-file store: least recently used files no job runs from are removed;"
+        ' a file that does not fit is refused with "No space left in the store"',
+    )
     _common(p)
 
 
@@ -107,6 +114,7 @@ def _node(opts: argparse.Namespace, pos: list[str]) -> int:
         key=opts.key,
         bin_root=opts.bin_root,
         node_socket=opts.node_socket,
+        store_max=opts.store_max,
         timing=_timing(opts),
     )
     daemon.setup_logging(opts.debug)

@@ -113,7 +113,7 @@ class ExecService:
         await node.spawn_gate.wait()
         try:
             if b.get("bundle") is None:  # -localbin without files: the node's own program, as the seed
-                workdir = self._workdir(cwd, uid, gid)
+                workdir = cwd if isinstance(cwd, str) and cwd.startswith("/") else None
                 groups = platform.user_groups(uid, gid)
                 proc = platform.spawn(
                     argv,
@@ -124,6 +124,7 @@ class ExecService:
                     groups=groups,
                     stdin=want_stdin,
                     spawner=node.spawn_gate.spawner,
+                    make_cwd=True,  # the client's directory, made as the job's user when missing
                 )
             else:
                 proc = await node.stage.start(job, b["bundle"], argv, env, uid, gid, stdin=want_stdin)
@@ -160,21 +161,6 @@ class ExecService:
             if not proc.exited.done():
                 proc.signal_group(signal.SIGKILL)
             proc.close_pipes()
-
-    @staticmethod
-    def _workdir(cwd: Any, uid: int, gid: int) -> str | None:
-        """The client's working directory, created on the node when missing; else the home of binRoot."""
-        if not isinstance(cwd, str) or not cwd.startswith("/"):
-            return None
-        if os.path.isdir(cwd):
-            return cwd
-        try:
-            os.makedirs(cwd, mode=0o755)
-            if os.geteuid() == 0:
-                os.chown(cwd, uid, gid)
-            return cwd
-        except OSError:
-            return None
 
     @staticmethod
     async def _wait(proc: platform.Process, timeout: Any) -> tuple[int, str]:

@@ -27,7 +27,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from gproc import wire
+from gproc import peers, wire
 from gproc.errors import ConnectError, GprocError, ProtocolError, RegistrationError
 from gproc.overlay import Link
 from gproc.platform import PeerCred, peer_credentials
@@ -55,12 +55,20 @@ class NodeSocket:
         self.path = path
         self._server: asyncio.AbstractServer | None = None
         self._ino: int | None = None
+        self._clients = peers.ClientLimit()
 
     async def start(self) -> bool:
         """Listen; False (and a warning) when the path is held by another live daemon or unusable."""
         path = self.path
         try:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            folder = os.path.dirname(path) or "."
+            os.makedirs(folder, exist_ok=True)
+            # A directory another user made (say /tmp/xproc, before this daemon first ran) lets that
+            # user swap our socket for theirs: refused.
+            refused = peers.untrusted_path(folder, {0, os.geteuid()})
+            if refused is not None:
+                self.node.log.warning("not serving a client socket: %s", refused)
+                return False
             if os.path.exists(path):
                 from gproc.master import _socket_alive
 
@@ -91,9 +99,12 @@ class NodeSocket:
         if task is not None:  # owned by the node: cancelled when it stops
             node._tasks.add(task)
             task.add_done_callback(node._tasks.discard)
+        cred: PeerCred | None = None
         try:
-            sock = writer.get_extra_info("socket")
-            cred = peer_credentials(sock) if sock is not None else PeerCred(0, os.getuid(), os.getgid())
+            cred = peer_credentials(writer.get_extra_info("socket"))
+            if not self._clients.enter(cred.uid):
+                cred = None
+                raise GprocError(f"too many connections from this user (at most {self._clients.per_user})")
             async with asyncio.timeout(10):
                 wire.check_hello(await link.receive(), "client")
                 link.send(wire.hello("node", name=node.cfg.name))
@@ -106,6 +117,8 @@ class NodeSocket:
         except (EOFError, OSError, TimeoutError) as e:
             node.log.debug("client ended: %s", e)
         finally:
+            if cred is not None:
+                self._clients.leave(cred.uid)
             with contextlib.suppress(Exception):
                 await link.drain(5.0)
             link.abort()
