@@ -38,7 +38,11 @@ def socket_path(explicit: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class Output:
-    """Lines that a set of nodes wrote identically (``lineno`` counts lines per node and stream)."""
+    """Output that a set of nodes wrote identically: ``data`` is one or more whole lines (a piece of a
+    line when it does not end in a newline and more of that node's output follows; the end of the
+    output when it ended without one); ``lineno`` is the number of its first line per node and stream
+    (a piece of a line counts as one): a node's output is its records' data joined in ``lineno``
+    order. Events come in that order for each node."""
 
     nodes: str
     count: int

@@ -1,19 +1,24 @@
 """Showing a job's merged output: live ``name: line``, gathered like ``dshbak -c``, as unified diffs
 against the largest group (``--diff``, like ``clush --diff``), or JSON Lines.
 
-JSON records (stable field names): output ``{"nodes", "stream", "data"}`` (live: one line without its
-newline; gathered: a group's whole output); exit statuses ``{"nodes", "status"}``; nodes that could
+Output is written byte for byte as the programs wrote it, only labels added at line starts. JSON
+records (stable field names): output ``{"nodes", "stream", "data"}`` (live: one line without its
+newline, and ``"newline": false`` on an output's last line when it ended without one; gathered: a
+group's whole output); bytes that are not UTF-8 come as ``"data_b64"`` (base64) instead of ``"data"``;
+exit statuses ``{"nodes", "status"}``; nodes that could
 not run the command ``{"nodes", "status": 255, "error": reason}``. ``nodes`` is a folded node set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import difflib
+import hashlib
 import json
 import re
 import sys
-from typing import TextIO
+from typing import IO
 
 from ClusterShell.NodeSet import NodeSet
 
@@ -36,8 +41,54 @@ def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", name) if p)
 
 
-def _text(data: bytes) -> str:
-    return data.decode("utf-8", errors="replace")
+def _write(f: IO[str], data: bytes) -> None:
+    """Write bytes as they are: to the binary layer under a text stream (sys.stdout), else decoded
+    with surrogateescape (a StringIO), which gives the same bytes back when encoded likewise."""
+    raw = getattr(f, "buffer", None)
+    if raw is not None:
+        raw.write(data)
+    else:
+        f.write(data.decode("utf-8", "surrogateescape"))
+
+
+# bytes a JSON string cannot hold as they are (controls but newline, quote, backslash, non-ASCII)
+_NOT_PLAIN = re.compile(rb"[^\x20\x21\x23-\x5b\x5d-\x7e\n]")
+
+
+def json_data(data: bytes) -> dict[str, str]:
+    """A JSON record's field for output bytes: ``data`` (text) when they are UTF-8, else ``data_b64``
+    (standard base64 of the bytes): either way the record gives back the exact bytes."""
+    try:
+        return {"data": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"data_b64": base64.b64encode(data).decode("ascii")}
+
+
+def json_lines(nodes: str, stream: str, data: bytes, newline: bool = True) -> bytes:
+    """Live JSON records of output ``data`` (whole lines): one per line, the line without its newline;
+    ``newline`` False says the last line had none (the output ended there)."""
+    body = data[:-1] if newline and data.endswith(b"\n") else data
+    if not _NOT_PLAIN.search(body):  # plain ASCII lines: one join instead of a json.dumps per line
+        head = ('{"nodes": ' + json.dumps(nodes) + ', "stream": "' + stream + '", "data": "').encode()
+        out = head + body.replace(b"\n", b'"}\n' + head) + b'"}\n'
+        if not newline:
+            out = out[:-2] + b', "newline": false}\n'
+        return out
+    recs = []
+    lines = body.split(b"\n")
+    for i, line in enumerate(lines):
+        rec: dict[str, object] = {"nodes": nodes, "stream": stream, **json_data(line)}
+        if not newline and i == len(lines) - 1:
+            rec["newline"] = False
+        recs.append(json.dumps(rec))
+    return ("\n".join(recs) + "\n").encode()
+
+
+def labelled(nodes: str, data: bytes) -> bytes:
+    """Whole lines with ``nodes: `` put at the start of each (a newline ends the last if it lacks one)."""
+    head = nodes.encode() + b": "
+    body = data[:-1] if data.endswith(b"\n") else data
+    return head + body.replace(b"\n", b"\n" + head) + b"\n"
 
 
 class Display:
@@ -48,8 +99,8 @@ class Display:
         json_mode: bool = False,
         gather: bool = False,
         window: float = 0.05,
-        out: TextIO | None = None,
-        err: TextIO | None = None,
+        out: IO[str] | None = None,
+        err: IO[str] | None = None,
         diff: bool = False,
     ) -> None:
         self.json = json_mode
@@ -60,6 +111,9 @@ class Display:
         self.err = err or sys.stderr
         self.statuses: dict[tuple[int, str], list[str]] = {}
         self._live: dict[Key, list[str]] = {}
+        # the start of a line whose end has not come yet, by (nodes, stream): a line longer than a
+        # record travels in pieces and is printed whole
+        self._open: dict[tuple[str, str], bytes] = {}
         self._outputs: list[Output] = []
 
     async def consume(self, job: Job) -> None:
@@ -75,7 +129,7 @@ class Display:
         finally:
             if flusher is not None:
                 flusher.cancel()
-            self._flush_live()
+            self._flush_live(final=True)
         if self.gather:
             self._print_gathered()
         self._print_statuses()
@@ -85,50 +139,76 @@ class Display:
             await asyncio.sleep(self.window)
             self._flush_live()
 
-    def _flush_live(self) -> None:
-        """Print what arrived in the last window: identical lines once, with the folded node set."""
+    def _flush_live(self, final: bool = False) -> None:
+        """Print what arrived in the last window: identical output once, with the folded node set.
+
+        Records go by stream and number: within a window a node's records may have arrived out of
+        order (merged with another node's identical record that came first)."""
         live, self._live = self._live, {}
-        for (stream, _lineno, data), sets in live.items():
+        for (stream, _seq, data), sets in sorted(live.items(), key=lambda kv: (kv[0][0], kv[0][1])):
             nodes = _union(sets)
-            line = _text(data).rstrip("\n")
-            if self.json:
-                print(json.dumps({"nodes": nodes, "stream": stream, "data": line}), file=self.out)
-            else:
-                print(f"{nodes}: {line}", file=self.err if stream == "stderr" else self.out)
-        if live:
+            start = self._open.pop((nodes, stream), None)
+            if start is not None:
+                data = start + data
+            nl = data.rfind(b"\n") + 1
+            if nl < len(data):
+                self._open[(nodes, stream)] = data[nl:]
+                data = data[:nl]
+            if data:
+                self._print_live(nodes, stream, data, True)
+        if final:
+            for (nodes, stream), data in self._open.items():
+                self._print_live(nodes, stream, data, False)
+            self._open.clear()
+        if live or final:
             self.out.flush()
+            self.err.flush()
+
+    def _print_live(self, nodes: str, stream: str, data: bytes, newline: bool) -> None:
+        if self.json:
+            _write(self.out, json_lines(nodes, stream, data, newline))
+        else:
+            _write(self.err if stream == "stderr" else self.out, labelled(nodes, data))
 
     def _print_gathered(self) -> None:
-        """Group nodes by their whole output (per stream), largest group first."""
+        """Group nodes by their whole output (per stream), largest group first. Nodes are grouped by
+        a digest of their output, and only one copy of each distinct output is joined."""
         per_node: dict[str, dict[str, list[tuple[int, bytes]]]] = {}
         for ev in self._outputs:
             for name in NodeSet(ev.nodes):
                 per_node.setdefault(name, {}).setdefault(ev.stream, []).append((ev.lineno, ev.data))
         for stream in ("stdout", "stderr"):
             groups: dict[bytes, list[str]] = {}
+            parts: dict[bytes, list[tuple[int, bytes]]] = {}
             for name, streams in per_node.items():
-                lines = streams.get(stream)
-                if lines:
-                    groups.setdefault(b"".join(d for _, d in sorted(lines)), []).append(name)
+                records = streams.get(stream)
+                if records:
+                    records.sort(key=lambda r: r[0])
+                    h = hashlib.blake2b()
+                    for _, d in records:
+                        h.update(d)
+                    digest = h.digest()
+                    groups.setdefault(digest, []).append(name)
+                    parts.setdefault(digest, records)
             ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), min(map(_natural, kv[1]))))
-            ref: tuple[str, str] | None = None
-            for data, names in ordered:
+            ref: tuple[str, list[str]] | None = None
+            for digest, names in ordered:
+                data = b"".join(d for _, d in parts.pop(digest))
                 nodes = str(NodeSet.fromlist(names))
                 if self.json:
-                    print(json.dumps({"nodes": nodes, "stream": stream, "data": _text(data)}), file=self.out)
+                    rec = {"nodes": nodes, "stream": stream, **json_data(data)}
+                    _write(self.out, (json.dumps(rec) + "\n").encode())
                     continue
                 label = f"{nodes} ({len(names)})" + (" stderr" if stream == "stderr" else "")
-                text = _text(data) if data.endswith(b"\n") else _text(data) + "\n"
+                if not data.endswith(b"\n"):
+                    data += b"\n"
+                text = data.decode("utf-8", "surrogateescape").splitlines(keepends=True)
                 if self.diff and ref is not None:
-                    self.out.writelines(
-                        difflib.unified_diff(
-                            ref[1].splitlines(keepends=True), text.splitlines(keepends=True), ref[0], label
-                        )
-                    )
+                    diff = "".join(difflib.unified_diff(ref[1], text, ref[0], label))
+                    _write(self.out, diff.encode("utf-8", "surrogateescape"))
                     continue
                 bar = "-" * min(max(len(label), 15), 78)
-                print(f"{bar}\n{label}\n{bar}", file=self.out)
-                self.out.write(text)
+                _write(self.out, f"{bar}\n{label}\n{bar}\n".encode() + data)
                 ref = (label, text)
         self.out.flush()
 
