@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 DEFAULT_SOCKET = "/tmp/g"
 SILENCE_LIMIT = 30.0  # the master ticks every few seconds during a job; this much silence is death
+READ_AHEAD = 1 << 20  # what the client reads ahead of its consumer: a slow one slows the job, not memory
 STDIN_CHUNK = 64 * 1024  # stdin travels in chunks of this size …
 STDIN_WINDOW = 8  # … at most this many unacknowledged (flow control down to every node)
 
@@ -88,7 +89,7 @@ class Connection:
     async def open(cls, path: str, timeout: float = 10.0) -> Connection:
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_unix_connection(path, limit=wire.MAX_FRAME)
+                reader, writer = await asyncio.open_unix_connection(path, limit=READ_AHEAD)
         except (OSError, TimeoutError) as e:
             raise ConnectError(f"cannot reach the master at {path}: {getattr(e, 'strerror', None) or e}") from None
         conn = cls(reader, writer)

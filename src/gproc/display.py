@@ -111,9 +111,9 @@ class Display:
         self.err = err or sys.stderr
         self.statuses: dict[tuple[int, str], list[str]] = {}
         self._live: dict[Key, list[str]] = {}
-        # the start of a line whose end has not come yet, by (nodes, stream): a line longer than a
-        # record travels in pieces and is printed whole
-        self._open: dict[tuple[str, str], bytes] = {}
+        # by stream and node, the start of a line whose end has not come yet: a line longer than a
+        # record travels in pieces (which may merge with different nodes) and is printed whole
+        self._open: dict[str, dict[str, bytes]] = {}
         self._outputs: list[Output] = []
 
     async def consume(self, job: Job) -> None:
@@ -147,22 +147,44 @@ class Display:
         live, self._live = self._live, {}
         for (stream, _seq, data), sets in sorted(live.items(), key=lambda kv: (kv[0][0], kv[0][1])):
             nodes = _union(sets)
-            start = self._open.pop((nodes, stream), None)
-            if start is not None:
-                data = start + data
-            nl = data.rfind(b"\n") + 1
-            if nl < len(data):
-                self._open[(nodes, stream)] = data[nl:]
-                data = data[:nl]
-            if data:
-                self._print_live(nodes, stream, data, True)
+            if self._open.get(stream):  # some node's line is unfinished: go by each node's start
+                for part, start in self._continued(nodes, stream):
+                    self._take(part, stream, start + data)
+            else:
+                self._take(nodes, stream, data)
         if final:
-            for (nodes, stream), data in self._open.items():
-                self._print_live(nodes, stream, data, False)
+            for stream, starts in self._open.items():
+                by_start: dict[bytes, list[str]] = {}
+                for name, start in starts.items():
+                    by_start.setdefault(start, []).append(name)
+                for start, names in by_start.items():
+                    self._print_live(str(NodeSet.fromlist(names)), stream, start, False)
             self._open.clear()
         if live or final:
             self.out.flush()
             self.err.flush()
+
+    def _continued(self, nodes: str, stream: str) -> list[tuple[str, bytes]]:
+        """The nodes of a record split by the unfinished line each has (b"" for none)."""
+        starts = self._open[stream]
+        by_start: dict[bytes, list[str]] = {}
+        for name in NodeSet(nodes):
+            by_start.setdefault(starts.pop(name, b""), []).append(name)
+        if len(by_start) == 1 and b"" in by_start:
+            return [(nodes, b"")]
+        return [(str(NodeSet.fromlist(names)), start) for start, names in by_start.items()]
+
+    def _take(self, nodes: str, stream: str, data: bytes) -> None:
+        """Print the whole lines of ``data``; keep an unfinished last line for each of the nodes."""
+        nl = data.rfind(b"\n") + 1
+        if nl < len(data):
+            rest = data[nl:]
+            starts = self._open.setdefault(stream, {})
+            for name in NodeSet(nodes):
+                starts[name] = rest
+            data = data[:nl]
+        if data:
+            self._print_live(nodes, stream, data, True)
 
     def _print_live(self, nodes: str, stream: str, data: bytes, newline: bool) -> None:
         if self.json:
