@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
 import difflib
 import hashlib
 import json
+import os
 import re
 import sys
+import tempfile
+from collections.abc import Iterator
 from typing import IO
 
 from ClusterShell.NodeSet import NodeSet
@@ -91,6 +95,20 @@ def labelled(nodes: str, data: bytes) -> bytes:
     return head + body.replace(b"\n", b"\n" + head) + b"\n"
 
 
+SPOOL_READ = 1 << 20  # gathered output is read back from the spool file in pieces this big
+
+
+class _Gathered:
+    """One node's gathered output on one stream: where its records are in the spool file, by line
+    number, and a digest of it so far (nodes with equal digests print as one group)."""
+
+    __slots__ = ("digest", "parts")
+
+    def __init__(self) -> None:
+        self.digest = hashlib.blake2b()
+        self.parts: list[tuple[int, int, int]] = []  # (lineno, offset, size)
+
+
 class Display:
     """Consumes a job's events and prints them in the chosen format."""
 
@@ -114,7 +132,8 @@ class Display:
         # by stream and node, the start of a line whose end has not come yet: a line longer than a
         # record travels in pieces (which may merge with different nodes) and is printed whole
         self._open: dict[str, dict[str, bytes]] = {}
-        self._outputs: list[Output] = []
+        self._gathered: dict[str, dict[str, _Gathered]] = {}  # by stream and node name
+        self._spool: IO[bytes] | None = None
 
     async def consume(self, job: Job) -> None:
         flusher = None if self.gather else asyncio.ensure_future(self._flush_loop())
@@ -123,7 +142,7 @@ class Display:
                 if isinstance(ev, Status):
                     self.statuses.setdefault((ev.status, ev.error), []).append(ev.nodes)
                 elif self.gather:
-                    self._outputs.append(ev)
+                    self._keep(ev)
                 else:
                     self._live.setdefault((ev.stream, ev.lineno, ev.data), []).append(ev.nodes)
         finally:
@@ -192,47 +211,100 @@ class Display:
         else:
             _write(self.err if stream == "stderr" else self.out, labelled(nodes, data))
 
+    def _keep(self, ev: Output) -> None:
+        """Gathering: a record's bytes go to the spool file once, whatever the number of its nodes;
+        each node keeps where its records are and a digest of its output so far."""
+        spool = self._spool
+        if spool is None:
+            spool = self._spool = tempfile.TemporaryFile(prefix="gproc-gather-")  # noqa: SIM115 (closed after printing)
+        offset = spool.seek(0, os.SEEK_END)
+        spool.write(ev.data)
+        nodes = self._gathered.setdefault(ev.stream, {})
+        for name in NodeSet(ev.nodes):
+            g = nodes.get(name)
+            if g is None:
+                g = nodes[name] = _Gathered()
+            g.digest.update(ev.data)
+            g.parts.append((ev.lineno, offset, len(ev.data)))
+
+    def _chunks(self, g: _Gathered) -> Iterator[bytes]:
+        """A node's gathered output from the spool, in record order."""
+        assert self._spool is not None
+        self._spool.flush()
+        fd = self._spool.fileno()
+        for _, offset, size in sorted(g.parts):
+            for i in range(0, size, SPOOL_READ):
+                yield os.pread(fd, min(SPOOL_READ, size - i), offset + i)
+
     def _print_gathered(self) -> None:
-        """Group nodes by their whole output (per stream), largest group first. Nodes are grouped by
-        a digest of their output, and only one copy of each distinct output is joined."""
-        per_node: dict[str, dict[str, list[tuple[int, bytes]]]] = {}
-        for ev in self._outputs:
-            for name in NodeSet(ev.nodes):
-                per_node.setdefault(name, {}).setdefault(ev.stream, []).append((ev.lineno, ev.data))
-        for stream in ("stdout", "stderr"):
-            groups: dict[bytes, list[str]] = {}
-            parts: dict[bytes, list[tuple[int, bytes]]] = {}
-            for name, streams in per_node.items():
-                records = streams.get(stream)
-                if records:
-                    records.sort(key=lambda r: r[0])
-                    h = hashlib.blake2b()
-                    for _, d in records:
-                        h.update(d)
-                    digest = h.digest()
-                    groups.setdefault(digest, []).append(name)
-                    parts.setdefault(digest, records)
-            ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), min(map(_natural, kv[1]))))
-            ref: tuple[str, list[str]] | None = None
-            for digest, names in ordered:
-                data = b"".join(d for _, d in parts.pop(digest))
-                nodes = str(NodeSet.fromlist(names))
-                if self.json:
-                    rec = {"nodes": nodes, "stream": stream, **json_data(data)}
-                    _write(self.out, (json.dumps(rec) + "\n").encode())
-                    continue
-                label = f"{nodes} ({len(names)})" + (" stderr" if stream == "stderr" else "")
-                if not data.endswith(b"\n"):
-                    data += b"\n"
-                text = data.decode("utf-8", "surrogateescape").splitlines(keepends=True)
-                if self.diff and ref is not None:
-                    diff = "".join(difflib.unified_diff(ref[1], text, ref[0], label))
-                    _write(self.out, diff.encode("utf-8", "surrogateescape"))
-                    continue
-                bar = "-" * min(max(len(label), 15), 78)
-                _write(self.out, f"{bar}\n{label}\n{bar}\n".encode() + data)
-                ref = (label, text)
+        """Group nodes by their whole output (per stream, by its digest), largest group first. Only
+        diffs (``--diff``) hold a group's output in memory; the rest streams from the spool file."""
+        try:
+            for stream in ("stdout", "stderr"):
+                groups: dict[bytes, list[str]] = {}
+                first: dict[bytes, _Gathered] = {}
+                for name, g in self._gathered.get(stream, {}).items():
+                    d = g.digest.digest()
+                    groups.setdefault(d, []).append(name)
+                    first.setdefault(d, g)
+                ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), min(map(_natural, kv[1]))))
+                ref: tuple[str, list[str]] | None = None
+                for d, names in ordered:
+                    nodes = str(NodeSet.fromlist(names))
+                    if self.json:
+                        self._json_group(nodes, stream, first[d])
+                        continue
+                    label = f"{nodes} ({len(names)})" + (" stderr" if stream == "stderr" else "")
+                    if self.diff:
+                        data = b"".join(self._chunks(first[d]))
+                        text = data.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+                        if text and not text[-1].endswith("\n"):
+                            text[-1] += "\n"
+                        if ref is not None:
+                            diff = "".join(difflib.unified_diff(ref[1], text, ref[0], label))
+                            _write(self.out, diff.encode("utf-8", "surrogateescape"))
+                            continue
+                        ref = (label, text)
+                    bar = "-" * min(max(len(label), 15), 78)
+                    _write(self.out, f"{bar}\n{label}\n{bar}\n".encode())
+                    last = b"\n"
+                    for chunk in self._chunks(first[d]):
+                        _write(self.out, chunk)
+                        last = chunk[-1:] or last
+                    if last != b"\n":
+                        _write(self.out, b"\n")
+        finally:
+            if self._spool is not None:
+                self._spool.close()
+                self._spool = None
         self.out.flush()
+
+    def _json_group(self, nodes: str, stream: str, g: _Gathered) -> None:
+        """One JSON record of a group's whole output, escaped piece by piece from the spool: what
+        ``json.dumps`` of the whole record gives, with ``data_b64`` when the bytes are not UTF-8."""
+        check = codecs.getincrementaldecoder("utf-8")()
+        try:
+            for chunk in self._chunks(g):
+                check.decode(chunk)
+            check.decode(b"", final=True)
+            text = True
+        except UnicodeDecodeError:
+            text = False
+        field = "data" if text else "data_b64"
+        _write(self.out, f'{{"nodes": {json.dumps(nodes)}, "stream": "{stream}", "{field}": "'.encode())
+        if text:
+            dec = codecs.getincrementaldecoder("utf-8")()
+            for chunk in self._chunks(g):
+                _write(self.out, json.dumps(dec.decode(chunk))[1:-1].encode())
+        else:
+            carry = b""
+            for chunk in self._chunks(g):
+                buf = carry + chunk
+                whole = len(buf) // 3 * 3
+                _write(self.out, base64.b64encode(buf[:whole]))
+                carry = buf[whole:]
+            _write(self.out, base64.b64encode(carry))
+        _write(self.out, b'"}\n')
 
     def _print_statuses(self) -> None:
         for (status, error), sets in sorted(self.statuses.items()):
