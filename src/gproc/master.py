@@ -430,12 +430,17 @@ class Master(Node):
         link.send({"t": "job", "job": job, "n": len(targets), "absent": absent_set})
         done = asyncio.Event()
         ops: list[Any] = []
+        flow = _Flow(self, link, job)
 
         def sink(groups: list[list[Any]], end: bool) -> None:
             if groups:
                 out = [[key, self.fold_intervals(enc), rankset.count(enc)] for key, enc in groups]
+                # merging in the tree keeps the first-seen order of keys, which can put a node's record
+                # after one it wrote later (a key another node sent first): records go by their number
+                out.sort(key=_record_order)
                 record.add(out)
                 link.send({"t": "out", "g": out})
+                flow.check(targets)
             if end:
                 record.finish(ops[0].bytes_in if ops else 0, ops[0].frames_in if ops else 0)
                 link.send({"t": "end"})
@@ -495,6 +500,48 @@ class Master(Node):
     def signal_job(self, job: int, targets: set[int], sig: int) -> None:
         """Send a signal to every process of a job, on every node that runs it."""
         self.start_op(self.pids.next_id(), "signal", {"job": job, "sig": sig}, targets, lambda g, e: None)
+
+
+def _record_order(item: list[Any]) -> tuple[int, int, int]:
+    """Output records by stream and number, then every other key (statuses) in the order they came."""
+    key = item[0]
+    if key[0] == "o":
+        return (0, key[1], key[2])
+    return (1, 0, 0)
+
+
+class _Flow:
+    """Back-pressure from one attached client to its job's nodes: while the client's connection holds
+    more than ``HOLD_AT`` bytes not taken in, the job is *held* (its nodes stop reading its programs'
+    output, which then block on their pipes), until the client took in all but ``RELEASE_AT``. Only
+    this job waits: other jobs' output keeps flowing on the same tree links."""
+
+    HOLD_AT = 1 << 20
+    RELEASE_AT = 256 << 10
+    POLL = 0.02
+
+    def __init__(self, master: Master, link: Link, job: int) -> None:
+        self.m = master
+        self.link = link
+        self.job = job
+        self.holding = False
+
+    def check(self, targets: set[int]) -> None:
+        if not self.holding and self.link.unsent() >= self.HOLD_AT:
+            self.holding = True
+            self._hold(targets, True)
+            self.m.spawn(self._release(targets))
+
+    def _hold(self, targets: set[int], on: bool) -> None:
+        body = {"job": self.job, "on": on}
+        self.m.start_op(self.m.pids.next_id(), "hold", body, targets, lambda g, e: None)
+
+    async def _release(self, targets: set[int]) -> None:
+        link = self.link
+        while not link.closed and link.unsent() > self.RELEASE_AT:
+            await asyncio.sleep(self.POLL)
+        self.holding = False
+        self._hold(targets, False)
 
 
 def _ack(link: Link, seq: int) -> None:

@@ -125,6 +125,15 @@ class Link:
         except (OSError, TimeoutError, ConnectionError):
             self.abort()
 
+    def unsent(self) -> int:
+        """Bytes queued on this link that the peer has not taken in yet."""
+        if self.closed:
+            return 0
+        try:
+            return int(self.writer.transport.get_write_buffer_size())
+        except (AttributeError, RuntimeError):  # closing
+            return 0
+
     async def receive(self) -> wire.Message:
         msg = await wire.read_message(self.reader, counter=self.counter)
         self.last_rx = time.monotonic()
@@ -171,6 +180,8 @@ class TreeLink(asyncio.Protocol):
         self._closed_fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._unsent = 0
         self.keepalive = 0.0  # > 0: send a pong while reading if nothing was sent for this long
+        self.on_pause: Callable[[bool], None] | None = None  # told when sending pauses and resumes
+        self.held = False  # not read for now (``hold_reading``): its silence is ours, not the peer's
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -257,11 +268,26 @@ class TreeLink(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._paused = True
+        if self.on_pause is not None:
+            self.on_pause(True)
 
     def resume_writing(self) -> None:
         self._paused = False
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+        if self.on_pause is not None:
+            self.on_pause(False)
+
+    def hold_reading(self, on: bool) -> None:
+        """Stop (or resume) reading from the peer, so that what it sends waits in its own buffers."""
+        if self.closed or self.transport is None or on == self.held:
+            return
+        self.held = on
+        if on:
+            self.transport.pause_reading()
+        else:
+            self.last_rx = time.monotonic()
+            self.transport.resume_reading()
 
     # -- gproc side
     def start(self, handler: Callable[[TreeLink, wire.Message], None], on_close: Callable[[TreeLink], None]) -> None:
@@ -326,6 +352,9 @@ class TreeLink(asyncio.Protocol):
         """Seconds without a sign of life from the peer: bytes from it, or it taking in what we send
         (our send buffer shrank since the last look). A peer busy reading a long stream of file
         chunks is alive even while its answers queue behind them."""
+        if self.held:
+            self.last_rx = now
+            return 0.0
         try:
             unsent = self.transport.get_write_buffer_size() if self.transport is not None else 0
         except (AttributeError, RuntimeError):  # closing
@@ -721,6 +750,7 @@ class Node:
 
     async def _serve_parent(self, link: TreeLink) -> None:
         link.keepalive = self.cfg.heartbeat
+        link.on_pause = self._parent_congested
         link.start(self._dispatch_down, lambda lk: None)
         try:
             await link.wait_closed()
@@ -734,6 +764,12 @@ class Node:
                     if not fut.done():
                         fut.set_exception(RegistrationError("lost the parent"))
                 self._calls.clear()
+
+    def _parent_congested(self, on: bool) -> None:
+        """The way up is full (or drained again): stop (resume) reading the children, whose replies
+        would otherwise pile up here; they stop reading their programs' output in turn."""
+        for child in list(self.children.values()):
+            child.hold_reading(on)
 
     def _dispatch_down(self, link: TreeLink, msg: wire.Message) -> None:
         t = msg["t"]

@@ -173,7 +173,7 @@ class RelayLink(Link):
     """What a request handler at the master sees for a relayed client: a Link whose sends are queued
     for the next pull and whose receives are the client's pushes."""
 
-    __slots__ = ("_inbox", "_ready", "outbox")
+    __slots__ = ("_inbox", "_ready", "outbox", "queued")
 
     def __init__(self, peer: dict[str, Any]) -> None:  # no socket behind it: Link.__init__ is not used
         self.peer = peer
@@ -181,6 +181,7 @@ class RelayLink(Link):
         self.counter = wire.Counter()
         self.last_rx = self.last_tx = time.monotonic()
         self.outbox: list[tuple[wire.Message, int]] = []
+        self.queued = 0  # bytes in the outbox: the master holds a job whose relayed client lags
         self._ready = asyncio.Event()
         self._inbox: asyncio.Queue[wire.Message | None] = asyncio.Queue()
 
@@ -189,6 +190,7 @@ class RelayLink(Link):
             return False
         size = len(wire.pack(msg))  # the same frame limit as a socket
         self.outbox.append((msg, size))
+        self.queued += size
         self.counter.bytes_out += size
         self.counter.frames_out += 1
         self._ready.set()
@@ -196,6 +198,9 @@ class RelayLink(Link):
 
     async def drain(self, timeout: float = 30.0) -> None:
         return None
+
+    def unsent(self) -> int:
+        return 0 if self.closed else self.queued
 
     async def receive(self) -> wire.Message:
         msg = await self._inbox.get()
@@ -226,6 +231,7 @@ class RelayLink(Link):
         size = 0
         while self.outbox and (not out or size + self.outbox[0][1] <= PULL_BYTES):
             msg, n = self.outbox.pop(0)
+            self.queued -= n
             out.append(msg)
             size += n
         return out
