@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 from ClusterShell.NodeSet import NodeSet
-from tests.conftest import LocalCluster
+from tests.conftest import LocalCluster, start_cluster, stop_cluster
 
 from gproc import Cluster, Output, Status, local, wire
 from gproc.client import Connection
@@ -274,3 +274,47 @@ def test_node_flooding_a_slow_client_is_not_lost(cluster16: LocalCluster) -> Non
     for name, records in got.items():
         want = b"".join(b"%s %d\n" % (name.encode(), i) for i in range(1, n + 1))
         assert b"".join(d for _, d in records) == want, name
+
+
+@pytest.fixture
+def flat8() -> Iterator[LocalCluster]:
+    """Eight nodes right under the master, in one process."""
+    c, d = start_cluster(8, 16)
+    try:
+        yield c
+    finally:
+        stop_cluster(c, d)
+
+
+def test_output_left_in_pipes_while_held_still_arrives(flat8: LocalCluster) -> None:
+    """The client reads nothing until well after the programs exited. The first part of their output
+    (different on every node, so nothing merges) fills the client's buffers and the job is held; a
+    second later each node reads one more line, sees the hold and stops reading; the last part (less
+    than a pipe holds) then waits in the pipe when the program exits. Once the client reads, every
+    node's output is complete (it used to be dropped 2 s after the exit, with status 0)."""
+    first = 'seq 1 200000 | sed "s/^/$GPROC_NAME /"'
+    script = f"{first}; sleep 1; echo x; sleep 0.5; head -c 60000 /dev/zero | tr '\\0' z; echo"
+    nodes = [f"node{i}" for i in range(8)]
+
+    async def go() -> tuple[int, list[Output | Status]]:
+        job = await Cluster(flat8.socket, timeout=60).exec(["sh", "-c", script], "**")
+        await asyncio.sleep(6)  # the programs have long exited; the job is held with output unread
+        events = [ev async for ev in job]
+        assert job.exit_status is not None
+        return job.exit_status, events
+
+    status, events = asyncio.run(go())
+    assert status == 0
+    got: dict[str, list[tuple[int, bytes]]] = {}
+    for ev in events:
+        if isinstance(ev, Output):
+            for name in NodeSet(ev.nodes):
+                got.setdefault(name, []).append((ev.lineno, ev.data))
+    assert sorted(got) == nodes
+    short = {}
+    for name, records in got.items():
+        data = b"".join(d for _, d in sorted(records))
+        want = b"".join(b"%s %d\n" % (name.encode(), i) for i in range(1, 200001)) + b"x\n" + b"z" * 60000 + b"\n"
+        if data != want:
+            short[name] = len(want) - len(data)
+    assert not short, f"output incomplete (bytes missing per node): {short}"

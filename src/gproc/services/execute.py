@@ -332,12 +332,20 @@ class OutputReader:
             self.done.set_result(None)
 
     async def finished(self, grace: float) -> None:
-        """Wait until every pipe ended, at most ``grace`` seconds (a background child may hold one)."""
-        try:
-            async with asyncio.timeout(grace):
-                await asyncio.shield(self.done)
-        except TimeoutError:
-            pass
+        """Wait until every pipe ended, for at most ``grace`` seconds of reading (a background child
+        may hold one open). Time while the pipes are not read (the job held, the way up congested)
+        does not count: what the program wrote before it exited waits in its pipes and must go up."""
+        left = grace
+        while left > 0:
+            start = self.loop.time()
+            try:
+                async with asyncio.timeout(min(left, HELD_POLL * 2)):
+                    await asyncio.shield(self.done)
+                return
+            except TimeoutError:
+                pass
+            if self._reading:
+                left -= self.loop.time() - start
 
     def stop(self) -> None:
         """Stop reading (before the pipes are closed); idempotent."""
