@@ -28,6 +28,7 @@ from gproc.platform import PeerCred, peer_credentials
 from gproc.state import MasterState
 
 TICK = 5.0  # keep-alive to attached clients while a job is silent
+OP_IDS = 1 << 16  # op ids reserved in the state database at a time
 
 
 @dataclass
@@ -88,6 +89,7 @@ class Master(Node):
         self.socket_path = socket_path
         self.state = MasterState(os.path.join(state_dir, "master.db"))
         self.topo: dict[int, NodeRow] = {}
+        self._op_next = self._op_end = 0
         self.root_children: dict[str, int] = {}
         self._unix: asyncio.Server | None = None
         self._fold_cache: dict[tuple[int, ...], str] = {}
@@ -170,6 +172,14 @@ class Master(Node):
         self._kids(parent)[nid] = rank
         self._select_cache.clear()
         return {"rank": rank}
+
+    def next_op_id(self) -> int:
+        """Op ids are their own series, apart from gpids and job ids, kept in the state database."""
+        if self._op_next >= self._op_end:
+            self._op_next = self.state.reserve("op_next", OP_IDS)
+            self._op_end = self._op_next + OP_IDS
+        self._op_next += 1
+        return self._op_next - 1
 
     def _kids(self, rank: int) -> dict[str, int]:
         return self.root_children if rank == 0 else self.topo[rank].children
@@ -344,21 +354,14 @@ class Master(Node):
     async def link_counters(self) -> list[dict[str, Any]]:
         """Per tree link (named by the node below it): bytes and frames it carried down so far, and
         the file bytes that node stored; nodes with equal counts are grouped."""
-        done = asyncio.get_running_loop().create_future()
         rows: list[dict[str, Any]] = []
-
-        def sink(groups: list[list[Any]], end: bool) -> None:
-            for key, enc in groups:
+        async for part in self.request("counters", {}, self.up_ranks()):
+            for key, enc in part.groups:
                 if key[0] == "c":
                     rows.append(
                         {"nodes": self.fold_intervals(enc), "count": rankset.count(enc), "bytes_in": key[1],
                          "frames_in": key[2], "file_bytes": key[3], "stored_at": key[4]}
                     )  # fmt: skip
-            if end and not done.done():
-                done.set_result(None)
-
-        self.start_op(self.pids.next_id(), "counters", {}, self.up_ranks(), sink)
-        await done
         return rows
 
     def _selection(self, req: wire.Message) -> tuple[set[int], set[str]]:
@@ -374,19 +377,12 @@ class Master(Node):
             targets, _ = self._selection(req)
         else:
             targets = self.up_ranks()
-        done = asyncio.get_running_loop().create_future()
         counts: dict[str, int] = {}
-
-        def sink(groups: list[list[Any]], end: bool) -> None:
-            for key, enc in groups:
+        t0 = time.perf_counter()
+        async for part in self.request("noop", {}, targets):
+            for key, enc in part.groups:
                 k = "ok" if key[1] == 0 else str(key[2])
                 counts[k] = counts.get(k, 0) + rankset.count(enc)
-            if end and not done.done():
-                done.set_result(None)
-
-        t0 = time.perf_counter()
-        self.start_op(self.pids.next_id(), "noop", {}, targets, sink)
-        await done
         link.send(
             {
                 "t": "ret",
@@ -452,12 +448,12 @@ class Master(Node):
                 sink(failed.to_wire(), not targets)
             if not targets:
                 return
-        ops.append(self.start_op(job, "exec", body, targets, sink))
+        ops.append(self.start_op(self.next_op_id(), "exec", body, targets, sink))
         if batch:
             return  # the client has its job id and leaves; the job runs on, its output is kept
-        await self._attend(link, job, targets, done)
+        await self._attend(link, job, ops[0].id, targets, done)
 
-    async def _attend(self, link: Link, job: int, targets: set[int], done: asyncio.Event) -> None:
+    async def _attend(self, link: Link, job: int, op_id: int, targets: set[int], done: asyncio.Event) -> None:
         """While a job runs: forward the client's signals, keep the client alive, end with it."""
         reader = asyncio.ensure_future(link.receive())
         waiter = asyncio.ensure_future(done.wait())
@@ -475,7 +471,7 @@ class Master(Node):
                         self.signal_job(job, targets, msg["sig"])
                     elif msg.get("t") == "in":
                         try:
-                            self.stdin.deliver(job, msg, lambda _op, seq: _ack(link, seq))
+                            self.stdin.deliver(op_id, msg, lambda _op, seq: _ack(link, seq))
                         except ProtocolError:
                             self.signal_job(job, targets, signal.SIGTERM)
                             raise
@@ -488,7 +484,7 @@ class Master(Node):
 
     def signal_job(self, job: int, targets: set[int], sig: int) -> None:
         """Send a signal to every process of a job, on every node that runs it."""
-        self.start_op(self.pids.next_id(), "signal", {"job": job, "sig": sig}, targets, lambda g, e: None)
+        self.start_op(self.next_op_id(), "signal", {"job": job, "sig": sig}, targets, lambda *_: None)
 
 
 def _ack(link: Link, seq: int) -> None:

@@ -12,6 +12,7 @@ and the messages in docs/protocol.md.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -20,7 +21,7 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping, Set
+from collections.abc import Awaitable, Callable, Generator, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from gproc import ranks as rankset
 from gproc.address import Address, parse_address
 from gproc.errors import GprocError, ProtocolError, RegistrationError
 from gproc.groups import Groups, Key
+from gproc.reduce import Reducer, from_spec
 from gproc.services.execute import ExecService, SpawnGate
 from gproc.services.procs import ProcService
 from gproc.services.stage import StageService
@@ -349,7 +351,9 @@ class TreeLink(asyncio.Protocol):
         return f"<TreeLink {self.peer.get('name', '?')}>"
 
 
-Sink = Callable[[list[list[Any]], bool], None]
+Sink = Callable[..., None]
+"""Where an op's gathered results go: ``sink(groups, end)``, and for an op with a reducer
+``sink(groups, end, value)`` with the reducer's value encoded for the wire."""
 
 
 class Share:
@@ -419,17 +423,27 @@ class Op:
         "node",
         "pending_bytes",
         "progress",
+        "reducer",
         "round_start",
         "sink",
         "started",
         "timer",
         "timer_at",
         "unheard",
+        "value",
+        "valued",
         "waiting",
     )
 
     def __init__(
-        self, node: Node, op_id: int, kind: str, body: dict[str, Any], sink: Sink, base: list[int] | None = None
+        self,
+        node: Node,
+        op_id: int,
+        kind: str,
+        body: dict[str, Any],
+        sink: Sink,
+        base: list[int] | None = None,
+        reducer: Reducer[Any] | None = None,
     ):
         self.node = node
         self.id = op_id
@@ -452,6 +466,30 @@ class Op:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0  # when it fires (uvloop's handles do not say)
         self.gather = body.get("gather") is True  # hold everything until the end: one merged reply
+        self.reducer = reducer  # an op with a reducer gathers one value besides its groups
+        self.value: Any = reducer.identity() if reducer is not None else None
+        self.valued = False  # the value holds something not sent up yet
+
+    def give(self, sample: Any) -> None:
+        """Add this node's answer to the op's reduced value and schedule a flush upward."""
+        if self.reducer is None:
+            raise ProtocolError(f"operation {self.kind[:40]} has no reducer")
+        self._merge_value(self.reducer.lift(sample))
+        if self.timer is not None and not self.waiting:
+            return
+        if self.id in self.node.ops:
+            self.pending()
+
+    def _merge_value(self, value: Any) -> None:
+        assert self.reducer is not None
+        self.value = self.reducer.merge(self.value, value)
+        self.valued = True
+        self.pending_bytes += 8
+
+    @property
+    def gathered(self) -> bool:
+        """Results wait to go up."""
+        return self.valued or bool(self.groups)
 
     def emit(self, key: Key, ranks: set[int] | None = None) -> None:
         """Add a result for this node (or the given ranks) and schedule a flush upward."""
@@ -495,7 +533,7 @@ class Op:
 
     def _on_timer(self) -> None:
         self.timer = None
-        if self.groups and self.node.ops.get(self.id) is self:
+        if self.gathered and self.node.ops.get(self.id) is self:
             self.pending()
 
     def flush(self, end: bool = False) -> None:
@@ -506,9 +544,15 @@ class Op:
         self.round_start = None
         self.pending_bytes = 0
         self.flushed = True
-        if self.groups or end:
+        if self.gathered or end:
             g = self.groups.take()
-            self.sink(g.to_wire() if self.base is None else merge.pack(g, self.base, self.node.cfg.edits), end)
+            groups = g.to_wire() if self.base is None else merge.pack(g, self.base, self.node.cfg.edits)
+            if self.reducer is None:
+                self.sink(groups, end)
+                return
+            value = self.reducer.encode(self.value) if self.valued else None
+            self.value, self.valued = self.reducer.identity(), False
+            self.sink(groups, end, value)
 
     async def backpressure(self) -> None:
         """Wait while the way up is congested."""
@@ -521,6 +565,71 @@ class Op:
         """Is the way up above its high-water mark (``backpressure`` would wait)?"""
         parent = self.node.parent
         return parent is not None and parent.paused
+
+
+@dataclass
+class Reply:
+    """What came up for an op: its groups (``[key, rank intervals]`` pairs, plain ranks) and, for an
+    op with a reducer, the reduced value; ``end`` on the last one."""
+
+    groups: list[list[Any]]
+    value: Any = None
+    end: bool = False
+
+
+class Request:
+    """An op started by ``Node.request``: partial replies as they reach this node (``async for``), or
+    all of them at once (``await``: the groups of every part, the values merged).
+
+    Every op ends: a child link that dies reports its ranks lost, so waiting needs no timeout of its
+    own (give one to ``wait`` to bound it anyway)."""
+
+    def __init__(
+        self,
+        node: Node,
+        op_id: int,
+        kind: str,
+        body: dict[str, Any],
+        targets: set[int],
+        reducer: Reducer[Any] | None = None,
+    ) -> None:
+        self.reducer = reducer
+        self.ended = False
+        self._parts: collections.deque[Reply] = collections.deque()
+        self._wake = asyncio.Event()
+        self.op = node.start_op(op_id, kind, body, targets, self._sink, reducer=reducer)
+
+    def _sink(self, groups: list[list[Any]], end: bool, value: Any = None) -> None:
+        if value is not None and self.reducer is not None:
+            value = self.reducer.decode(value)
+        self._parts.append(Reply(groups, value, end))
+        self.ended = self.ended or end
+        self._wake.set()
+
+    def __aiter__(self) -> Request:
+        return self
+
+    async def __anext__(self) -> Reply:
+        while not self._parts:
+            if self.ended:
+                raise StopAsyncIteration
+            self._wake.clear()
+            await self._wake.wait()
+        return self._parts.popleft()
+
+    async def wait(self, timeout: float | None = None) -> Reply:
+        """Every reply merged into one (groups in arrival order)."""
+        r = self.reducer
+        whole = Reply([], r.identity() if r is not None else None, True)
+        async with asyncio.timeout(timeout):
+            async for part in self:
+                whole.groups.extend(part.groups)
+                if r is not None and part.value is not None:
+                    whole.value = r.merge(whole.value, part.value)
+        return whole
+
+    def __await__(self) -> Generator[Any, None, Reply]:
+        return self.wait().__await__()
 
 
 Handler = Callable[[Op], Awaitable[None] | None]
@@ -567,6 +676,7 @@ class Node:
         self._relay: dict[int, tuple[TreeLink, int, str]] = {}
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
+        self._op_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self._shutdown_requested = False
@@ -988,24 +1098,47 @@ class Node:
             targets = rankset.decode(tg if isinstance(tg, list) else [])
         except (ValueError, TypeError):
             raise ProtocolError("bad op targets") from None
-        self.start_op(op_id, kind, body, targets, self._sink_up(op_id), base=sorted(targets))
+        reducer = from_spec(msg["r"]) if "r" in msg else None
+        self.start_op(op_id, kind, body, targets, self._sink_up(op_id), base=sorted(targets), reducer=reducer)
 
     def _sink_up(self, op_id: int) -> Sink:
-        def sink(groups: list[list[Any]], end: bool) -> None:
+        def sink(groups: list[list[Any]], end: bool, value: Any = None) -> None:
             parent = self.parent
             if parent is not None:
-                parent.send({"t": "rep", "op": op_id, "g": groups, "end": end})
+                rep: wire.Message = {"t": "rep", "op": op_id, "g": groups, "end": end}
+                if value is not None:
+                    rep["v"] = value
+                parent.send(rep)
 
         return sink
 
+    def request(
+        self, kind: str, body: dict[str, Any], targets: set[int], reducer: Reducer[Any] | None = None
+    ) -> Request:
+        """Send an op to ``targets`` and have the replies reduced on the way up: the one primitive
+        every service uses. The answer is an async iterator of partial replies (``async for``), or
+        the whole (``await``); see ``Request``."""
+        return Request(self, self.next_op_id(), kind, body, targets, reducer)
+
+    def next_op_id(self) -> int:
+        """A new op id (ops come from the master, which keeps them unique across its restarts)."""
+        return next(self._op_ids)
+
     def start_op(
-        self, op_id: int, kind: str, body: dict[str, Any], targets: set[int], sink: Sink, base: list[int] | None = None
+        self,
+        op_id: int,
+        kind: str,
+        body: dict[str, Any],
+        targets: set[int],
+        sink: Sink,
+        base: list[int] | None = None,
+        reducer: Reducer[Any] | None = None,
     ) -> Op:
         """Run an op here if this rank is a target, forward it into subtrees holding targets.
 
         ``base`` (the sorted targets, for an op that came from a parent) makes replies going up give
         rank positions in it; without it, ``sink`` gets groups with plain ranks (the master)."""
-        op = Op(self, op_id, kind, body, sink, base)
+        op = Op(self, op_id, kind, body, sink, base, reducer)
         op.local = self.rank in targets
         buckets, unreachable = self._buckets(targets, op.local)
         if unreachable:
@@ -1017,10 +1150,10 @@ class Node:
             try:
                 if w is not None:
                     if head is None:
-                        head = wire.packed({"t": "op", "op": op_id, "k": kind, "b": body})
+                        head = wire.packed(self._op_message(op_id, kind, body, reducer))
                     sent = lk.send_frame(wire.pack_with(head, "tg", w.packed()))
                 else:
-                    sent = lk.send({"t": "op", "op": op_id, "k": kind, "b": body, "tg": rankset.encode(rs)})
+                    sent = lk.send({**self._op_message(op_id, kind, body, reducer), "tg": rankset.encode(rs)})
             except ProtocolError:  # the frame would pass the frame limit: the op fails there, the link stays
                 op.groups.add(TOO_LARGE, rs)
                 continue
@@ -1035,6 +1168,13 @@ class Node:
             op.body = {}  # forwarded: holding a file chunk until the subtree answers costs its size
             self._maybe_finish(op)
         return op
+
+    @staticmethod
+    def _op_message(op_id: int, kind: str, body: dict[str, Any], reducer: Reducer[Any] | None) -> wire.Message:
+        msg: wire.Message = {"t": "op", "op": op_id, "k": kind, "b": body}
+        if reducer is not None:
+            msg["r"] = reducer.spec()
+        return msg
 
     def _buckets(self, targets: set[int], local: bool) -> tuple[Mapping[TreeLink, Set[int]], set[int]]:
         """The targets split by the child link each is reached through, and those no link reaches.
@@ -1143,6 +1283,10 @@ class Node:
             w = self._share_of(link, sent)
             base = op.bases[link] = w.ordered() if w is not None else sorted(sent)
         merge.unpack_into(op.groups, msg.get("g", []), base, sent)
+        if "v" in msg:
+            if op.reducer is None:
+                raise ProtocolError("a reduced value for an op without a reducer")
+            op._merge_value(op.reducer.decode(msg["v"]))
         op.bytes_in += link.counter.last_in
         op.frames_in += 1
         op.pending_bytes += link.counter.last_in
@@ -1158,7 +1302,7 @@ class Node:
                 return
         else:
             op.heard.add(link)
-        if op.groups:
+        if op.gathered:
             op.pending()
 
     def _op_changed(self, op: Op) -> None:

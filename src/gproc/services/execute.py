@@ -58,7 +58,7 @@ class SpawnGate:
 
 
 class ExecService:
-    """The jobs a node runs, by op id; handlers for ``exec`` and ``signal`` ops."""
+    """The jobs a node runs, by job id; handlers for ``exec`` and ``signal`` ops."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -96,7 +96,7 @@ class ExecService:
             op.emit(("s", 255, f"node daemon runs as uid {euid} and cannot run jobs for uid {uid}"))
             return
         node = self.node
-        job = b["job"] if isinstance(b.get("job"), int) else op.id
+        job = b["job"] if isinstance(b.get("job"), int) else op.id  # a job id, not the op's
         parent = b["pgpid"] if isinstance(b.get("pgpid"), int) else 0
         gpid = await node.procs.allocate()  # from the node's block: waits only if it holds none
         env = {
@@ -134,7 +134,7 @@ class ExecService:
         except (ValueError, TypeError) as e:
             op.emit(("s", 255, f"cannot run {argv[0]}: {e}"))
             return
-        self.jobs[op.id] = proc
+        self.jobs[job] = proc
         node.procs.started(gpid, proc, job, uid, parent, argv)
         if want_stdin:
             node.stdin.attach(op, proc)
@@ -150,7 +150,7 @@ class ExecService:
             if output is not None:
                 output.stop()
             node.stdin.detach(op.id)
-            self.jobs.pop(op.id, None)
+            self.jobs.pop(job, None)
             if not proc.exited.done():
                 proc.signal_group(signal.SIGKILL)
             proc.close_pipes()

@@ -531,16 +531,10 @@ class MasterProcs:
     async def _run_op(
         self, kind: str, body: dict[str, Any], targets: set[int], on_groups: Callable[[list[list[Any]]], None]
     ) -> None:
-        done = asyncio.get_running_loop().create_future()
-
-        def sink(groups: list[list[Any]], end: bool) -> None:
-            if groups:
-                on_groups(groups)
-            if end and not done.done():
-                done.set_result(None)
-
-        self.m.start_op(self.next_id(), kind, body, targets, sink)
-        await done
+        """The op through the tree, each part of its reply handed to ``on_groups`` as it comes."""
+        async for part in self.m.request(kind, body, targets):
+            if part.groups:
+                on_groups(part.groups)
 
     # -- client requests --
 
