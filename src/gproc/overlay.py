@@ -31,10 +31,6 @@ from gproc.address import Address, parse_address
 from gproc.errors import GprocError, ProtocolError, RegistrationError
 from gproc.groups import Groups, Key
 from gproc.reduce import Reducer, from_spec
-from gproc.services.execute import ExecService, SpawnGate
-from gproc.services.procs import ProcService
-from gproc.services.stage import StageService
-from gproc.services.stdin import StdinService
 
 log = logging.getLogger("gproc.overlay")
 
@@ -647,7 +643,6 @@ class Node:
         *,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
-        spawn_gate: SpawnGate | None = None,
     ) -> None:
         from gproc import credential  # contexts are costly: many nodes of a process share them
 
@@ -669,6 +664,8 @@ class Node:
         self.down_messages: dict[str, Callable[[TreeLink, wire.Message], None]] = {}
         self.up_messages: dict[str, Callable[[TreeLink, wire.Message], None]] = {}
         self.op_watchers: list[Callable[[Op], None]] = []  # told when an op's children end or it ends
+        self.starters: list[Callable[[], Awaitable[None]]] = []  # services' start, in wiring order
+        self.stoppers: list[Callable[[], None]] = []  # services' stop, in wiring order
         self.listen_address: Address | None = None
         self.registered = asyncio.Event()
         self.stopped = asyncio.Event()
@@ -681,13 +678,7 @@ class Node:
         self._server: asyncio.Server | None = None
         self._shutdown_requested = False
         self.log = logging.getLogger(f"gproc.node.{cfg.name}")
-        self.handlers["noop"] = self._noop
-        self.handlers["counters"] = self._counters
-        self.spawn_gate = spawn_gate or SpawnGate()
-        self.exec = ExecService(self)
-        self.procs = ProcService(self)
-        self.stdin = StdinService(self)
-        self.stage = StageService(self)
+        self.handlers["noop"] = self._noop  # services add theirs (gproc.services.base.install)
 
     # ---- lifetime -------------------------------------------------------------------------------
 
@@ -698,6 +689,12 @@ class Node:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def own(self, task: asyncio.Task[Any] | None) -> None:
+        """Make a task started elsewhere (a client connection's) this node's: cancelled when it stops."""
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     async def start(self) -> None:
         """Listen (if configured) and begin joining the parent; returns at once."""
         if self.cfg.listen is not None:
@@ -705,7 +702,8 @@ class Node:
         if self.cfg.parents:
             self.spawn(self._parent_loop())
         self.spawn(self._heartbeat_loop())
-        await self.procs.start()
+        for start in self.starters:
+            await start()
 
     async def run(self) -> None:
         """Start and serve until stopped."""
@@ -717,10 +715,8 @@ class Node:
         if self.stopped.is_set():
             return
         self.stopped.set()
-        self.exec.kill_all()
-        self.procs.stop()
-        self.stdin.close()
-        self.stage.close()
+        for stop in self.stoppers:
+            stop()
         if self._server is not None:
             self._server.close()
         for link in [*self.children.values(), *([self.parent] if self.parent else [])]:
@@ -1317,13 +1313,6 @@ class Node:
         self._op_changed(op)
 
     def _noop(self, op: Op) -> None:
-        op.emit(("s", 0, ""))
-
-    def _counters(self, op: Op) -> None:
-        """Bytes and frames this node received over its parent link, file bytes it stored, and when
-        (monotonic clock) it stored the last one."""
-        c = self.parent.counter if self.parent is not None else wire.Counter()
-        op.emit(("c", c.bytes_in, c.frames_in, self.stage.bytes_received, round(self.stage.stored_at, 4)))
         op.emit(("s", 0, ""))
 
     # ---- liveness --------------------------------------------------------------------------------

@@ -24,10 +24,10 @@ from gproc import ranks as rankset
 from gproc import wire
 from gproc.errors import GprocError, ProtocolError, StagingError
 from gproc.groups import Groups
+from gproc.services.base import MasterApi
 from gproc.store import Entry, parse_manifest
 
 if TYPE_CHECKING:
-    from gproc.master import Master
     from gproc.overlay import Link
 
 WINDOW = 8  # chunks in flight down the tree: what one link may have queued is at most WINDOW x CHUNK
@@ -41,7 +41,7 @@ class Interrupted(GprocError):
 class Shipper:
     """Gets a bundle's files from the client to exactly the nodes that lack them."""
 
-    def __init__(self, master: Master) -> None:
+    def __init__(self, master: MasterApi) -> None:
         self.m = master
         self.total_link_bytes = 0  # file bytes carried by tree links, all jobs together
 
