@@ -777,7 +777,8 @@ class Node:
                 await asyncio.sleep(delay + secrets.randbelow(100) / 1000 * delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _join(self, addr: Address) -> TreeLink:
+    async def _connect(self, addr: Address) -> TreeLink:
+        """A TLS link to a would-be parent (tests put an in-memory link here)."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.cfg.connect_timeout):
             _, link = await loop.create_connection(
@@ -788,6 +789,10 @@ class Node:
                 server_hostname="gproc",
                 ssl_handshake_timeout=self.cfg.connect_timeout,
             )
+        return link
+
+    async def _join(self, addr: Address) -> TreeLink:
+        link = await self._connect(addr)
         try:
             link.send(
                 wire.hello(
