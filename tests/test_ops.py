@@ -15,7 +15,7 @@ from tests.memlink import Net, context, graft, run
 
 from gproc import daemon
 from gproc import ranks as rankset
-from gproc.errors import GprocError, RegistrationError
+from gproc.errors import RegistrationError, UsageError
 from gproc.master import Master
 from gproc.overlay import Node, NodeConfig, Op
 from gproc.reduce import GroupsReducer, Sum
@@ -218,12 +218,12 @@ def test_an_upward_call_travels_hop_by_hop_and_errors_come_back(tmp_path: Path) 
 
         async def echo(args: dict[str, Any]) -> Any:
             if args.get("fail"):
-                raise GprocError("refused here")
+                raise UsageError("refused here")
             return {"echo": args["x"]}
 
         master.calls["echo"] = echo
         assert await leaf.call_up("echo", {"x": [1, "two"]}) == {"echo": [1, "two"]}
-        with pytest.raises(RegistrationError, match="refused here"):
+        with pytest.raises(UsageError, match="refused here"):  # of the kind raised at the master
             await leaf.call_up("echo", {"fail": True})
         with pytest.raises(RegistrationError, match="unknown call"):
             await leaf.call_up("nope", {})
