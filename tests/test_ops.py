@@ -19,6 +19,7 @@ from gproc.errors import RegistrationError, UsageError
 from gproc.master import Master
 from gproc.overlay import Node, NodeConfig, Op
 from gproc.reduce import GroupsReducer, Sum
+from gproc.services.base import ServiceTable, install
 
 
 def make_master(net: Net, tmp: Path, **cfg: Any) -> Master:
@@ -295,3 +296,28 @@ def test_after_the_first_reply_news_goes_up_once_quiet(tmp_path: Path) -> None:
         pytest.approx(5.26, abs=0.005),
         pytest.approx(20.0, abs=0.005),
     ]
+
+
+def test_a_service_table_wires_its_ops_reducers_and_requests(tmp_path: Path) -> None:
+    """A service declared in a table and installed on every node: the master's request reduces with
+    the reducer the table names for the op; a name two services claim is refused."""
+
+    async def go() -> None:
+        net = Net()
+        master = make_master(net, tmp_path)
+        nodes = await tree(net, master, [3, 2])
+
+        def count(op: Op) -> None:
+            op.give(1)
+            op.emit(("s", 0, ""))
+
+        table = ServiceTable("count", ops={"count": count}, reducers={"count": Sum()})
+        for n in [master, *nodes]:
+            install(n, table)
+        reply = await master.request("count", {}, master.up_ranks())
+        assert reply.value == len(nodes) == 9
+        with pytest.raises(ValueError, match="already handled"):
+            install(nodes[0], ServiceTable("again", ops={"count": count}))
+        await stop_all(master, nodes)
+
+    run(go())

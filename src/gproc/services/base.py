@@ -91,6 +91,7 @@ def install(node: Node, table: ServiceTable, front: Front | None = None) -> None
         where.update(what)
 
     put(node.handlers, table.ops, "op")
+    put(node.reducers, table.reducers, "reducer of op")
     put(node.down_messages, table.down, "message")
     put(node.up_messages, table.up, "message")
     node.op_watchers.extend(table.watchers)
