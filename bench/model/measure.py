@@ -180,6 +180,7 @@ def _fit3(pts: Sequence[tuple[int, int, float]]) -> tuple[float, float, float]:
 
 async def measure_node(key: str, big: int) -> dict[str, float]:
     """The op machinery of a real overlay.Node (stand-in children), and one exec through ExecService."""
+    from gproc.daemon import node_services
     from gproc.overlay import Node, NodeConfig
 
     tmp = tempfile.mkdtemp(prefix="gproc-model-")
@@ -194,7 +195,7 @@ async def measure_node(key: str, big: int) -> dict[str, float]:
 
     node.call_up = call_up  # type: ignore[method-assign]  # gpid blocks without a master
     node.registered.set()
-    gpids = asyncio.ensure_future(node.procs.gpids.run())
+    gpids = asyncio.ensure_future(node_services(node).procs.gpids.run())
     out: dict[str, float] = {}
     ids = iter(range(10_000, 10_000_000))
     firsts: dict[tuple[int, int, bool], tuple[float, float]] = {}  # the untimed first op of each run

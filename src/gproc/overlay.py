@@ -12,6 +12,7 @@ and the messages in docs/protocol.md.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -20,7 +21,7 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping, Set
+from collections.abc import Awaitable, Callable, Generator, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +30,8 @@ from gproc import ranks as rankset
 from gproc.address import Address, parse_address
 from gproc.errors import GprocError, ProtocolError, RegistrationError
 from gproc.groups import Groups, Key
-from gproc.services.execute import ExecService, SpawnGate
-from gproc.services.procs import ProcService
-from gproc.services.stage import StageService
-from gproc.services.stdin import StdinService
+from gproc.messages import CallMsg, OpMsg, RepMsg, RetMsg
+from gproc.reduce import Reducer
 
 log = logging.getLogger("gproc.overlay")
 
@@ -379,7 +378,9 @@ class TreeLink(asyncio.Protocol):
         return f"<TreeLink {self.peer.get('name', '?')}>"
 
 
-Sink = Callable[[list[list[Any]], bool], None]
+Sink = Callable[..., None]
+"""Where an op's gathered results go: ``sink(groups, end)``, and for an op with a reducer
+``sink(groups, end, value)`` with the reducer's value encoded for the wire."""
 
 
 class Share:
@@ -449,17 +450,27 @@ class Op:
         "node",
         "pending_bytes",
         "progress",
+        "reducer",
         "round_start",
         "sink",
         "started",
         "timer",
         "timer_at",
         "unheard",
+        "value",
+        "valued",
         "waiting",
     )
 
     def __init__(
-        self, node: Node, op_id: int, kind: str, body: dict[str, Any], sink: Sink, base: list[int] | None = None
+        self,
+        node: Node,
+        op_id: int,
+        kind: str,
+        body: dict[str, Any],
+        sink: Sink,
+        base: list[int] | None = None,
+        reducer: Reducer[Any] | None = None,
     ):
         self.node = node
         self.id = op_id
@@ -482,6 +493,30 @@ class Op:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0  # when it fires (uvloop's handles do not say)
         self.gather = body.get("gather") is True  # hold everything until the end: one merged reply
+        self.reducer = reducer  # an op with a reducer gathers one value besides its groups
+        self.value: Any = reducer.identity() if reducer is not None else None
+        self.valued = False  # the value holds something not sent up yet
+
+    def give(self, sample: Any) -> None:
+        """Add this node's answer to the op's reduced value and schedule a flush upward."""
+        if self.reducer is None:
+            raise ProtocolError(f"operation {self.kind[:40]} has no reducer")
+        self._merge_value(self.reducer.lift(sample))
+        if self.timer is not None and not self.waiting:
+            return
+        if self.id in self.node.ops:
+            self.pending()
+
+    def _merge_value(self, value: Any) -> None:
+        assert self.reducer is not None
+        self.value = self.reducer.merge(self.value, value)
+        self.valued = True
+        self.pending_bytes += 8
+
+    @property
+    def gathered(self) -> bool:
+        """Results wait to go up."""
+        return self.valued or bool(self.groups)
 
     def emit(self, key: Key, ranks: set[int] | None = None) -> None:
         """Add a result for this node (or the given ranks) and schedule a flush upward."""
@@ -525,7 +560,7 @@ class Op:
 
     def _on_timer(self) -> None:
         self.timer = None
-        if self.groups and self.node.ops.get(self.id) is self:
+        if self.gathered and self.node.ops.get(self.id) is self:
             self.pending()
 
     def flush(self, end: bool = False) -> None:
@@ -536,9 +571,15 @@ class Op:
         self.round_start = None
         self.pending_bytes = 0
         self.flushed = True
-        if self.groups or end:
+        if self.gathered or end:
             g = self.groups.take()
-            self.sink(g.to_wire() if self.base is None else merge.pack(g, self.base, self.node.cfg.edits), end)
+            groups = g.to_wire() if self.base is None else merge.pack(g, self.base, self.node.cfg.edits)
+            if self.reducer is None:
+                self.sink(groups, end)
+                return
+            value = self.reducer.encode(self.value) if self.valued else None
+            self.value, self.valued = self.reducer.identity(), False
+            self.sink(groups, end, value)
 
     async def backpressure(self) -> None:
         """Wait while the way up is congested."""
@@ -551,6 +592,71 @@ class Op:
         """Is the way up above its high-water mark (``backpressure`` would wait)?"""
         parent = self.node.parent
         return parent is not None and parent.paused
+
+
+@dataclass
+class Reply:
+    """What came up for an op: its groups (``[key, rank intervals]`` pairs, plain ranks) and, for an
+    op with a reducer, the reduced value; ``end`` on the last one."""
+
+    groups: list[list[Any]]
+    value: Any = None
+    end: bool = False
+
+
+class Request:
+    """An op started by ``Node.request``: partial replies as they reach this node (``async for``), or
+    all of them at once (``await``: the groups of every part, the values merged).
+
+    Every op ends: a child link that dies reports its ranks lost, so waiting needs no timeout of its
+    own (give one to ``wait`` to bound it anyway)."""
+
+    def __init__(
+        self,
+        node: Node,
+        op_id: int,
+        kind: str,
+        body: dict[str, Any],
+        targets: set[int],
+        reducer: Reducer[Any] | None = None,
+    ) -> None:
+        self.reducer = reducer
+        self.ended = False
+        self._parts: collections.deque[Reply] = collections.deque()
+        self._wake = asyncio.Event()
+        self.op = node.start_op(op_id, kind, body, targets, self._sink, reducer=reducer)
+
+    def _sink(self, groups: list[list[Any]], end: bool, value: Any = None) -> None:
+        if value is not None and self.reducer is not None:
+            value = self.reducer.decode(value)
+        self._parts.append(Reply(groups, value, end))
+        self.ended = self.ended or end
+        self._wake.set()
+
+    def __aiter__(self) -> Request:
+        return self
+
+    async def __anext__(self) -> Reply:
+        while not self._parts:
+            if self.ended:
+                raise StopAsyncIteration
+            self._wake.clear()
+            await self._wake.wait()
+        return self._parts.popleft()
+
+    async def wait(self, timeout: float | None = None) -> Reply:
+        """Every reply merged into one (groups in arrival order)."""
+        r = self.reducer
+        whole = Reply([], r.identity() if r is not None else None, True)
+        async with asyncio.timeout(timeout):
+            async for part in self:
+                whole.groups.extend(part.groups)
+                if r is not None and part.value is not None:
+                    whole.value = r.merge(whole.value, part.value)
+        return whole
+
+    def __await__(self) -> Generator[Any, None, Reply]:
+        return self.wait().__await__()
 
 
 Handler = Callable[[Op], Awaitable[None] | None]
@@ -568,7 +674,6 @@ class Node:
         *,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
-        spawn_gate: SpawnGate | None = None,
     ) -> None:
         from gproc import credential  # contexts are costly: many nodes of a process share them
 
@@ -586,10 +691,13 @@ class Node:
         self._whole: dict[TreeLink, Share] = {}  # a subtree frozen for ops on all of it (until it changes)
         self.ops: dict[int, Op] = {}
         self.handlers: dict[str, Handler] = {}
+        self.reducers: dict[str, Reducer[Any]] = {}  # op kind -> the reducer its requests use by default
         # messages that services handle: from the parent (down) and from children (up)
         self.down_messages: dict[str, Callable[[TreeLink, wire.Message], None]] = {}
         self.up_messages: dict[str, Callable[[TreeLink, wire.Message], None]] = {}
         self.op_watchers: list[Callable[[Op], None]] = []  # told when an op's children end or it ends
+        self.starters: list[Callable[[], Awaitable[None]]] = []  # services' start, in wiring order
+        self.stoppers: list[Callable[[], None]] = []  # services' stop, in wiring order
         self.listen_address: Address | None = None
         self.registered = asyncio.Event()
         self.stopped = asyncio.Event()
@@ -597,17 +705,12 @@ class Node:
         self._relay: dict[int, tuple[TreeLink, int, str]] = {}
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
+        self._op_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self._shutdown_requested = False
         self.log = logging.getLogger(f"gproc.node.{cfg.name}")
-        self.handlers["noop"] = self._noop
-        self.handlers["counters"] = self._counters
-        self.spawn_gate = spawn_gate or SpawnGate()
-        self.exec = ExecService(self)
-        self.procs = ProcService(self)
-        self.stdin = StdinService(self)
-        self.stage = StageService(self)
+        self.handlers["noop"] = self._noop  # services add theirs (gproc.services.base.install)
 
     # ---- lifetime -------------------------------------------------------------------------------
 
@@ -618,6 +721,12 @@ class Node:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def own(self, task: asyncio.Task[Any] | None) -> None:
+        """Make a task started elsewhere (a client connection's) this node's: cancelled when it stops."""
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     async def start(self) -> None:
         """Listen (if configured) and begin joining the parent; returns at once."""
         if self.cfg.listen is not None:
@@ -625,7 +734,8 @@ class Node:
         if self.cfg.parents:
             self.spawn(self._parent_loop())
         self.spawn(self._heartbeat_loop())
-        await self.procs.start()
+        for start in self.starters:
+            await start()
 
     async def run(self) -> None:
         """Start and serve until stopped."""
@@ -637,10 +747,8 @@ class Node:
         if self.stopped.is_set():
             return
         self.stopped.set()
-        self.exec.kill_all()
-        self.procs.stop()
-        self.stdin.close()
-        self.stage.close()
+        for stop in self.stoppers:
+            stop()
         if self._server is not None:
             self._server.close()
         for link in [*self.children.values(), *([self.parent] if self.parent else [])]:
@@ -701,7 +809,8 @@ class Node:
                 await asyncio.sleep(delay + secrets.randbelow(100) / 1000 * delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _join(self, addr: Address) -> TreeLink:
+    async def _connect(self, addr: Address) -> TreeLink:
+        """A TLS link to a would-be parent (tests put an in-memory link here)."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.cfg.connect_timeout):
             _, link = await loop.create_connection(
@@ -712,6 +821,10 @@ class Node:
                 server_hostname="gproc",
                 ssl_handshake_timeout=self.cfg.connect_timeout,
             )
+        return link
+
+    async def _join(self, addr: Address) -> TreeLink:
+        link = await self._connect(addr)
         try:
             link.send(
                 wire.hello(
@@ -840,9 +953,8 @@ class Node:
         raise RegistrationError(f"{fn}: only the master answers calls")
 
     def _on_call(self, link: TreeLink, msg: wire.Message) -> None:
-        cid, fn, args = msg.get("id"), msg.get("fn"), msg.get("a")
-        if not isinstance(cid, int) or not isinstance(fn, str) or not isinstance(args, dict):
-            raise ProtocolError("malformed call")
+        call = CallMsg.decode(msg)
+        cid, fn, args = call.id, call.fn, call.args
         if fn == "attach" and args.get("parent") is None:  # a child's reannounce: its parent is this node
             args = {**args, "parent": self.rank}
             msg = {**msg, "a": args}
@@ -850,7 +962,7 @@ class Node:
             self.spawn(self._answer_call(link, cid, fn, args))
             return
         if self.parent is None:
-            link.send({"t": "ret", "id": cid, "err": "retry: parent not attached"})
+            link.send(RetMsg.failed(cid, RegistrationError("retry: parent not attached")))
             return
         my = next(self._ids)
         self._relay[my] = (link, cid, fn)
@@ -863,25 +975,25 @@ class Node:
             if fn == "attach":
                 self._route_add(result["rank"], link)
         except GprocError as e:
-            reply = {"t": "ret", "id": cid, "err": str(e)}
+            reply = RetMsg.failed(cid, e)
         link.send(reply)
 
     def _on_ret(self, msg: wire.Message) -> None:
-        cid = msg.get("id")
-        relay = self._relay.pop(cid, None) if isinstance(cid, int) else None
+        ret = RetMsg.decode(msg)
+        relay = self._relay.pop(ret.id, None)
         if relay is not None:
             link, orig, fn = relay
-            r = msg.get("r")
+            r = ret.result
             if fn == "attach" and isinstance(r, dict) and isinstance(r.get("rank"), int):
                 self._route_add(r["rank"], link)
             link.send({**msg, "id": orig})
             return
-        fut = self._calls.get(cid) if isinstance(cid, int) else None
+        fut = self._calls.get(ret.id)
         if fut is not None and not fut.done():
-            if "err" in msg:
-                fut.set_exception(RegistrationError(str(msg["err"])[:500]))
+            if ret.error is not None:  # raised again here as the kind it was raised as at the master
+                fut.set_exception(ret.error)
             else:
-                fut.set_result(msg.get("r"))
+                fut.set_result(ret.result)
 
     def _route_add(self, rank: int, link: TreeLink) -> None:
         old = self.route.get(rank)
@@ -1018,31 +1130,45 @@ class Node:
     # ---- operations -------------------------------------------------------------------------------
 
     def _on_op(self, msg: wire.Message) -> None:
-        op_id, kind, body, tg = msg.get("op"), msg.get("k"), msg.get("b", {}), msg.get("tg")
-        if not isinstance(op_id, int) or not isinstance(kind, str) or not isinstance(body, dict):
-            raise ProtocolError("malformed op")
-        try:
-            targets = rankset.decode(tg if isinstance(tg, list) else [])
-        except (ValueError, TypeError):
-            raise ProtocolError("bad op targets") from None
-        self.start_op(op_id, kind, body, targets, self._sink_up(op_id), base=sorted(targets))
+        m = OpMsg.decode(msg)
+        self.start_op(m.op, m.kind, m.body, m.targets, self._sink_up(m.op), base=sorted(m.targets), reducer=m.reducer)
 
     def _sink_up(self, op_id: int) -> Sink:
-        def sink(groups: list[list[Any]], end: bool) -> None:
+        def sink(groups: list[list[Any]], end: bool, value: Any = None) -> None:
             parent = self.parent
             if parent is not None:
-                parent.send({"t": "rep", "op": op_id, "g": groups, "end": end})
+                parent.send(RepMsg(op_id, groups, end, value).encode())
 
         return sink
 
+    def request(
+        self, kind: str, body: dict[str, Any], targets: set[int], reducer: Reducer[Any] | None = None
+    ) -> Request:
+        """Send an op to ``targets`` and have the replies reduced on the way up: the one primitive
+        every service uses. The answer is an async iterator of partial replies (``async for``), or
+        the whole (``await``); see ``Request``. Without ``reducer``, the one the op's service
+        declared for ``kind`` (if any)."""
+        return Request(self, self.next_op_id(), kind, body, targets, reducer or self.reducers.get(kind))
+
+    def next_op_id(self) -> int:
+        """A new op id (ops come from the master, which keeps them unique across its restarts)."""
+        return next(self._op_ids)
+
     def start_op(
-        self, op_id: int, kind: str, body: dict[str, Any], targets: set[int], sink: Sink, base: list[int] | None = None
+        self,
+        op_id: int,
+        kind: str,
+        body: dict[str, Any],
+        targets: set[int],
+        sink: Sink,
+        base: list[int] | None = None,
+        reducer: Reducer[Any] | None = None,
     ) -> Op:
         """Run an op here if this rank is a target, forward it into subtrees holding targets.
 
         ``base`` (the sorted targets, for an op that came from a parent) makes replies going up give
         rank positions in it; without it, ``sink`` gets groups with plain ranks (the master)."""
-        op = Op(self, op_id, kind, body, sink, base)
+        op = Op(self, op_id, kind, body, sink, base, reducer)
         op.local = self.rank in targets
         buckets, unreachable = self._buckets(targets, op.local)
         if unreachable:
@@ -1054,10 +1180,10 @@ class Node:
             try:
                 if w is not None:
                     if head is None:
-                        head = wire.packed({"t": "op", "op": op_id, "k": kind, "b": body})
+                        head = wire.packed(OpMsg.head(op_id, kind, body, reducer))
                     sent = lk.send_frame(wire.pack_with(head, "tg", w.packed()))
                 else:
-                    sent = lk.send({"t": "op", "op": op_id, "k": kind, "b": body, "tg": rankset.encode(rs)})
+                    sent = lk.send({**OpMsg.head(op_id, kind, body, reducer), "tg": rankset.encode(rs)})
             except ProtocolError:  # the frame would pass the frame limit: the op fails there, the link stays
                 op.groups.add(TOO_LARGE, rs)
                 continue
@@ -1169,7 +1295,8 @@ class Node:
             op.emit(("s", 255, f"internal error: {type(e).__name__}: {e}"[:500]))
 
     def _on_rep(self, link: TreeLink, msg: wire.Message) -> None:
-        op = self.ops.get(msg.get("op"))  # type: ignore[arg-type]
+        rep = RepMsg.decode(msg)
+        op = self.ops.get(rep.op)
         if op is None:
             return  # late reply for an op already finished (its ranks were reported lost)
         base = op.bases.get(link)
@@ -1179,14 +1306,18 @@ class Node:
                 return  # not a child this op was forwarded to
             w = self._share_of(link, sent)
             base = op.bases[link] = w.ordered() if w is not None else sorted(sent)
-        merge.unpack_into(op.groups, msg.get("g", []), base, sent)
+        merge.unpack_into(op.groups, rep.groups, base, sent)
+        if rep.value is not None:
+            if op.reducer is None:
+                raise ProtocolError("a reduced value for an op without a reducer")
+            op._merge_value(op.reducer.decode(rep.value))
         op.bytes_in += link.counter.last_in
         op.frames_in += 1
         op.pending_bytes += link.counter.last_in
         op.unheard.discard(link)
-        if link not in op.heard or msg.get("end"):
+        if link not in op.heard or rep.end:
             op.progress = asyncio.get_running_loop().time()
-        if msg.get("end"):
+        if rep.end:
             op.waiting.pop(link, None)
             op.heard.discard(link)
             self._op_changed(op)
@@ -1195,7 +1326,7 @@ class Node:
                 return
         else:
             op.heard.add(link)
-        if op.groups:
+        if op.gathered:
             op.pending()
 
     def _op_changed(self, op: Op) -> None:
@@ -1210,13 +1341,6 @@ class Node:
         self._op_changed(op)
 
     def _noop(self, op: Op) -> None:
-        op.emit(("s", 0, ""))
-
-    def _counters(self, op: Op) -> None:
-        """Bytes and frames this node received over its parent link, file bytes it stored, and when
-        (monotonic clock) it stored the last one."""
-        c = self.parent.counter if self.parent is not None else wire.Counter()
-        op.emit(("c", c.bytes_in, c.frames_in, self.stage.bytes_received, round(self.stage.stored_at, 4)))
         op.emit(("s", 0, ""))
 
     # ---- liveness --------------------------------------------------------------------------------

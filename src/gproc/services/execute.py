@@ -19,9 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from gproc import platform
 from gproc.errors import StagingError
+from gproc.services.base import ServiceTable
 
 if TYPE_CHECKING:
     from gproc.overlay import Node, Op
+    from gproc.services.procs import ProcService
+    from gproc.services.stage import StageService
+    from gproc.services.stdin import StdinService
 
 STDOUT, STDERR = 1, 2
 READ_SIZE = 64 * 1024  # a pipe read; live output goes up one record per read
@@ -66,15 +70,23 @@ class SpawnGate:
 
 
 class ExecService:
-    """The jobs a node runs, by op id; handlers for ``exec`` and ``signal`` ops."""
+    """The jobs a node runs, by job id; handlers for ``exec`` and ``signal`` ops."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(
+        self, node: Node, gate: SpawnGate, procs: ProcService, stdin: StdinService, stage: StageService
+    ) -> None:
         self.node = node
+        self.gate = gate
+        self.procs = procs
+        self.stdin = stdin
+        self.stage = stage
         self.jobs: dict[int, platform.Process] = {}
         self.held: set[int] = set()  # jobs whose output is not read: their client is slow (``hold``)
-        node.handlers["exec"] = self.run
-        node.handlers["signal"] = self.signal
-        node.handlers["hold"] = self.hold
+
+    def service(self) -> ServiceTable:
+        return ServiceTable(
+            "exec", ops={"exec": self.run, "signal": self.signal, "hold": self.hold}, stop=self.kill_all
+        )
 
     def kill_all(self) -> None:
         for proc in self.jobs.values():
@@ -119,19 +131,19 @@ class ExecService:
             op.emit(("s", 255, f"node daemon runs as uid {euid} and cannot run jobs for uid {uid}"))
             return
         node = self.node
-        job = b["job"] if isinstance(b.get("job"), int) else op.id
+        job = b["job"] if isinstance(b.get("job"), int) else op.id  # a job id, not the op's
         parent = b["pgpid"] if isinstance(b.get("pgpid"), int) else 0
-        gpid = await node.procs.allocate()  # from the node's block: waits only if it holds none
+        gpid = await self.procs.allocate()  # from the node's block: waits only if it holds none
         env = {
             **env,
             "GPROC_NAME": node.cfg.name,
             "GPROC_RANK": str(node.rank),
             "GPROC_JOBID": str(job),
             "GPROC_NNODES": str(b.get("nnodes", 1)),
-            **node.procs.job_env(gpid, parent),
+            **self.procs.job_env(gpid, parent),
         }
         want_stdin = b.get("stdin") is True
-        await node.spawn_gate.wait()
+        await self.gate.wait()
         try:
             if b.get("bundle") is None:  # -localbin without files: the node's own program, as the seed
                 workdir = cwd if isinstance(cwd, str) and cwd.startswith("/") else None
@@ -144,11 +156,11 @@ class ExecService:
                     gid=gid,
                     groups=groups,
                     stdin=want_stdin,
-                    spawner=node.spawn_gate.spawner,
+                    spawner=self.gate.spawner,
                     make_cwd=True,  # the client's directory, made as the job's user when missing
                 )
             else:
-                proc = await node.stage.start(job, b["bundle"], argv, env, uid, gid, stdin=want_stdin)
+                proc = await self.stage.start(job, b["bundle"], argv, env, uid, gid, stdin=want_stdin)
         except StagingError as e:
             op.emit(("s", 255, f"staging failed: {e}"))
             return
@@ -162,23 +174,23 @@ class ExecService:
         except (ValueError, TypeError) as e:
             op.emit(("s", 255, f"cannot run {argv[0]}: {e}"))
             return
-        self.jobs[op.id] = proc
-        node.procs.started(gpid, proc, job, uid, parent, argv)
+        self.jobs[job] = proc
+        self.procs.started(gpid, proc, job, uid, parent, argv)
         if want_stdin:
-            node.stdin.attach(op, proc)
+            self.stdin.attach(op, proc)
         output: OutputReader | None = None
         try:
             output = OutputReader(op, [(proc.stdout, STDOUT), (proc.stderr, STDERR)], lambda: job in self.held)
             status, error = await self._wait(proc, b.get("timeout"))
-            node.stdin.detach(op.id)
+            self.stdin.detach(op.id)
             await output.finished(EXIT_GRACE)
             output.stop()  # a background child may still hold a pipe: what it said so far goes first
             op.emit(("s", status, error))
         finally:
             if output is not None:
                 output.stop()
-            node.stdin.detach(op.id)
-            self.jobs.pop(op.id, None)
+            self.stdin.detach(op.id)
+            self.jobs.pop(job, None)
             self.held.discard(job)
             if not proc.exited.done():
                 proc.signal_group(signal.SIGKILL)

@@ -27,13 +27,13 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from gproc import peers, wire
+from gproc import errors, peers, wire
 from gproc.errors import ConnectError, GprocError, ProtocolError, RegistrationError
 from gproc.overlay import Link
 from gproc.platform import PeerCred, peer_credentials
+from gproc.services.base import Call, MasterApi, ServiceTable, socket_alive
 
 if TYPE_CHECKING:
-    from gproc.master import Master
     from gproc.overlay import Node
     from gproc.services.procs import ProcService
 
@@ -57,6 +57,14 @@ class NodeSocket:
         self._ino: int | None = None
         self._clients = peers.ClientLimit()
 
+    def service(self) -> ServiceTable:
+        return ServiceTable("node socket", start=self.start_serving, stop=self.close)
+
+    async def start_serving(self) -> None:
+        """Listen, and have the node's jobs told where (``$GPROC_MASTER``)."""
+        if await self.start():
+            self.procs.socket_path = self.path
+
     async def start(self) -> bool:
         """Listen; False (and a warning) when the path is held by another live daemon or unusable."""
         path = self.path
@@ -70,9 +78,7 @@ class NodeSocket:
                 self.node.log.warning("not serving a client socket: %s", refused)
                 return False
             if os.path.exists(path):
-                from gproc.master import _socket_alive
-
-                if await _socket_alive(path):
+                if await socket_alive(path):
                     self.node.log.warning("client socket %s is in use by another daemon: not serving one", path)
                     return False
                 os.unlink(path)
@@ -95,10 +101,7 @@ class NodeSocket:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         node = self.node
         link = Link(reader, writer, {"name": "client"})
-        task = asyncio.current_task()
-        if task is not None:  # owned by the node: cancelled when it stops
-            node._tasks.add(task)
-            task.add_done_callback(node._tasks.discard)
+        node.own(asyncio.current_task())  # cancelled when the node stops
         cred: PeerCred | None = None
         try:
             cred = peer_credentials(writer.get_extra_info("socket"))
@@ -113,7 +116,7 @@ class NodeSocket:
                 raise ProtocolError("expected a request")
             await self._relay(link, req, cred)
         except GprocError as e:
-            link.send({"t": "error", "msg": str(e), "code": e.exit_status})
+            link.send({"t": "error", **errors.to_wire(e)})
         except (EOFError, OSError, TimeoutError) as e:
             node.log.debug("client ended: %s", e)
         finally:
@@ -138,8 +141,8 @@ class NodeSocket:
                 try:
                     r = await node.call_up("relay.pull", {"rid": rid}, timeout=PULL_WAIT + 15.0)
                 except (RegistrationError, TimeoutError) as e:
-                    msg = f"node {node.cfg.name} lost the master: {e or 'timeout'}"
-                    link.send({"t": "error", "msg": msg, "code": 255})
+                    lost = ConnectError(f"node {node.cfg.name} lost the master: {e or 'timeout'}")
+                    link.send({"t": "error", **errors.to_wire(lost)})
                     return
                 for m in r.get("m", []):
                     link.send(m)
@@ -250,14 +253,20 @@ class Session:
 class MasterRelay:
     """The master's relay sessions, one per client of a node socket."""
 
-    def __init__(self, master: Master) -> None:
+    def __init__(self, master: MasterApi) -> None:
         self.m = master
         self.sessions: dict[int, Session] = {}
         self._ids = itertools.count(1)
         self._sweeper: asyncio.Task[Any] | None = None
-        master.calls.update(
-            {"relay.open": self._open, "relay.pull": self._pull, "relay.push": self._push, "relay.close": self._close}
-        )
+
+    def service(self) -> ServiceTable:
+        calls: dict[str, Call] = {
+            "relay.open": self._open,
+            "relay.pull": self._pull,
+            "relay.push": self._push,
+            "relay.close": self._close,
+        }
+        return ServiceTable("relay", calls=calls)
 
     def _session(self, args: dict[str, Any]) -> Session:
         s = self.sessions.get(args.get("rid"))  # type: ignore[arg-type]
@@ -280,17 +289,10 @@ class MasterRelay:
         return {"rid": rid}
 
     async def _serve(self, s: Session, req: wire.Message, cred: PeerCred) -> None:
-        """Run the request exactly as ``Master._client`` does for a client of the master's socket."""
+        """Run the request exactly as for a client of the master's socket."""
         link = s.link
         try:
-            await self.m._serve_request(link, req, cred)
-        except GprocError as e:
-            link.send({"t": "error", "msg": str(e), "code": e.exit_status})
-        except (EOFError, OSError, TimeoutError) as e:
-            log.debug("relayed client ended: %s", e)
-        except Exception:
-            log.exception("relayed client request failed")
-            link.send({"t": "error", "msg": "internal error in the master (see its log)", "code": 1})
+            await self.m.serve_client(link, req, cred)
         finally:
             s.done = True
             link._ready.set()

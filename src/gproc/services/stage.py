@@ -25,8 +25,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gproc import platform
+from gproc import platform, wire
 from gproc.errors import StagingError
+from gproc.services.base import ServiceTable
 from gproc.store import (
     HASH_RE,
     MAX_SIZE,
@@ -71,8 +72,19 @@ class StageService:
         self.bytes_received = 0  # file bytes this node stored for itself
         self.stored_at = 0.0  # time.monotonic() when the last file was stored (benchmarks compare nodes)
         self.job_dirs: set[str] = set()
-        node.handlers["have"] = self.have
-        node.handlers["put"] = self.put
+
+    def service(self) -> ServiceTable:
+        return ServiceTable(
+            "stage", ops={"have": self.have, "put": self.put, "counters": self.counters}, stop=self.close
+        )
+
+    def counters(self, op: Op) -> None:
+        """Bytes and frames this node received over its parent link, file bytes it stored, and when
+        (monotonic clock) it stored the last one."""
+        parent = self.node.parent
+        c = parent.counter if parent is not None else wire.Counter()
+        op.emit(("c", c.bytes_in, c.frames_in, self.bytes_received, round(self.stored_at, 4)))
+        op.emit(("s", 0, ""))
 
     def close(self) -> None:
         """Node stopping: drop partial files and the views of jobs (their processes are killed)."""
