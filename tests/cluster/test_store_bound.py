@@ -36,7 +36,7 @@ def test_store_max_evicts_and_refuses_cleanly(cluster16: LocalCluster, tmpdir_sh
         wait_until(lambda: "small" in up(cluster16), 20, "the node to register")
 
         def ship(name: str) -> tuple[int, str, str]:
-            r = cluster16.gproc("e", "-w", "small", "-localbin", "-f", files[name], "cat", files[name], cwd="/")
+            r = cluster16.gproc("e", "-w", "small", "-localbin", "-f", files[name], "wc", "-c", files[name], cwd="/")
             return r.returncode, r.stdout, r.stderr
 
         code, out, err = ship("a")
