@@ -297,7 +297,7 @@ def test_output_left_in_pipes_while_held_still_arrives(flat8: LocalCluster) -> N
     nodes = [f"node{i}" for i in range(8)]
 
     async def go() -> tuple[int, list[Output | Status]]:
-        job = await Cluster(flat8.socket, timeout=60).exec(["sh", "-c", script], "**")
+        job = await Cluster(flat8.socket, timeout=60).exec(["sh", "-c", script], "**", localbin=True)
         await asyncio.sleep(6)  # the programs have long exited; the job is held with output unread
         events = [ev async for ev in job]
         assert job.exit_status is not None

@@ -272,8 +272,8 @@ class OutputReader:
                 whole = carry[: nl + 1] if nl + 1 < len(carry) else carry
                 carry = carry[nl + 1 :]
                 if whole.count(b"\n") <= SPLIT_LINES:
-                    for line in whole.splitlines(keepends=True):
-                        self._record(pipe, line)
+                    for line in whole[:-1].split(b"\n"):  # newlines only (a \r stays in its line)
+                        self._record(pipe, line + b"\n")
                 else:
                     self._record(pipe, whole)
             while len(carry) > MAX_LINE:
