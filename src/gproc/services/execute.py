@@ -93,7 +93,7 @@ class ExecService:
         if not isinstance(job, int) or not isinstance(on, bool):
             op.emit(("s", 2, "bad hold request"))
             return
-        if on and job in self.jobs:
+        if on:  # even before the job's program started here; the master always releases what it held
             self.held.add(job)
         else:
             self.held.discard(job)
