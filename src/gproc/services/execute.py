@@ -107,7 +107,7 @@ class ExecService:
         if not isinstance(job, int) or not isinstance(on, bool):
             op.emit(("s", 2, "bad hold request"))
             return
-        if on and job in self.jobs:
+        if on:  # even before the job's program started here; the master always releases what it held
             self.held.add(job)
         else:
             self.held.discard(job)
@@ -276,8 +276,8 @@ class OutputReader:
                 whole = carry[: nl + 1] if nl + 1 < len(carry) else carry
                 carry = carry[nl + 1 :]
                 if whole.count(b"\n") <= SPLIT_LINES:
-                    for line in whole.splitlines(keepends=True):
-                        self._record(pipe, line)
+                    for line in whole[:-1].split(b"\n"):  # newlines only (a \r stays in its line)
+                        self._record(pipe, line + b"\n")
                 else:
                     self._record(pipe, whole)
             while len(carry) > MAX_LINE:
