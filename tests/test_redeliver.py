@@ -25,7 +25,7 @@ async def job(op: Op) -> None:
         op.emit(("o", 1, i, b"x" * 100 + b"\n"))
     n = op.body.get("lines", 0)
     op.emit(("o", 1, n, b"start\n"))
-    await asyncio.sleep(3)
+    await asyncio.sleep(op.body.get("sleep", {}).get(op.node.cfg.name, 3))  # by node name
     op.emit(("o", 1, n + 1, b"done\n"))
     op.emit(("s", 0, ""))
 
@@ -61,10 +61,12 @@ async def run_job(master: Master, targets: set[int], body: dict[str, Any]) -> Re
     return res
 
 
-async def interior_dies(tmp_path: Path, fallback: bool, body: dict[str, Any]) -> tuple[Results, Node, list[Node], Node]:
+async def interior_dies(
+    tmp_path: Path, fallback: bool, body: dict[str, Any], **mid_cfg: Any
+) -> tuple[Results, Node, list[Node], Node]:
     net = Net()
     master = make_master(net, tmp_path)
-    mid = net.node("mid", [master.listen_address])  # type: ignore[list-item]
+    mid = net.node("mid", [master.listen_address], **mid_cfg)  # type: ignore[list-item]
     other = net.node("other", [master.listen_address])  # type: ignore[list-item]
     await net.start(mid)
     await net.start(other)
@@ -77,8 +79,11 @@ async def interior_dies(tmp_path: Path, fallback: bool, body: dict[str, Any]) ->
     arm(mid, other, *leaves)
     assert all(master.topo[lf.rank].parent == mid.rank for lf in leaves if lf.rank is not None)
     res = await run_job(master, master.up_ranks(), body)
-    await asyncio.sleep(1.0)  # every node said "start", and it reached the master
-    assert all(res.of(lf.rank or 0).get(("o", 1, body.get("lines", 0), b"start\n")) == 1 for lf in leaves)
+    await asyncio.sleep(1.0)
+    if not mid_cfg:  # every node said "start", and it reached the master
+        assert all(res.of(lf.rank or 0).get(("o", 1, body.get("lines", 0), b"start\n")) == 1 for lf in leaves)
+    else:  # mid holds its leaves' results
+        assert all(res.of(lf.rank or 0) == {} for lf in leaves)
     await mid.stop()
     async with asyncio.timeout(30):
         await res.ended.wait()
@@ -103,6 +108,19 @@ def test_children_reattach_to_a_fallback_parent_and_deliver_through_it(tmp_path:
         res, mid, leaves, other = await interior_dies(tmp_path, True, {})
         for lf in leaves:
             assert lf.parent_address == other.listen_address
+            assert res.of(lf.rank or 0) == {("o", 1, 0, b"start\n"): 1, ("o", 1, 1, b"done\n"): 1, ("s", 0, ""): 1}
+        assert res.of(mid.rank or 0)[("s", 255, "lost")] == 1
+
+    run(go())
+
+
+def test_results_the_dead_node_held_are_sent_again(tmp_path: Path) -> None:
+    async def go() -> None:
+        # the leaves end at 0.5 s; mid, still running, holds what they sent (window, hold, quiet 5 s) and dies at 1 s
+        quick = {f"leaf{i}": 0.5 for i in range(3)}
+        slow = {"window": 5.0, "hold": 5.0, "quiet": 5.0}
+        res, mid, leaves, _other = await interior_dies(tmp_path, False, {"sleep": quick}, **slow)
+        for lf in leaves:
             assert res.of(lf.rank or 0) == {("o", 1, 0, b"start\n"): 1, ("o", 1, 1, b"done\n"): 1, ("s", 0, ""): 1}
         assert res.of(mid.rank or 0)[("s", 255, "lost")] == 1
 
