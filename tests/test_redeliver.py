@@ -180,3 +180,20 @@ def test_the_collector_drops_late_records_it_cannot_tell_apart(monkeypatch: pyte
         assert res.of(2) == {**{("o", 1, i, b"l\n"): 1 for i in range(4)}, ("s", 0, TRUNCATED): 1}
 
     run(go())
+
+
+def test_the_collector_reports_at_once_a_lost_rank_that_cannot_come_back() -> None:
+    async def go() -> None:
+        res = Results()
+        col = Collector(res.emit, res.ended.set, grace=5.0, may_return=lambda lost: lost - {2})
+        col.add([[["s", 0, ""], [1, 1]]], False)
+        col.add([[["s", 255, "lost"], [2, 3]]], False)
+        assert res.of(2) == {("s", 255, "lost"): 1} and res.of(3) == {}  # 2 at once, 3 held
+        col.add([], True)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await res.ended.wait()
+        assert loop.time() - t0 == pytest.approx(5.0)
+        assert res.of(3) == {("s", 255, "lost"): 1}
+
+    run(go())

@@ -441,7 +441,16 @@ class Master(Node):
             link.send({"t": "end"})
             done.set()
 
-        results = Collector(emit, finish, self.cfg.reattach_grace)
+        started = time.time()
+
+        def may_return(lost: set[int]) -> set[int]:
+            """Ranks reported lost that may yet re-attach and deliver: those under another lost rank
+            (their parent died, not they) and those that re-attached since the job started."""
+            rows = self.topo
+            back = {r for r in lost if r in rows and rows[r].state == "up" and rows[r].since > started}
+            return back | {r for r in lost if r in rows and rows[r].parent in lost}
+
+        results = Collector(emit, finish, self.cfg.reattach_grace, may_return)
 
         def sink(groups: list[list[Any]], end: bool) -> None:
             results.add(groups, end)

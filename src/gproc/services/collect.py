@@ -6,8 +6,10 @@ re-attach under another parent and send again everything they had sent up for th
 stream and line number (a rank's status: there is one), so whatever reached the master by both ways
 is passed on once.
 
-Ranks the tree reports ``lost`` are held for ``grace`` seconds before they are reported lost for
-good: a rank whose status arrives meanwhile was not lost. The job ends once the tree ended and no
+Ranks the tree reports ``lost`` that may come back (``may_return``: at the master, those under
+another lost rank, and those that re-attached since the job started) are held for ``grace`` seconds
+before they are reported lost for good: a rank whose status arrives meanwhile was not lost. The
+others (the dead node itself) are reported lost at once. The job ends once the tree ended and no
 rank is held.
 
 Bounded: the index of line identities holds at most ``MAX_LINES`` (stream, line) entries per job.
@@ -33,8 +35,15 @@ Out = list[list[Any]]  # [[key, rank intervals], …]
 class Collector:
     """One job's results at the master: ``emit`` gets every result once, ``finish`` is called once."""
 
-    def __init__(self, emit: Callable[[Out], None], finish: Callable[[], None], grace: float) -> None:
+    def __init__(
+        self,
+        emit: Callable[[Out], None],
+        finish: Callable[[], None],
+        grace: float,
+        may_return: Callable[[set[int]], set[int]] = lambda lost: lost,
+    ) -> None:
         self.emit = emit
+        self.may_return = may_return
         self._finish = finish
         self.grace = grace
         self.status: set[int] = set()  # ranks whose status was passed on
@@ -76,8 +85,10 @@ class Collector:
             if kind == "s" and len(key) == 3:
                 ranks = rankset.decode(enc) - self.status
                 if key[1] == 255 and key[2] == "lost":
-                    self._hold(ranks)
-                    continue
+                    held = self.may_return(ranks) if ranks else ranks
+                    self._hold(held)
+                    ranks -= held
+                    self.gone |= ranks
                 if not ranks:
                     continue
                 self.status |= ranks
