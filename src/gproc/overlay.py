@@ -46,7 +46,7 @@ FLUSH_BYTES = 4 << 20  # results this big go up at once, whatever the timing (bo
 # What a node keeps of the results it sent up for an op that asks for redelivery (``Upward``): at
 # most this many bytes per op, for at most this many ops, kept this long after the op ended here
 JOURNAL_BYTES = 1 << 20
-JOURNAL_OPS = 64
+JOURNAL_OPS = 32
 JOURNAL_KEEP = 30.0
 
 
