@@ -14,7 +14,9 @@ from tests.test_ops import make_master, stop_all
 
 from gproc import overlay
 from gproc import ranks as rankset
+from gproc.errors import ProtocolError
 from gproc.master import Master
+from gproc.messages import LateMsg
 from gproc.overlay import Node, Op
 from gproc.services.collect import TRUNCATED, Collector
 
@@ -197,3 +199,25 @@ def test_the_collector_reports_at_once_a_lost_rank_that_cannot_come_back() -> No
         assert res.of(3) == {("s", 255, "lost"): 1}
 
     run(go())
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        {"t": "late", "op": "1", "g": [], "end": False},
+        {"t": "late", "op": 1, "g": {}, "end": False},
+        {"t": "late", "op": 1, "g": [], "end": 1},
+        {"t": "late", "op": 1, "g": [[[], [1, 1]]], "end": False},
+        {"t": "late", "op": 1, "g": [[["s", 0, ""], [2, 1]]], "end": False},
+        {"t": "late", "op": 1, "g": [[["s", 0, ""], [1]]], "end": False},
+        {"t": "late", "op": 1, "g": [], "end": False, "tr": [-1]},
+    ],
+)
+def test_malformed_late_results_are_refused(msg: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolError):
+        LateMsg.decode(msg)
+
+
+def test_late_results_round_trip() -> None:
+    m = LateMsg(7, [[["o", 1, 0, b"x\n"], [1, 3]]], True, [2])
+    assert LateMsg.decode(m.encode()) == m
