@@ -63,6 +63,7 @@ TOOLS = ("gproc", "gproc-json", "pdsh", "clush")
 CASES = ("seq", "long", "binary", "trickle")
 SAMPLE_EVERY = 0.1  # seconds between two samples of the daemons' memory
 STOP_GRACE = 3.0  # seconds a stopped client gets after each SIGINT
+CLIENT_MIB = 100  # issue 17: the client's memory bounded whatever the output size
 
 
 @dataclass
@@ -245,13 +246,18 @@ class Run:
     lag: tuple[float, float] | None = None  # trickle: median and worst delay of a line behind schedule, s
     stderr: str = ""
 
+    written_bytes: int = 0  # what the nodes' commands wrote, all nodes together
+
     @property
     def lines_per_s(self) -> float:
-        return self.verdict.lines / self.wall
+        """Lines delivered per second: as received, but no more than the nodes wrote (a line cut in two
+        is not two lines' worth)."""
+        return min(self.verdict.lines, self.verdict.expected_lines * self.verdict.nodes) / self.wall
 
     @property
     def bytes_per_s(self) -> float:
-        return self.verdict.bytes / self.wall
+        """Bytes delivered per second, no more than the nodes wrote (a replacement character is not more)."""
+        return min(self.verdict.bytes, self.written_bytes) / self.wall
 
 
 def tool_argv(tool: str, gproc: str, pdsh: str, clush: str, n: int, argv: list[str]) -> list[str]:
@@ -369,6 +375,7 @@ def run_once(
         ok=v.ok and rc == 0 and not timed_out,
         summary=v.summary(),
         lag=lag,
+        written_bytes=n * (len(checker.expected.data) - checker.expected.nlines),
         stderr=err_tail if (rc or timed_out or not v.ok) else "",
     )
 
@@ -392,16 +399,16 @@ def _own_cpu() -> float:
 
 
 def follow(checker: Checker, arrivals: list[tuple[float, bytes]], json_mode: bool, interval: float) -> list[float]:
-    """Feed timed lines to the checker; each line's lag: how much later than ``interval`` after the line
-    before it on its node it arrived, counted from the first line any node printed (node start-up skew
-    and the client's batching both show)."""
-    lags: list[float] = []
+    """Feed timed lines to the checker; each line's lag behind its schedule: line j of a node is due
+    j x ``interval`` after the earliest start any line implies (arrival - j x interval), so that the
+    nodes' start-up skew and the client's batching show, and a late first line does not hide them."""
+    implied: list[float] = []
     feed = checker.feed_json if json_mode else checker.feed_labelled
-    start = arrivals[0][0] if arrivals else 0.0
     for ts, raw in arrivals:
         got: list[Tally] = feed(raw)
-        lags += [max(0.0, ts - start - (t.lines - 1) * interval) for t in got]
-    return lags
+        implied += [ts - (t.lines - 1) * interval for t in got]
+    start = min(implied, default=0.0)
+    return [s - start for s in implied]
 
 
 # ---- the whole benchmark -------------------------------------------------------------------------
@@ -517,6 +524,9 @@ def verdict_text(group: list[Run], limit: float) -> str:
 
 
 def report(plan: Plan, runs: list[Run], meta: dict[str, str], titles: dict[str, str]) -> str:
+    groups: dict[tuple[str, int, str], list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.case, r.n, r.tool), []).append(r)
     lines = [
         "## Output: bulk and trickling output of N local nodes (bench/output.py)",
         "",
@@ -531,22 +541,22 @@ def report(plan: Plan, runs: list[Run], meta: dict[str, str], titles: dict[str, 
         "Each node runs the same command; gproc as typed (`gproc e '**' CMD`, live `nodes: line` output), pdsh"
         " and clush as `-R exec -f N -w node[0-N-1] CMD`. *lines/s*, *MB/s*: lines and bytes per second at the"
         " client, every node's copy counted (a line gproc folds for k nodes counts k times), over the wall time"
-        " of the command; *x pdsh*, *x clush*: gproc's lines/s over theirs (> 1: gproc faster). *client*: peak"
+        " of the command, no more than the nodes wrote (pieces of a cut line, replacement characters do not count"
+        " extra); *x pdsh*, *x clush*: gproc's MB/s over theirs (> 1: gproc faster). *client*: peak"
         " RSS of the command; *daemons*: peak of the summed RSS of the cluster's master and node processes."
         " *verdict*: per node, every line present (complete), in order, byte-exact (`output_check.py`);"
         f" runs stopped at the {plan.limit:.0f} s limit are judged and timed on what arrived by then."
-        " *lag*: how late a trickled line arrives behind its schedule (its index x 0.1 s after the first line any"
-        " node printed: the nodes' start-up skew and the client's batching), median / worst."
+        " *lag*: how late a trickled line arrives behind its schedule (line j due j x 0.1 s after the earliest"
+        " start any line implies: the nodes' start-up skew and the client's batching show), median / worst."
         f" *other*: CPU share of processes outside the benchmark (the machine is shared). {plan.repeat} run(s)"
         " per point; figures from the median run by wall time.",
+        "",
+        *targets(plan, groups, titles),
         "",
         "| case | N | tool | s | lines/s | MB/s | x pdsh | x clush | client MiB | daemons MiB | lag ms med/max | other"
         " | verdict |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    groups: dict[tuple[str, int, str], list[Run]] = {}
-    for r in runs:
-        groups.setdefault((r.case, r.n, r.tool), []).append(r)
     for name in plan.cases:
         for n in plan.sizes:
             peers = {t: pick(groups[(name, n, t)]) for t in ("pdsh", "clush") if (name, n, t) in groups}
@@ -556,8 +566,8 @@ def report(plan: Plan, runs: list[Run], meta: dict[str, str], titles: dict[str, 
                     continue
                 r = pick(group)
                 ratios = [
-                    f"{r.lines_per_s / peers[t].lines_per_s:.2f}"
-                    if tool.startswith("gproc") and t in peers and peers[t].lines_per_s
+                    f"{r.bytes_per_s / peers[t].bytes_per_s:.2f}"
+                    if tool.startswith("gproc") and t in peers and peers[t].bytes_per_s
                     else ""
                     for t in ("pdsh", "clush")
                 ]
@@ -576,6 +586,38 @@ def report(plan: Plan, runs: list[Run], meta: dict[str, str], titles: dict[str, 
             tail = f" stderr: `{r.stderr.splitlines()[-1][:200]}`" if r.stderr else ""
             lines.append(f"- {r.case} N={r.n} {r.tool}: {errs or r.summary}{tail}")
     return "\n".join(lines) + "\n"
+
+
+def targets(plan: Plan, groups: dict[tuple[str, int, str], list[Run]], titles: dict[str, str]) -> list[str]:
+    """Issue 17's targets per case and N: throughput at least pdsh's, every run complete (in order, exact),
+    the client within 100 MiB."""
+    out = [
+        "Targets (issue 17): gproc's throughput >= pdsh's, every run complete, in order and byte-exact, client"
+        f" <= {CLIENT_MIB} MiB (trickle's pace is the program's: its ratio is not judged).",
+        "",
+        "| case | N | tool | gproc/pdsh | gproc/clush | complete, in order, exact | client <= 100 MiB |",
+        "|---|---:|---|---:|---:|---|---|",
+    ]
+    for name in plan.cases:
+        for n in plan.sizes:
+            for tool in (t for t in plan.tools if t.startswith("gproc")):
+                group = groups.get((name, n, tool))
+                if not group:
+                    continue
+                r = pick(group)
+                cells = []
+                for peer in ("pdsh", "clush"):
+                    p = groups.get((name, n, peer))
+                    x = r.bytes_per_s / pick(p).bytes_per_s if p and pick(p).bytes_per_s else None
+                    judged = x is not None and peer == "pdsh" and name != "trickle"  # trickle: the program's pace
+                    met = (" met" if x >= 1 else " **not met**") if judged and x is not None else ""
+                    cells.append(f"{x:.2f}{met}" if x is not None else "")
+                ok = sum(g.ok for g in group)
+                mem = max(g.client_peak_mib for g in group)
+                cells.append(("yes" if ok == len(group) else "**no**") + f" ({ok}/{len(group)} runs)")
+                cells.append(("yes" if mem <= CLIENT_MIB else "**no**") + f" ({mem:.0f} MiB)")
+                out.append(f"| {titles[name]} | {n} | {tool} | " + " | ".join(cells) + " |")
+    return out
 
 
 def gproc_source(gproc: str) -> str:
@@ -642,8 +684,12 @@ def main() -> int:
         "gproc": gproc_source(plan.gproc),
         "peers": f"{version([plan.pdsh, '-V'])}; {version([plan.clush, '--version'])}" if plan.pdsh else "",
     }
-    with cleanup_on_term():
-        runs, titles = bench(plan)
+    try:
+        with cleanup_on_term():
+            runs, titles = bench(plan)
+    except KeyboardInterrupt:
+        say("output.py: interrupted; its clusters are stopped and its temporary files removed")
+        return 130
     text = report(plan, runs, meta, titles)
     print(text)
     if not args.no_write:
