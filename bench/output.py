@@ -269,19 +269,30 @@ def tool_argv(tool: str, gproc: str, pdsh: str, clush: str, n: int, argv: list[s
     return [pdsh if tool == "pdsh" else clush, "-R", "exec", "-f", str(n), "-w", nodes, *argv]
 
 
-def stop(p: subprocess.Popen[bytes], gentle: bool) -> None:
-    """gproc: SIGINT twice as a user's Ctrl-C (the job gets SIGINT, then SIGKILL); then kill the group."""
-    if gentle:
-        for _ in range(2):
-            try:
-                p.send_signal(signal.SIGINT)
-                p.wait(STOP_GRACE)
-                break
-            except subprocess.TimeoutExpired:
-                pass
+def stop(pid: int, gentle: bool) -> tuple[int, resource.struct_rusage]:
+    """End a client and reap it (its wait status and usage). gproc (``gentle``): SIGINT twice, as a
+    user's Ctrl-C (the job gets SIGINT, then SIGKILL); then SIGKILL to its whole process group."""
+    for _ in range(2 if gentle else 0):
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + STOP_GRACE
+        while time.monotonic() < deadline:
+            got, status, usage = os.wait4(pid, os.WNOHANG)
+            if got:
+                _kill_group(pid)
+                return status, usage
+            time.sleep(0.02)
+    _kill_group(pid)
+    _, status, usage = os.wait4(pid, 0)
+    return status, usage
+
+
+def _kill_group(pgid: int) -> None:
     try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
         pass
 
 
@@ -327,22 +338,22 @@ def run_once(
                     wall, timed_out = limit, True
                     out.flush()
                     cut = os.fstat(out.fileno()).st_size  # judged on what arrived within the limit
-                    stop(p, gentle=tool.startswith("gproc"))
-                    _, status, usage = os.wait4(p.pid, 0)
+                    status, usage = stop(p.pid, gentle=tool.startswith("gproc"))
                     p.returncode = os.waitstatus_to_exitcode(status)
                     break
                 hwm = max(hwm, peak_rss_kib(p.pid))
                 time.sleep(0.005)
         finally:
             if p.returncode is None:  # interrupted: leave nothing running
-                stop(p, gentle=False)
-                os.wait4(p.pid, 0)
+                stop(p.pid, gentle=False)
+                p.returncode = -signal.SIGKILL
         if reader is not None:
             reader.join(10)
         out.flush()
         daemon_cpu = sampler.cpu()
     busy, own = machine_busy_seconds() - busy0, _own_cpu() - own0
-    other = max(0.0, (busy - own - daemon_cpu) / (wall * (os.cpu_count() or 1)))
+    elapsed = time.perf_counter() - t0  # with the stopping of a stopped run
+    other = max(0.0, (busy - own - daemon_cpu) / (elapsed * (os.cpu_count() or 1)))
     if timed_out and not live:
         os.truncate(out_path, cut)
 
@@ -436,6 +447,7 @@ class Plan:
     pdsh: str = ""
     clush: str = ""
     ups: dict[int, list[float]] = field(default_factory=dict)
+    error: str = ""  # why the run ended early, if it did
 
 
 def bench(plan: Plan) -> tuple[list[Run], dict[str, str]]:
@@ -443,6 +455,7 @@ def bench(plan: Plan) -> tuple[list[Run], dict[str, str]]:
     runs: list[Run] = []
     tmp = tempfile.mkdtemp(prefix="gpo-", dir="/tmp")  # short: the master's socket lives here
     cluster: Cluster | None = None
+    cases: dict[str, Case] = {}
     try:
         cases = make_cases(tmp, plan.quick)
         for n in plan.sizes:
@@ -472,6 +485,9 @@ def bench(plan: Plan) -> tuple[list[Run], dict[str, str]]:
                 plan.ups[n] = cluster.ups
                 cluster.down()
                 cluster = None
+    except (Exception, subprocess.SubprocessError) as e:  # keep what was measured; say why it ended
+        plan.error = f"{type(e).__name__}: {e}"
+        say(f"output.py: stopped early by {plan.error}")
     finally:
         if cluster:
             cluster.down()
@@ -578,6 +594,8 @@ def report(plan: Plan, runs: list[Run], meta: dict[str, str], titles: dict[str, 
                     f" {r.bytes_per_s / 1e6:.1f} | {ratios[0]} | {ratios[1]} | {r.client_peak_mib:.0f} | {daemons} |"
                     f" {lag} | {r.other_load:.0%} | {verdict_text(group, plan.limit)} |"
                 )
+    if plan.error:
+        lines += ["", f"**The run stopped early**: {plan.error}"]
     problems = [r for r in runs if not r.ok]
     if problems:
         lines += ["", "First deviations seen (up to 3 nodes per run):", ""]
@@ -699,7 +717,7 @@ def main() -> int:
         print(f"and {args.json_out}", file=sys.stderr)
     ok = sum(r.ok for r in runs)
     say(f"{ok} of {len(runs)} runs complete, in order and exact")
-    return 0
+    return 1 if plan.error else 0
 
 
 if __name__ == "__main__":
