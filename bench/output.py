@@ -75,10 +75,26 @@ class Case:
     interval: float = 0.0  # trickle: seconds between a node's lines (read live, each line's arrival timed)
 
 
+def sizes_of(quick: bool) -> tuple[int, int, int, int]:
+    """seq's lines, 100 KiB lines, MiB of binary, trickled lines."""
+    return (50_000, 5, 2, 10) if quick else (200_000, 20, 10, 20)
+
+
+def titles_of(quick: bool) -> dict[str, str]:
+    seq_n, long_n, blob_mib, ticks = sizes_of(quick)
+    return {
+        "seq": f"`seq 1 {seq_n}`",
+        "long": f"{long_n} lines of 100 KiB",
+        "binary": f"{blob_mib} MiB binary",
+        "trickle": f"{ticks} lines at 10/s",
+    }
+
+
 def make_cases(d: str, quick: bool) -> dict[str, Case]:
     """The commands every node runs, their input files written into ``d``, and what each prints."""
     rng = random.Random(17)
-    seq_n, long_n, blob_mib, ticks = (50_000, 5, 2, 10) if quick else (200_000, 20, 10, 20)
+    seq_n, long_n, blob_mib, ticks = sizes_of(quick)
+    title = titles_of(quick)
     alnum = b"abcdefghijklmnopqrstuvwxyz0123456789"
     long = b"\n".join(bytes(rng.choices(alnum, k=100 * 1024)) for _ in range(long_n))  # no newline at the end
     blob = rng.randbytes(blob_mib * 2**20)
@@ -89,14 +105,12 @@ def make_cases(d: str, quick: bool) -> dict[str, Case]:
     with open(script, "w") as f:  # one process per node, flushed per line as a log writer is
         f.write('$| = 1; for my $i (1..$ARGV[0]) { print "tick $i\\n"; select(undef, undef, undef, $ARGV[1]) }\n')
     return {
-        "seq": Case(
-            "seq", f"`seq 1 {seq_n}`", ["seq", "1", str(seq_n)], b"".join(b"%d\n" % i for i in range(1, seq_n + 1))
-        ),
-        "long": Case("long", f"{long_n} lines of 100 KiB", ["cat", os.path.join(d, "long.txt")], long),
-        "binary": Case("binary", f"{blob_mib} MiB binary", ["cat", os.path.join(d, "blob.bin")], blob),
+        "seq": Case("seq", title["seq"], ["seq", "1", str(seq_n)], b"".join(b"%d\n" % i for i in range(1, seq_n + 1))),
+        "long": Case("long", title["long"], ["cat", os.path.join(d, "long.txt")], long),
+        "binary": Case("binary", title["binary"], ["cat", os.path.join(d, "blob.bin")], blob),
         "trickle": Case(
             "trickle",
-            f"{ticks} lines at 10/s",
+            title["trickle"],
             ["perl", script, str(ticks), "0.1"],
             b"".join(b"tick %d\n" % i for i in range(1, ticks + 1)),
             interval=0.1,
@@ -256,8 +270,12 @@ class Run:
 
     @property
     def bytes_per_s(self) -> float:
-        """Bytes delivered per second, no more than the nodes wrote (a replacement character is not more)."""
-        return min(self.verdict.bytes, self.written_bytes) / self.wall
+        """Bytes delivered per second: as received when no line was altered; else the nodes' bytes in the
+        share of their lines that arrived (replacement characters, bytes lost after a NUL, say nothing)."""
+        v = self.verdict
+        if v.exact == v.nodes:
+            return min(v.bytes, self.written_bytes) / self.wall
+        return self.written_bytes * min(1.0, v.lines / max(1, v.expected_lines * v.nodes)) / self.wall
 
 
 def tool_argv(tool: str, gproc: str, pdsh: str, clush: str, n: int, argv: list[str]) -> list[str]:
@@ -551,6 +569,7 @@ def report(plan: Plan, runs: list[Run], meta: dict[str, str], titles: dict[str, 
         f"Machine: {meta['machine']}  ",
         f"gproc: {meta['gproc']}  ",
         f"Peers: {meta['peers']}  ",
+        *([f"Tables rendered again from the run's JSON: `{meta['rendered']}`  "] if meta.get("rendered") else []),
         "gproc up --local N: "
         + ", ".join(f"N={n} {', '.join(f'{u:.1f}' for u in ups)} s" for n, ups in plan.ups.items()),
         "",
@@ -558,7 +577,8 @@ def report(plan: Plan, runs: list[Run], meta: dict[str, str], titles: dict[str, 
         " and clush as `-R exec -f N -w node[0-N-1] CMD`. *lines/s*, *MB/s*: lines and bytes per second at the"
         " client, every node's copy counted (a line gproc folds for k nodes counts k times), over the wall time"
         " of the command, no more than the nodes wrote (pieces of a cut line, replacement characters do not count"
-        " extra); *x pdsh*, *x clush*: gproc's MB/s over theirs (> 1: gproc faster). *client*: peak"
+        " extra; with lines altered, MB/s is the nodes' bytes in the share of lines that arrived); *x pdsh*,"
+        " *x clush*: gproc's lines/s over theirs (> 1: gproc faster). *client*: peak"
         " RSS of the command; *daemons*: peak of the summed RSS of the cluster's master and node processes."
         " *verdict*: per node, every line present (complete), in order, byte-exact (`output_check.py`);"
         f" runs stopped at the {plan.limit:.0f} s limit are judged and timed on what arrived by then."
@@ -582,8 +602,8 @@ def report(plan: Plan, runs: list[Run], meta: dict[str, str], titles: dict[str, 
                     continue
                 r = pick(group)
                 ratios = [
-                    f"{r.bytes_per_s / peers[t].bytes_per_s:.2f}"
-                    if tool.startswith("gproc") and t in peers and peers[t].bytes_per_s
+                    f"{r.lines_per_s / peers[t].lines_per_s:.2f}"
+                    if tool.startswith("gproc") and t in peers and peers[t].lines_per_s
                     else ""
                     for t in ("pdsh", "clush")
                 ]
@@ -626,7 +646,7 @@ def targets(plan: Plan, groups: dict[tuple[str, int, str], list[Run]], titles: d
                 cells = []
                 for peer in ("pdsh", "clush"):
                     p = groups.get((name, n, peer))
-                    x = r.bytes_per_s / pick(p).bytes_per_s if p and pick(p).bytes_per_s else None
+                    x = r.lines_per_s / pick(p).lines_per_s if p and pick(p).lines_per_s else None
                     judged = x is not None and peer == "pdsh" and name != "trickle"  # trickle: the program's pace
                     met = (" met" if x >= 1 else " **not met**") if judged and x is not None else ""
                     cells.append(f"{x:.2f}{met}" if x is not None else "")
@@ -654,6 +674,21 @@ def gproc_source(gproc: str) -> str:
         return gproc
 
 
+def load(path: str) -> tuple[Plan, list[Run], dict[str, str]]:
+    """A run kept by ``--json-out``."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        plan = Plan(**{**doc["plan"], "ups": {int(k): v for k, v in doc["plan"]["ups"].items()}})
+        runs = []
+        for r in doc["runs"]:
+            lag = tuple(r["lag"]) if r.get("lag") else None
+            runs.append(Run(**{**r, "verdict": Verdict(**r["verdict"]), "lag": lag}))
+        return plan, runs, doc["meta"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"output.py: cannot read {path}: {e}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--sizes", help="node counts (default 16,64,256; --quick: 16)")
@@ -666,7 +701,16 @@ def main() -> int:
     ap.add_argument("--json-out", default=str(Path(__file__).resolve().parent / "output.json"))
     ap.add_argument("--section", default="output", help="RESULTS.md section to write")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md and the JSON alone")
+    ap.add_argument("--from-json", metavar="FILE", help="measure nothing: the report of a run --json-out kept")
     args = ap.parse_args()
+    if args.from_json:
+        plan, runs, meta = load(args.from_json)
+        meta["rendered"] = shlex.join(["python", "bench/output.py", *sys.argv[1:]])
+        text = report(plan, runs, meta, titles_of(plan.quick))
+        print(text)
+        if not args.no_write:
+            print(f"written to {write_section(args.section, text)}", file=sys.stderr)
+        return 0
 
     def listed(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
         items = [x for x in text.split(",") if x]
