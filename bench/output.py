@@ -22,7 +22,7 @@ SIGKILL) and judged on what arrived by then; gproc's cluster is started again af
 end with status 0. Clusters and temporary files are removed on any exit, Ctrl-C included.
 
     python bench/output.py [--sizes 16,64,256] [--cases seq,long,binary,trickle] [--tools gproc,pdsh,clush]
-                           [--repeat 1] [--limit 45] [--quick] [--gproc PATH] [--json-out FILE]
+                           [--repeat 1] [--limit 30] [--quick] [--gproc PATH] [--json-out FILE]
                            [--section output] [--no-write]
 
 ``--tools`` also takes ``gproc-json`` (``gproc e --json``). ``--quick``: N = 16, smaller outputs, 20 s
@@ -695,7 +695,7 @@ def main() -> int:
     ap.add_argument("--cases", default=",".join(CASES), help=f"of {', '.join(CASES)}")
     ap.add_argument("--tools", default="gproc,pdsh,clush", help=f"of {', '.join(TOOLS)}")
     ap.add_argument("--repeat", type=int, default=1, help="runs per point (tools alternate)")
-    ap.add_argument("--limit", type=float, help="seconds a run may take before it is stopped (default 45; --quick 20)")
+    ap.add_argument("--limit", type=float, help="seconds a run may take before it is stopped (default 30; --quick 20)")
     ap.add_argument("--quick", action="store_true", help="N = 16, smaller outputs, 20 s limit")
     ap.add_argument("--gproc", help="the gproc command to measure (default: gproc on PATH)")
     ap.add_argument("--json-out", default=str(Path(__file__).resolve().parent / "output.json"))
@@ -733,7 +733,7 @@ def main() -> int:
         cases=listed(args.cases, CASES, "--cases"),
         tools=listed(args.tools, TOOLS, "--tools"),
         repeat=max(1, args.repeat),
-        limit=args.limit or (20.0 if args.quick else 45.0),
+        limit=args.limit or (20.0 if args.quick else 30.0),
         quick=args.quick,
         gproc=os.path.abspath(gproc),
     )
