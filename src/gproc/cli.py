@@ -29,6 +29,7 @@ MODES = {
     "i": "info", "info": "info",
     "up": "up", "down": "down", "keygen": "keygen", "ping": "ping",
     "ps": "ps", "kill": "kill", "wait": "wait", "jobs": "jobs", "output": "output",
+    "cat": "cat", "stat": "stat", "cp": "cp",
     "_worker": "_worker",
 }  # fmt: skip
 
@@ -55,6 +56,11 @@ usage: gproc [switches] MODE [args]
   kill [-SIG] GPID...|JOBID       signal processes by gpid (routed to their node) or a whole job
   wait GPID...|JOBID              wait for processes or a job to end; exits with their status
                                   (gpids and job ids are one number space; %N or job:N says "job")
+  cat|stat NODES PATH...          a file's contents / size, mtime, mode, owner, sha256 on NODES, identical
+                                  answers grouped; --agg sum|min|max|avg|hist (inside the tree),
+                                  --agg concat, --edges E1,E2,... (hist), --field size|mtime (stat)
+  cp [-r] [-p] NODES SRC... DEST  copy to NODES (atomic, as you; mode, mtime, links kept; -p owner)
+                                  node paths may hold %h, the node's name: /tmp/t/%h/f
   up --local N [--fanout K]       start a master and N nodes on this machine
   down                            stop the local cluster
   keygen [--key FILE]             make the cluster credential
@@ -123,6 +129,11 @@ def _switch_parser() -> _Parser:
     a("--keep-bytes", type=_size, default=1 << 30)
     a("--quiet", type=float)
     a("--hold", type=float)
+    a("--agg", default="equiv")
+    a("--edges")
+    a("--field", default="size")
+    a("--recursive", action="store_true")
+    a("--preserve", action="store_true")
     return p
 
 
@@ -131,8 +142,9 @@ VALUE_OPTIONS = {
     "--debug", "--key", "--listen", "--state", "--ready-file", "--heartbeat", "--dead-after", "-w", "-x",
     "--path", "--timeout", "--export", "--local", "--fanout", "--procs", "--prefix", "--window",
     "-s", "--signal", "--gpid-block", "--collect-every", "--node-socket",
-    "--keep-jobs", "--keep-bytes", "--quiet", "--hold",
+    "--keep-jobs", "--keep-bytes", "--quiet", "--hold", "--agg", "--edges", "--field",
 }  # fmt: skip
+CP_FLAGS = re.compile(r"^-[rRp]{1,3}$")
 SIGNAL_SWITCH = re.compile(r"^-(\d+|(SIG)?[A-Z][A-Z0-9]*)$")  # kill -9, kill -KILL, kill -SIGKILL
 
 
@@ -179,6 +191,8 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
             break
         if mode == "kill" and SIGNAL_SWITCH.match(tok):
             pos.append(tok)  # kill's signal, not a gproc switch
+        elif mode == "cp" and CP_FLAGS.match(tok):  # cp's own -r and -p, not the seed's -r ROOT and -p
+            switches += ["--recursive"] * ("r" in tok.lower()) + ["--preserve"] * ("p" in tok)
         elif tok.startswith("-") and len(tok) > 1:
             norm = _normalize(tok)
             name = norm.partition("=")[0]
@@ -283,6 +297,10 @@ def _dispatch(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
         if len(pos) != 1 or not pos[0].lstrip("%").isdigit():
             raise UsageError("usage: gproc output JOBID")
         return platform.run(_output(opts, int(pos[0].lstrip("%"))))
+    if mode in ("cat", "stat"):
+        return platform.run(_cat_stat(mode, opts, pos))
+    if mode == "cp":
+        return platform.run(_cp(opts, pos))
     raise UsageError(f"mode {mode} is not available")
 
 
@@ -744,3 +762,109 @@ async def _output(opts: argparse.Namespace, job_id: int) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---- group file operations (cat, stat, cp) ---------------------------------------------------------
+
+
+def _file_nodes(opts: argparse.Namespace, pos: list[str], least: int, usage: str) -> tuple[str | None, list[str]]:
+    """(tree path or None with -w/-x/--path, the rest); UsageError when too few arguments."""
+    spec_given = opts.include or opts.exclude or opts.path
+    nodes = opts.path if spec_given else (pos[0] if pos else None)
+    rest = pos if spec_given else pos[1:]
+    if len(rest) < least or (not spec_given and not pos):
+        raise UsageError(f"usage: {usage}")
+    return nodes, rest
+
+
+def _edges(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) if "." in x or "e" in x.lower() else int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise UsageError(f"--edges: not a list of numbers: {text!r}") from None
+
+
+def _print_answer_errors(answers: list[Any]) -> int:
+    worst = 0
+    for a in answers:
+        if a.kind == "error":
+            print(f"gproc: {a.nodes}: {a.error}", file=sys.stderr)
+            worst = max(worst, a.status)
+    return worst
+
+
+async def _cat_stat(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
+    from ClusterShell.NodeSet import NodeSet
+
+    nodes, paths = _file_nodes(opts, pos, 1, f"gproc {mode} [--agg AGG] NODES PATH...")
+    g = client.Cluster(opts.socket).group(nodes, include=opts.include, exclude=opts.exclude)
+    if mode == "cat":
+        results = await g.cat(paths, agg=opts.agg, edges=_edges(opts.edges))
+    else:
+        results = await g.stat(paths, agg=opts.agg, field=opts.field, edges=_edges(opts.edges))
+    worst = 255 if g.absent else 0
+    for name in g.absent:
+        print(f"gproc: {name}: absent", file=sys.stderr)
+    by_node: dict[str, list[str]] = {}  # concat: every node's answers, printed in node order
+    for res in results:
+        worst = max(worst, _print_answer_errors(res.answers))
+        if opts.agg not in ("equiv", "concat"):
+            if opts.json:
+                value = {"path": res.paths[0], "agg": opts.agg, "value": res.value, "rep_bytes": res.rep_bytes}
+                print(json.dumps(value))
+            elif opts.agg == "hist":
+                print(f"{res.paths[0]}:")
+                edges, counts = res.value["edges"], res.value["counts"]
+                bounds = ["-inf", *map(str, edges), "inf"]
+                for lo, hi, n in zip(bounds[:-1], bounds[1:], counts, strict=True):
+                    print(f"  [{lo}, {hi}): {n}")
+            elif opts.agg == "avg":
+                print(f"{res.paths[0]}: avg {res.value['mean']} over {res.value['count']}")
+            else:
+                print(f"{res.paths[0]}: {opts.agg} {res.value}")
+            continue
+        for a in res.answers:
+            if a.kind == "error":
+                if opts.json:
+                    print(json.dumps({"path": a.path, "nodes": a.nodes, "count": a.count, "error": a.error}))
+                continue
+            if opts.json:
+                rec: dict[str, Any] = {"path": a.path, "nodes": a.nodes, "count": a.count}
+                rec.update(a.stat or {"data": a.data.decode("utf-8", "replace")})
+                print(json.dumps(rec))
+            elif a.kind == "stat":
+                st = a.stat or {}
+                link = f" -> {st['target']}" if st["target"] else ""
+                print(f"{a.nodes} ({a.count}): {a.path} {st['type']} {st['size']} {st['mode']} "
+                      f"{st['owner']}:{st['group']} {st['mtime']} {st['sha256'] or '-'}{link}")  # fmt: skip
+            elif opts.agg == "concat":
+                for name in NodeSet(a.nodes):
+                    by_node.setdefault(name, []).append(a.data.decode("utf-8", "replace"))
+            else:
+                print("-" * 15)
+                print(f"{a.nodes} ({a.count}): {a.path}")
+                print("-" * 15)
+                sys.stdout.write(a.data.decode("utf-8", "replace"))
+                if a.data and not a.data.endswith(b"\n"):
+                    print()
+    for name in NodeSet.fromlist(list(by_node)):
+        for text in by_node[name]:
+            for line in text.splitlines():
+                print(f"{name}: {line}")
+    return worst
+
+
+async def _cp(opts: argparse.Namespace, pos: list[str]) -> int:
+    nodes, rest = _file_nodes(opts, pos, 2, "gproc cp [-r] [-p] NODES SRC... DEST")
+    g = client.Cluster(opts.socket).group(nodes, include=opts.include, exclude=opts.exclude)
+    statuses = await g.cp(rest[:-1], rest[-1], recursive=opts.recursive, preserve=opts.preserve)
+    worst = 0
+    for st in statuses:
+        worst = max(worst, st.status)
+        if opts.json:
+            print(json.dumps({"nodes": st.nodes, "count": st.count, "status": st.status, "error": st.error}))
+        elif st.status:
+            print(f"gproc: {st.nodes}: {st.error}", file=sys.stderr)
+    return worst

@@ -293,6 +293,10 @@ class Cluster:
     async def stats(self) -> dict[str, Any]:
         return dict(await self.request("stats"))
 
+    def group(self, nodes: str | None = None, *, include: str | None = None, exclude: str | None = None) -> Group:
+        """A node selection for group file operations: ``cat``, ``stat`` (with ``agg=``), ``cp``."""
+        return Group(self, nodes, include, exclude)
+
     async def shutdown(self) -> None:
         """Shut the whole tree down (nodes end their jobs and exit)."""
         await self.request("shutdown")
@@ -469,6 +473,179 @@ class Cluster:
         events = [ev async for ev in job]
         assert job.exit_status is not None
         return job.exit_status, events
+
+
+@dataclass(frozen=True)
+class FileAnswer:
+    """What a set of nodes answered for one path: ``kind`` ``"data"`` (cat: ``data``), ``"stat"``
+    (``stat``: type, size, mtime, mode, owner, group, sha256, target) or ``"error"`` (``error``)."""
+
+    path: str
+    nodes: str
+    count: int
+    kind: str
+    data: bytes = b""
+    stat: dict[str, Any] | None = None
+    error: str = ""
+    status: int = 0  # 1: the node could not answer (``error`` says why); 255: unreachable or lost
+
+
+@dataclass
+class FileResult:
+    """One answer of ``Group.cat``/``Group.stat``: groups of identical answers and, for a numeric
+    ``agg``, the reduced ``value`` (``avg``: ``{"mean", "count"}``; ``hist``: ``{"edges", "counts"}``).
+    ``rep_bytes``: reply bytes that reached the master for it (independent of the number of nodes for
+    a numeric ``agg``)."""
+
+    paths: list[str]
+    answers: list[FileAnswer]
+    value: Any = None
+    rep_bytes: int = 0
+
+
+STAT_KEYS = ("type", "size", "mtime", "mode", "owner", "group", "sha256", "target")
+
+
+class Group:
+    """A node selection for group file operations (``Cluster.group``). Paths on nodes are absolute
+    and may hold ``%h``, the node's name."""
+
+    def __init__(self, cluster: Cluster, nodes: str | None, include: str | None, exclude: str | None) -> None:
+        check_selection(nodes, include, exclude)
+        self.cluster = cluster
+        self.selection = {"nodes": nodes, "w": include, "x": exclude}
+        self.absent: list[str] = []
+
+    async def cat(
+        self, paths: list[str] | str, agg: str = "equiv", edges: list[float] | None = None
+    ) -> list[FileResult]:
+        """The contents of ``paths`` on every node, identical contents grouped (``equiv``, ``concat``)
+        or reduced to a number inside the tree (``sum``, ``min``, ``max``, ``avg``, ``hist``)."""
+        return await self._files("cat", paths, agg, edges, "size")
+
+    async def stat(
+        self, paths: list[str] | str, agg: str = "equiv", field: str = "size", edges: list[float] | None = None
+    ) -> list[FileResult]:
+        """Size, mtime, mode, owner, group and SHA-256 of ``paths``; with a numeric ``agg``, ``field``
+        (size or mtime) reduced inside the tree."""
+        return await self._files("stat", paths, agg, edges, field)
+
+    async def _files(self, what: str, paths: list[str] | str, agg: str, edges: Any, field: str) -> list[FileResult]:
+        from gproc.services.fileio import AGGREGATIONS, check_paths
+
+        paths = [paths] if isinstance(paths, str) else list(paths)
+        if agg not in AGGREGATIONS:
+            raise UsageError(f"unknown aggregation {agg[:40]!r} (one of {', '.join(AGGREGATIONS)})")
+        check_paths(paths)
+        r = await self.cluster.request(
+            "files", what=what, paths=paths, agg=agg, edges=edges, field=field, **self.selection
+        )
+        self.absent = list(r["absent"])
+        out = []
+        for res in r["results"]:
+            answers = []
+            for key, nodes, count in res["groups"]:
+                if key[0] == "c":
+                    answers.append(FileAnswer(key[1], nodes, count, "data", data=key[2]))
+                elif key[0] == "t":
+                    st = dict(zip(STAT_KEYS, key[2:], strict=True))
+                    answers.append(FileAnswer(key[1], nodes, count, "stat", stat=st))
+                elif key[0] == "e":
+                    answers.append(FileAnswer(str(key[1]), nodes, count, "error", error=str(key[2]), status=1))
+                else:  # ("s", status, reason): the overlay's word for nodes that could not be reached
+                    answers.append(FileAnswer("", nodes, count, "error", error=str(key[2]), status=int(key[1]) or 1))
+            out.append(FileResult(list(res["paths"]), answers, res["value"], res["rep_bytes"]))
+        return out
+
+    async def cp(
+        self, sources: list[str] | str, dest: str, *, recursive: bool = False, preserve: bool = False
+    ) -> list[Status]:
+        """Copy local ``sources`` to ``dest`` on every node (written atomically, as you; mode, mtime
+        and symbolic links kept; ``preserve``: the owner too, when you are root). Returns a status
+        per node set: 0 written, 1 refused by the node (the reason in ``error``), 255 unreachable."""
+        from gproc.services.fileio import check_paths
+
+        sources = [sources] if isinstance(sources, str) else list(sources)
+        check_paths([dest])
+        ship, meta = copy_tree(sources, recursive)
+        conn = await Connection.open(self.cluster.socket, self.cluster.timeout)
+        try:
+            conn.send({"t": "req", "fn": "cp", "tree": [e.to_wire() for e in ship.entries.values()], "meta": meta,
+                       "dest": dest, "owner": preserve, **self.selection})  # fmt: skip
+            job = Job(conn, {"job": 0}, ship)
+            while True:
+                msg = await conn.receive()
+                t = msg.get("t")
+                if t == "want":
+                    await job._send_files(msg.get("h", []))
+                elif t == "ship":
+                    self.shipped = {k: msg.get(k, 0) for k in ("files", "bytes", "link_bytes", "seconds")}
+                elif t == "job":
+                    self.absent = [a for a in str(msg.get("absent", "")).split(",") if a]
+                elif t == "ret":
+                    break
+        finally:
+            conn.close()
+        r = msg["r"]
+        out = [Status(a, 1, 255, "absent") for a in r["absent"]]
+        out += [Status(nodes, count, int(key[1]), str(key[2])) for key, nodes, count in r["groups"]]
+        return out
+
+
+def copy_tree(sources: list[str], recursive: bool) -> tuple[Bundle, dict[str, list[int]]]:
+    """What ``cp`` ships: each source as ``/BASENAME`` (a directory with everything under it, links
+    kept as links), and per entry ``[mtime_ns, uid, gid]``. UsageError for a missing source or a
+    directory without ``recursive``, before anything is sent."""
+    import stat as st_
+
+    from gproc.bundle import Bundle
+    from gproc.store import Entry
+
+    if not sources:
+        raise UsageError("cp needs at least one source and a destination")
+    ship = Bundle()
+    meta: dict[str, list[int]] = {}
+
+    def note(path: str, st: os.stat_result) -> None:
+        meta[path] = [st.st_mtime_ns, st.st_uid, st.st_gid]
+
+    for src in sources:
+        name = os.path.basename(src.rstrip("/")) or src
+        if name in ("", ".", "..", "/"):
+            raise UsageError(f"cannot copy {src!r}: give it by a name")
+        try:
+            st = os.stat(src)
+        except OSError as e:
+            raise UsageError(f"cannot copy {src}: {e.strerror}") from None
+        top = "/" + name
+        try:
+            if st_.S_ISREG(st.st_mode):
+                ship.add_file(top, src)
+                note(top, st)
+                continue
+            if not st_.S_ISDIR(st.st_mode):
+                raise UsageError(f"cannot copy {src}: not a regular file or directory")
+            if not recursive:
+                raise UsageError(f"{src} is a directory (use -r)")
+            ship.add(Entry("d", top, mode=st_.S_IMODE(st.st_mode)))
+            note(top, st)
+            for here, dirs, names in os.walk(src):
+                for n in sorted(dirs + names):
+                    p = os.path.join(here, n)
+                    rel = top + "/" + os.path.relpath(p, src)
+                    lst = os.lstat(p)
+                    if st_.S_ISLNK(lst.st_mode):
+                        ship.add(Entry("l", rel, target=os.readlink(p)))
+                    elif st_.S_ISDIR(lst.st_mode):
+                        ship.add(Entry("d", rel, mode=st_.S_IMODE(lst.st_mode)))
+                    elif st_.S_ISREG(lst.st_mode):
+                        ship.add_file(rel, p)
+                    else:
+                        continue  # sockets, fifos and devices are not copied
+                    note(rel, lst)
+        except StagingError as e:
+            raise UsageError(str(e)) from None
+    return ship, meta
 
 
 def check_selection(nodes: str | None, include: str | None, exclude: str | None) -> None:

@@ -1,0 +1,291 @@
+"""Group file operations (SPEC §8, §9): ``cat``, ``stat`` and ``cp`` on many nodes at once.
+
+On each node (``FileService``): ``fread`` and ``fstat`` answer for each path, ``finstall`` writes a
+copied tree from the node's store. All of them act with the caller's rights (``fileio``) and expand
+``%h`` in paths to the node's name.
+
+Answers reduce inside the tree. With ``equiv`` (the default) every distinct answer is a group key
+(``("c", path, data)``, ``("t", path, type, size, mtime, mode, owner, group, sha256, target)``) and
+identical answers merge into one node set, as ``-b`` does for output. With a numeric reducer
+(``sum``, ``min``, ``max``, ``avg``, ``hist``) each node gives a number to the op's reducer
+(``gproc.reduce``) and the master receives one value per child link, whatever the number of nodes;
+a node whose answer is not a number says so as a group ``("e", path, reason)``, so errors still
+arrive per node set.
+
+At the master (``MasterFiles``): the client requests ``files`` (cat/stat) and ``cp``. ``cp`` ships
+the bytes with the exec's machinery (``Shipper``: content-addressed, chunks pipelined down the tree,
+hash-verified, each link carries a file at most once), then one ``finstall`` op writes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import os
+import pwd
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from gproc import platform, wire
+from gproc import ranks as rankset
+from gproc.errors import GprocError, StagingError, UsageError
+from gproc.reduce import Avg, Hist, Max, Min, Reducer, Sum
+from gproc.services import fileio
+from gproc.services.base import ClientRequest, MasterApi, ServiceTable, with_ticks
+from gproc.store import Store, parse_manifest
+
+if TYPE_CHECKING:
+    from gproc.overlay import Link, Node, Op
+    from gproc.platform import PeerCred
+    from gproc.services.ship import Shipper
+
+WORKER_TIMEOUT = 600.0  # a worker reading a huge file over a slow filesystem; it is killed after this
+STAT_FIELDS = ("size", "mtime")
+DEFAULT_EDGES: list[int | float] = [0] + [10**k for k in range(10)]  # decades up to 10**9
+MAX_INSTALL_FDS = 512  # store files handed to one worker
+
+
+def reducer_for(agg: str, edges: list[float] | None = None) -> Reducer[Any] | None:
+    """The reducer of a numeric aggregation (None for ``equiv``/``concat``); UsageError if unknown."""
+    simple: dict[str, type[Sum] | type[Min] | type[Max] | type[Avg]] = {"sum": Sum, "min": Min, "max": Max, "avg": Avg}
+    if agg in simple:
+        return simple[agg]()
+    if agg == "hist":
+        try:
+            return Hist(list(edges) if edges else list(DEFAULT_EDGES))
+        except GprocError as e:
+            raise UsageError(str(e)) from None
+    if agg in ("equiv", "concat"):
+        return None
+    raise UsageError(f"unknown aggregation {agg[:40]!r} (one of {', '.join(fileio.AGGREGATIONS)})")
+
+
+def parse_number(data: bytes) -> int | float:
+    """A file's content as one number (ValueError when it is not one)."""
+    text = data.decode("ascii", "strict").strip()
+    try:
+        return int(text)
+    except ValueError:
+        v = float(text)
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError("not finite") from None
+        return v
+
+
+async def as_user(uid: int, gid: int, fn: str, args: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
+    """Run a ``fileio`` operation with the rights of ``uid``/``gid``: in a thread when the daemon
+    already is that user, else in a forked child that became that user (only a root daemon can)."""
+    euid = os.geteuid()
+    if uid == euid:
+        return await asyncio.to_thread(fileio.OPERATIONS[fn], args, list(fds or []))
+    if euid != 0:
+        raise StagingError(f"node daemon runs as uid {euid} and cannot act for uid {uid}")
+    groups = platform.user_groups(uid, gid)
+    answer = await asyncio.to_thread(fileio.forked, uid, gid, groups, fn, args, list(fds or []), WORKER_TIMEOUT)
+    if answer is None:
+        raise StagingError("file worker failed or took too long")
+    return answer
+
+
+def _creds(op: Op) -> tuple[int, int]:
+    uid, gid = op.body.get("uid"), op.body.get("gid")
+    if not isinstance(uid, int) or not isinstance(gid, int) or uid < 0 or gid < 0:
+        raise StagingError("bad credentials in a file operation")
+    return uid, gid
+
+
+def _paths(op: Op) -> list[str]:
+    paths = op.body.get("paths")
+    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+        raise StagingError("bad paths in a file operation")
+    return paths
+
+
+class FileService:
+    """One node's side: answer reads and stats, install copied trees."""
+
+    def __init__(self, node: Node, store: Store) -> None:
+        self.node = node
+        self.store = store
+
+    def service(self) -> ServiceTable:
+        return ServiceTable("files", ops={"fread": self.fread, "fstat": self.fstat, "finstall": self.finstall})
+
+    def _where(self, op: Op, template: str) -> str | None:
+        try:
+            return fileio.node_path(template, self.node.cfg.name)
+        except fileio.PathError as e:
+            op.emit(("e", template, str(e)))
+            return None
+
+    async def fread(self, op: Op) -> None:
+        uid, gid = _creds(op)
+        numeric = op.reducer is not None
+        for template in _paths(op):
+            path = self._where(op, template)
+            if path is None:
+                continue
+            r = await as_user(uid, gid, "read", {"path": path})
+            if "err" in r:
+                op.emit(("e", template, str(r["err"])))
+            elif not numeric:
+                op.emit(("c", template, r["data"]))
+            else:
+                try:
+                    op.give(parse_number(r["data"]))
+                except (ValueError, UnicodeDecodeError):
+                    op.emit(("e", template, f"{path}: not a number: {r['data'][:40]!r}"))
+
+    async def fstat(self, op: Op) -> None:
+        uid, gid = _creds(op)
+        field = op.body.get("field", "size")
+        for template in _paths(op):
+            path = self._where(op, template)
+            if path is None:
+                continue
+            r = await as_user(uid, gid, "stat", {"path": path})
+            if "err" in r:
+                op.emit(("e", template, str(r["err"])))
+            elif op.reducer is not None:
+                op.give(r[field] if field in STAT_FIELDS else r["size"])
+            else:
+                r["owner"], r["group"] = _user_name(r["owner"]), _group_name(r["group"])
+                keys = ("type", "size", "mtime", "mode", "owner", "group", "sha256", "target")
+                op.emit(("t", template, *(r[k] for k in keys)))
+
+    async def finstall(self, op: Op) -> None:
+        """Write a shipped tree at DEST (``%h`` expanded) from this node's store, as the caller."""
+        uid, gid = _creds(op)
+        b = op.body
+        dest, tree, meta, keep_owner = b.get("dest"), b.get("tree"), b.get("meta"), b.get("owner") is True
+        if not isinstance(dest, str) or not isinstance(meta, dict) or not isinstance(tree, list):
+            raise StagingError("bad install request")
+        entries = parse_manifest(tree)  # validates paths and kinds (link targets are taken verbatim below)
+        raw_links = {i[1]: i[2] for i in tree if isinstance(i, list) and i and i[0] == "l"}
+        path = self._where(op, dest)
+        if path is None:
+            return
+        items: list[list[Any]] = []
+        fds: list[int] = []
+        try:
+            for e in sorted(entries, key=lambda e: e.path):
+                m = meta.get(e.path)
+                mtime = m[0] if isinstance(m, list) and m and isinstance(m[0], int) else 0
+                if e.kind == "f":
+                    if len(fds) >= MAX_INSTALL_FDS:
+                        raise StagingError(f"more than {MAX_INSTALL_FDS} files in one copy")
+                    stored = self.store.ensure_variant(e.hash, e.size, e.executable)
+                    fds.append(os.open(stored, os.O_RDONLY | os.O_CLOEXEC))
+                    items.append(["f", e.path, e.mode, mtime, len(fds) - 1])
+                elif e.kind == "l":
+                    items.append(["l", e.path, 0, mtime, raw_links.get(e.path, e.target)])
+                else:
+                    items.append(["d", e.path, e.mode, mtime, 0])
+            owners = None
+            if keep_owner and uid == 0:  # cp -p by root: each entry keeps the owner it had on the client
+                owners = {p: m[1:3] for p, m in meta.items() if isinstance(m, list) and len(m) == 3}
+            r = await as_user(uid, gid, "install", {"dest": path, "items": items, "owners": owners}, fds)
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        if "err" in r:
+            op.emit(("s", 1, str(r["err"])))
+        else:
+            op.emit(("s", 0, ""))
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+class MasterFiles:
+    """The master's side: the ``files`` (cat/stat) and ``cp`` client requests."""
+
+    def __init__(self, master: MasterApi, shipper: Shipper) -> None:
+        self.m = master
+        self.shipper = shipper
+
+    def service(self) -> ServiceTable:
+        return ServiceTable("files-master", requests={"files": ClientRequest(self.files), "cp": ClientRequest(self.cp)})
+
+    async def files(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+        """``cat`` or ``stat`` of paths on the selected nodes, reduced with ``agg``."""
+        what, agg, paths = req.get("what"), req.get("agg", "equiv"), req.get("paths")
+        if what not in ("cat", "stat"):
+            raise UsageError("files: what must be cat or stat")
+        if not isinstance(agg, str):
+            raise UsageError("bad aggregation")
+        edges = req.get("edges")
+        if edges is not None and not (isinstance(edges, list) and all(isinstance(x, (int, float)) for x in edges)):
+            raise UsageError("bad histogram edges")
+        reducer = reducer_for(agg, edges)
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+            raise UsageError("no paths given")
+        try:
+            for p in paths:
+                fileio.check_template(p)
+        except fileio.PathError as e:
+            raise UsageError(str(e)) from None
+        field = req.get("field", "size")
+        if field not in STAT_FIELDS:
+            raise UsageError(f"stat field must be one of {', '.join(STAT_FIELDS)}")
+        targets, absent = self.m.selection(req)
+        kind = "fread" if what == "cat" else "fstat"
+        base = {"uid": cred.uid, "gid": cred.gid, "field": field, "gather": True}
+        # numeric answers: one op per path, so each path gets its own value
+        batches = [[p] for p in paths] if reducer is not None else [paths]
+
+        async def one(batch: list[str]) -> dict[str, Any]:
+            r = self.m.request(kind, {**base, "paths": batch}, targets, reducer)
+            whole = await r.wait()
+            value = whole.value
+            if isinstance(reducer, Avg):
+                value = {"mean": Avg.mean(value), "count": value[1]}
+            elif isinstance(reducer, Hist):
+                value = {"edges": reducer.edges, "counts": value}
+            groups = [[key, self.m.fold_intervals(enc), rankset.count(enc)] for key, enc in whole.groups]
+            return {"paths": batch, "value": value, "groups": groups, "rep_bytes": r.op.bytes_in}
+
+        results = await with_ticks(link, asyncio.gather(*(one(b) for b in batches)))
+        link.send({"t": "ret", "r": {"results": results, "absent": sorted(absent), "targets": len(targets)}})
+
+    async def cp(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+        """Ship a tree to the selected nodes, then install it at DEST on each (as the caller)."""
+        tree, meta, dest = req.get("tree"), req.get("meta"), req.get("dest")
+        if not isinstance(dest, str):
+            raise UsageError("no destination given")
+        try:
+            fileio.check_template(dest)
+        except fileio.PathError as e:
+            raise UsageError(str(e)) from None
+        if not isinstance(meta, dict):
+            raise UsageError("bad copy metadata")
+        entries = parse_manifest(tree)
+        if not entries:
+            raise UsageError("nothing to copy")
+        targets, absent = self.m.selection(req)
+        link.send({"t": "job", "job": 0, "n": len(targets), "absent": ",".join(sorted(absent))})
+        tag = secrets.randbits(48)  # names the partial files of this transfer in each store
+        shipped = await with_ticks(link, self.shipper.distribute(link, tag, entries, targets))
+        assert shipped is not None
+        ready, failed = shipped
+        groups = [[list(key), self.m.fold(ranks), len(ranks)] for key, ranks in failed.items()]
+        if ready:
+            body = {"uid": cred.uid, "gid": cred.gid, "dest": dest, "tree": tree, "meta": meta,
+                    "owner": req.get("owner") is True, "gather": True}  # fmt: skip
+            whole = await with_ticks(link, self.m.request("finstall", body, ready).wait())
+            assert whole is not None
+            groups += [[key, self.m.fold_intervals(enc), rankset.count(enc)] for key, enc in whole.groups]
+        link.send({"t": "ret", "r": {"groups": groups, "absent": sorted(absent), "targets": len(targets)}})
