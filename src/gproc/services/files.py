@@ -127,15 +127,15 @@ class FileService:
             if path is None:
                 continue
             r = await as_user(uid, gid, "read", {"path": path})
-            if "err" in r:
-                op.emit(("e", template, str(r["err"])))
+            if "err" in r:  # said of the template, so that nodes failing alike merge into one group
+                op.emit(("e", template, str(r["err"]).replace(path, template, 1)))
             elif not numeric:
                 op.emit(("c", template, r["data"]))
             else:
                 try:
                     op.give(parse_number(r["data"]))
                 except (ValueError, UnicodeDecodeError):
-                    op.emit(("e", template, f"{path}: not a number: {r['data'][:40]!r}"))
+                    op.emit(("e", template, f"{template}: not a number: {r['data'][:40]!r}"))
 
     async def fstat(self, op: Op) -> None:
         uid, gid = _creds(op)
@@ -145,8 +145,8 @@ class FileService:
             if path is None:
                 continue
             r = await as_user(uid, gid, "stat", {"path": path})
-            if "err" in r:
-                op.emit(("e", template, str(r["err"])))
+            if "err" in r:  # said of the template, so that nodes failing alike merge into one group
+                op.emit(("e", template, str(r["err"]).replace(path, template, 1)))
             elif op.reducer is not None:
                 op.give(r[field] if field in STAT_FIELDS else r["size"])
             else:
