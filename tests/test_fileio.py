@@ -41,6 +41,11 @@ def test_templates() -> None:
             check_template(bad)
 
 
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 def test_install_replaces_atomically_and_keeps_the_old_file_on_failure(tmp_path: str) -> None:
     src = os.path.join(tmp_path, "src")
     with open(src, "w") as f:
@@ -52,13 +57,13 @@ def test_install_replaces_atomically_and_keeps_the_old_file_on_failure(tmp_path:
     try:
         item = ["f", "/src", 0o600, 1_000_000_000_000_000_000, 0]
         assert install({"dest": dest, "items": [item]}, [fd]) == {"ok": True}
-        assert open(dest).read() == "new\n" and os.stat(dest).st_mtime_ns == 1_000_000_000_000_000_000
+        assert read(dest) == "new\n" and os.stat(dest).st_mtime_ns == 1_000_000_000_000_000_000
         bad = os.open(os.path.join(tmp_path, "src"), os.O_WRONLY)  # reading it fails half way in
         try:
             r = install({"dest": dest, "items": [["f", "/src", 0o600, 0, 0]]}, [bad])
         finally:
             os.close(bad)
-        assert "err" in r and open(dest).read() == "new\n"
+        assert "err" in r and read(dest) == "new\n"
         assert sorted(os.listdir(tmp_path)) == ["dest", "src"]  # no temporary file left behind
     finally:
         os.close(fd)

@@ -15,15 +15,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-import gproc.bundle
-import gproc.elf
-import gproc.nodespec
-import gproc.services.fileio
-import gproc.store
-from gproc import Cluster
 from tests.cluster.test_pids import as_user
 from tests.conftest import LocalCluster, start_cluster, stop_cluster
+
+from gproc import Cluster, bundle, elf, nodespec, store  # noqa: F401  (loaded before a test drops to nobody)
+from gproc.services import fileio  # noqa: F401
 
 NODES = [f"node{i}" for i in range(8)]
 ROOT = os.geteuid() == 0
@@ -55,6 +51,11 @@ def per_node(work: str, name: str, contents: dict[str, str]) -> str:
         with open(os.path.join(work, node, name), "w") as f:
             f.write(text)
     return os.path.join(work, "%h", name)
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def records(out: str) -> list[dict[str, Any]]:
@@ -152,7 +153,7 @@ def test_cp_per_node_destinations_keeps_mode_mtime_and_links(c8: LocalCluster, w
     for n in NODES:
         f = os.path.join(work, "dst", n, "copy", "sub", "f")
         st = os.stat(f)
-        assert open(f).read() == "payload\n"
+        assert read(f) == b"payload\n"
         assert stat.S_IMODE(st.st_mode) == 0o750 and st.st_mtime_ns == 1_234_567_890_000_000_000
         assert os.readlink(os.path.join(work, "dst", n, "copy", "sub", "l")) == "f"
         assert [x for x in os.listdir(os.path.dirname(f)) if ".gproc-" in x] == []
@@ -187,7 +188,8 @@ def test_cp_and_cat_run_with_the_callers_rights(c8: LocalCluster, work: str) -> 
         got = as_user(NOBODY, other_user)
         assert "exception" not in got, got
         assert got["cat"] == [["node[0-7]", "error", f"{secret}: Permission denied"]]
-        assert sorted(got["cp"], key=lambda s: s[1]) == [["node[0-5,7]", 0, ""], ["node6", 1, f"{work}/d/node6/pub: Permission denied"]]
+        denied = f"{work}/d/node6/pub: Permission denied"
+        assert sorted(got["cp"], key=lambda s: s[1]) == [["node[0-5,7]", 0, ""], ["node6", 1, denied]]
         for n in NODES:
             p = os.path.join(work, "d", n, "pub")
             assert os.path.exists(p) == (n != "node6")
@@ -215,12 +217,12 @@ def test_cp_on_a_full_disk_keeps_the_old_file(c8: LocalCluster, work: str) -> No
         r = c8.gproc("cp", "**", src, os.path.join(work, "%h", "big"))
         assert r.returncode == 1
         assert r.stderr.splitlines() == [f"gproc: node3: {full}/big: No space left on device"]
-        assert open(os.path.join(full, "big")).read() == "old\n"
+        assert read(os.path.join(full, "big")) == b"old\n"
         assert os.listdir(full) == ["big"]
-        want = open(src, "rb").read()
+        want = read(src)
         for n in NODES:
             if n != "node3":
-                assert open(os.path.join(work, n, "big"), "rb").read() == want
+                assert read(os.path.join(work, n, "big")) == want
     finally:
         subprocess.run(["umount", full], check=True)
 
