@@ -235,10 +235,13 @@ def test_cp_on_a_full_disk_keeps_the_old_file(c8: LocalCluster, work: str) -> No
         (["cat", "**", "/tmp/%h/../../etc/shadow"], "'..' in a node path"),
         (["stat", "**", "/tmp/%x"], "unknown escape %x"),
         (["cat", "**", "/etc/hostname", "--agg", "hist", "--edges", "5,1"], "histogram edges must increase"),
-        (["cp", "**", "/nonexistent/src", "/tmp/x"], "cannot copy /nonexistent/src: No such file or directory"),
-        (["cp", "**", "/etc", "/tmp/x"], "/etc is a directory (use -r)"),
+        (
+            ["cp", "**", "/nonexistent/src", "/nonexistent/gproc-dest"],
+            "cannot copy /nonexistent/src: No such file or directory",
+        ),
+        (["cp", "**", "/etc", "/nonexistent/gproc-dest"], "/etc is a directory (use -r)"),
         (["cp", "**", "/etc/hostname"], "usage: gproc cp"),
-        (["cp", "**", "/etc/hostname", "/tmp/%h/../x"], "'..' in a node path"),
+        (["cp", "**", "/etc/hostname", "/nonexistent/%h/../x"], "'..' in a node path"),
         (["cat", "-w", "nosuch[1-2]", "/etc/hostname"], "matched no node"),
     ],
 )
