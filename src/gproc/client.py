@@ -552,7 +552,7 @@ class Group:
                     answers.append(FileAnswer(key[1], nodes, count, "stat", stat=st))
                 elif key[0] == "e":
                     answers.append(FileAnswer(str(key[1]), nodes, count, "error", error=str(key[2]), status=1))
-                else:  # ("s", status, reason): the overlay's word for nodes that could not be reached
+                elif key[0] == "s" and len(key) == 3:  # the overlay's word for nodes it could not reach
                     answers.append(FileAnswer("", nodes, count, "error", error=str(key[2]), status=int(key[1]) or 1))
             out.append(FileResult(list(res["paths"]), answers, res["value"], res["rep_bytes"]))
         return out
