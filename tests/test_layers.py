@@ -18,7 +18,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "wire",
         (
-            "errors", "ranks", "groups", "merge", "reduce", "wire", "address", "credential", "platform", "spawnd",
+            "errors", "ranks", "groups", "merge", "reduce", "wire", "messages", "address", "credential", "platform",
+            "spawnd",
             "pids", "nodespec", "postfix", "store", "state", "elf", "bundle", "psview",
         ),
     ),

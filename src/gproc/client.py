@@ -19,8 +19,8 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gproc import wire
-from gproc.errors import ConnectError, GprocError, NoMatchError, ProtocolError, RemoteError, StagingError, UsageError
+from gproc import errors, wire
+from gproc.errors import ConnectError, GprocError, ProtocolError, StagingError, UsageError
 
 if TYPE_CHECKING:
     from gproc.bundle import Bundle
@@ -62,15 +62,8 @@ STREAMS = {1: "stdout", 2: "stderr"}
 
 
 def _raise_remote(msg: wire.Message) -> None:
-    text = str(msg.get("msg", "error"))
-    code = msg.get("code")
-    if code == 2:
-        raise UsageError(text)
-    if code == 255:
-        raise StagingError(text)
-    if "matched no node" in text:
-        raise NoMatchError(text)
-    raise RemoteError(text)
+    """Raise the error the master sent, of the kind it was raised as there."""
+    raise errors.from_wire(msg)
 
 
 class Connection:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ClusterShell.NodeSet import NodeSet
 
-from gproc import nodespec, platform, wire
+from gproc import errors, nodespec, platform, wire
 from gproc import ranks as rankset
 from gproc.errors import GprocError, ProtocolError, RegistrationError, UsageError
 from gproc.overlay import ID_RE, NAME_RE, Link, Node, NodeConfig, TreeLink
@@ -269,7 +269,7 @@ class Master(Node):
                 link.send(wire.hello("master", name=self.cfg.name))
                 req = await link.receive()
         except GprocError as e:
-            link.send({"t": "error", "msg": str(e), "code": e.exit_status})
+            link.send({"t": "error", **errors.to_wire(e)})
         except (EOFError, OSError, TimeoutError) as e:
             self.log.debug("client ended: %s", e)
         else:
@@ -290,12 +290,12 @@ class Master(Node):
             allowed(entry.role, cred, entry.what or f"make the {fn} request")
             await entry.handler(link, req, cred)
         except GprocError as e:
-            link.send({"t": "error", "msg": str(e), "code": e.exit_status})
+            link.send({"t": "error", **errors.to_wire(e)})
         except (EOFError, OSError, TimeoutError) as e:
             self.log.debug("client ended: %s", e)
         except Exception:  # the master survives any request
             self.log.exception("client request failed")
-            link.send({"t": "error", "msg": "internal error in the master (see its log)", "code": 1})
+            link.send({"t": "error", **errors.to_wire(GprocError("internal error in the master (see its log)"))})
 
     def _register_requests(self) -> None:
         """Client requests by name; services add theirs to ``self.requests``."""

@@ -30,7 +30,8 @@ from gproc import ranks as rankset
 from gproc.address import Address, parse_address
 from gproc.errors import GprocError, ProtocolError, RegistrationError
 from gproc.groups import Groups, Key
-from gproc.reduce import Reducer, from_spec
+from gproc.messages import CallMsg, OpMsg, RepMsg, RetMsg
+from gproc.reduce import Reducer
 
 log = logging.getLogger("gproc.overlay")
 
@@ -777,7 +778,8 @@ class Node:
                 await asyncio.sleep(delay + secrets.randbelow(100) / 1000 * delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _join(self, addr: Address) -> TreeLink:
+    async def _connect(self, addr: Address) -> TreeLink:
+        """A TLS link to a would-be parent (tests put an in-memory link here)."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.cfg.connect_timeout):
             _, link = await loop.create_connection(
@@ -788,6 +790,10 @@ class Node:
                 server_hostname="gproc",
                 ssl_handshake_timeout=self.cfg.connect_timeout,
             )
+        return link
+
+    async def _join(self, addr: Address) -> TreeLink:
+        link = await self._connect(addr)
         try:
             link.send(
                 wire.hello(
@@ -909,9 +915,8 @@ class Node:
         raise RegistrationError(f"{fn}: only the master answers calls")
 
     def _on_call(self, link: TreeLink, msg: wire.Message) -> None:
-        cid, fn, args = msg.get("id"), msg.get("fn"), msg.get("a")
-        if not isinstance(cid, int) or not isinstance(fn, str) or not isinstance(args, dict):
-            raise ProtocolError("malformed call")
+        call = CallMsg.decode(msg)
+        cid, fn, args = call.id, call.fn, call.args
         if fn == "attach" and args.get("parent") is None:  # a child's reannounce: its parent is this node
             args = {**args, "parent": self.rank}
             msg = {**msg, "a": args}
@@ -919,7 +924,7 @@ class Node:
             self.spawn(self._answer_call(link, cid, fn, args))
             return
         if self.parent is None:
-            link.send({"t": "ret", "id": cid, "err": "retry: parent not attached"})
+            link.send(RetMsg.failed(cid, RegistrationError("retry: parent not attached")))
             return
         my = next(self._ids)
         self._relay[my] = (link, cid, fn)
@@ -932,25 +937,25 @@ class Node:
             if fn == "attach":
                 self._route_add(result["rank"], link)
         except GprocError as e:
-            reply = {"t": "ret", "id": cid, "err": str(e)}
+            reply = RetMsg.failed(cid, e)
         link.send(reply)
 
     def _on_ret(self, msg: wire.Message) -> None:
-        cid = msg.get("id")
-        relay = self._relay.pop(cid, None) if isinstance(cid, int) else None
+        ret = RetMsg.decode(msg)
+        relay = self._relay.pop(ret.id, None)
         if relay is not None:
             link, orig, fn = relay
-            r = msg.get("r")
+            r = ret.result
             if fn == "attach" and isinstance(r, dict) and isinstance(r.get("rank"), int):
                 self._route_add(r["rank"], link)
             link.send({**msg, "id": orig})
             return
-        fut = self._calls.get(cid) if isinstance(cid, int) else None
+        fut = self._calls.get(ret.id)
         if fut is not None and not fut.done():
-            if "err" in msg:
-                fut.set_exception(RegistrationError(str(msg["err"])[:500]))
+            if ret.error is not None:  # raised again here as the kind it was raised as at the master
+                fut.set_exception(ret.error)
             else:
-                fut.set_result(msg.get("r"))
+                fut.set_result(ret.result)
 
     def _route_add(self, rank: int, link: TreeLink) -> None:
         old = self.route.get(rank)
@@ -1087,24 +1092,14 @@ class Node:
     # ---- operations -------------------------------------------------------------------------------
 
     def _on_op(self, msg: wire.Message) -> None:
-        op_id, kind, body, tg = msg.get("op"), msg.get("k"), msg.get("b", {}), msg.get("tg")
-        if not isinstance(op_id, int) or not isinstance(kind, str) or not isinstance(body, dict):
-            raise ProtocolError("malformed op")
-        try:
-            targets = rankset.decode(tg if isinstance(tg, list) else [])
-        except (ValueError, TypeError):
-            raise ProtocolError("bad op targets") from None
-        reducer = from_spec(msg["r"]) if "r" in msg else None
-        self.start_op(op_id, kind, body, targets, self._sink_up(op_id), base=sorted(targets), reducer=reducer)
+        m = OpMsg.decode(msg)
+        self.start_op(m.op, m.kind, m.body, m.targets, self._sink_up(m.op), base=sorted(m.targets), reducer=m.reducer)
 
     def _sink_up(self, op_id: int) -> Sink:
         def sink(groups: list[list[Any]], end: bool, value: Any = None) -> None:
             parent = self.parent
             if parent is not None:
-                rep: wire.Message = {"t": "rep", "op": op_id, "g": groups, "end": end}
-                if value is not None:
-                    rep["v"] = value
-                parent.send(rep)
+                parent.send(RepMsg(op_id, groups, end, value).encode())
 
         return sink
 
@@ -1146,10 +1141,10 @@ class Node:
             try:
                 if w is not None:
                     if head is None:
-                        head = wire.packed(self._op_message(op_id, kind, body, reducer))
+                        head = wire.packed(OpMsg.head(op_id, kind, body, reducer))
                     sent = lk.send_frame(wire.pack_with(head, "tg", w.packed()))
                 else:
-                    sent = lk.send({**self._op_message(op_id, kind, body, reducer), "tg": rankset.encode(rs)})
+                    sent = lk.send({**OpMsg.head(op_id, kind, body, reducer), "tg": rankset.encode(rs)})
             except ProtocolError:  # the frame would pass the frame limit: the op fails there, the link stays
                 op.groups.add(TOO_LARGE, rs)
                 continue
@@ -1164,13 +1159,6 @@ class Node:
             op.body = {}  # forwarded: holding a file chunk until the subtree answers costs its size
             self._maybe_finish(op)
         return op
-
-    @staticmethod
-    def _op_message(op_id: int, kind: str, body: dict[str, Any], reducer: Reducer[Any] | None) -> wire.Message:
-        msg: wire.Message = {"t": "op", "op": op_id, "k": kind, "b": body}
-        if reducer is not None:
-            msg["r"] = reducer.spec()
-        return msg
 
     def _buckets(self, targets: set[int], local: bool) -> tuple[Mapping[TreeLink, Set[int]], set[int]]:
         """The targets split by the child link each is reached through, and those no link reaches.
@@ -1268,7 +1256,8 @@ class Node:
             op.emit(("s", 255, f"internal error: {type(e).__name__}: {e}"[:500]))
 
     def _on_rep(self, link: TreeLink, msg: wire.Message) -> None:
-        op = self.ops.get(msg.get("op"))  # type: ignore[arg-type]
+        rep = RepMsg.decode(msg)
+        op = self.ops.get(rep.op)
         if op is None:
             return  # late reply for an op already finished (its ranks were reported lost)
         base = op.bases.get(link)
@@ -1278,18 +1267,18 @@ class Node:
                 return  # not a child this op was forwarded to
             w = self._share_of(link, sent)
             base = op.bases[link] = w.ordered() if w is not None else sorted(sent)
-        merge.unpack_into(op.groups, msg.get("g", []), base, sent)
-        if "v" in msg:
+        merge.unpack_into(op.groups, rep.groups, base, sent)
+        if rep.value is not None:
             if op.reducer is None:
                 raise ProtocolError("a reduced value for an op without a reducer")
-            op._merge_value(op.reducer.decode(msg["v"]))
+            op._merge_value(op.reducer.decode(rep.value))
         op.bytes_in += link.counter.last_in
         op.frames_in += 1
         op.pending_bytes += link.counter.last_in
         op.unheard.discard(link)
-        if link not in op.heard or msg.get("end"):
+        if link not in op.heard or rep.end:
             op.progress = asyncio.get_running_loop().time()
-        if msg.get("end"):
+        if rep.end:
             op.waiting.pop(link, None)
             op.heard.discard(link)
             self._op_changed(op)

@@ -27,7 +27,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from gproc import wire
+from gproc import errors, wire
 from gproc.errors import ConnectError, GprocError, ProtocolError, RegistrationError
 from gproc.overlay import Link
 from gproc.platform import PeerCred, peer_credentials
@@ -105,7 +105,7 @@ class NodeSocket:
                 raise ProtocolError("expected a request")
             await self._relay(link, req, cred)
         except GprocError as e:
-            link.send({"t": "error", "msg": str(e), "code": e.exit_status})
+            link.send({"t": "error", **errors.to_wire(e)})
         except (EOFError, OSError, TimeoutError) as e:
             node.log.debug("client ended: %s", e)
         finally:
@@ -128,8 +128,8 @@ class NodeSocket:
                 try:
                     r = await node.call_up("relay.pull", {"rid": rid}, timeout=PULL_WAIT + 15.0)
                 except (RegistrationError, TimeoutError) as e:
-                    msg = f"node {node.cfg.name} lost the master: {e or 'timeout'}"
-                    link.send({"t": "error", "msg": msg, "code": 255})
+                    lost = ConnectError(f"node {node.cfg.name} lost the master: {e or 'timeout'}")
+                    link.send({"t": "error", **errors.to_wire(lost)})
                     return
                 for m in r.get("m", []):
                     link.send(m)
