@@ -29,7 +29,7 @@ MODES = {
     "i": "info", "info": "info",
     "up": "up", "down": "down", "keygen": "keygen", "ping": "ping",
     "ps": "ps", "kill": "kill", "wait": "wait", "jobs": "jobs", "output": "output",
-    "cat": "cat", "stat": "stat", "cp": "cp",
+    "cat": "cat", "stat": "stat", "cp": "cp", "gather": "gather", "rcp": "gather",
     "_worker": "_worker",
 }  # fmt: skip
 
@@ -61,6 +61,7 @@ usage: gproc [switches] MODE [args]
                                   --agg concat, --edges E1,E2,... (hist), --field size|mtime (stat)
   cp [-r] [-p] NODES SRC... DEST  copy to NODES (atomic, as you; mode, mtime, links kept; -p owner)
                                   node paths may hold %h, the node's name: /tmp/t/%h/f
+  gather [-r] NODES SRC... DIR    copy from NODES to DIR/NODE/... here (identical files stored once)
   up --local N [--fanout K]       start a master and N nodes on this machine
   down                            stop the local cluster
   keygen [--key FILE]             make the cluster credential
@@ -191,7 +192,7 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
             break
         if mode == "kill" and SIGNAL_SWITCH.match(tok):
             pos.append(tok)  # kill's signal, not a gproc switch
-        elif mode == "cp" and CP_FLAGS.match(tok):  # cp's own -r and -p, not the seed's -r ROOT and -p
+        elif mode in ("cp", "gather") and CP_FLAGS.match(tok):  # cp's own -r and -p, not the seed's -r ROOT and -p
             switches += ["--recursive"] * ("r" in tok.lower()) + ["--preserve"] * ("p" in tok)
         elif tok.startswith("-") and len(tok) > 1:
             norm = _normalize(tok)
@@ -299,8 +300,8 @@ def _dispatch(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
         return platform.run(_output(opts, int(pos[0].lstrip("%"))))
     if mode in ("cat", "stat"):
         return platform.run(_cat_stat(mode, opts, pos))
-    if mode == "cp":
-        return platform.run(_cp(opts, pos))
+    if mode in ("cp", "gather"):
+        return platform.run(_cp(mode, opts, pos))
     raise UsageError(f"mode {mode} is not available")
 
 
@@ -856,10 +857,14 @@ async def _cat_stat(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
     return worst
 
 
-async def _cp(opts: argparse.Namespace, pos: list[str]) -> int:
-    nodes, rest = _file_nodes(opts, pos, 2, "gproc cp [-r] [-p] NODES SRC... DEST")
+async def _cp(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
+    usage = "gproc cp [-r] [-p] NODES SRC... DEST" if mode == "cp" else "gproc gather [-r] NODES SRC... DESTDIR"
+    nodes, rest = _file_nodes(opts, pos, 2, usage)
     g = client.Cluster(opts.socket).group(nodes, include=opts.include, exclude=opts.exclude)
-    statuses = await g.cp(rest[:-1], rest[-1], recursive=opts.recursive, preserve=opts.preserve)
+    if mode == "cp":
+        statuses = await g.cp(rest[:-1], rest[-1], recursive=opts.recursive, preserve=opts.preserve)
+    else:
+        statuses = await g.gather(rest[:-1], rest[-1], recursive=opts.recursive)
     worst = 0
     for st in statuses:
         worst = max(worst, st.status)

@@ -550,6 +550,62 @@ class Group:
             out.append(FileResult(list(res["paths"]), answers, res["value"], res["rep_bytes"]))
         return out
 
+    async def gather(self, sources: list[str] | str, destdir: str, *, recursive: bool = False) -> list[Status]:
+        """Copy ``sources`` from every node to ``destdir/NODE/BASENAME`` here (rpdcp, ``clush
+        --rcopy``). Each distinct file crosses the tree once, read from one node that holds it, and
+        is stored here once: the nodes' copies are hard links to it. Returns a status per node set
+        (1: the node could not read it, the reason in ``error``; 255: absent or unreachable)."""
+        import hashlib
+        import shutil
+        import tempfile
+
+        from ClusterShell.NodeSet import NodeSet
+
+        from gproc.services.fileio import check_paths, node_path
+
+        sources = [sources] if isinstance(sources, str) else list(sources)
+        check_paths(sources)
+        try:
+            os.makedirs(destdir, exist_ok=True)
+            spool = tempfile.mkdtemp(prefix=".gproc-gather-", dir=destdir)
+        except OSError as e:
+            raise UsageError(f"cannot write in {destdir}: {e.strerror}") from None
+        try:
+            conn = await Connection.open(self.cluster.socket, self.cluster.timeout)
+            hashes: dict[str, Any] = {}
+            try:
+                conn.send({"t": "req", "fn": "gather", "paths": sources, "recursive": recursive, **self.selection})
+                while True:
+                    msg = await conn.receive()
+                    if msg.get("t") == "data":
+                        h, data = str(msg["h"]), msg["d"]
+                        if h not in hashes:
+                            hashes[h] = (open(os.path.join(spool, h), "wb"), hashlib.sha256())  # noqa: SIM115
+                        hashes[h][0].write(data)
+                        hashes[h][1].update(data)
+                    elif msg.get("t") == "ret":
+                        break
+            finally:
+                conn.close()
+                for f, _ in hashes.values():
+                    f.close()
+            r = msg["r"]
+            out = [Status(a, 1, 255, "absent") for a in r["absent"]]
+            out += [Status(nodes, count, 1, str(why)) for why, nodes, count in r["errors"]]
+            bad = {h for h, (_f, sha) in hashes.items() if sha.hexdigest() != h}
+            for template, entries, nodes in r["trees"]:
+                changed = [e for e in entries if e[0] == "f" and (e[2] in bad or (e[2] not in hashes and e[3] > 0))]
+                if changed:
+                    out.append(Status(nodes, len(NodeSet(nodes)), 1, f"{template}: changed while gathering"))
+                    continue
+                for name in NodeSet(nodes):
+                    top = os.path.join(destdir, name, os.path.basename(node_path(template, name)))
+                    _lay_out(top, entries, spool)
+                out.append(Status(nodes, len(NodeSet(nodes)), 0, ""))
+            return out
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
+
     async def cp(
         self, sources: list[str] | str, dest: str, *, recursive: bool = False, preserve: bool = False
     ) -> list[Status]:
@@ -583,6 +639,45 @@ class Group:
         out = [Status(a, 1, 255, "absent") for a in r["absent"]]
         out += [Status(nodes, count, int(key[1]), str(key[2])) for key, nodes, count in r["groups"]]
         return out
+
+
+def _lay_out(top: str, entries: list[list[Any]], spool: str) -> None:
+    """One node's gathered tree at ``top``: files hard-linked to the one stored copy of their
+    content (a copy when their mode or mtime differ from it), links and directories made."""
+    import shutil
+
+    dirs: list[tuple[str, int, int]] = []
+    for kind, rel, what, _size, mode, mtime in entries:
+        target = os.path.join(top, rel) if rel else top
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if kind == "d":
+            os.makedirs(target, exist_ok=True)
+            dirs.append((target, mode, mtime))
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(target)
+        if kind == "l":
+            os.symlink(what, target)
+            continue
+        stored = os.path.join(spool, what)
+        if not os.path.exists(stored):  # an empty file travels as no chunk at all
+            open(stored, "wb").close()
+            os.chmod(stored, mode)
+            os.utime(stored, ns=(mtime, mtime))
+        st = os.stat(stored)
+        if st.st_nlink == 1:  # its first user gives it mode and times
+            os.chmod(stored, mode)
+            os.utime(stored, ns=(mtime, mtime))
+            st = os.stat(stored)
+        if (st.st_mode & 0o7777, st.st_mtime_ns) == (mode, mtime):
+            os.link(stored, target)
+        else:
+            shutil.copyfile(stored, target)
+            os.chmod(target, mode)
+            os.utime(target, ns=(mtime, mtime))
+    for target, mode, mtime in reversed(dirs):
+        os.chmod(target, mode)
+        os.utime(target, ns=(mtime, mtime))
 
 
 def copy_tree(sources: list[str], recursive: bool) -> tuple[Bundle, dict[str, list[int]]]:

@@ -251,3 +251,38 @@ def test_bad_input_is_one_line(c8: LocalCluster, args: list[str], message: str) 
     assert len(r.stderr.splitlines()) == 1 and message in r.stderr, r.stderr
     assert r.stdout == ""
     assert c8.gproc("ping").returncode == 0  # the tree still serves
+
+
+def test_gather_stores_identical_content_once_and_fetches_it_once(c8: LocalCluster, work: str) -> None:
+    """Each node's tree lands in DESTDIR/NODE/; a 1 MiB file identical on all eight nodes is one
+    inode here (hard links) and crosses the master's links once: ≤ 1.1 MiB arrive for it."""
+    same = os.urandom(1 << 20)
+    for i, n in enumerate(NODES):
+        os.makedirs(os.path.join(work, n, "d"))
+        with open(os.path.join(work, n, "d", "same"), "wb") as f:
+            f.write(same)
+        os.utime(os.path.join(work, n, "d", "same"), ns=(10**18, 10**18))
+        with open(os.path.join(work, n, "d", "own"), "w") as f:
+            f.write(f"{n} {i}\n")
+        os.symlink("own", os.path.join(work, n, "d", "link"))
+    out = os.path.join(work, "out")
+    before = asyncio.run(Cluster(c8.socket).stats())["bytes_in"]
+    r = c8.gproc("gather", "-r", "**", os.path.join(work, "%h", "d"), out)
+    after = asyncio.run(Cluster(c8.socket).stats())["bytes_in"]
+    assert r.returncode == 0, r.stderr
+    assert after - before <= 1.1 * (1 << 20), after - before
+    inodes = set()
+    for i, n in enumerate(NODES):
+        got = os.path.join(out, n, "d")
+        assert read(os.path.join(got, "same")) == same
+        assert read(os.path.join(got, "own")) == f"{n} {i}\n".encode()
+        assert os.readlink(os.path.join(got, "link")) == "own"
+        st = os.stat(os.path.join(got, "same"))
+        assert st.st_mtime_ns == 10**18
+        inodes.add(st.st_ino)
+    assert len(inodes) == 1 and os.stat(os.path.join(out, "node0", "d", "same")).st_nlink == 8
+    assert sorted(os.listdir(out)) == NODES  # the spool is gone
+    r = c8.gproc("gather", "**", os.path.join(work, "%h", "d"), out)
+    assert r.returncode == 1 and r.stderr.splitlines() == [
+        f"gproc: node[0-7]: {work}/%h/d: not a regular file (use -r for a directory)"
+    ]

@@ -237,10 +237,64 @@ def _atomic(target: str, make: Callable[[str], None], mtime: int, owner: list[in
         raise
 
 
+def read_range(args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+    """``{"path", "o", "n"}`` -> ``{"data"}`` (at most ``n`` bytes from offset ``o``) or ``{"err"}``."""
+    path, offset, n = args["path"], int(args["o"]), min(int(args["n"]), MAX_READ)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return {"err": f"{path}: not a regular file"}
+            return {"data": os.pread(fd, n, offset)}
+        finally:
+            os.close(fd)
+    except OSError as e:
+        return _err(e, path)
+
+
+def walk(args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+    """``{"path", "recursive"}`` -> ``{"entries": [[kind, rel, sha256 or link target, size, mode,
+    mtime_ns]…]}`` (``rel`` "" for the path itself; directories only with ``recursive``) or ``{"err"}``."""
+    top, recursive = args["path"], bool(args.get("recursive"))
+    out: list[list[Any]] = []
+
+    def one(path: str, rel: str) -> bool:
+        st = os.lstat(path)
+        mode, mtime = stat.S_IMODE(st.st_mode), st.st_mtime_ns
+        if stat.S_ISREG(st.st_mode):
+            h = hashlib.sha256()
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with open(fd, "rb") as f:
+                while chunk := f.read(COPY_CHUNK):
+                    h.update(chunk)
+            out.append(["f", rel, h.hexdigest(), st.st_size, mode, mtime])
+        elif stat.S_ISLNK(st.st_mode):
+            out.append(["l", rel, os.readlink(path), 0, 0, mtime])
+        elif stat.S_ISDIR(st.st_mode):
+            out.append(["d", rel, "", 0, mode, mtime])
+            return True
+        return False
+
+    try:
+        if not stat.S_ISREG(os.stat(top).st_mode) and not recursive:
+            return {"err": f"{top}: not a regular file (use -r for a directory)"}
+        if one(top, ""):
+            for here, dirs, names in os.walk(top):
+                dirs.sort()
+                for name in sorted(dirs + names):
+                    p = os.path.join(here, name)
+                    one(p, os.path.relpath(p, top))
+    except OSError as e:
+        return _err(e, getattr(e, "filename", None) or top)
+    return {"entries": out}
+
+
 OPERATIONS: dict[str, Callable[[dict[str, Any], list[int]], dict[str, Any]]] = {
     "read": read,
     "stat": stat_path,
     "install": install,
+    "read_range": read_range,
+    "walk": walk,
 }
 
 

@@ -20,8 +20,10 @@ hash-verified, each link carries a file at most once), then one ``finstall`` op 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import grp
+import itertools
 import os
 import pwd
 import secrets
@@ -29,20 +31,23 @@ from typing import TYPE_CHECKING, Any
 
 from gproc import platform, wire
 from gproc import ranks as rankset
+from gproc.bundle import CHUNK
 from gproc.errors import GprocError, StagingError, UsageError
+from gproc.groups import freeze
 from gproc.reduce import Avg, Hist, Max, Min, Reducer, Sum
 from gproc.services import fileio
 from gproc.services.base import ClientRequest, MasterApi, ServiceTable, with_ticks
 from gproc.store import Store, parse_manifest
 
 if TYPE_CHECKING:
-    from gproc.overlay import Link, Node, Op
+    from gproc.overlay import Handler, Link, Node, Op
     from gproc.platform import PeerCred
     from gproc.services.ship import Shipper
 
 WORKER_TIMEOUT = 600.0  # a worker reading a huge file over a slow filesystem; it is killed after this
 STAT_FIELDS = ("size", "mtime")
 DEFAULT_EDGES: list[int | float] = [0] + [10**k for k in range(10)]  # decades up to 10**9
+FETCH_WINDOW = 8  # gather: chunks asked for at a time
 MAX_INSTALL_FDS = 512  # store files handed to one worker
 
 
@@ -110,7 +115,14 @@ class FileService:
         self.store = store
 
     def service(self) -> ServiceTable:
-        return ServiceTable("files", ops={"fread": self.fread, "fstat": self.fstat, "finstall": self.finstall})
+        ops: dict[str, Handler] = {
+            "fread": self.fread,
+            "fstat": self.fstat,
+            "finstall": self.finstall,
+            "fwalk": self.fwalk,
+            "fget": self.fget,
+        }
+        return ServiceTable("files", ops=ops)
 
     def _where(self, op: Op, template: str) -> str | None:
         try:
@@ -153,6 +165,37 @@ class FileService:
                 r["owner"], r["group"] = _user_name(r["owner"]), _group_name(r["group"])
                 keys = ("type", "size", "mtime", "mode", "owner", "group", "sha256", "target")
                 op.emit(("t", template, *(r[k] for k in keys)))
+
+    async def fwalk(self, op: Op) -> None:
+        """What ``gather`` will fetch: each path's tree with a SHA-256 per file; nodes holding the
+        same tree merge into one group ``("m", path, entries)``."""
+        uid, gid = _creds(op)
+        for template in _paths(op):
+            path = self._where(op, template)
+            if path is None:
+                continue
+            r = await as_user(uid, gid, "walk", {"path": path, "recursive": op.body.get("recursive") is True})
+            if "err" in r:
+                op.emit(("e", template, str(r["err"]).replace(path, template, 1)))
+            else:
+                op.emit(("m", template, freeze(r["entries"])))
+
+    async def fget(self, op: Op) -> None:
+        """One chunk of one file for ``gather`` (sent to one node holding that content)."""
+        uid, gid = _creds(op)
+        template, rel, offset, n = op.body.get("path"), op.body.get("rel"), op.body.get("o"), op.body.get("n")
+        if not (isinstance(template, str) and isinstance(rel, str) and isinstance(offset, int) and isinstance(n, int)):
+            raise StagingError("bad gather request")
+        path = self._where(op, template)
+        if path is None:
+            return
+        if rel:
+            if rel.startswith("/") or ".." in rel.split("/"):
+                raise StagingError("bad gather request: path escapes")
+            path = os.path.join(path, rel)
+        r = await as_user(uid, gid, "read_range", {"path": path, "o": offset, "n": n})
+        # "b", not "d": a reply key starting with "d" is a line edit (merge.py)
+        op.emit(("e", template, str(r["err"])) if "err" in r else ("b", r["data"]))
 
     async def finstall(self, op: Op) -> None:
         """Write a shipped tree at DEST (``%h`` expanded) from this node's store, as the caller."""
@@ -218,7 +261,14 @@ class MasterFiles:
         self.shipper = shipper
 
     def service(self) -> ServiceTable:
-        return ServiceTable("files-master", requests={"files": ClientRequest(self.files), "cp": ClientRequest(self.cp)})
+        return ServiceTable(
+            "files-master",
+            requests={
+                "files": ClientRequest(self.files),
+                "cp": ClientRequest(self.cp),
+                "gather": ClientRequest(self.gather),
+            },
+        )
 
     async def files(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
         """``cat`` or ``stat`` of paths on the selected nodes, reduced with ``agg``."""
@@ -260,6 +310,76 @@ class MasterFiles:
 
         results = await with_ticks(link, asyncio.gather(*(one(b) for b in batches)))
         link.send({"t": "ret", "r": {"results": results, "absent": sorted(absent), "targets": len(targets)}})
+
+    async def gather(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+        """Bring the selected nodes' copies of paths to the client: the trees first (identical trees
+        as one group), then each distinct file's bytes once, read from one node that holds it (so
+        they cross each tree link at most once), as ``data`` frames; ``ret`` ends with the trees."""
+        paths = req.get("paths")
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+            raise UsageError("no paths given")
+        try:
+            for p in paths:
+                fileio.check_template(p)
+        except fileio.PathError as e:
+            raise UsageError(str(e)) from None
+        targets, absent = self.m.selection(req)
+        body = {"uid": cred.uid, "gid": cred.gid, "paths": paths, "recursive": req.get("recursive") is True,
+                "gather": True}  # fmt: skip
+        walked = await with_ticks(link, self.m.request("fwalk", body, targets).wait())
+        assert walked is not None
+        trees: list[list[Any]] = []
+        errors: list[list[Any]] = []
+        sources: dict[str, tuple[int, str, str, int]] = {}  # sha256 -> (rank, path, rel, size)
+        for key, enc in walked.groups:
+            ranks = rankset.decode(enc)
+            if key[0] == "m":
+                trees.append([key[1], key[2], self.m.fold(ranks)])
+                for kind, rel, digest, size, *_ in key[2]:
+                    if kind == "f" and digest not in sources:
+                        sources[digest] = (min(ranks), key[1], rel, size)
+            else:
+                errors.append([key[-1], self.m.fold(ranks), len(ranks)])
+        fetched = await with_ticks(link, self._fetch(link, cred, sources))
+        assert fetched is not None
+        errors += fetched
+        link.send({"t": "ret", "r": {"trees": trees, "errors": errors, "absent": sorted(absent)}})
+
+    async def _fetch(
+        self, link: Link, cred: PeerCred, sources: dict[str, tuple[int, str, str, int]]
+    ) -> list[list[Any]]:
+        """Each distinct file, chunk by chunk from its one source node, to the client in order; at
+        most ``FETCH_WINDOW`` chunks asked for at a time."""
+        errors: list[list[Any]] = []
+        chunks = [(h, o) for h, (_r, _p, _rel, size) in sources.items() for o in range(0, max(size, 1), CHUNK)]
+        pending: collections.deque[tuple[str, int, asyncio.Future[Any]]] = collections.deque()
+        failed: set[str] = set()
+
+        def ask(h: str, o: int) -> asyncio.Future[Any]:
+            rank, path, rel, _size = sources[h]
+            body = {"uid": cred.uid, "gid": cred.gid, "path": path, "rel": rel, "o": o, "n": CHUNK}
+            return asyncio.ensure_future(self.m.request("fget", body, {rank}).wait())
+
+        it = iter(chunks)
+        for h, o in itertools.islice(it, FETCH_WINDOW):
+            pending.append((h, o, ask(h, o)))
+        while pending:
+            h, o, fut = pending.popleft()
+            whole = await fut
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((*nxt, ask(*nxt)))
+            if h in failed:
+                continue
+            data = next((key[1] for key, _enc in whole.groups if key[0] == "b"), None)
+            if data is None:
+                failed.add(h)
+                why = next((str(key[-1]) for key, _enc in whole.groups), "no answer")
+                errors.append([why, self.m.fold({sources[h][0]}), 1])
+                continue
+            link.send({"t": "data", "h": h, "o": o, "d": data})
+            await link.drain()
+        return errors
 
     async def cp(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
         """Ship a tree to the selected nodes, then install it at DEST on each (as the caller)."""
