@@ -30,6 +30,7 @@ MODES = {
     "up": "up", "down": "down", "keygen": "keygen", "ping": "ping",
     "ps": "ps", "kill": "kill", "wait": "wait", "jobs": "jobs", "output": "output",
     "cat": "cat", "stat": "stat", "cp": "cp", "gather": "gather", "rcp": "gather",
+    "grep": "grep", "tail": "tail",
     "_worker": "_worker",
 }  # fmt: skip
 
@@ -62,6 +63,8 @@ usage: gproc [switches] MODE [args]
   cp [-r] [-p] NODES SRC... DEST  copy to NODES (atomic, as you; mode, mtime, links kept; -p owner)
                                   node paths may hold %h, the node's name: /tmp/t/%h/f
   gather [-r] NODES SRC... DIR    copy from NODES to DIR/NODE/... here (identical files stored once)
+  grep [-i] [-v] PATTERN NODES PATH...   matching lines on NODES, the same line of many nodes once
+  tail [-n K] NODES PATH...       the last K lines on NODES, merged
   up --local N [--fanout K]       start a master and N nodes on this machine
   down                            stop the local cluster
   keygen [--key FILE]             make the cluster credential
@@ -135,6 +138,9 @@ def _switch_parser() -> _Parser:
     a("--field", default="size")
     a("--recursive", action="store_true")
     a("--preserve", action="store_true")
+    a("--ignore-case", action="store_true")
+    a("--invert", action="store_true")
+    a("--lines", type=int, default=10)
     return p
 
 
@@ -143,7 +149,7 @@ VALUE_OPTIONS = {
     "--debug", "--key", "--listen", "--state", "--ready-file", "--heartbeat", "--dead-after", "-w", "-x",
     "--path", "--timeout", "--export", "--local", "--fanout", "--procs", "--prefix", "--window",
     "-s", "--signal", "--gpid-block", "--collect-every", "--node-socket",
-    "--keep-jobs", "--keep-bytes", "--quiet", "--hold", "--agg", "--edges", "--field",
+    "--keep-jobs", "--keep-bytes", "--quiet", "--hold", "--agg", "--edges", "--field", "--lines",
 }  # fmt: skip
 CP_FLAGS = re.compile(r"^-[rRp]{1,3}$")
 SIGNAL_SWITCH = re.compile(r"^-(\d+|(SIG)?[A-Z][A-Z0-9]*)$")  # kill -9, kill -KILL, kill -SIGKILL
@@ -192,6 +198,13 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
             break
         if mode == "kill" and SIGNAL_SWITCH.match(tok):
             pos.append(tok)  # kill's signal, not a gproc switch
+        elif mode in ("grep", "tail") and tok in ("-i", "-v", "-n"):  # grep's and tail's own, not gproc's
+            switches.append({"-i": "--ignore-case", "-v": "--invert", "-n": "--lines"}[tok])
+            if tok == "-n":
+                if i + 1 >= len(args):
+                    raise UsageError("-n needs a number")
+                switches.append(args[i + 1])
+                i += 1
         elif mode in ("cp", "gather") and CP_FLAGS.match(tok):  # cp's own -r and -p, not the seed's -r ROOT and -p
             switches += ["--recursive"] * ("r" in tok.lower()) + ["--preserve"] * ("p" in tok)
         elif tok.startswith("-") and len(tok) > 1:
@@ -300,6 +313,8 @@ def _dispatch(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
         return platform.run(_output(opts, int(pos[0].lstrip("%"))))
     if mode in ("cat", "stat"):
         return platform.run(_cat_stat(mode, opts, pos))
+    if mode in ("grep", "tail"):
+        return platform.run(_grep_tail(mode, opts, pos))
     if mode in ("cp", "gather"):
         return platform.run(_cp(mode, opts, pos))
     raise UsageError(f"mode {mode} is not available")
@@ -872,4 +887,36 @@ async def _cp(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
             print(json.dumps({"nodes": st.nodes, "count": st.count, "status": st.status, "error": st.error}))
         elif st.status:
             print(f"gproc: {st.nodes}: {st.error}", file=sys.stderr)
+    return worst
+
+
+async def _grep_tail(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
+    """grep's exit status: 0 a line was selected on every node, 1 on some node none, 2 an error
+    (255 a node absent or unreachable)."""
+    if mode == "grep":
+        if not pos:
+            raise UsageError("usage: gproc grep [-i] [-v] PATTERN NODES PATH...")
+        pattern, pos = pos[0], pos[1:]
+    nodes, paths = _file_nodes(opts, pos, 1, f"gproc {mode} NODES PATH...")
+    g = client.Cluster(opts.socket).group(nodes, include=opts.include, exclude=opts.exclude)
+    if mode == "grep":
+        answers = await g.grep(pattern, paths, ignore_case=opts.ignore_case, invert=opts.invert)
+    else:
+        answers = await g.tail(paths, opts.lines)
+    worst = 255 if g.absent else 0
+    for name in g.absent:
+        print(f"gproc: {name}: absent", file=sys.stderr)
+    worst = max(worst, _print_answer_errors(answers))
+    for a in answers:
+        if a.kind == "none":
+            worst = max(worst, 1)
+        elif a.kind == "line":
+            text = a.data.decode("utf-8", "replace")
+            if opts.json:
+                print(
+                    json.dumps({"path": a.path, "nodes": a.nodes, "count": a.count, "lineno": a.lineno, "line": text})
+                )
+            else:
+                where = f"{a.path}:{a.lineno}: " if len(paths) > 1 or mode == "grep" else ""
+                print(f"{a.nodes}: {where}{text}")
     return worst

@@ -481,6 +481,7 @@ class FileAnswer:
     stat: dict[str, Any] | None = None
     error: str = ""
     status: int = 0  # 1: the node could not answer (``error`` says why); 255: unreachable or lost
+    lineno: int = 0  # grep: the line's number; tail: its place from the end (-1 the last)
 
 
 @dataclass
@@ -548,6 +549,39 @@ class Group:
                 elif key[0] == "s" and len(key) == 3:  # the overlay's word for nodes it could not reach
                     answers.append(FileAnswer("", nodes, count, "error", error=str(key[2]), status=int(key[1]) or 1))
             out.append(FileResult(list(res["paths"]), answers, res["value"], res["rep_bytes"]))
+        return out
+
+    async def grep(
+        self, pattern: str, paths: list[str] | str, *, ignore_case: bool = False, invert: bool = False
+    ) -> list[FileAnswer]:
+        """Lines of ``paths`` matching ``pattern`` (Python ``re``) on every node; the same line at the
+        same line number on many nodes is one answer (``kind`` "line", ``data``, ``lineno``)."""
+        return await self._lines(paths, pattern=pattern, ignore_case=ignore_case, invert=invert)
+
+    async def tail(self, paths: list[str] | str, lines: int = 10) -> list[FileAnswer]:
+        """The last ``lines`` lines of ``paths`` on every node (``lineno`` -lines … -1), merged."""
+        if lines < 0:
+            raise UsageError("tail: the number of lines cannot be negative")
+        return await self._lines(paths, last=lines)
+
+    async def _lines(self, paths: list[str] | str, **args: Any) -> list[FileAnswer]:
+        from gproc.services.fileio import check_paths
+
+        paths = [paths] if isinstance(paths, str) else list(paths)
+        check_paths(paths)
+        r = await self.cluster.request("lines", paths=paths, **args, **self.selection)
+        self.absent = list(r["absent"])
+        out: list[FileAnswer] = []
+        for key, nodes, count in r["groups"]:
+            if key[0] == "g":
+                out.append(FileAnswer(key[1], nodes, count, "line", data=key[3], lineno=key[2]))
+            elif key[0] == "z":
+                out.append(FileAnswer(key[1], nodes, count, "none", status=1))
+            elif key[0] == "e":
+                out.append(FileAnswer(str(key[1]), nodes, count, "error", error=str(key[2]), status=2))
+            elif key[0] == "s" and len(key) == 3:
+                out.append(FileAnswer("", nodes, count, "error", error=str(key[2]), status=int(key[1]) or 1))
+        out.sort(key=lambda a: (a.path, a.lineno))
         return out
 
     async def gather(self, sources: list[str] | str, destdir: str, *, recursive: bool = False) -> list[Status]:

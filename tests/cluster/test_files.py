@@ -286,3 +286,18 @@ def test_gather_stores_identical_content_once_and_fetches_it_once(c8: LocalClust
     assert r.returncode == 1 and r.stderr.splitlines() == [
         f"gproc: node[0-7]: {work}/%h/d: not a regular file (use -r for a directory)"
     ]
+
+
+def test_grep_and_tail_merge_lines_across_nodes(c8: LocalCluster, work: str) -> None:
+    tpl = per_node(work, "log", {n: f"start\nnode is {n}\nerror: disk\nend\n" for n in NODES})
+    r = c8.gproc("grep", "-i", "ERROR|node is node[12]", "**", tpl, "--json")
+    assert r.returncode == 0, r.stderr
+    got = {(rec["lineno"], rec["line"]): rec["nodes"] for rec in records(r.stdout)}
+    assert got == {(2, "node is node1"): "node1", (2, "node is node2"): "node2", (3, "error: disk"): "node[0-7]"}
+    r = c8.gproc("tail", "-n", "2", "**", tpl)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["node[0-7]: error: disk", "node[0-7]: end"]
+    r = c8.gproc("grep", "-v", "[a-z]", "**", tpl)  # every line has a letter: nothing selected (exit 1)
+    assert r.returncode == 1 and r.stdout == "" and r.stderr == ""
+    r = c8.gproc("grep", "(", "**", tpl)
+    assert r.returncode == 2 and r.stderr.startswith("gproc: bad pattern") and len(r.stderr.splitlines()) == 1

@@ -289,11 +289,39 @@ def walk(args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
     return {"entries": out}
 
 
+MAX_LINES = 10_000  # lines one node answers for one path (grep, tail)
+
+
+def lines(args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+    """``{"path", "pattern", "flags", "invert", "last"}`` -> ``{"lines": [[number, line]…]}``: the
+    lines matching ``pattern`` (``re`` syntax; ``invert``: those not matching), or the ``last`` n
+    lines (numbered from -n to -1), at most ``MAX_LINES``; or ``{"err"}``."""
+    import re
+
+    r = read({"path": args["path"]}, fds)
+    if "err" in r:
+        return r
+    text: list[bytes] = r["data"].splitlines()
+    last = args.get("last")
+    if last is not None:
+        n = min(int(last), MAX_LINES)
+        picked = list(enumerate(text[-n:] if n else [], start=-min(n, len(text))))
+    else:
+        try:
+            rx = re.compile(args["pattern"].encode(), re.IGNORECASE if args.get("ignore_case") else 0)
+        except re.error as e:
+            return {"err": f"bad pattern: {e}"}
+        invert = bool(args.get("invert"))
+        picked = [(i, ln) for i, ln in enumerate(text, start=1) if (rx.search(ln) is None) == invert][:MAX_LINES]
+    return {"lines": [[i, ln] for i, ln in picked]}
+
+
 OPERATIONS: dict[str, Callable[[dict[str, Any], list[int]], dict[str, Any]]] = {
     "read": read,
     "stat": stat_path,
     "install": install,
     "read_range": read_range,
+    "lines": lines,
     "walk": walk,
 }
 

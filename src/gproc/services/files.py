@@ -121,6 +121,7 @@ class FileService:
             "finstall": self.finstall,
             "fwalk": self.fwalk,
             "fget": self.fget,
+            "flines": self.flines,
         }
         return ServiceTable("files", ops=ops)
 
@@ -165,6 +166,28 @@ class FileService:
                 r["owner"], r["group"] = _user_name(r["owner"]), _group_name(r["group"])
                 keys = ("type", "size", "mtime", "mode", "owner", "group", "sha256", "target")
                 op.emit(("t", template, *(r[k] for k in keys)))
+
+    async def flines(self, op: Op) -> None:
+        """``grep`` and ``tail -n``: each selected line as ``("g", path, number, line)``, so the same
+        line at the same place on many nodes is one group."""
+        uid, gid = _creds(op)
+        b = op.body
+        args = {"pattern": b.get("pattern"), "ignore_case": b.get("ignore_case") is True,
+                "invert": b.get("invert") is True, "last": b.get("last")}  # fmt: skip
+        if not (isinstance(args["pattern"], str) or isinstance(args["last"], int)):
+            raise StagingError("bad lines request")
+        for template in _paths(op):
+            path = self._where(op, template)
+            if path is None:
+                continue
+            r = await as_user(uid, gid, "lines", {**args, "path": path})
+            if "err" in r:
+                op.emit(("e", template, str(r["err"]).replace(path, template, 1)))
+                continue
+            for number, line in r["lines"]:
+                op.emit(("g", template, number, line))
+            if not r["lines"]:
+                op.emit(("z", template))  # answered, nothing selected (grep's exit status 1)
 
     async def fwalk(self, op: Op) -> None:
         """What ``gather`` will fetch: each path's tree with a SHA-256 per file; nodes holding the
@@ -267,6 +290,7 @@ class MasterFiles:
                 "files": ClientRequest(self.files),
                 "cp": ClientRequest(self.cp),
                 "gather": ClientRequest(self.gather),
+                "lines": ClientRequest(self.lines),
             },
         )
 
@@ -310,6 +334,34 @@ class MasterFiles:
 
         results = await with_ticks(link, asyncio.gather(*(one(b) for b in batches)))
         link.send({"t": "ret", "r": {"results": results, "absent": sorted(absent), "targets": len(targets)}})
+
+    async def lines(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+        """``grep`` (``pattern``) or ``tail -n`` (``last``) on the selected nodes, lines merged."""
+        paths, pattern, last = req.get("paths"), req.get("pattern"), req.get("last")
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+            raise UsageError("no paths given")
+        if not (isinstance(pattern, str) or (isinstance(last, int) and last >= 0)):
+            raise UsageError("give a pattern or a number of lines")
+        if isinstance(pattern, str):
+            import re
+
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise UsageError(f"bad pattern: {e}") from None
+        try:
+            for p in paths:
+                fileio.check_template(p)
+        except fileio.PathError as e:
+            raise UsageError(str(e)) from None
+        targets, absent = self.m.selection(req)
+        body = {"uid": cred.uid, "gid": cred.gid, "paths": paths, "pattern": pattern, "last": last,
+                "ignore_case": req.get("ignore_case") is True, "invert": req.get("invert") is True,
+                "gather": True}  # fmt: skip
+        whole = await with_ticks(link, self.m.request("flines", body, targets).wait())
+        assert whole is not None
+        groups = [[key, self.m.fold_intervals(enc), rankset.count(enc)] for key, enc in whole.groups]
+        link.send({"t": "ret", "r": {"groups": groups, "absent": sorted(absent)}})
 
     async def gather(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
         """Bring the selected nodes' copies of paths to the client: the trees first (identical trees
