@@ -61,7 +61,7 @@ def test_install_replaces_atomically_and_keeps_the_old_file_on_failure(tmp_path:
     fd = os.open(src, os.O_RDONLY)
     try:
         item = ["f", "/src", 0o600, 1_000_000_000_000_000_000, 0]
-        assert install({"dest": dest, "items": [item]}, [fd]) == {"ok": True}
+        assert install({"dest": dest, "items": [item]}, [fd]) == {"ok": True, "into_dir": False}
         assert read(dest) == "new\n" and os.stat(dest).st_mtime_ns == 1_000_000_000_000_000_000
         bad = os.open(os.path.join(tmp_path, "src"), os.O_WRONLY)  # reading it fails half way in
         try:

@@ -301,3 +301,20 @@ def test_grep_and_tail_merge_lines_across_nodes(c8: LocalCluster, work: str) -> 
     assert r.returncode == 1 and r.stdout == "" and r.stderr == ""
     r = c8.gproc("grep", "(", "**", tpl)
     assert r.returncode == 2 and r.stderr.startswith("gproc: bad pattern") and len(r.stderr.splitlines()) == 1
+
+
+def test_cp_of_more_files_than_one_worker_takes(c8: LocalCluster, work: str) -> None:
+    """1,100 files go in three parts; the tree still lands as DEST itself (not inside it) and its
+    directories keep their times."""
+    src = os.path.join(work, "many")
+    os.makedirs(os.path.join(src, "sub"))
+    for i in range(1100):
+        with open(os.path.join(src, "sub", f"f{i}"), "w") as f:
+            f.write(f"{i % 7}\n")
+    os.utime(os.path.join(src, "sub"), ns=(10**18, 10**18))
+    r = c8.gproc("cp", "-r", "-w", "node[3-4]", src, os.path.join(work, "%h-copy"))
+    assert r.returncode == 0, r.stderr
+    for n in ("node3", "node4"):
+        sub = os.path.join(work, f"{n}-copy", "sub")
+        assert len(os.listdir(sub)) == 1100 and read(os.path.join(sub, "f1099")) == b"0\n"
+        assert os.stat(sub).st_mtime_ns == 10**18

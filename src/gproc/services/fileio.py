@@ -147,7 +147,8 @@ def stat_path(args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
 
 def install(args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
     """Write a copied tree at ``dest``: ``{"dest", "items": [[kind, path, mode, mtime_ns, fd index or
-    link target]…], "owners": {path: [uid, gid]} or None}``; ``fds`` hold the store files, in order.
+    link target]…], "owners": {path: [uid, gid]} or None, "into_dir": as an earlier part decided, or
+    None}``; ``fds`` hold the store files, in order.
 
     Paths are ``/top/…``. ``dest`` an existing directory: each top entry lands inside it; else the
     single top entry becomes ``dest``. Every file and link is written under a temporary name in its
@@ -155,13 +156,15 @@ def install(args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
     the old file stays as it was. Directories get their modes and times last."""
     dest, items, owners = args["dest"], args["items"], args.get("owners") or {}
     tops = {p.split("/")[1] for _k, p, *_ in items}
+    into_dir = args.get("into_dir")
     try:
-        into_dir = stat.S_ISDIR(os.stat(dest).st_mode)
+        if into_dir is None:
+            into_dir = stat.S_ISDIR(os.stat(dest).st_mode)
     except FileNotFoundError:
         into_dir = False
     except OSError as e:
         return _err(e, dest)
-    if not into_dir and len(tops) != 1:
+    if not into_dir and len(tops) > 1:
         return {"err": f"{dest}: not a directory"}
 
     def where(p: str) -> str:
@@ -193,7 +196,7 @@ def install(args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
             os.utime(target, ns=(mtime, mtime))
         except OSError as e:
             return _err(e, target)
-    return {"ok": True}
+    return {"ok": True, "into_dir": into_dir}
 
 
 def _copy_in(src_fd: int, tmp: str, *, mode: int) -> None:

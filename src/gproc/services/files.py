@@ -232,30 +232,46 @@ class FileService:
         path = self._where(op, dest)
         if path is None:
             return
-        items: list[list[Any]] = []
-        fds: list[int] = []
-        try:
-            for e in sorted(entries, key=lambda e: e.path):
-                m = meta.get(e.path)
-                mtime = m[0] if isinstance(m, list) and m and isinstance(m[0], int) else 0
-                if e.kind == "f":
-                    if len(fds) >= MAX_INSTALL_FDS:
-                        raise StagingError(f"more than {MAX_INSTALL_FDS} files in one copy")
+        first: list[list[Any]] = []  # directories and links, written with the first files
+        files: list[tuple[Any, int]] = []
+        for e in sorted(entries, key=lambda e: e.path):
+            m = meta.get(e.path)
+            mtime = m[0] if isinstance(m, list) and m and isinstance(m[0], int) else 0
+            if e.kind == "f":
+                files.append((e, mtime))
+            elif e.kind == "l":
+                first.append(["l", e.path, 0, mtime, raw_links.get(e.path, e.target)])
+            else:
+                first.append(["d", e.path, e.mode, mtime, 0])
+        owners = None
+        if keep_owner and uid == 0:  # cp -p by root: each entry keeps the owner it had on the client
+            owners = {p: m[1:3] for p, m in meta.items() if isinstance(m, list) and len(m) == 3}
+        # at most MAX_INSTALL_FDS store files per worker; directories get their times again at the end
+        batches = [files[i : i + MAX_INSTALL_FDS] for i in range(0, len(files), MAX_INSTALL_FDS)] or [[]]
+        into_dir: bool | None = None  # decided by the first batch: later ones must not see its work
+        r: dict[str, Any] = {}
+        for n, batch in enumerate(batches):
+            items = first if n == 0 else []
+            fds: list[int] = []
+            try:
+                for e, mtime in batch:
                     stored = self.store.ensure_variant(e.hash, e.size, e.executable)
                     fds.append(os.open(stored, os.O_RDONLY | os.O_CLOEXEC))
-                    items.append(["f", e.path, e.mode, mtime, len(fds) - 1])
-                elif e.kind == "l":
-                    items.append(["l", e.path, 0, mtime, raw_links.get(e.path, e.target)])
-                else:
-                    items.append(["d", e.path, e.mode, mtime, 0])
-            owners = None
-            if keep_owner and uid == 0:  # cp -p by root: each entry keeps the owner it had on the client
-                owners = {p: m[1:3] for p, m in meta.items() if isinstance(m, list) and len(m) == 3}
-            r = await as_user(uid, gid, "install", {"dest": path, "items": items, "owners": owners}, fds)
-        finally:
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+                    items = [*items, ["f", e.path, e.mode, mtime, len(fds) - 1]]
+                args = {"dest": path, "items": items, "owners": owners, "into_dir": into_dir}
+                r = await as_user(uid, gid, "install", args, fds)
+            finally:
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            if "err" in r:
+                break
+            into_dir = bool(r.get("into_dir"))
+        if "err" not in r and len(batches) > 1:
+            dirs = [i for i in first if i[0] == "d"]
+            r = await as_user(
+                uid, gid, "install", {"dest": path, "items": dirs, "owners": owners, "into_dir": into_dir}
+            )
         if "err" in r:
             op.emit(("s", 1, str(r["err"])))
         else:
