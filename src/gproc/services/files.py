@@ -174,7 +174,8 @@ class FileService:
         b = op.body
         args = {"pattern": b.get("pattern"), "ignore_case": b.get("ignore_case") is True,
                 "invert": b.get("invert") is True, "last": b.get("last")}  # fmt: skip
-        if not (isinstance(args["pattern"], str) or isinstance(args["last"], int)):
+        last = args["last"]
+        if not (isinstance(args["pattern"], str) or (isinstance(last, int) and 0 <= last <= fileio.MAX_LINES)):
             raise StagingError("bad lines request")
         for template in _paths(op):
             path = self._where(op, template)
