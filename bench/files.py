@@ -36,7 +36,7 @@ def parallel_cp(src: str, dests: list[str]) -> float:
     procs = [subprocess.Popen(["cp", src, d]) for d in dests]
     for p in procs:
         if p.wait() != 0:
-            raise SystemExit(f"cp failed: {p.args}")
+            raise SystemExit(f"cp failed: {p.args!r}")
     return time.perf_counter() - t0
 
 
