@@ -64,7 +64,7 @@ usage: gproc [switches] MODE [args]
                                   node paths may hold %h, the node's name: /tmp/t/%h/f
   gather [-r] NODES SRC... DIR    copy from NODES to DIR/NODE/... here (identical files stored once)
   grep [-i] [-v] PATTERN NODES PATH...   matching lines on NODES, the same line of many nodes once
-  tail [-n K] NODES PATH...       the last K lines on NODES, merged
+  tail [-f] [-n K] NODES PATH...  the last K lines on NODES, merged (-f: then new lines, until Ctrl-C)
   up --local N [--fanout K]       start a master and N nodes on this machine
   down                            stop the local cluster
   keygen [--key FILE]             make the cluster credential
@@ -141,6 +141,7 @@ def _switch_parser() -> _Parser:
     a("--ignore-case", action="store_true")
     a("--invert", action="store_true")
     a("--lines", type=int, default=10)
+    a("--follow", action="store_true")
     return p
 
 
@@ -198,8 +199,8 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
             break
         if mode == "kill" and SIGNAL_SWITCH.match(tok):
             pos.append(tok)  # kill's signal, not a gproc switch
-        elif mode in ("grep", "tail") and tok in ("-i", "-v", "-n"):  # grep's and tail's own, not gproc's
-            switches.append({"-i": "--ignore-case", "-v": "--invert", "-n": "--lines"}[tok])
+        elif mode in ("grep", "tail") and tok in ("-i", "-v", "-n", "-f"):  # grep's and tail's own, not gproc's
+            switches.append({"-i": "--ignore-case", "-v": "--invert", "-n": "--lines", "-f": "--follow"}[tok])
             if tok == "-n":
                 if i + 1 >= len(args):
                     raise UsageError("-n needs a number")
@@ -899,6 +900,10 @@ async def _grep_tail(mode: str, opts: argparse.Namespace, pos: list[str]) -> int
         pattern, pos = pos[0], pos[1:]
     nodes, paths = _file_nodes(opts, pos, 1, f"gproc {mode} NODES PATH...")
     g = client.Cluster(opts.socket).group(nodes, include=opts.include, exclude=opts.exclude)
+    if mode == "tail" and opts.follow:
+        if len(paths) != 1:
+            raise UsageError("tail -f follows one path")
+        return await _follow(g, paths[0], opts)
     if mode == "grep":
         answers = await g.grep(pattern, paths, ignore_case=opts.ignore_case, invert=opts.invert)
     else:
@@ -919,4 +924,38 @@ async def _grep_tail(mode: str, opts: argparse.Namespace, pos: list[str]) -> int
             else:
                 where = f"{a.path}:{a.lineno}: " if len(paths) > 1 or mode == "grep" else ""
                 print(f"{a.nodes}: {where}{text}")
+    return worst
+
+
+async def _follow(g: client.Group, path: str, opts: argparse.Namespace) -> int:
+    """``tail -f``: lines as they come; Ctrl-C (SIGINT) or SIGTERM end it cleanly (the nodes stop)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    worst = 0
+    lines = g.follow(path, opts.lines)
+    try:
+        async for a in lines:
+            if a.kind == "error":
+                print(f"gproc: {a.nodes}: {a.error}", file=sys.stderr)
+                worst = max(worst, a.status)
+            elif opts.json:
+                print(json.dumps({"path": a.path, "nodes": a.nodes, "count": a.count, "lineno": a.lineno,
+                                  "line": a.data.decode("utf-8", "replace")}), flush=True)  # fmt: skip
+            else:
+                print(f"{a.nodes}: {a.data.decode('utf-8', 'replace')}", flush=True)
+    except asyncio.CancelledError:
+        if not stopped:
+            raise
+    finally:
+        await lines.aclose()
     return worst

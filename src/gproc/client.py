@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -563,6 +563,34 @@ class Group:
         if lines < 0:
             raise UsageError("tail: the number of lines cannot be negative")
         return await self._lines(paths, last=lines)
+
+    async def follow(self, path: str, lines: int = 10) -> AsyncGenerator[FileAnswer, None]:
+        """``tail -f``: the last ``lines`` lines of ``path`` on every node, then lines as they are
+        appended (``lineno`` 0), merged across nodes, until the iteration is closed (or cancelled):
+        the nodes are then told to stop."""
+        from gproc.services.fileio import check_paths
+
+        check_paths([path])
+        conn = await Connection.open(self.cluster.socket, self.cluster.timeout)
+        try:
+            conn.send({"t": "req", "fn": "follow", "paths": [path], "last": lines, **self.selection})
+            while True:
+                msg = await conn.receive(timeout=None)
+                t = msg.get("t")
+                if t == "job":
+                    self.absent = [a for a in str(msg.get("absent", "")).split(",") if a]
+                elif t == "end":
+                    return
+                elif t == "out":
+                    for key, nodes, count in msg["g"]:
+                        if key[0] == "g":
+                            yield FileAnswer(key[1], nodes, count, "line", data=key[3], lineno=key[2])
+                        elif key[0] == "e":
+                            yield FileAnswer(str(key[1]), nodes, count, "error", error=str(key[2]), status=1)
+                        elif key[0] == "s" and len(key) == 3 and key[1]:
+                            yield FileAnswer("", nodes, count, "error", error=str(key[2]), status=int(key[1]))
+        finally:
+            conn.close()
 
     async def _lines(self, paths: list[str] | str, **args: Any) -> list[FileAnswer]:
         from gproc.services.fileio import check_paths

@@ -7,14 +7,19 @@ import asyncio
 import hashlib
 import json
 import os
+import queue
 import shutil
+import signal
 import stat
 import subprocess
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from ClusterShell.NodeSet import NodeSet
 from tests.cluster.test_pids import as_user
 from tests.conftest import LocalCluster, start_cluster, stop_cluster
 
@@ -318,3 +323,38 @@ def test_cp_of_more_files_than_one_worker_takes(c8: LocalCluster, work: str) -> 
         sub = os.path.join(work, f"{n}-copy", "sub")
         assert len(os.listdir(sub)) == 1100 and read(os.path.join(sub, "f1099")) == b"0\n"
         assert os.stat(sub).st_mtime_ns == 10**18
+
+
+def test_tail_follow_streams_new_lines_until_ctrl_c(c8: LocalCluster, work: str) -> None:
+    tpl = per_node(work, "live", {n: "old 1\nold 2\n" for n in NODES})
+    env = {**os.environ, "GPROC_MASTER": c8.socket}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "gproc", "tail", "-f", "-n", "1", "**", tpl, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    got: queue.Queue[str] = queue.Queue()
+    assert p.stdout is not None
+    reader = threading.Thread(target=lambda: [got.put(line) for line in p.stdout], daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        first = json.loads(got.get(timeout=30))
+        assert (first["line"], first["nodes"], first["lineno"]) == ("old 2", "node[0-7]", -1)
+        for n in NODES:
+            with open(os.path.join(work, n, "live"), "a") as f:
+                f.write("appended\n" if n != "node5" else "appended\nnode5 only\n")
+        seen: dict[str, set[str]] = {}
+        while set(seen) != {"appended", "node5 only"} or len(seen["appended"]) < 8:
+            rec = json.loads(got.get(timeout=30))
+            seen.setdefault(rec["line"], set()).update(NodeSet(rec["nodes"]))
+        assert seen == {"appended": set(NODES), "node5 only": {"node5"}}
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 0
+        assert p.stderr is not None and p.stderr.read() == ""
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert c8.gproc("ping").returncode == 0

@@ -40,13 +40,15 @@ from gproc.services.base import ClientRequest, MasterApi, ServiceTable, with_tic
 from gproc.store import Store, parse_manifest
 
 if TYPE_CHECKING:
-    from gproc.overlay import Handler, Link, Node, Op
+    from gproc.overlay import Handler, Link, Node, Op, Request
     from gproc.platform import PeerCred
     from gproc.services.ship import Shipper
 
 WORKER_TIMEOUT = 600.0  # a worker reading a huge file over a slow filesystem; it is killed after this
 STAT_FIELDS = ("size", "mtime")
 DEFAULT_EDGES: list[int | float] = [0] + [10**k for k in range(10)]  # decades up to 10**9
+FOLLOW_POLL = 0.25  # tail -f: how often a node looks for appended lines
+FOLLOW_LIMIT = 24 * 3600.0  # a tail -f whose client never said stop ends after this
 FETCH_WINDOW = 8  # gather: chunks asked for at a time
 MAX_INSTALL_FDS = 512  # store files handed to one worker
 
@@ -113,6 +115,7 @@ class FileService:
     def __init__(self, node: Node, store: Store) -> None:
         self.node = node
         self.store = store
+        self.unfollowed: set[int] = set()  # ids of ``tail -f`` ops told to end
 
     def service(self) -> ServiceTable:
         ops: dict[str, Handler] = {
@@ -122,6 +125,8 @@ class FileService:
             "fwalk": self.fwalk,
             "fget": self.fget,
             "flines": self.flines,
+            "ffollow": self.ffollow,
+            "funfollow": self.funfollow,
         }
         return ServiceTable("files", ops=ops)
 
@@ -189,6 +194,48 @@ class FileService:
                 op.emit(("g", template, number, line))
             if not r["lines"]:
                 op.emit(("z", template))  # answered, nothing selected (grep's exit status 1)
+
+    async def ffollow(self, op: Op) -> None:
+        """``tail -f``: the last lines, then lines as they are appended (``("g", path, 0, line)``: the
+        same new line on many nodes in one flush window is one group) until ``funfollow`` names this
+        op or ``FOLLOW_LIMIT`` passes."""
+        uid, gid = _creds(op)
+        (template,) = _paths(op)[:1]
+        path = self._where(op, template)
+        if path is None:
+            return
+        last = op.body.get("last")
+        first = await as_user(uid, gid, "lines", {"path": path, "last": last if isinstance(last, int) else 10})
+        st = await as_user(uid, gid, "stat", {"path": path})
+        if "err" in first or "err" in st:
+            op.emit(("e", template, str(first.get("err") or st.get("err")).replace(path, template, 1)))
+            return
+        for number, line in first["lines"]:
+            op.emit(("g", template, number, line))
+        offset, partial = int(st["size"]), b""
+        deadline = asyncio.get_running_loop().time() + FOLLOW_LIMIT
+        try:
+            while op.id not in self.unfollowed and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(FOLLOW_POLL)
+                r = await as_user(uid, gid, "read_range", {"path": path, "o": offset, "n": fileio.MAX_READ})
+                if "err" in r:
+                    op.emit(("e", template, str(r["err"]).replace(path, template, 1)))
+                    return
+                if not r["data"]:
+                    continue
+                offset += len(r["data"])
+                *done, partial = (partial + r["data"]).split(b"\n")
+                for line in done:
+                    op.emit(("g", template, 0, line))
+        finally:
+            self.unfollowed.discard(op.id)
+
+    def funfollow(self, op: Op) -> None:
+        """End a ``tail -f`` op here (its client left)."""
+        target = op.body.get("op")
+        if isinstance(target, int) and target in self.node.ops:
+            self.unfollowed.add(target)
+        op.emit(("s", 0, ""))
 
     async def fwalk(self, op: Op) -> None:
         """What ``gather`` will fetch: each path's tree with a SHA-256 per file; nodes holding the
@@ -308,6 +355,7 @@ class MasterFiles:
                 "cp": ClientRequest(self.cp),
                 "gather": ClientRequest(self.gather),
                 "lines": ClientRequest(self.lines),
+                "follow": ClientRequest(self.follow),
             },
         )
 
@@ -379,6 +427,39 @@ class MasterFiles:
         assert whole is not None
         groups = [[key, self.m.fold_intervals(enc), rankset.count(enc)] for key, enc in whole.groups]
         link.send({"t": "ret", "r": {"groups": groups, "absent": sorted(absent)}})
+
+    async def follow(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+        """``tail -f``: lines streamed to the client (``out`` frames) until it leaves (Ctrl-C), then
+        every node is told to stop and the op ends."""
+        paths, last = req.get("paths"), req.get("last", 10)
+        if not isinstance(paths, list) or len(paths) != 1 or not isinstance(paths[0], str):
+            raise UsageError("tail -f follows one path")
+        if not isinstance(last, int) or not 0 <= last <= fileio.MAX_LINES:
+            raise UsageError(f"tail: lines must be 0 to {fileio.MAX_LINES}")
+        try:
+            fileio.check_template(paths[0])
+        except fileio.PathError as e:
+            raise UsageError(str(e)) from None
+        targets, absent = self.m.selection(req)
+        link.send({"t": "job", "job": 0, "n": len(targets), "absent": ",".join(sorted(absent))})
+        body = {"uid": cred.uid, "gid": cred.gid, "paths": paths, "last": last}
+        r = self.m.request("ffollow", body, targets)
+        gone = asyncio.ensure_future(link.receive())  # the client sends nothing: anything ends it
+        try:
+            stream = asyncio.ensure_future(self._stream(link, r))
+            await asyncio.wait({gone, stream}, return_when=asyncio.FIRST_COMPLETED)
+            if not stream.done():
+                await self.m.request("funfollow", {"op": r.op.id}, targets).wait(timeout=30.0)
+                await asyncio.wait_for(stream, 30.0)
+        finally:
+            gone.cancel()
+        link.send({"t": "end"})
+
+    async def _stream(self, link: Link, r: Request) -> None:
+        async for part in r:
+            if part.groups:
+                out = [[key, self.m.fold_intervals(enc), rankset.count(enc)] for key, enc in part.groups]
+                link.send({"t": "out", "g": out})
 
     async def gather(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
         """Bring the selected nodes' copies of paths to the client: the trees first (identical trees
