@@ -29,6 +29,7 @@ DEFAULT_SOCKET = "/tmp/g"
 SILENCE_LIMIT = 30.0  # the master ticks every few seconds during a job; this much silence is death
 STDIN_CHUNK = 64 * 1024  # stdin travels in chunks of this size …
 STDIN_WINDOW = 8  # … at most this many unacknowledged (flow control down to every node)
+FOLLOW_END = 45.0  # tail -f: how long the nodes may take to confirm they stopped
 
 
 def socket_path(explicit: str | None = None) -> str:
@@ -567,11 +568,13 @@ class Group:
     async def follow(self, path: str, lines: int = 10) -> AsyncGenerator[FileAnswer, None]:
         """``tail -f``: the last ``lines`` lines of ``path`` on every node, then lines as they are
         appended (``lineno`` 0), merged across nodes, until the iteration is closed (or cancelled):
-        the nodes are then told to stop."""
+        the nodes are then told to stop, and closing returns once the master says every one did
+        (ConnectError when it does not within ``FOLLOW_END``)."""
         from gproc.services.fileio import check_paths
 
         check_paths([path])
         conn = await Connection.open(self.cluster.socket, self.cluster.timeout)
+        ended = False
         try:
             conn.send({"t": "req", "fn": "follow", "paths": [path], "last": lines, **self.selection})
             while True:
@@ -580,6 +583,7 @@ class Group:
                 if t == "job":
                     self.absent = [a for a in str(msg.get("absent", "")).split(",") if a]
                 elif t == "end":
+                    ended = True
                     return
                 elif t == "out":
                     for key, nodes, count in msg["g"]:
@@ -590,7 +594,13 @@ class Group:
                         elif key[0] == "s" and len(key) == 3 and key[1]:
                             yield FileAnswer("", nodes, count, "error", error=str(key[2]), status=int(key[1]))
         finally:
-            conn.close()
+            try:
+                if not ended:
+                    conn.send({"t": "stop"})
+                    while (await conn.receive(timeout=FOLLOW_END)).get("t") != "end":
+                        pass
+            finally:
+                conn.close()
 
     async def _lines(self, paths: list[str] | str, **args: Any) -> list[FileAnswer]:
         from gproc.services.fileio import check_paths

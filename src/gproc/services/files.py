@@ -444,7 +444,7 @@ class MasterFiles:
         link.send({"t": "job", "job": 0, "n": len(targets), "absent": ",".join(sorted(absent))})
         body = {"uid": cred.uid, "gid": cred.gid, "paths": paths, "last": last}
         r = self.m.request("ffollow", body, targets)
-        gone = asyncio.ensure_future(link.receive())  # the client sends nothing: anything ends it
+        gone = asyncio.ensure_future(link.receive())  # "stop", or the client closing, ends it
         try:
             stream = asyncio.ensure_future(self._stream(link, r))
             await asyncio.wait({gone, stream}, return_when=asyncio.FIRST_COMPLETED)
