@@ -1,20 +1,23 @@
-"""Group file operations (SPEC §8, §9): ``cat``, ``stat`` and ``cp`` on many nodes at once.
+"""Group file operations (SPEC §8, §9): cat, stat, grep, tail [-f], cp and gather on many nodes.
 
-On each node (``FileService``): ``fread`` and ``fstat`` answer for each path, ``finstall`` writes a
-copied tree from the node's store. All of them act with the caller's rights (``fileio``) and expand
-``%h`` in paths to the node's name.
+On each node (``FileService``): ``fread``, ``fstat`` and ``flines`` answer for each path, ``ffollow``
+streams appended lines until ``funfollow``, ``finstall`` writes a copied tree from the node's store,
+``fwalk`` and ``fget`` list and read what ``gather`` fetches. All of them act with the caller's rights
+(``fileio``) and expand ``%h`` in paths to the node's name.
 
 Answers reduce inside the tree. With ``equiv`` (the default) every distinct answer is a group key
-(``("c", path, data)``, ``("t", path, type, size, mtime, mode, owner, group, sha256, target)``) and
-identical answers merge into one node set, as ``-b`` does for output. With a numeric reducer
-(``sum``, ``min``, ``max``, ``avg``, ``hist``) each node gives a number to the op's reducer
-(``gproc.reduce``) and the master receives one value per child link, whatever the number of nodes;
-a node whose answer is not a number says so as a group ``("e", path, reason)``, so errors still
-arrive per node set.
+(``("c", path, data)``, ``("t", path, type, size, mtime, mode, owner, group, sha256, target)``,
+``("g", path, lineno, line)``, ``("m", path, tree)``) and identical answers merge into one node set,
+as ``-b`` does for output. With a numeric reducer (``sum``, ``min``, ``max``, ``avg``, ``hist``) each
+node gives a number to the op's reducer (``gproc.reduce``) and the master receives one value per
+child link, whatever the number of nodes; a node whose answer is not a number says so as a group
+``("e", path, reason)``, so errors still arrive per node set.
 
-At the master (``MasterFiles``): the client requests ``files`` (cat/stat) and ``cp``. ``cp`` ships
-the bytes with the exec's machinery (``Shipper``: content-addressed, chunks pipelined down the tree,
-hash-verified, each link carries a file at most once), then one ``finstall`` op writes them.
+At the master (``MasterFiles``): the client requests ``files`` (cat/stat), ``lines`` (grep, tail),
+``follow`` (tail -f), ``cp`` and ``gather``. ``cp`` ships the bytes with the exec's machinery
+(``Shipper``: content-addressed, chunks pipelined down the tree, hash-verified, each link carries a
+file at most once), then one ``finstall`` op writes them. ``gather`` fetches each distinct file once,
+from one node that holds it.
 """
 
 from __future__ import annotations
