@@ -358,3 +358,17 @@ def test_tail_follow_streams_new_lines_until_ctrl_c(c8: LocalCluster, work: str)
             p.kill()
             p.wait()
     assert c8.gproc("ping").returncode == 0
+
+
+@pytest.mark.skipif(not ROOT, reason="only root may give files away")
+def test_cp_p_keeps_the_owner_for_root_only(c8: LocalCluster, work: str) -> None:
+    src = os.path.join(work, "owned")
+    with open(src, "w") as f:
+        f.write("x\n")
+    os.chown(src, NOBODY, NOBODY)
+    for n in ("node1", "node2"):
+        os.makedirs(os.path.join(work, n))
+    assert c8.gproc("cp", "-p", "-w", "node1", src, os.path.join(work, "%h", "")).returncode == 0
+    assert c8.gproc("cp", "-w", "node2", src, os.path.join(work, "%h", "")).returncode == 0
+    assert os.stat(os.path.join(work, "node1", "owned")).st_uid == NOBODY
+    assert os.stat(os.path.join(work, "node2", "owned")).st_uid == 0
