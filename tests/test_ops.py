@@ -18,7 +18,10 @@ from gproc import ranks as rankset
 from gproc.errors import RegistrationError, UsageError
 from gproc.master import Master
 from gproc.overlay import Node, NodeConfig, Op
+from gproc.platform import PeerCred
 from gproc.reduce import GroupsReducer, Sum
+from gproc.services.base import ClientRequest, Role, ServiceTable, has_role, install
+from gproc.services.relay import RelayLink
 
 
 def make_master(net: Net, tmp: Path, **cfg: Any) -> Master:
@@ -295,3 +298,56 @@ def test_after_the_first_reply_news_goes_up_once_quiet(tmp_path: Path) -> None:
         pytest.approx(5.26, abs=0.005),
         pytest.approx(20.0, abs=0.005),
     ]
+
+
+def test_a_service_table_wires_its_ops_reducers_and_requests(tmp_path: Path) -> None:
+    """A service declared in a table and installed on every node: the master's request reduces with
+    the reducer the table names for the op; a name two services claim is refused."""
+
+    async def go() -> None:
+        net = Net()
+        master = make_master(net, tmp_path)
+        nodes = await tree(net, master, [3, 2])
+
+        def count(op: Op) -> None:
+            op.give(1)
+            op.emit(("s", 0, ""))
+
+        table = ServiceTable("count", ops={"count": count}, reducers={"count": Sum()})
+        for n in [master, *nodes]:
+            install(n, table)
+        reply = await master.request("count", {}, master.up_ranks())
+        assert reply.value == len(nodes) == 9
+        with pytest.raises(ValueError, match="already handled"):
+            install(nodes[0], ServiceTable("again", ops={"count": count}))
+        await stop_all(master, nodes)
+
+    run(go())
+
+
+def test_the_master_checks_a_requests_role_before_its_handler(tmp_path: Path) -> None:
+    """One place answers client requests (the master's socket and relayed ones): a caller without
+    the role a request's table names gets a usage error of that kind, the handler never runs."""
+
+    async def go() -> None:
+        master = make_master(Net(), tmp_path)
+        ran: list[int] = []
+
+        async def handler(link: Any, req: Any, cred: PeerCred) -> None:
+            ran.append(cred.uid)
+            link.send({"t": "ret", "r": {}})
+
+        master.requests["drill"] = ClientRequest(handler, Role.OWNER, "drill")
+        master.requests["look"] = ClientRequest(handler)
+        stranger, owner = PeerCred(1, os.getuid() + 12345, 1), PeerCred(1, os.getuid(), 1)
+        for fn, cred, kind in (("drill", stranger, "UsageError"), ("drill", owner, None), ("look", stranger, None),
+                               ("shutdown", stranger, "UsageError"), ("nope", owner, "UsageError")):  # fmt: skip
+            link = RelayLink({"name": "test"})
+            await master.serve_client(link, {"t": "req", "fn": fn}, cred)
+            reply = link.outbox[0][0]
+            assert (reply.get("kind") if reply["t"] == "error" else None) == kind, (fn, reply)
+        assert ran == [owner.uid, stranger.uid]
+        assert not has_role(Role.ROOT, owner) or os.getuid() == 0
+        await master.stop()
+
+    run(go())

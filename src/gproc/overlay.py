@@ -661,6 +661,7 @@ class Node:
         self._whole: dict[TreeLink, Share] = {}  # a subtree frozen for ops on all of it (until it changes)
         self.ops: dict[int, Op] = {}
         self.handlers: dict[str, Handler] = {}
+        self.reducers: dict[str, Reducer[Any]] = {}  # op kind -> the reducer its requests use by default
         # messages that services handle: from the parent (down) and from children (up)
         self.down_messages: dict[str, Callable[[TreeLink, wire.Message], None]] = {}
         self.up_messages: dict[str, Callable[[TreeLink, wire.Message], None]] = {}
@@ -1108,8 +1109,9 @@ class Node:
     ) -> Request:
         """Send an op to ``targets`` and have the replies reduced on the way up: the one primitive
         every service uses. The answer is an async iterator of partial replies (``async for``), or
-        the whole (``await``); see ``Request``."""
-        return Request(self, self.next_op_id(), kind, body, targets, reducer)
+        the whole (``await``); see ``Request``. Without ``reducer``, the one the op's service
+        declared for ``kind`` (if any)."""
+        return Request(self, self.next_op_id(), kind, body, targets, reducer or self.reducers.get(kind))
 
     def next_op_id(self) -> int:
         """A new op id (ops come from the master, which keeps them unique across its restarts)."""

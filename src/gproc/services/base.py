@@ -91,6 +91,7 @@ def install(node: Node, table: ServiceTable, front: Front | None = None) -> None
         where.update(what)
 
     put(node.handlers, table.ops, "op")
+    put(node.reducers, table.reducers, "reducer of op")
     put(node.down_messages, table.down, "message")
     put(node.up_messages, table.up, "message")
     node.op_watchers.extend(table.watchers)
@@ -105,13 +106,15 @@ def install(node: Node, table: ServiceTable, front: Front | None = None) -> None
         put(front.requests, table.requests, "request")
 
 
+def has_role(role: Role, cred: PeerCred) -> bool:
+    """Does the caller have ``role``? (The daemon's own uid is its owner.)"""
+    return role is Role.ANY or cred.uid == 0 or (role is Role.OWNER and cred.uid == os.getuid())
+
+
 def allowed(role: Role, cred: PeerCred, what: str) -> None:
-    """UsageError unless the caller has ``role`` (the daemon's own uid counts as its owner)."""
-    if role is Role.ANY:
-        return
-    if cred.uid == 0 or (role is Role.OWNER and cred.uid == os.getuid()):
-        return
-    raise UsageError(f"only {role.value} may {what}")
+    """UsageError unless the caller has ``role``."""
+    if not has_role(role, cred):
+        raise UsageError(f"only {role.value} may {what}")
 
 
 async def with_ticks(link: Link, work: Awaitable[T], gone: asyncio.Future[Any] | None = None) -> T | None:

@@ -27,7 +27,7 @@ from ClusterShell.NodeSet import NodeSet
 
 from gproc import wire
 from gproc.errors import GprocError, UsageError
-from gproc.services.base import TICK, ClientRequest, ServiceTable
+from gproc.services.base import TICK, ClientRequest, Role, ServiceTable, has_role
 
 if TYPE_CHECKING:
     from gproc.overlay import Link
@@ -259,7 +259,7 @@ class JobService:
 
     def _visible(self, cred: PeerCred) -> int | None:
         """Whose jobs a caller may see: everyone's for root and the master's owner, else their own."""
-        return None if cred.uid in (0, os.getuid()) else cred.uid
+        return None if has_role(Role.OWNER, cred) else cred.uid
 
     def _job(self, req: wire.Message, cred: PeerCred) -> dict[str, Any]:
         job = req.get("job")

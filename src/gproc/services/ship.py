@@ -106,35 +106,39 @@ class Shipper:
         window = asyncio.Semaphore(WINDOW)
         pending: list[asyncio.Future[None]] = []  # the puts in flight, awaited below
         sent = 0
-        for h in wanted:
-            size, x = files[h]
-            offset = 0
-            while True:
-                msg = await self._receive(link)
-                if msg.get("t") != "data" or msg.get("h") != h:
-                    raise ProtocolError(f"expected data of {h[:16]}…")
-                if "err" in msg:  # the client could not read it: the nodes lacking it cannot run
-                    reason = f"cannot read a file on the client: {str(msg['err'])[:200]}"
-                    failed.add(("s", 255, reason), need[h] - _ranks(failed))
-                    offset = size
-                    break
-                data, off = msg.get("d"), msg.get("o")
-                if not isinstance(data, bytes) or off != offset or offset + len(data) > size:
-                    raise ProtocolError(f"bad data frame for {h[:16]}…")
-                tg = need[h] - _ranks(failed)
-                if tg:
-                    await window.acquire()
-                    for child in list(self.m.children.values()):
-                        await child.drain()
-                    body = {"h": h, "o": off, "d": data, "z": size, "x": x, "j": job}
-                    pending.append(asyncio.ensure_future(self._put(body, tg, failed, window.release)))
-                sent += len(data)
-                offset += len(data)
-                if offset >= size or not data:
-                    break
-            if offset < size:
-                failed.add(("s", 255, "a file changed on the client while shipping"), need[h] - _ranks(failed))
-        await asyncio.gather(*pending)
+        try:
+            for h in wanted:
+                size, x = files[h]
+                offset = 0
+                while True:
+                    msg = await self._receive(link)
+                    if msg.get("t") != "data" or msg.get("h") != h:
+                        raise ProtocolError(f"expected data of {h[:16]}…")
+                    if "err" in msg:  # the client could not read it: the nodes lacking it cannot run
+                        reason = f"cannot read a file on the client: {str(msg['err'])[:200]}"
+                        failed.add(("s", 255, reason), need[h] - _ranks(failed))
+                        offset = size
+                        break
+                    data, off = msg.get("d"), msg.get("o")
+                    if not isinstance(data, bytes) or off != offset or offset + len(data) > size:
+                        raise ProtocolError(f"bad data frame for {h[:16]}…")
+                    tg = need[h] - _ranks(failed)
+                    if tg:
+                        await window.acquire()
+                        for child in list(self.m.children.values()):
+                            await child.drain()
+                        body = {"h": h, "o": off, "d": data, "z": size, "x": x, "j": job}
+                        pending.append(asyncio.ensure_future(self._put(body, tg, failed, window.release)))
+                    sent += len(data)
+                    offset += len(data)
+                    if offset >= size or not data:
+                        break
+                if offset < size:
+                    failed.add(("s", 255, "a file changed on the client while shipping"), need[h] - _ranks(failed))
+            await asyncio.gather(*pending)
+        finally:
+            for put in pending:  # abandoned (the client interrupted): its op still ends on the nodes
+                put.cancel()
         return sent
 
     async def _put(self, body: dict[str, Any], targets: set[int], failed: Groups, release: Callable[[], None]) -> None:
