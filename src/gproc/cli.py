@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from gproc import client, platform, postfix
@@ -878,7 +879,8 @@ async def _cp(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
     nodes, rest = _file_nodes(opts, pos, 2, usage)
     g = client.Cluster(opts.socket).group(nodes, include=opts.include, exclude=opts.exclude)
     if mode == "cp":
-        statuses = await g.cp(rest[:-1], rest[-1], recursive=opts.recursive, preserve=opts.preserve)
+        with _progress(not opts.json and sys.stderr.isatty()) as bar:
+            statuses = await g.cp(rest[:-1], rest[-1], recursive=opts.recursive, preserve=opts.preserve, progress=bar)
     else:
         statuses = await g.gather(rest[:-1], rest[-1], recursive=opts.recursive)
     worst = 0
@@ -959,3 +961,20 @@ async def _follow(g: client.Group, path: str, opts: argparse.Namespace) -> int:
     finally:
         await lines.aclose()
     return worst
+
+
+@contextlib.contextmanager
+def _progress(show: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar of the bytes cp sends into the tree, on a terminal; nothing otherwise."""
+    if not show:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress("copying", BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
+        task = bar.add_task("copy", total=None)
+
+        def update(sent: int, total: int) -> None:
+            bar.update(task, completed=sent, total=total)
+
+        yield update

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -510,6 +510,7 @@ class Group:
         self.cluster = cluster
         self.selection = {"nodes": nodes, "w": include, "x": exclude}
         self.absent: list[str] = []
+        self.shipped: dict[str, Any] = {}  # cp: what shipping cost (files, bytes, link_bytes, seconds)
 
     async def cat(
         self, paths: list[str] | str, agg: str = "equiv", edges: list[float] | None = None
@@ -679,11 +680,18 @@ class Group:
             shutil.rmtree(spool, ignore_errors=True)
 
     async def cp(
-        self, sources: list[str] | str, dest: str, *, recursive: bool = False, preserve: bool = False
+        self,
+        sources: list[str] | str,
+        dest: str,
+        *,
+        recursive: bool = False,
+        preserve: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[Status]:
         """Copy local ``sources`` to ``dest`` on every node (written atomically, as you; mode, mtime
         and symbolic links kept; ``preserve``: the owner too, when you are root). Returns a status
-        per node set: 0 written, 1 refused by the node (the reason in ``error``), 255 unreachable."""
+        per node set: 0 written, 1 refused by the node (the reason in ``error``), 255 unreachable.
+        ``progress(sent, total)``: bytes sent into the tree so far, of those some node lacks."""
         from gproc.services.fileio import check_paths
 
         sources = [sources] if isinstance(sources, str) else list(sources)
@@ -693,12 +701,11 @@ class Group:
         try:
             conn.send({"t": "req", "fn": "cp", "tree": [e.to_wire() for e in ship.entries.values()], "meta": meta,
                        "dest": dest, "owner": preserve, **self.selection})  # fmt: skip
-            job = Job(conn, {"job": 0}, ship)
             while True:
                 msg = await conn.receive()
                 t = msg.get("t")
                 if t == "want":
-                    await job._send_files(msg.get("h", []))
+                    await _send_wanted(conn, ship, msg.get("h", []), progress)
                 elif t == "ship":
                     self.shipped = {k: msg.get(k, 0) for k in ("files", "bytes", "link_bytes", "seconds")}
                 elif t == "job":
@@ -711,6 +718,26 @@ class Group:
         out = [Status(a, 1, 255, "absent") for a in r["absent"]]
         out += [Status(nodes, count, int(key[1]), str(key[2])) for key, nodes, count in r["groups"]]
         return out
+
+
+async def _send_wanted(
+    conn: Connection, ship: Bundle, hashes: list[str], progress: Callable[[int, int], None] | None
+) -> None:
+    """Stream the files the master asked for, chunk by chunk, telling ``progress`` as they go."""
+    sizes = {e.hash: e.size for e in ship.entries.values() if e.kind == "f"}
+    total, sent = sum(sizes.get(h, 0) for h in hashes), 0
+    for h in hashes:
+        if h not in ship.sources:
+            raise ProtocolError(f"the master asked for an unknown file {str(h)[:16]}")
+        try:
+            for offset, data in ship.chunks(h):
+                conn.send({"t": "data", "h": h, "o": offset, "d": data})
+                await conn.writer.drain()
+                sent += len(data)
+                if progress is not None:
+                    progress(sent, total)
+        except (OSError, StagingError) as e:
+            conn.send({"t": "data", "h": h, "err": str(getattr(e, "strerror", None) or e)})
 
 
 def _lay_out(top: str, entries: list[list[Any]], spool: str) -> None:
