@@ -24,6 +24,7 @@ from tests.cluster.test_pids import as_user
 from tests.conftest import LocalCluster, start_cluster, stop_cluster
 
 from gproc import Cluster, bundle, elf, nodespec, store  # noqa: F401  (loaded before a test drops to nobody)
+from gproc.errors import GprocError
 from gproc.services import fileio  # noqa: F401
 
 NODES = [f"node{i}" for i in range(8)]
@@ -372,3 +373,34 @@ def test_cp_p_keeps_the_owner_for_root_only(c8: LocalCluster, work: str) -> None
     assert c8.gproc("cp", "-w", "node2", src, os.path.join(work, "%h", "")).returncode == 0
     assert os.stat(os.path.join(work, "node1", "owned")).st_uid == NOBODY
     assert os.stat(os.path.join(work, "node2", "owned")).st_uid == 0
+
+
+@pytest.mark.parametrize(
+    "req",
+    [
+        {"fn": "files", "what": "cat", "paths": [1, 2]},
+        {"fn": "files", "what": "rm", "paths": ["/x"]},
+        {"fn": "files", "what": "cat", "paths": ["/x"], "agg": ["sum"]},
+        {"fn": "files", "what": "cat", "paths": ["/x"], "agg": "hist", "edges": ["a"]},
+        {"fn": "files", "what": "stat", "paths": ["/x"], "agg": "sum", "field": "uid"},
+        {"fn": "cp", "tree": "garbage", "meta": {}, "dest": "/x"},
+        {"fn": "cp", "tree": [["f", "/a", "nothex", 1, 0o644]], "meta": {}, "dest": "/x"},
+        {"fn": "cp", "tree": [["d", "/a", 0o755]], "meta": [], "dest": "/x"},
+        {"fn": "lines", "paths": ["/x"]},
+        {"fn": "lines", "paths": ["/x"], "last": -4},
+        {"fn": "follow", "paths": ["/x", "/y"]},
+        {"fn": "gather", "paths": "/x"},
+        {"fn": "gather", "paths": ["/x/../y"]},
+    ],
+)
+def test_malformed_requests_get_one_error_and_the_master_serves_on(c8: LocalCluster, req: dict[str, Any]) -> None:
+    async def ask() -> str:
+        try:
+            await Cluster(c8.socket).request(req.pop("fn"), nodes="**", **req)
+        except GprocError as e:
+            return str(e)
+        return ""
+
+    error = asyncio.run(ask())
+    assert error and "\n" not in error and "internal error" not in error, error
+    assert c8.gproc("ping").returncode == 0
