@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 WORKER_TIMEOUT = 600.0  # a worker reading a huge file over a slow filesystem; it is killed after this
 STAT_FIELDS = ("size", "mtime")
 DEFAULT_EDGES: list[int | float] = [0] + [10**k for k in range(10)]  # decades up to 10**9
+LINES_LIMIT = 60.0  # grep: seconds a node's search may take (the pattern is the caller's)
 FOLLOW_POLL = 0.25  # tail -f: how often a node looks for appended lines
 FOLLOW_LIMIT = 24 * 3600.0  # a tail -f whose client never said stop ends after this
 FETCH_WINDOW = 8  # gather: chunks asked for at a time
@@ -83,18 +84,23 @@ def parse_number(data: bytes) -> int | float:
         return v
 
 
-async def as_user(uid: int, gid: int, fn: str, args: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
+async def as_user(
+    uid: int, gid: int, fn: str, args: dict[str, Any], fds: list[int] | None = None, limit: float | None = None
+) -> dict[str, Any]:
     """Run a ``fileio`` operation with the rights of ``uid``/``gid``: in a thread when the daemon
-    already is that user, else in a forked child that became that user (only a root daemon can)."""
+    already is that user, else in a forked child that became that user (only a root daemon can).
+    With ``limit`` (seconds) always in a child, killed when it takes longer: work whose cost the
+    caller controls (a regular expression) must not hold a daemon thread."""
     euid = os.geteuid()
-    if uid == euid:
+    if uid == euid and limit is None:
         return await asyncio.to_thread(fileio.OPERATIONS[fn], args, list(fds or []))
-    if euid != 0:
+    if uid != euid and euid != 0:
         raise StagingError(f"node daemon runs as uid {euid} and cannot act for uid {uid}")
     groups = platform.user_groups(uid, gid)
-    answer = await asyncio.to_thread(fileio.forked, uid, gid, groups, fn, args, list(fds or []), WORKER_TIMEOUT)
+    seconds = WORKER_TIMEOUT if limit is None else limit
+    answer = await asyncio.to_thread(fileio.forked, uid, gid, groups, fn, args, list(fds or []), seconds)
     if answer is None:
-        raise StagingError("file worker failed or took too long")
+        raise StagingError(f"{fn} failed or took longer than {seconds:.0f} s")
     return answer
 
 
@@ -189,7 +195,7 @@ class FileService:
             path = self._where(op, template)
             if path is None:
                 continue
-            r = await as_user(uid, gid, "lines", {**args, "path": path})
+            r = await as_user(uid, gid, "lines", {**args, "path": path}, limit=LINES_LIMIT)
             if "err" in r:
                 op.emit(("e", template, str(r["err"]).replace(path, template, 1)))
                 continue
