@@ -19,15 +19,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "wire",
         (
             "errors", "ranks", "groups", "merge", "reduce", "wire", "messages", "address", "credential", "platform",
-            "spawnd",
+            "spawnd", "peers",
             "pids", "nodespec", "postfix", "store", "state", "elf", "bundle", "psview",
         ),
     ),
     ("overlay", ("overlay",)),
     ("services", ("services", "services.")),
-    ("master/daemon", ("master", "daemon")),
+    ("master/daemon", ("master", "daemon", "daemonconfig")),
     ("client", ("client", "local", "display", "__init__")),
-    ("front ends", ("cli", "interactive", "__main__", "modes.", "web.", "web")),
+    ("front ends", ("cli", "interactive", "__main__", "switches", "modes", "modes.", "web.", "web")),
 ]  # fmt: skip
 
 

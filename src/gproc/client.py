@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callab
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gproc import errors, wire
+from gproc import errors, peers, wire
 from gproc.errors import ConnectError, GprocError, ProtocolError, StagingError, UsageError
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 DEFAULT_SOCKET = "/tmp/g"
 SILENCE_LIMIT = 30.0  # the master ticks every few seconds during a job; this much silence is death
+READ_AHEAD = 1 << 20  # what the client reads ahead of its consumer: a slow one slows the job, not memory
 STDIN_CHUNK = 64 * 1024  # stdin travels in chunks of this size …
 STDIN_WINDOW = 8  # … at most this many unacknowledged (flow control down to every node)
 FOLLOW_END = 45.0  # tail -f: how long the nodes may take to confirm they stopped
@@ -39,7 +40,11 @@ def socket_path(explicit: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class Output:
-    """Lines that a set of nodes wrote identically (``lineno`` counts lines per node and stream)."""
+    """Output that a set of nodes wrote identically: ``data`` is one or more whole lines (a piece of a
+    line when it does not end in a newline and more of that node's output follows; the end of the
+    output when it ended without one); ``lineno`` is the number of its first line per node and stream
+    (a piece of a line counts as one): a node's output is its records' data joined in ``lineno``
+    order. Events come in that order for each node."""
 
     nodes: str
     count: int
@@ -76,11 +81,22 @@ class Connection:
 
     @classmethod
     async def open(cls, path: str, timeout: float = 10.0) -> Connection:
+        # Nothing (the request carries the whole environment) goes to a socket that another user could
+        # have put there while the master was down: the path and its directories must be root's or
+        # ours, and so must the process that listens on it.
+        trusted = {0, os.geteuid()}
+        refused = peers.untrusted_path(path, trusted)
+        if refused is not None:
+            raise ConnectError(refused)
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_unix_connection(path, limit=wire.MAX_FRAME)
+                reader, writer = await asyncio.open_unix_connection(path, limit=READ_AHEAD)
         except (OSError, TimeoutError) as e:
             raise ConnectError(f"cannot reach the master at {path}: {getattr(e, 'strerror', None) or e}") from None
+        refused = peers.untrusted_peer(writer.get_extra_info("socket"), path, trusted)
+        if refused is not None:
+            writer.close()
+            raise ConnectError(refused)
         conn = cls(reader, writer)
         conn.send(wire.hello("client"))
         try:

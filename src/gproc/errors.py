@@ -57,6 +57,18 @@ class RemoteError(GprocError):
     """An error reported by the master or a node for a request."""
 
 
+class CommandNotFound(StagingError):
+    """CMD is in no PATH directory, or its path names nothing (exit 127, as a shell)."""
+
+    exit_status = 127
+
+
+class CannotExecute(StagingError):
+    """CMD exists but cannot run: a directory, no execute permission (exit 126, as a shell)."""
+
+    exit_status = 126
+
+
 def _kinds() -> dict[str, type[GprocError]]:
     out: dict[str, type[GprocError]] = {}
     todo: list[type[GprocError]] = [GprocError]

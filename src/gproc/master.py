@@ -17,12 +17,14 @@ from typing import Any
 
 from ClusterShell.NodeSet import NodeSet
 
-from gproc import errors, nodespec, platform, wire
+from gproc import errors, nodespec, peers, platform, wire
 from gproc import ranks as rankset
 from gproc.errors import GprocError, ProtocolError, RegistrationError, UsageError
+from gproc.messages import LateMsg
 from gproc.overlay import ID_RE, NAME_RE, Link, Node, NodeConfig, TreeLink
 from gproc.platform import PeerCred, peer_credentials
 from gproc.services.base import TICK, Call, ClientRequest, Role, allowed, socket_alive, with_ticks
+from gproc.services.collect import Collector
 from gproc.services.jobs import JobStore
 from gproc.services.procs import MasterProcs
 from gproc.services.ship import Shipper
@@ -84,10 +86,12 @@ class Master(Node):
         self._op_next = self._op_end = 0
         self.root_children: dict[str, int] = {}
         self._unix: asyncio.Server | None = None
+        self._clients = peers.ClientLimit()
         self._fold_cache: dict[tuple[int, ...], str] = {}
         # selections resolved against the live tree, until its shape or a node's state changes
         self._select_cache: dict[tuple[str | None, str | None, str | None], tuple[frozenset[int], frozenset[str]]] = {}
         self.requests: dict[str, ClientRequest] = {}
+        self.collectors: dict[int, Collector] = {}  # running jobs' results by op id (late ones come here)
         self.calls: dict[str, Call] = {}
         self._register_requests()
         # the services the exec request uses (``equip``)
@@ -261,9 +265,12 @@ class Master(Node):
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         link = Link(reader, writer, {"name": "client"})
         self.own(asyncio.current_task())
+        cred: PeerCred | None = None
         try:
-            sock = writer.get_extra_info("socket")
-            cred = peer_credentials(sock) if sock is not None else PeerCred(0, os.getuid(), os.getgid())
+            cred = peer_credentials(writer.get_extra_info("socket"))
+            if not self._clients.enter(cred.uid):
+                cred = None
+                raise GprocError(f"too many connections from this user (at most {self._clients.per_user})")
             async with asyncio.timeout(10):
                 wire.check_hello(await link.receive(), "client")
                 link.send(wire.hello("master", name=self.cfg.name))
@@ -275,6 +282,8 @@ class Master(Node):
         else:
             await self.serve_client(link, req, cred)
         finally:
+            if cred is not None:
+                self._clients.leave(cred.uid)
             await link.close(30.0)  # what is queued still goes (a big output to a slow client), then close
 
     async def serve_client(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
@@ -417,22 +426,45 @@ class Master(Node):
             "gather": req.get("gather") is True,
             "pgpid": link.peer.get("pgpid", 0),  # the gpid of the process that asked (relayed from a job)
             "stdin": req.get("stdin") is True and not batch,  # a batch job's input is empty
+            "redeliver": True,  # nodes keep what they send up, to send it again after re-attaching
         }
         absent_set = str(NodeSet.fromlist(sorted(absent)))
         record = self.jobs.start(job, cred.uid, argv, self.fold(targets), len(targets), batch, absent_set)
         link.send({"t": "job", "job": job, "n": len(targets), "absent": absent_set})
         done = asyncio.Event()
         ops: list[Any] = []
+        flow = _Flow(self, link, job)
+
+        def emit(groups: list[list[Any]]) -> None:
+            out = [[key, self.fold_intervals(enc), rankset.count(enc)] for key, enc in groups]
+            # merging in the tree keeps the first-seen order of keys, which can put a node's record
+            # after one it wrote later (a key another node sent first): records go by their number
+            out.sort(key=_record_order)
+            record.add(out)
+            link.send({"t": "out", "g": out})
+            flow.check(targets)
+
+        op_id = self.next_op_id()
+
+        def finish() -> None:
+            self.collectors.pop(op_id, None)
+            record.finish(ops[0].bytes_in if ops else 0, ops[0].frames_in if ops else 0)
+            link.send({"t": "end"})
+            done.set()
+
+        started = time.time()
+
+        def may_return(lost: set[int]) -> set[int]:
+            """Ranks reported lost that may yet re-attach and deliver: those under another lost rank
+            (their parent died, not they) and those that re-attached since the job started."""
+            rows = self.topo
+            back = {r for r in lost if r in rows and rows[r].state == "up" and rows[r].since > started}
+            return back | {r for r in lost if r in rows and rows[r].parent in lost}
+
+        results = Collector(emit, finish, self.cfg.reattach_grace, may_return)
 
         def sink(groups: list[list[Any]], end: bool) -> None:
-            if groups:
-                out = [[key, self.fold_intervals(enc), rankset.count(enc)] for key, enc in groups]
-                record.add(out)
-                link.send({"t": "out", "g": out})
-            if end:
-                record.finish(ops[0].bytes_in if ops else 0, ops[0].frames_in if ops else 0)
-                link.send({"t": "end"})
-                done.set()
+            results.add(groups, end)
 
         self.pids.job_started(job, targets)
         if bundle is not None:  # ticks keep the client patient while files go down (minutes on a big tree)
@@ -444,7 +476,8 @@ class Master(Node):
                 sink(failed.to_wire(), not targets)
             if not targets:
                 return
-        ops.append(self.start_op(self.next_op_id(), "exec", body, targets, sink))
+        self.collectors[op_id] = results
+        ops.append(self.start_op(op_id, "exec", body, targets, sink))
         if batch:
             return  # the client has its job id and leaves; the job runs on, its output is kept
         await self._attend(link, job, ops[0].id, targets, done)
@@ -478,9 +511,57 @@ class Master(Node):
             reader.cancel()
             waiter.cancel()
 
+    def _on_late(self, link: TreeLink, msg: wire.Message) -> None:
+        late = LateMsg.decode(msg)
+        results = self.collectors.get(late.op)
+        if results is not None:  # else the job has ended: what it reported lost stays lost
+            results.late(late.groups, late.truncated)
+
     def signal_job(self, job: int, targets: set[int], sig: int) -> None:
         """Send a signal to every process of a job, on every node that runs it."""
         self.start_op(self.next_op_id(), "signal", {"job": job, "sig": sig}, targets, lambda *_: None)
+
+
+def _record_order(item: list[Any]) -> tuple[int, int, int]:
+    """Output records by stream and number, then every other key (statuses) in the order they came."""
+    key = item[0]
+    if key[0] == "o":
+        return (0, key[1], key[2])
+    return (1, 0, 0)
+
+
+class _Flow:
+    """Back-pressure from one attached client to its job's nodes: while the client's connection holds
+    more than ``HOLD_AT`` bytes not taken in, the job is *held* (its nodes stop reading its programs'
+    output, which then block on their pipes), until the client took in all but ``RELEASE_AT``. Only
+    this job waits: other jobs' output keeps flowing on the same tree links."""
+
+    HOLD_AT = 1 << 20
+    RELEASE_AT = 256 << 10
+    POLL = 0.02
+
+    def __init__(self, master: Master, link: Link, job: int) -> None:
+        self.m = master
+        self.link = link
+        self.job = job
+        self.holding = False
+
+    def check(self, targets: set[int]) -> None:
+        if not self.holding and self.link.unsent() >= self.HOLD_AT:
+            self.holding = True
+            self._hold(targets, True)
+            self.m.spawn(self._release(targets))
+
+    def _hold(self, targets: set[int], on: bool) -> None:
+        body = {"job": self.job, "on": on}
+        self.m.start_op(self.m.next_op_id(), "hold", body, targets, lambda *_: None)
+
+    async def _release(self, targets: set[int]) -> None:
+        link = self.link
+        while not link.closed and link.unsent() > self.RELEASE_AT:
+            await asyncio.sleep(self.POLL)
+        self.holding = False
+        self._hold(targets, False)
 
 
 def _ack(link: Link, seq: int) -> None:

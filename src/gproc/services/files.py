@@ -390,7 +390,7 @@ class MasterFiles:
         if field not in STAT_FIELDS:
             raise UsageError(f"stat field must be one of {', '.join(STAT_FIELDS)}")
         targets, absent = self.m.selection(req)
-        kind = "fread" if what == "cat" else "fstat"
+        kind = {"cat": "fread", "stat": "fstat"}[what]
         base = {"uid": cred.uid, "gid": cred.gid, "field": field, "gather": True}
         # numeric answers: one op per path, so each path gets its own value
         batches = [[p] for p in paths] if reducer is not None else [paths]

@@ -27,7 +27,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from gproc import errors, wire
+from gproc import errors, peers, wire
 from gproc.errors import ConnectError, GprocError, ProtocolError, RegistrationError
 from gproc.overlay import Link
 from gproc.platform import PeerCred, peer_credentials
@@ -55,6 +55,7 @@ class NodeSocket:
         self.path = path
         self._server: asyncio.AbstractServer | None = None
         self._ino: int | None = None
+        self._clients = peers.ClientLimit()
 
     def service(self) -> ServiceTable:
         return ServiceTable("node socket", start=self.start_serving, stop=self.close)
@@ -68,7 +69,14 @@ class NodeSocket:
         """Listen; False (and a warning) when the path is held by another live daemon or unusable."""
         path = self.path
         try:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            folder = os.path.dirname(path) or "."
+            os.makedirs(folder, exist_ok=True)
+            # A directory another user made (say /tmp/xproc, before this daemon first ran) lets that
+            # user swap our socket for theirs: refused.
+            refused = peers.untrusted_path(folder, {0, os.geteuid()})
+            if refused is not None:
+                self.node.log.warning("not serving a client socket: %s", refused)
+                return False
             if os.path.exists(path):
                 if await socket_alive(path):
                     self.node.log.warning("client socket %s is in use by another daemon: not serving one", path)
@@ -94,9 +102,12 @@ class NodeSocket:
         node = self.node
         link = Link(reader, writer, {"name": "client"})
         node.own(asyncio.current_task())  # cancelled when the node stops
+        cred: PeerCred | None = None
         try:
-            sock = writer.get_extra_info("socket")
-            cred = peer_credentials(sock) if sock is not None else PeerCred(0, os.getuid(), os.getgid())
+            cred = peer_credentials(writer.get_extra_info("socket"))
+            if not self._clients.enter(cred.uid):
+                cred = None
+                raise GprocError(f"too many connections from this user (at most {self._clients.per_user})")
             async with asyncio.timeout(10):
                 wire.check_hello(await link.receive(), "client")
                 link.send(wire.hello("node", name=node.cfg.name))
@@ -109,6 +120,8 @@ class NodeSocket:
         except (EOFError, OSError, TimeoutError) as e:
             node.log.debug("client ended: %s", e)
         finally:
+            if cred is not None:
+                self._clients.leave(cred.uid)
             with contextlib.suppress(Exception):
                 await link.drain(5.0)
             link.abort()
@@ -163,7 +176,7 @@ class RelayLink(Link):
     """What a request handler at the master sees for a relayed client: a Link whose sends are queued
     for the next pull and whose receives are the client's pushes."""
 
-    __slots__ = ("_inbox", "_ready", "outbox")
+    __slots__ = ("_inbox", "_ready", "outbox", "queued")
 
     def __init__(self, peer: dict[str, Any]) -> None:  # no socket behind it: Link.__init__ is not used
         self.peer = peer
@@ -171,6 +184,7 @@ class RelayLink(Link):
         self.counter = wire.Counter()
         self.last_rx = self.last_tx = time.monotonic()
         self.outbox: list[tuple[wire.Message, int]] = []
+        self.queued = 0  # bytes in the outbox: the master holds a job whose relayed client lags
         self._ready = asyncio.Event()
         self._inbox: asyncio.Queue[wire.Message | None] = asyncio.Queue()
 
@@ -179,6 +193,7 @@ class RelayLink(Link):
             return False
         size = len(wire.pack(msg))  # the same frame limit as a socket
         self.outbox.append((msg, size))
+        self.queued += size
         self.counter.bytes_out += size
         self.counter.frames_out += 1
         self._ready.set()
@@ -186,6 +201,9 @@ class RelayLink(Link):
 
     async def drain(self, timeout: float = 30.0) -> None:
         return None
+
+    def unsent(self) -> int:
+        return 0 if self.closed else self.queued
 
     async def receive(self) -> wire.Message:
         msg = await self._inbox.get()
@@ -216,6 +234,7 @@ class RelayLink(Link):
         size = 0
         while self.outbox and (not out or size + self.outbox[0][1] <= PULL_BYTES):
             msg, n = self.outbox.pop(0)
+            self.queued -= n
             out.append(msg)
             size += n
         return out

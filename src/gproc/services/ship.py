@@ -65,7 +65,7 @@ class Shipper:
         if not files:
             return targets, failed
         t0 = time.monotonic()
-        need = await self._have(files, targets, failed)
+        need = await self._have(files, targets, failed, job)
         ok = targets - _ranks(failed)
         wanted = [h for h in files if need.get(h, set()) & ok]
         sent = 0
@@ -81,9 +81,11 @@ class Shipper:
         link.send({"t": "ship", "files": len(wanted), "bytes": sent, "link_bytes": carried, "seconds": seconds})
         return targets - _ranks(failed), failed
 
-    async def _have(self, files: dict[str, tuple[int, bool]], targets: set[int], failed: Groups) -> dict[str, set[int]]:
+    async def _have(
+        self, files: dict[str, tuple[int, bool]], targets: set[int], failed: Groups, job: int
+    ) -> dict[str, set[int]]:
         need: dict[str, set[int]] = {}
-        body = {"h": [[h, size, x] for h, (size, x) in files.items()]}
+        body = {"h": [[h, size, x] for h, (size, x) in files.items()], "j": job}  # j: the files stay for it
         async for part in self.m.request("have", body, targets):
             for key, enc in part.groups:
                 ranks = rankset.decode(enc)
