@@ -24,6 +24,7 @@ from gproc.overlay import Node, NodeConfig
 from gproc.pids import PidConfig
 from gproc.services.base import install
 from gproc.services.execute import ExecService, SpawnGate
+from gproc.services.files import FileService, MasterFiles
 from gproc.services.jobs import JobService, JobStore
 from gproc.services.procs import MasterProcs, ProcService
 from gproc.services.relay import MasterRelay, NodeSocket
@@ -51,7 +52,8 @@ def node_services(node: Node, gate: SpawnGate | None = None) -> NodeServices:
     stdin = StdinService(node)
     stage = StageService(node)
     execute = ExecService(node, gate or SpawnGate(), procs, stdin, stage)
-    for table in (execute.service(), procs.service(), stdin.service(), stage.service()):
+    files = FileService(node, stage.store)
+    for table in (execute.service(), procs.service(), stdin.service(), stage.service(), files.service()):
         install(node, table)
     if node.cfg.socket and not node.is_master:
         install(node, NodeSocket(node, procs, node.cfg.socket).service())
@@ -89,7 +91,9 @@ def build_master(
     procs = MasterProcs(master, pids or PidConfig(), master.state.db, jobs)
     for table in (jobs.service(), procs.service(), MasterRelay(master).service()):
         install(master, table, master)
-    master.equip(procs, store, Shipper(master), stdin)
+    shipper = Shipper(master)
+    master.equip(procs, store, shipper, stdin)
+    install(master, MasterFiles(master, shipper).service(), master)
     return master
 
 

@@ -38,7 +38,9 @@ class Mode:
 
     ``run(opts, positionals)`` returns the exit status. ``command_after(switches)``, when set, is how
     many positionals come before a command that is taken verbatim (exec's NODES). ``signal_args``:
-    ``-9``/``-KILL`` are positionals (kill), not switches."""
+    ``-9``/``-KILL`` are positionals (kill), not switches. ``short``: this mode's own one-letter
+    switches as (letter, long form) pairs, bundled or not (cp's ``-rp``, tail's ``-n K -f``); after the
+    mode they shadow the seed's ``-r``/``-p``/``-f`` and other modes' ``-n``."""
 
     names: tuple[str, ...]
     summary: tuple[str, ...]
@@ -49,6 +51,7 @@ class Mode:
     command_after: Callable[[list[str]], int] | None = None
     signal_args: bool = False
     epilog: str = ""
+    short: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -153,6 +156,14 @@ class CommandLine:
     verbatim: bool = False
 
 
+def _own_switches(mode: Mode, tok: str) -> list[str]:
+    """The long forms of ``tok`` when it is one or more of ``mode``'s own one-letter switches."""
+    letters = dict(mode.short)
+    if not letters or len(tok) < 2 or tok[0] != "-" or not all(c in letters for c in tok[1:]):
+        return []
+    return [letters[c] for c in tok[1:]]
+
+
 def split_argv(argv: Sequence[str], modes: dict[str, Mode]) -> CommandLine:
     """Split into switches, mode and positionals. Switches may come before or after the mode (as the
     seed's did); for exec everything from the command on is the command's own and is left untouched."""
@@ -169,6 +180,13 @@ def split_argv(argv: Sequence[str], modes: dict[str, Mode]) -> CommandLine:
             break
         if mode is not None and mode.signal_args and SIGNAL_SWITCH.match(tok):
             line.pos.append(tok)  # kill's signal, not a gproc switch
+        elif mode is not None and (own := _own_switches(mode, tok)):
+            line.switches.extend(own)
+            if own[-1] in mode.value_switches:
+                if i + 1 >= len(args):
+                    raise UsageError(f"{tok} needs a value")
+                line.switches.append(args[i + 1])
+                i += 1
         elif tok.startswith("-") and len(tok) > 1:
             norm = normalize(tok)
             name = norm.partition("=")[0]
