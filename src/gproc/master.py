@@ -284,7 +284,7 @@ class Master(Node):
         finally:
             if cred is not None:
                 self._clients.leave(cred.uid)
-            await link.close(30.0)  # what is queued still goes (a big output to a slow client), then close
+            await link.linger(30.0)  # what is queued still goes (a big output to a slow client), then close
 
     async def serve_client(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
         """Answer one client request (on the master's socket, or relayed by a node): the one place
@@ -510,6 +510,8 @@ class Master(Node):
         finally:
             reader.cancel()
             waiter.cancel()
+            # the reader must be gone before anything else reads this link (linger, at its close)
+            await asyncio.wait({reader, waiter})
 
     def _on_late(self, link: TreeLink, msg: wire.Message) -> None:
         late = LateMsg.decode(msg)

@@ -121,6 +121,25 @@ class Link:
             with contextlib.suppress(Exception):
                 self.writer.transport.abort()
 
+    async def linger(self, timeout: float = 30.0) -> None:
+        """Send what is queued, half-close, and read (dropping it) until the peer closes, then close.
+
+        A client may still be sending (its stdin's end racing its job's end) when the last answer
+        goes out; closing at once would make its next write fail with EPIPE, and that error would
+        hide the answer still waiting in its receive buffer. After a half-close the peer reads our
+        last messages and EOF, and its late writes land here, harmlessly."""
+        if self.closed:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                if self.writer.can_write_eof():
+                    self.writer.write_eof()
+                while await self.reader.read(1 << 16):
+                    pass
+        except (OSError, TimeoutError, ConnectionError, RuntimeError, ValueError):
+            pass
+        await self.close(1.0)
+
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait while the link's send buffer is above its high-water mark (flow control)."""
         transport = self.writer.transport
