@@ -27,7 +27,7 @@ MODES = {
     "s": "node", "node": "node", "slave": "node", "worker": "node",
     "e": "exec", "exec": "exec",
     "i": "info", "info": "info",
-    "up": "up", "down": "down", "keygen": "keygen", "ping": "ping",
+    "up": "up", "down": "down", "keygen": "keygen", "ping": "ping", "launch": "launch",
     "ps": "ps", "kill": "kill", "wait": "wait", "jobs": "jobs", "output": "output",
     "_worker": "_worker",
 }  # fmt: skip
@@ -56,6 +56,9 @@ usage: gproc [switches] MODE [args]
   wait GPID...|JOBID              wait for processes or a job to end; exits with their status
                                   (gpids and job ids are one number space; %N or job:N says "job")
   up --local N [--fanout K]       start a master and N nodes on this machine
+  launch --ssh HOSTS [--fanout K] start daemons on HOSTS (a hostlist) over ssh, as a tree; a master
+                                  here unless one runs (--ssh-command CMD or $GPROC_SSH, --json)
+  launch --stop | down            stop what launch started (down: else the local cluster)
   down                            stop the local cluster
   keygen [--key FILE]             make the cluster credential
 exec switches: -b (gathered), --diff, --json, -n (no stdin), -w NODESET, -x NODESET, --path SPEC,
@@ -123,6 +126,9 @@ def _switch_parser() -> _Parser:
     a("--keep-bytes", type=_size, default=1 << 30)
     a("--quiet", type=float)
     a("--hold", type=float)
+    a("--ssh")
+    a("--ssh-command")
+    a("--stop", action="store_true")
     return p
 
 
@@ -131,7 +137,7 @@ VALUE_OPTIONS = {
     "--debug", "--key", "--listen", "--state", "--ready-file", "--heartbeat", "--dead-after", "-w", "-x",
     "--path", "--timeout", "--export", "--local", "--fanout", "--procs", "--prefix", "--window",
     "-s", "--signal", "--gpid-block", "--collect-every", "--node-socket",
-    "--keep-jobs", "--keep-bytes", "--quiet", "--hold",
+    "--keep-jobs", "--keep-bytes", "--quiet", "--hold", "--ssh", "--ssh-command",
 }  # fmt: skip
 SIGNAL_SWITCH = re.compile(r"^-(\d+|(SIG)?[A-Z][A-Z0-9]*)$")  # kill -9, kill -KILL, kill -SIGKILL
 
@@ -246,7 +252,7 @@ def _dispatch(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
         )
     if mode == "node":
         daemon.setup_logging(opts.debug)
-        return platform.run(daemon.serve_node(_node_config(opts)))
+        return platform.run(daemon.serve_node(_node_config(opts), opts.ready_file))
     if mode == "_worker":
         daemon.setup_logging(opts.debug)
         if len(pos) != 1:
@@ -254,9 +260,15 @@ def _dispatch(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
         return daemon.serve_many_file(pos[0])
     if mode == "up":
         return _up(opts)
-    if mode == "down":
-        from gproc import local
+    if mode == "launch":
+        from gproc import launchcli
 
+        return launchcli.run(opts, pos)
+    if mode == "down":
+        from gproc import launch, launchcli, local
+
+        if launch.LaunchRecord.load(client.socket_path(opts.socket)) is not None:
+            return launchcli.stop(opts)
         local.down(opts.socket)
         print("local cluster stopped")
         return 0

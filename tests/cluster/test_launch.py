@@ -1,0 +1,158 @@
+"""``gproc launch --ssh`` on real hosts: network namespaces on a bridge, each running Debian's sshd.
+
+Eight hosts at fanout 2: h3 (an interior host, h7's parent) has its sshd stopped and h8 refuses the
+login, so the launch must report both with ssh's reason, start h7 from h1 instead, and bring the other
+six up; ``gproc e`` then runs on all six, each in its own UTS namespace. The credential must never be
+on any command line while the launch runs, and ``--stop`` / ``down`` must leave no daemon on any host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from tests.netbed import NetBed, netbed, problem
+
+GPROC = [sys.executable, "-m", "gproc"]
+HOSTS = [f"h{i}" for i in range(1, 9)]
+UP = ["h1", "h2", "h4", "h5", "h6", "h7"]
+
+pytestmark = pytest.mark.skipif(problem() is not None, reason=problem() or "")
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[NetBed]:
+    with netbed(HOSTS, refuse=["h8"]) as b:
+        b.stop_sshd("h3")
+        yield b
+
+
+@pytest.fixture
+def env(bed: NetBed) -> Iterator[dict[str, str]]:
+    d = tempfile.mkdtemp(prefix="gproc-launch-test-")
+    e = dict(os.environ, GPROC_MASTER=os.path.join(d, "master.sock"), GPROC_KEY=os.path.join(d, "cluster.key"))
+    e["GPROC_SSH"] = " ".join(bed.ssh_command)
+    e["PATH"] = os.path.dirname(sys.executable) + ":" + e.get("PATH", "/usr/bin:/bin")
+    subprocess.run([*GPROC, "keygen"], env=e, check=True, capture_output=True, timeout=60)
+    yield e
+    if os.path.exists(e["GPROC_MASTER"] + ".launch"):  # a test that failed half-way
+        subprocess.run([*GPROC, "launch", "--stop"], env=e, capture_output=True, timeout=120)
+    subprocess.run(["rm", "-rf", d], check=True, timeout=30)
+
+
+def gproc(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GPROC, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def launch_args(bed: NetBed) -> list[str]:
+    # the master listens on the bridge (the hosts' only way out); each host's binRoot is in its own /run
+    return ["launch", "--ssh", "h[1-8]", "--fanout", "2", "--listen", f"{bed.gateway}:0", "--bin-root", "/run/xproc"]
+
+
+class CmdlineWatch:
+    """Reads every process's command line and environment while a launch runs, looking for the key."""
+
+    def __init__(self, secret: bytes) -> None:
+        self.secret = secret
+        self.hits: list[str] = []
+        self.sweeps = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                for what in ("cmdline", "environ"):
+                    try:
+                        with open(f"/proc/{pid}/{what}", "rb") as f:
+                            if self.secret in f.read():
+                                self.hits.append(f"{pid}/{what}")
+                    except OSError:
+                        pass
+            self.sweeps += 1
+            time.sleep(0.005)
+
+    def __enter__(self) -> CmdlineWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(10)
+
+
+def secret_of(key_file: str) -> bytes:
+    """A line of the private key's base64: what any copy of the credential contains."""
+    with open(key_file, "rb") as f:
+        lines = f.read().splitlines()
+    return lines[lines.index(b"-----BEGIN PRIVATE KEY-----") + 1]
+
+
+def test_tree_launch_reports_failures_runs_everywhere_and_stops(bed: NetBed, env: dict[str, str]) -> None:
+    with CmdlineWatch(secret_of(env["GPROC_KEY"])) as watch:
+        r = gproc(env, *launch_args(bed), "--json")
+    assert watch.sweeps > 0
+    assert watch.hits == [], f"the credential was readable in {watch.hits}"
+    rows = {row["host"]: row for row in map(json.loads, r.stdout.splitlines())}
+    assert r.returncode == 255, r.stderr
+    assert sorted(rows) == HOSTS
+    assert "Connection refused" in rows["h3"]["error"], rows["h3"]
+    assert "Permission denied" in rows["h8"]["error"], rows["h8"]
+    assert sorted(h for h, row in rows.items() if row["ok"]) == UP, rows
+
+    info = gproc(env, "info", "--json")
+    assert info.returncode == 0, info.stderr
+    tree = {n["name"]: n for n in map(json.loads, info.stdout.splitlines())}
+    assert {n for n, row in tree.items() if row["state"] == "up"} == set(UP)
+    assert tree["h7"]["parent"] == "h1"  # h3 could not start it, so h1 did
+    assert tree["h4"]["parent"] == "h2" and tree["h1"]["parent"] == "master"
+
+    out = gproc(env, "e", "**", "hostname")
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.splitlines()) == sorted(f"{h}: {h}" for h in UP)
+
+    for h in UP:  # the daemon opens the credential from a descriptor, not a file on disk
+        (pid,) = bed.daemons(h)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        assert argv[argv.index(b"--key") + 1].startswith(b"/proc/self/fd/"), argv
+
+    stop = gproc(env, "launch", "--stop")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    left = {h: bed.daemons(h) for h in HOSTS}
+    assert left == {h: [] for h in HOSTS}, left
+    assert not os.path.exists(env["GPROC_MASTER"]) and not os.path.exists(env["GPROC_MASTER"] + ".launch")
+
+
+def test_down_stops_a_launch_and_a_second_launch_is_refused_meanwhile(bed: NetBed, env: dict[str, str]) -> None:
+    r = gproc(env, *launch_args(bed))
+    assert r.returncode == 255, r.stderr
+    assert r.stdout.startswith("6 of 8 hosts up"), r.stdout
+    assert "h3: ssh: connect to host" in r.stderr and "h8: " in r.stderr, r.stderr
+    again = gproc(env, *launch_args(bed))
+    assert again.returncode == 2 and "launch --stop" in again.stderr, again.stderr
+    assert sum(len(bed.daemons(h)) for h in HOSTS) == len(UP)  # the refused launch started nothing
+    down = gproc(env, "down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert {h: bed.daemons(h) for h in HOSTS} == {h: [] for h in HOSTS}
+
+
+def test_bad_input_is_one_line(env: dict[str, str]) -> None:
+    for args, msg in (
+        (["launch"], "usage: gproc launch --ssh HOSTS"),
+        (["launch", "--ssh", "h[1-"], "bad host list"),
+        (["launch", "--ssh", "h1", "--fanout", "0"], "--fanout must be at least 1"),
+        (["launch", "--ssh", "h1", "--ssh-command", "ssh 'unclosed"], "bad ssh command"),
+        (["launch", "--stop"], "no launch recorded"),
+    ):
+        r = gproc(env, *args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and msg in r.stderr, (args, r.stderr)
