@@ -65,6 +65,8 @@ exec switches: -b (gathered), --diff, --json, -n (no stdin), -w NODESET, -x NODE
   --timeout S, --export=ALL|NONE|VAR[=VAL],..., --window S (live merging), --batch, -i,
   -f FILE,DIR,DIR/.  -r ROOT  -localbin  -p=false
   (CMD, its ELF interpreter and libraries are shipped and run from each node's -binRoot)
+daemon switches: --config FILE (else $GPROC_CONFIG, else /etc/gproc/gproc.toml: settings a switch
+  does not give), --print-unit (a systemd unit: gproc s --print-unit > /etc/systemd/system/gproc-node.service)
 master switches: --gpid-block N (gpids per block, default 64), --collect-every S (block collection),
   --keep-jobs N, --keep-bytes SIZE (retention of job output; SIZE like 500M or 2G)
 seed switches: -myParent -myId -myAddress -cmdport -defaultMasterUDS -binRoot -r -f -localbin -p -debug
@@ -129,6 +131,8 @@ def _switch_parser() -> _Parser:
     a("--ssh")
     a("--ssh-command")
     a("--stop", action="store_true")
+    a("--config")
+    a("--print-unit", action="store_true")
     return p
 
 
@@ -137,7 +141,7 @@ VALUE_OPTIONS = {
     "--debug", "--key", "--listen", "--state", "--ready-file", "--heartbeat", "--dead-after", "-w", "-x",
     "--path", "--timeout", "--export", "--local", "--fanout", "--procs", "--prefix", "--window",
     "-s", "--signal", "--gpid-block", "--collect-every", "--node-socket",
-    "--keep-jobs", "--keep-bytes", "--quiet", "--hold", "--ssh", "--ssh-command",
+    "--keep-jobs", "--keep-bytes", "--quiet", "--hold", "--ssh", "--ssh-command", "--config",
 }  # fmt: skip
 SIGNAL_SWITCH = re.compile(r"^-(\d+|(SIG)?[A-Z][A-Z0-9]*)$")  # kill -9, kill -KILL, kill -SIGKILL
 
@@ -216,7 +220,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gproc`` command."""
     try:
         switches, mode, pos = split_argv(sys.argv[1:] if argv is None else argv)
-        opts = _switch_parser().parse_args(switches)
+        parser = _switch_parser()
+        opts = parser.parse_args(switches)
+        if mode in ("master", "node", "launch"):  # settings from the configuration file, under the switches
+            from gproc import config
+
+            given = {a.dest for s in switches if (a := parser._option_string_actions.get(s.partition("=")[0]))}
+            config.apply(opts, given, mode, opts.config)
         if opts.version:
             from gproc import __version__
 
@@ -244,6 +254,11 @@ def _dispatch(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
 
         path = credential.keygen(credential.key_path(opts.key), force=opts.force)
         print(f"cluster credential written to {path}")
+        return 0
+    if mode in ("master", "node") and opts.print_unit:
+        from gproc import config
+
+        print(config.unit(mode, opts.config), end="")
         return 0
     if mode == "master":
         daemon.setup_logging(opts.debug)
