@@ -85,6 +85,7 @@ class NetBed:
 
     names: Sequence[str]
     refuse: Sequence[str] = ()  # hosts whose sshd accepts no key (a login that is refused)
+    absent: Sequence[str] = ()  # names with an address on the bridge's subnet and no host behind it
     dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="gproc-netbed-"))
     hosts: dict[str, Host] = field(default_factory=dict)
     bridge: str = ""
@@ -135,6 +136,8 @@ class NetBed:
             )
         shutil.copy(os.path.join(self.dir, "client_key.pub"), os.path.join(self.dir, "authorized_keys"))
         lines = [f"Host {h.name}\n  HostName {h.address}\n" for h in self.hosts.values()]
+        net = ipaddress.ip_network(f"{self.gateway}/24", strict=False)
+        lines += [f"Host {n}\n  HostName {net.network_address + 200 + i}\n" for i, n in enumerate(self.absent)]
         lines.append(
             f"Host *\n  User root\n  IdentityFile {self.dir}/client_key\n  IdentitiesOnly yes\n"
             "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  GlobalKnownHostsFile /dev/null\n"
@@ -223,9 +226,9 @@ class NetBed:
 
 
 @contextlib.contextmanager
-def netbed(names: Sequence[str], refuse: Sequence[str] = ()) -> Iterator[NetBed]:
+def netbed(names: Sequence[str], refuse: Sequence[str] = (), absent: Sequence[str] = ()) -> Iterator[NetBed]:
     """A bed that is removed on the way out, also when building it failed half-way."""
-    bed = NetBed(names, refuse=refuse)
+    bed = NetBed(names, refuse=refuse, absent=absent)
     try:
         yield bed.up()
     finally:

@@ -1,9 +1,10 @@
 """``gproc launch --ssh`` on real hosts: network namespaces on a bridge, each running Debian's sshd.
 
-Eight hosts at fanout 2: h3 (an interior host, h7's parent) has its sshd stopped and h8 refuses the
-login, so the launch must report both with ssh's reason, start h7 from h1 instead, and bring the other
-six up; ``gproc e`` then runs on all six, each in its own UTS namespace. The credential must never be
-on any command line while the launch runs, and ``--stop`` / ``down`` must leave no daemon on any host.
+Eight hosts and a ninth name at fanout 2: h3 (an interior host, h7's parent) has its sshd stopped,
+h8 refuses the login and h9 has an address nobody answers on, so the launch must report the three with
+ssh's reason, start h7 from h1 instead, and bring the other six up; ``gproc e`` then runs on all six,
+each in its own UTS namespace. The credential must never be on any command line while the launch runs
+nor reach a job, and ``--stop`` / ``down`` must leave no daemon on any host.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +24,7 @@ import pytest
 from tests.netbed import NetBed, netbed, problem
 
 GPROC = [sys.executable, "-m", "gproc"]
-HOSTS = [f"h{i}" for i in range(1, 9)]
+HOSTS = [f"h{i}" for i in range(1, 10)]
 UP = ["h1", "h2", "h4", "h5", "h6", "h7"]
 
 pytestmark = pytest.mark.skipif(problem() is not None, reason=problem() or "")
@@ -30,7 +32,7 @@ pytestmark = pytest.mark.skipif(problem() is not None, reason=problem() or "")
 
 @pytest.fixture(scope="module")
 def bed() -> Iterator[NetBed]:
-    with netbed(HOSTS, refuse=["h8"]) as b:
+    with netbed(HOSTS[:-1], refuse=["h8"], absent=["h9"]) as b:
         b.stop_sshd("h3")
         yield b
 
@@ -54,7 +56,7 @@ def gproc(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.C
 
 def launch_args(bed: NetBed) -> list[str]:
     # the master listens on the bridge (the hosts' only way out); each host's binRoot is in its own /run
-    return ["launch", "--ssh", "h[1-8]", "--fanout", "2", "--listen", f"{bed.gateway}:0", "--bin-root", "/run/xproc"]
+    return ["launch", "--ssh", "h[1-9]", "--fanout", "2", "--listen", f"{bed.gateway}:0", "--bin-root", "/run/xproc"]
 
 
 class CmdlineWatch:
@@ -108,6 +110,7 @@ def test_tree_launch_reports_failures_runs_everywhere_and_stops(bed: NetBed, env
     assert sorted(rows) == HOSTS
     assert "Connection refused" in rows["h3"]["error"], rows["h3"]
     assert "Permission denied" in rows["h8"]["error"], rows["h8"]
+    assert "h9" in rows and "port 22" in rows["h9"]["error"], rows["h9"]  # no route, or timed out
     assert sorted(h for h, row in rows.items() if row["ok"]) == UP, rows
 
     info = gproc(env, "info", "--json")
@@ -120,31 +123,58 @@ def test_tree_launch_reports_failures_runs_everywhere_and_stops(bed: NetBed, env
     out = gproc(env, "e", "**", "hostname")
     assert out.returncode == 0, out.stderr
     assert sorted(out.stdout.splitlines()) == sorted(f"{h}: {h}" for h in UP)
+    fds = gproc(env, "e", "**", "ls", "-l", "/proc/self/fd/")
+    assert fds.returncode == 0 and "pipe:" in fds.stdout, fds.stdout + fds.stderr
+    assert "memfd" not in fds.stdout, fds.stdout  # a job must not inherit the daemon's credential
 
     for h in UP:  # the daemon opens the credential from a descriptor, not a file on disk
         (pid,) = bed.daemons(h)
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
         assert argv[argv.index(b"--key") + 1].startswith(b"/proc/self/fd/"), argv
+        fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        assert any(f.startswith("/memfd:gproc-cluster-key") for f in fds), fds  # what jobs must not see
 
     stop = gproc(env, "launch", "--stop")
     assert stop.returncode == 0, stop.stdout + stop.stderr
-    left = {h: bed.daemons(h) for h in HOSTS}
-    assert left == {h: [] for h in HOSTS}, left
+    left = {h: bed.daemons(h) for h in HOSTS[:-1]}
+    assert left == {h: [] for h in HOSTS[:-1]}, left
     assert not os.path.exists(env["GPROC_MASTER"]) and not os.path.exists(env["GPROC_MASTER"] + ".launch")
 
 
 def test_down_stops_a_launch_and_a_second_launch_is_refused_meanwhile(bed: NetBed, env: dict[str, str]) -> None:
     r = gproc(env, *launch_args(bed))
     assert r.returncode == 255, r.stderr
-    assert r.stdout.startswith("6 of 8 hosts up"), r.stdout
+    assert r.stdout.startswith("6 of 9 hosts up"), r.stdout
     assert "h3: ssh: connect to host" in r.stderr and "h8: " in r.stderr, r.stderr
     again = gproc(env, *launch_args(bed))
     assert again.returncode == 2 and "launch --stop" in again.stderr, again.stderr
-    assert sum(len(bed.daemons(h)) for h in HOSTS) == len(UP)  # the refused launch started nothing
+    assert sum(len(bed.daemons(h)) for h in HOSTS[:-1]) == len(UP)  # the refused launch started nothing
     down = gproc(env, "down")
     assert down.returncode == 0, down.stdout + down.stderr
-    assert {h: bed.daemons(h) for h in HOSTS} == {h: [] for h in HOSTS}
+    assert {h: bed.daemons(h) for h in HOSTS[:-1]} == {h: [] for h in HOSTS[:-1]}
+
+
+def test_launch_joins_a_running_master_and_stop_leaves_it_running(bed: NetBed, env: dict[str, str]) -> None:
+    sock = env["GPROC_MASTER"]
+    log = os.path.join(os.path.dirname(sock), "master.log")
+    argv = [*GPROC, "m", "--listen", f"{bed.gateway}:0", "--state", os.path.dirname(sock) + "/state"]
+    with open(log, "wb") as out:
+        master = subprocess.Popen(argv, env=env, stdout=out, stderr=out, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(sock) and time.monotonic() < deadline and master.poll() is None:
+            time.sleep(0.05)
+        r = gproc(env, "launch", "--ssh", "h[1-2]", "--bin-root", "/run/xproc")
+        assert r.returncode == 0 and "joined the running master" in r.stdout, r.stdout + r.stderr
+        assert gproc(env, "e", "**", "hostname").stdout.count("\n") == 2
+        stop = gproc(env, "launch", "--stop")
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert bed.daemons("h1") == [] and bed.daemons("h2") == []
+        assert master.poll() is None and gproc(env, "ping").returncode == 0  # no nodes left to answer
+    finally:
+        os.killpg(master.pid, signal.SIGKILL)
+        master.wait(10)
 
 
 def test_bad_input_is_one_line(env: dict[str, str]) -> None:
