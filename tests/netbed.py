@@ -192,6 +192,15 @@ class NetBed:
             h.sshd.kill()
             h.sshd.wait(10)
 
+    def spawn(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in a host's network namespace (the caller ends it; ``close`` would too)."""
+        return subprocess.Popen(
+            ["ip", "netns", "exec", self.hosts[name].netns, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
     def pids(self, name: str) -> list[int]:
         """Every process in a host's network namespace (sshd, sessions, daemons started over ssh)."""
         r = subprocess.run(["ip", "netns", "pids", self.hosts[name].netns], capture_output=True, text=True, timeout=10)

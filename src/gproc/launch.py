@@ -159,7 +159,7 @@ def launch(
     key: str | None = None,
     listen: str | None = None,
     address: str | None = None,
-    port: int = 6666,
+    port: int = launchagent.DEFAULT_PORT,
     bin_root: str | None = None,
     python: str | None = None,
     debug: int = 0,

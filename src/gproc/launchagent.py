@@ -2,9 +2,9 @@
 
 ``python -m gproc.launchagent`` reads one JSON request on stdin (the ssh session's stdin, so the
 cluster credential it carries is never on a command line), starts this host's node daemon detached
-(the credential handed over in a memfd, or a 0600 file in a 0700 directory where there is none),
-waits until it listens, then starts its own children the same way over ssh and prints one JSON line:
-the outcome of every host of its subtree. A child that cannot be reached, refuses the login or fails to
+(the credential handed over in a memfd, or a 0600 file in a 0700 directory where there is none) and,
+meanwhile, its own children the same way over ssh, then prints one JSON line: the outcome of every
+host of its subtree. A child that cannot be reached, refuses the login or fails to
 start is reported with the reason, and its own children are started from here instead (so one dead
 host loses no subtree). ``"op": "stop"`` goes down the same tree and stops what an earlier launch
 started on each host (the daemon recorded in the host's launch directory, by pid and start time).
@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -32,6 +33,7 @@ import psutil
 from gproc.address import Address
 
 DEFAULT_HOP_TIMEOUT = 30.0  # one ssh login plus one daemon start
+DEFAULT_PORT = 6666
 
 
 def run_dir(name: str) -> str:
@@ -113,18 +115,25 @@ def stop_daemon(name: str, grace: float = 5.0) -> dict[str, Any]:
     return {"host": name, "ok": True, "reached": True, "stopped": stopped}
 
 
-def start_daemon(req: dict[str, Any]) -> dict[str, Any]:
-    """Start this host's node daemon; return its outcome (with the port it listens on)."""
-    return {**_start_daemon(req), "reached": True}
+@dataclass
+class Started:
+    """A daemon this agent started, not yet known to listen."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    ready: str
+    log: str
 
 
-def _start_daemon(req: dict[str, Any]) -> dict[str, Any]:
+def spawn_daemon(req: dict[str, Any]) -> Started | dict[str, Any]:
+    """Start this host's node daemon detached; its handle, or the outcome when it could not start."""
     name = req["name"]
     conn = os.environ.get("SSH_CONNECTION", "").split()
     parent_host = req.get("parent") or (conn[0] if len(conn) == 4 else None)
     listen_host = conn[2] if len(conn) == 4 else ""
     if not parent_host:
-        return {"host": name, "ok": False, "error": "no SSH_CONNECTION here: give the master's address (--address)"}
+        why = "no SSH_CONNECTION here: give the master's address (--address)"
+        return {"host": name, "ok": False, "reached": True, "error": why}
     rundir = run_dir(name)
     _private_dir(rundir)
     stop_daemon(name)  # a host launched again runs one daemon, not two
@@ -134,7 +143,7 @@ def _start_daemon(req: dict[str, Any]) -> dict[str, Any]:
     argv = [
         req.get("python") or sys.executable, "-m", "gproc", "s",
         "--parent", str(Address(parent_host, int(req["parent_port"]))),
-        "--listen", str(Address(listen_host, int(req.get("port", 6666)))),
+        "--listen", str(Address(listen_host, int(req.get("port", DEFAULT_PORT)))),
         "--name", name, "--id", str(req["id"]), "--key", key, "--ready-file", ready,
         "--debug", str(req.get("debug", 0)),
     ]  # fmt: skip
@@ -151,27 +160,32 @@ def _start_daemon(req: dict[str, Any]) -> dict[str, Any]:
                 pass_fds=() if fd is None else (fd,),
             )
     except OSError as e:
-        return {"host": name, "ok": False, "error": f"cannot start the daemon: {e}"}
+        return {"host": name, "ok": False, "reached": True, "error": f"cannot start the daemon: {e}"}
     finally:
         if fd is not None:
             os.close(fd)
     with open(os.path.join(rundir, "daemon.json"), "w") as f:
         json.dump({"pid": proc.pid, "created": psutil.Process(proc.pid).create_time(), "log": log}, f)
-    deadline = time.monotonic() + float(req.get("hop_timeout", DEFAULT_HOP_TIMEOUT))
+    return Started(name, proc, ready, log)
+
+
+def wait_listening(d: Started, timeout: float) -> dict[str, Any]:
+    """The daemon's outcome once it listens (with its port), exits, or ``timeout`` passes."""
+    out: dict[str, Any] = {"host": d.name, "ok": False, "reached": True, "log": d.log}
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        rc = proc.poll()
+        rc = d.proc.poll()
         if rc is not None:
-            return {"host": name, "ok": False, "error": f"the daemon exited ({rc}): {_last_line(log)}", "log": log}
+            return {**out, "error": f"the daemon exited ({rc}): {_last_line(d.log)}"}
         try:
-            with open(ready) as f:
+            with open(d.ready) as f:
                 addr = f.read().strip()
         except OSError:
             time.sleep(0.02)
             continue
-        port = int(addr.rpartition(":")[2])
-        return {"host": name, "ok": True, "pid": proc.pid, "address": addr, "port": port, "log": log}
-    stop_daemon(name)
-    return {"host": name, "ok": False, "error": "the daemon did not listen in time", "log": log}
+        return {**out, "ok": True, "pid": d.proc.pid, "address": addr, "port": int(addr.rpartition(":")[2])}
+    stop_daemon(d.name)
+    return {**out, "error": "the daemon did not listen in time"}
 
 
 def _last_line(path: str) -> str:
@@ -240,16 +254,33 @@ async def fan_out(req: dict[str, Any], children: list[dict[str, Any]]) -> list[d
 
 
 async def serve(req: dict[str, Any]) -> list[dict[str, Any]]:
-    """This host's part of a launch (or stop): itself, then its subtree."""
+    """This host's part of a launch (or stop): itself, then its subtree.
+
+    With a fixed port the children are started while this host's daemon starts (they retry joining
+    it until it listens), so a level costs one ssh login and agent start, not also a daemon's start;
+    should the daemon then fail, its children are stopped again and left to the parent to start."""
+    children = req.get("children", [])
     if req.get("op") == "stop":
-        me = stop_daemon(req["name"])
-        below = {**req, "parent": None}
-    else:
-        me = start_daemon(req)
+        return [stop_daemon(req["name"]), *await fan_out({**req, "parent": None}, children)]
+    hop = float(req.get("hop_timeout", DEFAULT_HOP_TIMEOUT))
+    started = spawn_daemon(req)
+    if not isinstance(started, Started):
+        return [started]  # the parent starts the children instead
+    port = int(req.get("port", DEFAULT_PORT))
+    if port == 0 or not children:
+        me = await asyncio.to_thread(wait_listening, started, hop)
         if not me["ok"]:
-            return [me]  # the parent starts the children instead
-        below = {**req, "parent": None, "parent_port": me["port"]}  # children reach us as ssh came from
-    return [me, *await fan_out(below, req.get("children", []))]
+            return [me]
+        # children reach us at the address this ssh session came to (their SSH_CONNECTION's client)
+        return [me, *await fan_out({**req, "parent": None, "parent_port": me["port"]}, children)]
+    below = asyncio.ensure_future(fan_out({**req, "parent": None, "parent_port": port}, children))
+    me = await asyncio.to_thread(wait_listening, started, hop)
+    rows = await below
+    if not me["ok"]:
+        undo = {k: v for k, v in req.items() if k != "key"}
+        await fan_out({**undo, "op": "stop", "parent": None}, children)
+        return [me]
+    return [me, *rows]
 
 
 def main() -> int:

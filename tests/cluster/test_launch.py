@@ -155,6 +155,35 @@ def test_down_stops_a_launch_and_a_second_launch_is_refused_meanwhile(bed: NetBe
     assert {h: bed.daemons(h) for h in HOSTS[:-1]} == {h: [] for h in HOSTS[:-1]}
 
 
+BLOCK_PORT = "import socket, time; s = socket.socket(); s.bind(('0.0.0.0', 6666)); s.listen(); time.sleep(300)"
+
+
+def test_a_daemon_that_fails_is_reported_and_its_children_started_from_above(bed: NetBed, env: dict[str, str]) -> None:
+    # h2's daemon cannot listen (its port is taken there), after h2's agent already started h4 and h6
+    blocker = bed.spawn("h2", [sys.executable, "-c", BLOCK_PORT])
+    try:
+        deadline = time.monotonic() + 20
+        while len(bed.daemons("h2")) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the blocker binds after its interpreter started
+        r = gproc(env, *launch_args(bed), "--json")
+        rows = {row["host"]: row for row in map(json.loads, r.stdout.splitlines())}
+        assert r.returncode == 255 and not rows["h2"]["ok"], r.stdout + r.stderr
+        assert "address already in use" in rows["h2"]["error"].lower(), rows["h2"]
+        up = sorted(h for h, row in rows.items() if row["ok"])
+        assert up == ["h1", "h4", "h5", "h6", "h7"], rows
+        info = gproc(env, "info", "--json")
+        tree = {n["name"]: n["parent"] for n in map(json.loads, info.stdout.splitlines())}
+        assert tree == {"h1": "master", "h4": "master", "h6": "master", "h5": "h1", "h7": "h1"}, tree
+        assert [len(bed.daemons(h)) for h in ("h4", "h6")] == [1, 1]  # started again, not twice
+        stop = gproc(env, "launch", "--stop")
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert {h: bed.daemons(h) for h in HOSTS[:-1] if h != "h2"} == {h: [] for h in HOSTS[:-1] if h != "h2"}
+    finally:
+        os.killpg(blocker.pid, signal.SIGKILL)
+        blocker.wait(10)
+
+
 def test_launch_joins_a_running_master_and_stop_leaves_it_running(bed: NetBed, env: dict[str, str]) -> None:
     sock = env["GPROC_MASTER"]
     log = os.path.join(os.path.dirname(sock), "master.log")
