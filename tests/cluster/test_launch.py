@@ -9,10 +9,12 @@ nor reach a job, and ``--stop`` / ``down`` must leave no daemon on any host.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -155,17 +157,28 @@ def test_down_stops_a_launch_and_a_second_launch_is_refused_meanwhile(bed: NetBe
     assert {h: bed.daemons(h) for h in HOSTS[:-1]} == {h: [] for h in HOSTS[:-1]}
 
 
-BLOCK_PORT = "import socket, time; s = socket.socket(); s.bind(('0.0.0.0', 6666)); s.listen(); time.sleep(300)"
+def listening(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+BLOCK_PORT = (  # the earlier launches' connections may still be in TIME_WAIT on the port
+    "import socket, time; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+    "s.bind(('0.0.0.0', 6666)); s.listen(); time.sleep(300)"
+)
 
 
 def test_a_daemon_that_fails_is_reported_and_its_children_started_from_above(bed: NetBed, env: dict[str, str]) -> None:
     # h2's daemon cannot listen (its port is taken there), after h2's agent already started h4 and h6
     blocker = bed.spawn("h2", [sys.executable, "-c", BLOCK_PORT])
     try:
-        deadline = time.monotonic() + 20
-        while len(bed.daemons("h2")) < 1 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        while not listening(bed.hosts["h2"].address, 6666):
+            assert blocker.poll() is None and time.monotonic() < deadline, "the port blocker did not listen"
             time.sleep(0.05)
-        time.sleep(0.5)  # the blocker binds after its interpreter started
         r = gproc(env, *launch_args(bed), "--json")
         rows = {row["host"]: row for row in map(json.loads, r.stdout.splitlines())}
         assert r.returncode == 255 and not rows["h2"]["ok"], r.stdout + r.stderr
@@ -180,7 +193,8 @@ def test_a_daemon_that_fails_is_reported_and_its_children_started_from_above(bed
         assert stop.returncode == 0, stop.stdout + stop.stderr
         assert {h: bed.daemons(h) for h in HOSTS[:-1] if h != "h2"} == {h: [] for h in HOSTS[:-1] if h != "h2"}
     finally:
-        os.killpg(blocker.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(blocker.pid, signal.SIGKILL)
         blocker.wait(10)
 
 
