@@ -257,8 +257,9 @@ async def serve(req: dict[str, Any]) -> list[dict[str, Any]]:
     """This host's part of a launch (or stop): itself, then its subtree.
 
     With a fixed port the children are started while this host's daemon starts (they retry joining
-    it until it listens), so a level costs one ssh login and agent start, not also a daemon's start;
-    should the daemon then fail, its children are stopped again and left to the parent to start."""
+    it until it listens), so a level costs one ssh login and agent start, not also a daemon's start.
+    Should the daemon then fail, the parent starts the children again, under itself: a host launched
+    again replaces the daemon it runs."""
     children = req.get("children", [])
     if req.get("op") == "stop":
         return [stop_daemon(req["name"]), *await fan_out({**req, "parent": None}, children)]
@@ -276,11 +277,7 @@ async def serve(req: dict[str, Any]) -> list[dict[str, Any]]:
     below = asyncio.ensure_future(fan_out({**req, "parent": None, "parent_port": port}, children))
     me = await asyncio.to_thread(wait_listening, started, hop)
     rows = await below
-    if not me["ok"]:
-        undo = {k: v for k, v in req.items() if k != "key"}
-        await fan_out({**undo, "op": "stop", "parent": None}, children)
-        return [me]
-    return [me, *rows]
+    return [me, *rows] if me["ok"] else [me]
 
 
 def main() -> int:
