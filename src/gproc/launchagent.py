@@ -237,20 +237,19 @@ async def _over_ssh(req: dict[str, Any], child: dict[str, Any], timeout: float) 
     return rows, bool(me and me.get("ok"))
 
 
+async def _subtree(req: dict[str, Any], child: dict[str, Any], hop: float) -> list[dict[str, Any]]:
+    got, child_up = await _over_ssh(req, child, hop * height(child))
+    if not child_up and child.get("children"):  # as soon as it failed, not after its siblings
+        got += await fan_out(req, child["children"])
+    return got
+
+
 async def fan_out(req: dict[str, Any], children: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Start (or stop) each child subtree over ssh at once; a child that fails has its own children
     started from here. ``req`` is this level's request: what the children inherit."""
     hop = float(req.get("hop_timeout", DEFAULT_HOP_TIMEOUT))
-    outcomes = await asyncio.gather(*(_over_ssh(req, c, hop * height(c)) for c in children))
-    rows: list[dict[str, Any]] = []
-    orphans: list[dict[str, Any]] = []
-    for child, (got, child_up) in zip(children, outcomes, strict=True):
-        rows += got
-        if not child_up:
-            orphans += child.get("children", [])
-    if orphans:
-        rows += await fan_out(req, orphans)
-    return rows
+    parts = await asyncio.gather(*(_subtree(req, c, hop) for c in children))
+    return [row for part in parts for row in part]
 
 
 async def serve(req: dict[str, Any]) -> list[dict[str, Any]]:
