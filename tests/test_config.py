@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import shutil
 
 import pytest
 
@@ -80,3 +81,17 @@ def test_a_bad_file_is_one_line_from_the_command(tmp_path: pathlib.Path) -> None
     env = {"GPROC_CONFIG": str(tmp_path / "missing.toml"), "PATH": "/usr/bin:/bin"}
     r = subprocess.run([sys.executable, "-m", "gproc", "m"], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2 and "cannot read the configuration" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_units_pass_systemd_analyze_verify(tmp_path: pathlib.Path) -> None:
+    import subprocess
+    import sys
+
+    for mode, letter in (("node", "s"), ("master", "m")):
+        unit = subprocess.run([sys.executable, "-m", "gproc", letter, "--print-unit"], capture_output=True, text=True)
+        assert unit.returncode == 0, unit.stderr
+        f = tmp_path / f"gproc-{mode}.service"
+        f.write_text(unit.stdout)
+        r = subprocess.run(["systemd-analyze", "verify", str(f)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stderr == "", r.stderr  # an unknown key is only a warning there
