@@ -121,6 +121,8 @@ def test_tree_launch_reports_failures_runs_everywhere_and_stops(bed: NetBed, env
     assert {n for n, row in tree.items() if row["state"] == "up"} == set(UP)
     assert tree["h7"]["parent"] == "h1"  # h3 could not start it, so h1 did
     assert tree["h4"]["parent"] == "h2" and tree["h1"]["parent"] == "master"
+    # each daemon listens on the address its parent reached it at (what its descendants fall back to)
+    assert {n: row["address"] for n, row in tree.items()} == {h: f"{bed.hosts[h].address}:6666" for h in UP}
 
     out = gproc(env, "e", "**", "hostname")
     assert out.returncode == 0, out.stderr
@@ -136,6 +138,20 @@ def test_tree_launch_reports_failures_runs_everywhere_and_stops(bed: NetBed, env
         assert argv[argv.index(b"--key") + 1].startswith(b"/proc/self/fd/"), argv
         fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
         assert any(f.startswith("/memfd:gproc-cluster-key") for f in fds), fds  # what jobs must not see
+
+    # a launched node falls back to its ancestors: h1's children (h5, h7) re-attach to the master
+    (h1,) = bed.daemons("h1")
+    os.kill(h1, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        rows = [json.loads(x) for x in gproc(env, "info", "--json").stdout.splitlines()]
+        parents = {n["name"]: n["parent"] for n in rows if n["state"] == "up"}
+        if parents.get("h5") == parents.get("h7") == "master":
+            break
+        assert time.monotonic() < deadline, f"h5 and h7 did not re-attach to the master: {parents}"
+        time.sleep(0.2)
+    out = gproc(env, "e", "**", "hostname")
+    assert sorted(out.stdout.splitlines()) == sorted(f"{h}: {h}" for h in UP if h != "h1"), out.stdout + out.stderr
 
     stop = gproc(env, "launch", "--stop")
     assert stop.returncode == 0, stop.stdout + stop.stderr
