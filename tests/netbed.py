@@ -23,16 +23,19 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 SSHD = "/usr/sbin/sshd"
 
 # inside the new UTS + mount namespaces: hostname, an empty /run (sshd's privilege separation
-# directory, a host's own run files), the host's /etc/hosts; then sshd becomes this process (same pid)
+# directory, a host's own run files), the host's /etc/hosts, an empty tmpfs over each hidden
+# directory; then sshd becomes this process (same pid)
 _ENTER = (
     'hostname "$1" && mount -t tmpfs -o mode=755 tmpfs /run && mkdir -p /run/sshd'
-    ' && mount --bind "$2" /etc/hosts && shift 2 && exec "$@"'
+    ' && mount --bind "$2" /etc/hosts && shift 2'
+    ' && IFS=: && for d in $GPROC_BED_HIDE; do mount -t tmpfs -o mode=755 tmpfs "$d" || exit 1; done'
+    ' && unset IFS GPROC_BED_HIDE && exec "$@"'
 )
 
 
@@ -86,6 +89,7 @@ class NetBed:
     names: Sequence[str]
     refuse: Sequence[str] = ()  # hosts whose sshd accepts no key (a login that is refused)
     absent: Sequence[str] = ()  # names with an address on the bridge's subnet and no host behind it
+    hide: Mapping[str, Sequence[str]] = field(default_factory=dict)  # host -> directories it does not have
     dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="gproc-netbed-"))
     hosts: dict[str, Host] = field(default_factory=dict)
     bridge: str = ""
@@ -100,16 +104,16 @@ class NetBed:
         return ["ssh", "-F", self.ssh_config]
 
     def up(self, timeout: float = 20.0) -> NetBed:
-        tag = str(os.getpid())
         net = _free_subnet()
+        tag = f"{os.getpid() % 100000}-{net.network_address.packed[2]}"  # two beds at once differ by subnet
         addrs = list(net.hosts())
         self.gateway = str(addrs[0])
-        self.bridge = f"gpb{tag}"[:15]
+        self.bridge = f"gpb{tag}"
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{self.gateway}/{net.prefixlen}", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
         for i, name in enumerate(self.names):
-            h = Host(name, str(addrs[10 + i]), f"gproc-{tag}-{name}", f"gv{tag}-{i}"[:15])
+            h = Host(name, str(addrs[10 + i]), f"gproc-{tag}-{name}", f"gv{tag}-{i}")
             _ip("netns", "add", h.netns)
             self.hosts[name] = h
             _ip("link", "add", h.veth, "type", "veth", "peer", "name", "eth0", "netns", h.netns)
@@ -166,6 +170,7 @@ class NetBed:
                 ["ip", "netns", "exec", h.netns, "unshare", "--uts", "--mount", "--propagation", "private",
                  "sh", "-c", _ENTER, "sh", name, os.path.join(self.dir, "hosts"), SSHD, "-D", "-e", "-f", cfg],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                env={**os.environ, "GPROC_BED_HIDE": ":".join(self.hide.get(name, ()))},
             )  # fmt: skip
 
     def _wait_sshd(self, h: Host, deadline: float) -> None:
@@ -235,9 +240,14 @@ class NetBed:
 
 
 @contextlib.contextmanager
-def netbed(names: Sequence[str], refuse: Sequence[str] = (), absent: Sequence[str] = ()) -> Iterator[NetBed]:
+def netbed(
+    names: Sequence[str],
+    refuse: Sequence[str] = (),
+    absent: Sequence[str] = (),
+    hide: Mapping[str, Sequence[str]] | None = None,
+) -> Iterator[NetBed]:
     """A bed that is removed on the way out, also when building it failed half-way."""
-    bed = NetBed(names, refuse=refuse, absent=absent)
+    bed = NetBed(names, refuse=refuse, absent=absent, hide=hide or {})
     try:
         yield bed.up()
     finally:

@@ -232,6 +232,8 @@ async def _over_ssh(req: dict[str, Any], child: dict[str, Any], timeout: float) 
     except (ValueError, KeyError, IndexError, TypeError):
         lines = [ln.strip() for ln in err.decode(errors="replace").splitlines() if ln.strip()]
         why = lines[-1] if lines else f"exit status {proc.returncode}"
+        if proc.returncode == 127:  # the remote shell found no such interpreter
+            why = f"no {req.get('python') or sys.executable} on the host (gproc does not ship itself yet): {why}"
         return [{"host": host, "ok": False, "reached": False, "error": why}], False
     me = next((r for r in rows if r.get("host") == host), None)
     return rows, bool(me and me.get("ok"))

@@ -236,6 +236,24 @@ def test_launch_joins_a_running_master_and_stop_leaves_it_running(bed: NetBed, e
         master.wait(10)
 
 
+def test_a_host_without_gproc_is_reported_and_the_rest_come_up(env: dict[str, str]) -> None:
+    hidden = [p for p in {sys.prefix, sys.base_prefix} if p not in ("/", "/usr", "/usr/local")]
+    with netbed(["a1", "a2", "a3"], hide={"a2": hidden}) as chain:  # a1 -> a2 -> a3 at fanout 1
+        env = {**env, "GPROC_SSH": " ".join(chain.ssh_command)}
+        r = gproc(env, "launch", "--ssh", "a[1-3]", "--fanout", "1", "--listen", f"{chain.gateway}:0", "--json")
+        rows = {row["host"]: row for row in map(json.loads, r.stdout.splitlines())}
+        assert r.returncode == 255 and sorted(h for h, row in rows.items() if row["ok"]) == ["a1", "a3"], rows
+        assert rows["a2"]["error"].startswith(f"no {sys.executable} on the host"), rows["a2"]
+        info = gproc(env, "info", "--json")
+        assert {n["name"]: n["parent"] for n in map(json.loads, info.stdout.splitlines())} == {
+            "a1": "master",
+            "a3": "a1",
+        }
+        stop = gproc(env, "launch", "--stop")
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert [chain.daemons(h) for h in ("a1", "a2", "a3")] == [[], [], []]
+
+
 def test_bad_input_is_one_line(env: dict[str, str]) -> None:
     for args, msg in (
         (["launch"], "usage: gproc launch --ssh HOSTS"),
