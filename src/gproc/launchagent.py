@@ -221,12 +221,13 @@ async def _over_ssh(req: dict[str, Any], child: dict[str, Any], timeout: float) 
         async with asyncio.timeout(timeout):
             out, err = await proc.communicate(json.dumps(sub).encode())
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
         # the subtree may be partly up: report all of it, start none of it again
         why = f"no answer within {timeout:.0f}s"
         return [{"host": h, "ok": False, "reached": True, "error": why} for h in hosts_of(child)], True
+    finally:
+        if proc.returncode is None:  # timed out, or the launch was interrupted: no ssh outlives it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
     try:
         rows = json.loads(out.decode().strip().splitlines()[-1])["hosts"]
     except (ValueError, KeyError, IndexError, TypeError):
