@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import shutil
@@ -70,6 +71,23 @@ def one(bed: NetBed, n: int, k: int, env: dict[str, str]) -> dict[str, float]:
     return {"up": up, "stop": stop}
 
 
+def ssh_floor(bed: NetBed, n: int, runs: int) -> dict[str, float]:
+    """Peers: one ssh login running ``true`` (on h1), and pdsh running ``true`` on all N hosts over ssh
+    at fanout N (one login each, nothing started: a floor for any launch over ssh)."""
+    env = dict(os.environ, PDSH_SSH_ARGS_APPEND=f"-F {bed.ssh_config}")
+    one, pdsh = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run([*bed.ssh_command, "h1", "true"], check=True, capture_output=True, timeout=60)
+        one.append(time.perf_counter() - t)
+        if shutil.which("pdsh"):
+            t = time.perf_counter()
+            argv = ["pdsh", "-R", "ssh", "-f", str(n), "-w", f"h[1-{n}]", "true"]
+            subprocess.run(argv, env=env, check=True, capture_output=True, timeout=120)
+            pdsh.append(time.perf_counter() - t)
+    return {"ssh": statistics.median(one), "pdsh": statistics.median(pdsh) if pdsh else math.nan}
+
+
 def fit(points: list[dict[str, Any]]) -> tuple[float, float, float]:
     """(t0, hop, child) in seconds, least squares over every point's median launch time."""
     rows = [[1.0, len(levels(p["n"], p["k"])), sum(levels(p["n"], p["k"]))] for p in points]
@@ -93,15 +111,18 @@ def report(points: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "its own sshd (tests/netbed.py), all on this machine's cores: every daemon and agent of a launch "
         "starts on the same 2 CPUs, so a host's start costs more the more start at once (unlike real machines). "
         "up: the whole `gproc launch` command (starts a master, returns when every daemon joined it; every "
-        "node then answered `gproc ping`). Daemons from the venv (no self-shipping yet). flat: fanout N.\n",
-        "| N | fanout | levels | up | stop | model |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "node then answered `gproc ping`). Daemons from the venv (no self-shipping yet). flat: fanout N. "
+        "Peers, same bed, same run: ssh: one `ssh h1 true`; pdsh: `pdsh -R ssh -f N -w h[1-N] true` (one "
+        "login per host, nothing started: a floor for any launch over ssh); x pdsh: up / pdsh.\n",
+        "| N | fanout | levels | up | stop | model | ssh | pdsh | x pdsh |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
         shape = " (flat)" if p["k"] >= p["n"] else ""
         out.append(
             f"| {p['n']} | {p['k']}{shape} | {len(levels(p['n'], p['k']))} | {p['up']:.2f} | {p['stop']:.2f} "
-            f"| {model(p['n'], p['k'], t0, hop, child):.2f} |"
+            f"| {model(p['n'], p['k'], t0, hop, child):.2f} | {p['ssh']:.2f} | {p['pdsh']:.2f} "
+            f"| {p['up'] / p['pdsh']:.1f} |"
         )
     proj = [(n, k, model(n, k, t0, hop, child), len(levels(n, k))) for n in (1000, 10_000) for k in (16, 32)]
     out += [
@@ -146,11 +167,12 @@ def main() -> int:
             try:
                 bed.up()
                 env["GPROC_SSH"] = shlex.join(bed.ssh_command)
+                floor = ssh_floor(bed, n, args.runs)
                 for k in sorted({n, *(f for f in args.fanouts if f < n)}, reverse=True):
                     runs = []
                     for _ in range(args.runs):
                         runs.append(one(bed, n, k, env))
-                    pt = {"n": n, "k": k, **{m: statistics.median(r[m] for r in runs) for m in ("up", "stop")}}
+                    pt = {"n": n, "k": k, **floor, **{m: statistics.median(r[m] for r in runs) for m in ("up", "stop")}}
                     print(f"N {n} fanout {k}: up {pt['up']:.2f} s, stop {pt['stop']:.2f} s", file=sys.stderr)
                     points.append(pt)
             finally:
