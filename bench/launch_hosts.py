@@ -129,6 +129,11 @@ def report(points: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"Fit (t = t0 + levels x hop + sum of per-level children x child): t0 {t0:.2f} s, "
         f"hop {hop:.2f} s, child {child:.3f} s.",
+        *(
+            [f"The fit is not meaningful (t0 {t0:.2f} s < 0 or child < 0): CPU contention dominates these points."]
+            if t0 < 0 or child < 0
+            else []
+        ),
         "Projection: " + "; ".join(f"{n:,} hosts at fanout {k}: {t:.1f} s ({lv} levels)" for n, k, t, lv in proj) + ".",
         "",
     ]
