@@ -15,7 +15,7 @@ For each N (default 1024 and 10000) and fanout (default 4, 8, 16, 32, 64) it sta
   records reached the client (1 = merged into one record).
 
 Medians of ``--runs`` after a warm-up (pings: ``--pings``). Results go to ``bench/fanout.json`` (read
-by ``bench/model.py``) and into bench/RESULTS.md between the ``fanout`` markers.
+by ``bench/model``) and into bench/RESULTS.md between the ``fanout`` markers.
 
     python bench/fanout.py [--sizes 1024,10000] [--fanouts 4,8,16,32,64] [--runs 3] [--pings 10]
 """

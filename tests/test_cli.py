@@ -14,16 +14,21 @@ from gproc.errors import UsageError
 from gproc.local import NODES_PER_WORKER, layout, workers
 
 
+def _split(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
+    line = split_argv(argv)
+    return line.switches, line.mode.name if line.mode else None, line.pos
+
+
 def test_seed_switches_before_and_after_mode() -> None:
-    sw, mode, pos = split_argv(["-myParent=master", "s", "-myId", "hostname hostbase", "-debug=3"])
-    assert mode == "node" and pos == []
+    sw, mode, pos = _split(["-myParent=master", "s", "-myId", "hostname hostbase", "-debug=3"])
+    assert mode == "s" and pos == []
     assert sw == ["--parent=master", "--id", "hostname hostbase", "--debug=3"]
 
 
 def test_exec_command_is_verbatim() -> None:
-    sw, mode, pos = split_argv(["e", "-b", "./.", "grep", "-r", "-f", "x", "--json"])
-    assert mode == "exec" and sw == ["-b"] and pos == ["./.", "grep", "-r", "-f", "x", "--json"]
-    sw, mode, pos = split_argv(["-w", "n[1-4]", "e", "ls", "-l"])
+    sw, mode, pos = _split(["e", "-b", "./.", "grep", "-r", "-f", "x", "--json"])
+    assert mode == "e" and sw == ["-b"] and pos == ["./.", "grep", "-r", "-f", "x", "--json"]
+    sw, mode, pos = _split(["-w", "n[1-4]", "e", "ls", "-l"])
     assert sw == ["-w", "n[1-4]"] and pos == ["ls", "-l"]
 
 
@@ -112,16 +117,16 @@ def test_no_master_is_one_line() -> None:
 
 
 def test_kill_signal_is_not_a_gproc_switch() -> None:
-    from gproc.cli import parse_signal
+    from gproc.modes.procs import parse_signal
 
     for args, sig in (
         (["kill", "-9", "17"], "-9"),
         (["kill", "-KILL", "17"], "-KILL"),
         (["kill", "-SIGUSR1", "17"], "-SIGUSR1"),
     ):
-        sw, mode, pos = split_argv(args)
+        sw, mode, pos = _split(args)
         assert mode == "kill" and sw == [] and pos == [sig, "17"]
-    sw, mode, pos = split_argv(["--json", "kill", "-s", "HUP", "%3"])
+    sw, mode, pos = _split(["--json", "kill", "-s", "HUP", "%3"])
     assert sw == ["--json", "-s", "HUP"] and pos == ["%3"]
     assert parse_signal("-9") == 9 and parse_signal("KILL") == 9 and parse_signal("-SIGTERM") == 15
     assert parse_signal("usr1") == 10
@@ -131,10 +136,100 @@ def test_kill_signal_is_not_a_gproc_switch() -> None:
 
 
 def test_gpids_and_job_ids() -> None:
-    from gproc.cli import parse_targets
+    from gproc.modes.procs import parse_targets
 
     assert parse_targets(["5", "17"]) == ([5, 17], [])
     assert parse_targets(["%3", "job:4"]) == ([], [3, 4])
     for bad in (["x"], ["%"], ["0"], ["-1"], ["%0"], ["5", "%3"], []):
         with pytest.raises(UsageError):
             parse_targets(bad)
+
+
+def _help(*args: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "gproc", *args], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    return r.stdout
+
+
+def test_mode_help_shows_that_modes_switches_only() -> None:
+    ps, exec_, up, general = _help("ps", "--help"), _help("e", "-h"), _help("up", "--help"), _help("-h")
+    assert "--forest" in ps and "--diff" not in ps and "--local" not in ps
+    assert "--diff" in exec_ and "--forest" not in exec_ and "--fanout" not in exec_
+    assert "sh -c" in exec_ and "'--' before CMD never uses a shell" in exec_  # the shell rule, stated
+    assert "--fanout" in up and "--diff" not in up
+    assert "gproc MODE --help" in general and "--keep-bytes" not in general and "--window" not in general
+
+
+def test_another_modes_switch_is_refused() -> None:
+    r = subprocess.run([sys.executable, "-m", "gproc", "ps", "-b"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr == "gproc: gproc ps: unrecognized arguments: -b\n"
+
+
+def test_repeated_w_and_x_accumulate() -> None:
+    from gproc.cli import MODE_TABLE
+
+    line = split_argv(["-w", "a", "e", "-w", "b[1-2]", "-x", "b1", "-x", "c", "true"])
+    opts = MODE_TABLE["e"].parser.parse_args(line.switches)
+    assert (opts.include, opts.exclude, line.pos) == ("a,b[1-2]", "b1,c", ["true"])
+    opts = MODE_TABLE["ps"].parser.parse_args(["-w", "a", "-w", "b"])
+    assert opts.include == "a,b"
+
+
+@pytest.mark.parametrize(
+    ("argv", "verbatim", "runs"),
+    [
+        (["hostname; uptime"], False, ["sh", "-c", "hostname; uptime"]),
+        (["echo $HOME"], False, ["sh", "-c", "echo $HOME"]),
+        (["ls|wc"], False, ["sh", "-c", "ls|wc"]),
+        (["ls>x"], False, ["sh", "-c", "ls>x"]),
+        (["hostname"], False, ["hostname"]),
+        (["/bin/true"], False, ["/bin/true"]),
+        (["./my-prog_2.sh"], False, ["./my-prog_2.sh"]),
+        (["echo", "a; b"], False, ["echo", "a; b"]),  # several arguments: as given
+        (["my prog"], True, ["my prog"]),  # after '--': the program of that name
+    ],
+)
+def test_one_argument_shell_line_runs_in_sh(argv: list[str], verbatim: bool, runs: list[str]) -> None:
+    from gproc.modes.exec import command
+
+    assert command(argv, verbatim) == runs
+
+
+def test_double_dash_marks_the_command_verbatim() -> None:
+    line = split_argv(["e", "**", "--", "my prog"])
+    assert line.verbatim and line.pos == ["**", "my prog"]
+    line = split_argv(["e", "**", "my prog"])
+    assert not line.verbatim and line.pos == ["**", "my prog"]
+
+
+def test_a_switch_takes_a_value_in_every_mode_or_in_none() -> None:
+    """split_argv reads the token after a switch given before the mode by every mode's rules at once."""
+    from argparse import _StoreTrueAction
+
+    from gproc.cli import MODE_TABLE
+
+    valued = set().union(*(m.value_switches for m in MODE_TABLE.values()))
+    flags = {
+        s
+        for m in MODE_TABLE.values()
+        for a in m.parser._actions
+        if isinstance(a, _StoreTrueAction)
+        for s in a.option_strings
+    }
+    assert valued and flags and not valued & flags
+
+
+def test_modes_do_not_import_the_cli() -> None:
+    """cli imports the modes; the modes and their shared switches never import cli (no circle)."""
+    import ast
+    import pathlib
+
+    import gproc
+
+    root = pathlib.Path(gproc.__file__).parent
+    for path in [root / "switches.py", root / "daemonconfig.py", *sorted((root / "modes").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import | ast.ImportFrom) else []
+            module = node.module if isinstance(node, ast.ImportFrom) else None
+            assert "gproc.cli" not in names and module != "gproc.cli", path
+            assert not (module == "gproc" and "cli" in names), path

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from foreign_root import ForeignRootUnavailable, arm64_root
-from gproc.elf import BundleFile, closure, find_program
-from gproc.errors import StagingError
+from gproc.elf import BundleFile, closure, find_program, loader_platform
+from gproc.errors import CannotExecute, CommandNotFound, StagingError
 
 PROGRAMS = [
     "/bin/ls", "/bin/bash", "/usr/bin/python3.11", os.path.realpath(sys.executable), "/usr/bin/ssh",
@@ -33,6 +33,14 @@ HOST_TRIPLET = "/lib/x86_64-linux-gnu"
 x86_64_debian = pytest.mark.skipif(
     platform.machine() != "x86_64" or not os.path.exists(f"{HOST_TRIPLET}/libc.so.6"),
     reason="needs an x86_64 Debian-style (multiarch) host",
+)
+MULTIARCH = f"{platform.machine()}-linux-gnu"
+# every name glibc's loader may substitute for $PLATFORM on this kind of machine: the kernel's
+# AT_PLATFORM, or a CPU name glibc picks itself (sysdeps/x86/cpu-features.c: some Intel CPUs)
+PLATFORM_NAMES = {"x86_64": ("x86_64", "haswell", "xeon_phi"), "aarch64": ("aarch64",)}.get(platform.machine(), ())
+multiarch_host = pytest.mark.skipif(
+    not PLATFORM_NAMES or not os.path.exists(f"/lib/{MULTIARCH}/libc.so.6"),
+    reason="needs an x86_64 or aarch64 Debian-style (multiarch) host",
 )
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
 
@@ -145,7 +153,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("gcc") is None:
         pytest.skip("gcc not installed")
     d = tmp_path_factory.mktemp("built")
-    for sub in ("src", "lib", "alt", "bin", "dst/bin", "dst/lib/x86_64-linux-gnu/x86_64"):
+    for sub in ("src", "lib", "alt", "bin", "dst/bin"):
         (d / sub).mkdir(parents=True)
     (d / "src/baz.c").write_text("int baz(void) { return 41; }\n")
     (d / "src/foo.c").write_text("int baz(void);\nint foo(void) { return baz() + 1; }\n")
@@ -166,7 +174,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     gcc("-o", d / "bin/prog_plain", main, d / "alt/libfoo.so.1")
     gcc("-o", d / "bin/prog_missing", main, lib / "libgone.so.1", rpath)
     (lib / "libgone.so.1").unlink()
-    shutil.copy(d / "alt/libfoo.so.1", d / "dst/lib/x86_64-linux-gnu/x86_64/libfoo.so.1")
+    for name in PLATFORM_NAMES:  # one copy per name the loader may use: it picks the one it means
+        (d / "dst/lib" / MULTIARCH / name).mkdir(parents=True)
+        shutil.copy(d / "alt/libfoo.so.1", d / "dst/lib" / MULTIARCH / name / "libfoo.so.1")
     gcc("-o", d / "dst/bin/prog", main, d / "alt/libfoo.so.1", "-Wl,-rpath,$ORIGIN/../$LIB/${PLATFORM}")
     return d
 
@@ -253,12 +263,31 @@ def test_origin_of_a_library_is_where_it_was_found(tmp_path: Path) -> None:
     assert loaded(files) == ldd(str(prog))
 
 
-@x86_64_debian
+@multiarch_host
 def test_lib_and_platform_tokens(built: Path) -> None:
+    """$LIB and $PLATFORM as this machine's loader expands them (its CPU may make $PLATFORM
+    ``haswell`` where the kernel says x86_64): the same copy of libfoo as ldd, among all candidates."""
     prog = str(built / "dst/bin/prog")
     files = closure(prog)
-    assert libfoo(files) == str(built / "dst/lib/x86_64-linux-gnu/x86_64/libfoo.so.1")
+    found = Path(libfoo(files))
+    assert found.parent.parent == built / "dst/lib" / MULTIARCH and found.parent.name in PLATFORM_NAMES
     assert loaded(files) == ldd(prog)
+
+
+def test_loader_platform_is_what_the_loader_says(tmp_path: Path) -> None:
+    """From --list-diagnostics where the loader has it, else the AT_PLATFORM line of --help."""
+    loader = tmp_path / "ld.so"
+    help_text = (
+        "Legacy HWCAP subdirectories under library search path directories:\n"
+        "  haswell (AT_PLATFORM; supported, searched)\n  tls (supported, searched)\n"
+    )
+    loader.write_text(f"#!/bin/sh\n[ \"$1\" = --help ] && printf '{help_text}' && exit 0\nexit 127\n")
+    loader.chmod(0o755)
+    assert loader_platform(str(loader)) == "haswell"
+    loader.write_text('#!/bin/sh\n[ "$1" = --list-diagnostics ] && echo \'dl_platform="xeon_phi"\' && exit 0\nexit 1\n')
+    assert loader_platform(str(loader)) == "xeon_phi"
+    loader.write_text("#!/bin/sh\nexit 1\n")
+    assert loader_platform(str(loader)) is None
 
 
 def test_wrong_machine_candidate_is_skipped(built: Path, tmp_path: Path) -> None:
@@ -281,8 +310,30 @@ def test_find_program(tmp_path: Path) -> None:
     assert find_program("/bin/sh", None) == "/bin/sh"
     with pytest.raises(StagingError, match="no-such-cmd"):
         find_program("no-such-cmd", "/usr/bin:/bin")
-    with pytest.raises(StagingError, match="no such file"):
+    with pytest.raises(CommandNotFound, match="No such file or directory"):
         find_program("/nonexistent/prog", "/usr/bin")
+
+
+def test_find_program_fails_as_a_shell_does(tmp_path: Path) -> None:
+    """Not found: 127; a directory or a file without execute permission: 126 (what sh says)."""
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    for cmd, kind, text in (
+        (str(tmp_path), CannotExecute, "Is a directory"),
+        (str(script), CannotExecute, "Permission denied"),
+        (str(tmp_path / "absent"), CommandNotFound, "No such file or directory"),
+        ("no-such-cmd", CommandNotFound, "command not found"),
+    ):
+        with pytest.raises(kind, match=text) as caught:
+            find_program(cmd, "/usr/bin:/bin")
+        assert caught.value.exit_status == (126 if kind is CannotExecute else 127)
+    script.chmod(0o755)
+    assert find_program(str(script), None) == str(script)
+    with pytest.raises(CommandNotFound, match="the root does not exist"):
+        find_program("ls", "/bin", root=str(tmp_path / "no-root"))
+    with pytest.raises(CommandNotFound, match="the root is not a directory"):
+        find_program("ls", "/bin", root=str(script))
 
 
 def test_script_brings_interpreter_closure(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Pure logic of the scale model (bench/model.py): its calibration clusters and how it reads corrections."""
+"""Pure logic of the scale model (bench/model/): its calibration clusters and how it reads corrections."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-import model
 from gproc import local
+from model import calibrate, parts
 
 
-@pytest.mark.parametrize("cluster", [model.PROBE, *model.PROBES_MORE], ids=lambda q: "/".join(map(str, q)))
+@pytest.mark.parametrize("cluster", [parts.PROBE, *parts.PROBES_MORE], ids=lambda q: "/".join(map(str, q)))
 def test_calibration_cluster_runs_in_its_processes(cluster: tuple[int, int, int]) -> None:
     # local.up gives each process whole subtrees of the master's children: a cluster with fewer of them
     # than processes runs in fewer, and its correction would sit on the wrong process count's line
@@ -30,8 +30,8 @@ def _line(n: float, procs: float) -> tuple[float, float, float, float, float]:
 
 def test_corrections_on_the_line_by_size_then_linear_in_processes() -> None:
     probes = tuple(_line(n, p) for p in (4.0, 16.0) for n in (1280.0, 5000.0, 10000.0))
-    _, _, noop, exec_, prog = _line(model.PROBE[0], model.PROBE[2])  # the first probe's are the costs' own
-    c = model.Costs(daemon_extra_noop=noop, daemon_extra_exec=exec_, program_extra=prog, more_probes=probes)
+    _, _, noop, exec_, prog = _line(parts.PROBE[0], parts.PROBE[2])  # the first probe's are the costs' own
+    c = parts.Costs(daemon_extra_noop=noop, daemon_extra_exec=exec_, program_extra=prog, more_probes=probes)
     at4 = c.at(3000, 4)
     assert at4.more_probes == ()
     assert math.isclose(at4.daemon_extra_noop, 13e-6)
@@ -44,13 +44,13 @@ def test_corrections_on_the_line_by_size_then_linear_in_processes() -> None:
 
 
 def test_program_correction_never_makes_a_program_free() -> None:
-    c = model.Costs(program_extra=-1.0, more_probes=((1000.0, 4.0, 0.0, 0.0, -1.0),))
+    c = parts.Costs(program_extra=-1.0, more_probes=((1000.0, 4.0, 0.0, 0.0, -1.0),))
     assert c.at(1000, 4).program == 0.0
     assert c.at(1000, 4).program_extra == -c.child_post
 
 
 def test_no_probes_leaves_the_costs_alone() -> None:
-    c = model.Costs(daemon_extra_noop=3e-6)
+    c = parts.Costs(daemon_extra_noop=3e-6)
     assert c.at(10000, 16) is c
 
 
@@ -59,7 +59,7 @@ def test_rounds_start_the_large_ones_more_often() -> None:
     # starts of one 10,000-node configuration scatter by up to ±20 %, a median of five holds better
     clusters = [(256, 16, 4), (10000, 16, 4)]
     points = [(1024, 4), (10000, 4), (10000, 16), (1024, 4)]  # a small point twice a round
-    rounds = model.plan_rounds(clusters, points, starts=3, big_starts=5)
+    rounds = calibrate.plan_rounds(clusters, points, starts=3, big_starts=5)
     assert len(rounds) == 5
     assert rounds[0] == [(256, 16, 4), (1024, 4), (10000, 16, 4), (10000, 4), (10000, 16), (1024, 4)]
     assert rounds[3] == rounds[4] == [(10000, 16, 4), (10000, 4), (10000, 16)]
@@ -69,5 +69,5 @@ def test_rounds_start_the_large_ones_more_often() -> None:
 
 
 def test_rounds_without_big_starts_and_without_anything() -> None:
-    assert len(model.plan_rounds([(256, 16, 4)], [(10000, 4)], starts=3, big_starts=0)) == 3
-    assert model.plan_rounds([], [], starts=3, big_starts=5) == [[]]
+    assert len(calibrate.plan_rounds([(256, 16, 4)], [(10000, 4)], starts=3, big_starts=0)) == 3
+    assert calibrate.plan_rounds([], [], starts=3, big_starts=5) == [[]]

@@ -400,3 +400,17 @@ def test_select_agrees_with_match_tree(tree: DictTree, spec: str) -> None:
             select(spec, None, None, tree, 0, name_of)
     else:
         assert select(spec, None, None, tree, 0, name_of) == (expected, set())
+
+
+def test_a_name_given_as_a_tree_path_hints_w() -> None:
+    """pdsh and clush users write names where a tree path goes: the error says names go with -w."""
+    with pytest.raises(NoMatchError, match=r"names go with -w: -w 'slave2' names slave2\)$"):
+        select("slave2", None, None, TREE, "master", name_of)
+    with pytest.raises(NodeSpecError, match=r"node names go with -w: -w 'slave\[1-3\]'$"):
+        select("slave[1-3]", None, None, TREE, "master", name_of)
+    with pytest.raises(NoMatchError) as caught:  # no node of that name either: no hint
+        select("nobody", None, None, TREE, "master", name_of)
+    assert "-w" not in str(caught.value)
+    with pytest.raises(NodeSpecError) as bad:  # not a hostlist either
+        select("3-1", None, None, TREE, "master", name_of)
+    assert "-w" not in str(bad.value)

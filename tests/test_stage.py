@@ -93,3 +93,37 @@ def test_a_refused_namespace_falls_back_for_good(tmp_path: Path, monkeypatch: py
         out = asyncio.run(run(node, stage, bundle, ["sh", "-c", "echo $GPROC_BINROOT"]))
         assert "/jobs/7-1-" in out
     assert len(calls) == 1 and stage.private_failed  # tried once, then straight to a job directory
+
+
+class FakeOp:
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.out: list[tuple[Any, ...]] = []
+
+    def emit(self, key: tuple[Any, ...]) -> None:
+        self.out.append(key)
+
+
+def test_files_a_job_was_told_are_here_stay_until_it_starts(tmp_path: Path) -> None:
+    """``have`` for job 5 finds its file in a bounded store: another job's file may not evict it
+    before job 5 starts (it would then fail: "not in the store")."""
+    import hashlib
+
+    from gproc.errors import StagingError
+
+    node = FakeNode(str(tmp_path / "bin"))
+    node.cfg.store_max = 100
+    stage = StageService(node)  # type: ignore[arg-type]
+    old, new = b"o" * 60, b"n" * 60
+    h_old, h_new = hashlib.sha256(old).hexdigest(), hashlib.sha256(new).hexdigest()
+    stage.store.write(stage.store.begin(h_old, 60, False, "t"), 0, old)
+    have = FakeOp({"h": [[h_old, 60, False]], "j": 5})
+    stage.have(have)  # type: ignore[arg-type]
+    assert have.out == [("s", 0, "")]
+    put = FakeOp({"h": h_new, "o": 0, "d": new, "z": 60, "x": False, "j": 6})
+    with pytest.raises(StagingError, match="No space left in the store"):
+        stage.put(put)  # type: ignore[arg-type]
+    assert stage.store.has(h_old, 60)
+    stage.store.unpin(("put", 5))  # job 5 started and ended: its file may go now
+    stage.put(put)  # type: ignore[arg-type]
+    assert put.out == [("s", 0, "")] and stage.store.has(h_new, 60) and not stage.store.has(h_old, 60)

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gproc.errors import StagingError
@@ -212,7 +212,7 @@ def test_build_never_follows_a_planted_link(tmp_path: Path) -> None:
 
 # ---- property: arbitrary manifests never write outside the root and never crash -----------------
 
-GOOD_NAMES = st.sampled_from(["a", "b", "lib", "é", "a b", "~", "-"])
+GOOD_NAMES = st.sampled_from(["a", "b", "lib", "é", "a b", "~", "-", "sentinel"])
 PATH_NAMES = st.one_of(GOOD_NAMES, st.sampled_from(["..", ".", "", "x" * 256]))
 TARGET_NAMES = st.one_of(GOOD_NAMES, st.sampled_from(["..", ".", "", "\0"]))
 PATHS = st.lists(st.one_of(GOOD_NAMES, GOOD_NAMES, PATH_NAMES), min_size=1, max_size=4).map(
@@ -245,6 +245,9 @@ def snapshot(top: Path) -> set[tuple[str, int]]:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(MANIFESTS)
+@example([["l", "/lib", "../../sentinel"], f("/lib/a/x")])  # through a link out of the view, into the sentinel
+@example([["l", "/a", "/../../sentinel/a"], f("/a/x")])
+@example([["l", "/a", "b"], ["l", "/b", "../../sentinel"], f("/a/a/x")])  # through a chain of links
 def test_arbitrary_manifests_stay_inside_the_root(tmp_path: Path, manifest: list[object]) -> None:
     jail = tmp_path / "jail"
     jail.mkdir(exist_ok=True)
@@ -252,9 +255,11 @@ def test_arbitrary_manifests_stay_inside_the_root(tmp_path: Path, manifest: list
     if not store.has(H, 6):
         put(store, b"hello\n")
         put(store, b"hello\n", executable=True)
-    (tmp_path / "sentinel").mkdir(exist_ok=True)
-    before = snapshot(tmp_path / "sentinel") | {(str(p), 0) for p in jail.iterdir()}
+    # an escape lands in the sentinel (the view's "../../sentinel") or elsewhere under tmp_path: every
+    # name and mtime there outside the view is compared, the store included
+    (tmp_path / "sentinel" / "a").mkdir(parents=True, exist_ok=True)
     view = jail / "view"
+    before = snapshot(tmp_path)
     try:
         entries = parse_manifest(manifest)
     except StagingError:
@@ -266,7 +271,11 @@ def test_arbitrary_manifests_stay_inside_the_root(tmp_path: Path, manifest: list
                 v.build(entries, link_placer(store))
             except StagingError:
                 pass
-        assert snapshot(tmp_path / "sentinel") | {(str(p), 0) for p in jail.iterdir()} == before | {(str(view), 0)}
+
+        def outside(snap: set[tuple[str, int]]) -> set[tuple[str, int]]:  # the jail's own mtime moves with view
+            return {(p, t) for p, t in snap if p not in (str(jail), str(view)) and not p.startswith(str(view) + "/")}
+
+        assert outside(snapshot(tmp_path)) == outside(before)
         for dirpath, dirs, names in os.walk(view):
             for n in dirs + names:
                 p = os.path.join(dirpath, n)
@@ -280,3 +289,52 @@ def test_arbitrary_manifests_stay_inside_the_root(tmp_path: Path, manifest: list
 def test_entry_round_trip() -> None:
     for e in (Entry("f", "/x", H, 6, 0o755), Entry("l", "/y", target="x"), Entry("d", "/z", mode=0o700)):
         assert parse_manifest([e.to_wire()]) == [e]
+
+
+# ---- a bounded store ------------------------------------------------------------------------------
+
+
+def names_in(store: Store) -> set[str]:
+    return {n for n in os.listdir(store.dir) if not n.startswith(".")}
+
+
+def test_bounded_store_evicts_least_recently_used_files_no_job_uses(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "bin"), max_bytes=100)
+    a, b = put(store, b"a" * 40), put(store, b"b" * 40)
+    store.pin("job1", [store.name(a, False)], uid=1000)
+    store.touch([store.name(b, False)])  # a is the least recently used, but in use: b goes
+    c = put(store, b"c" * 40)
+    assert names_in(store) == {store.name(a, False), store.name(c, False)}
+    assert store.used_bytes() == 80 and store.usage() == {1000: 40, -1: 40}
+    store.unpin("job1")
+    store.touch([store.name(a, False)])  # a used more recently than c now: c goes
+    d = put(store, b"d" * 40)
+    assert names_in(store) == {store.name(a, False), store.name(d, False)}
+
+
+def test_bounded_store_refuses_what_cannot_fit_in_one_line(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "bin"), max_bytes=100)
+    a = put(store, b"a" * 60)
+    store.pin("job1", [store.name(a, False)], uid=1000)
+    with pytest.raises(StagingError, match=r"^No space left in the store .*60 are used by running jobs") as e:
+        put(store, b"b" * 60)
+    assert "\n" not in str(e.value)
+    with pytest.raises(StagingError, match=r"^No space left in the store .*--store-max is 100"):
+        put(store, b"x" * 101)
+    assert names_in(store) == {store.name(a, False)}, "nothing is evicted for what cannot fit anyway"
+    assert os.listdir(store.tmp) == [] and store.used_bytes() == 60
+
+
+def test_bounded_store_counts_files_from_before_and_in_flight(tmp_path: Path) -> None:
+    put(Store(str(tmp_path / "bin")), b"old" * 20)  # 60 bytes from an earlier run of the daemon
+    store = Store(str(tmp_path / "bin"), max_bytes=100)
+    data = b"n" * 30
+    inc = store.begin(hashlib.sha256(data).hexdigest(), len(data), False, "t")  # reserved while it arrives
+    assert store.used_bytes() == 90
+    big = hashlib.sha256(b"m" * 80).hexdigest()
+    with pytest.raises(StagingError, match="No space left"):  # the old file could go, the arriving one not
+        store.begin(big, 80, False, "t")
+    assert len(names_in(store)) == 1, "nothing is evicted when evicting would not make room"
+    store.abort(inc)
+    store.abort(store.begin(big, 80, False, "t"))  # now it fits, once the old file is gone
+    assert store.used_bytes() == 0 and names_in(store) == set()

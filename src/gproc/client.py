@@ -19,14 +19,15 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gproc import wire
-from gproc.errors import ConnectError, GprocError, NoMatchError, ProtocolError, RemoteError, StagingError, UsageError
+from gproc import errors, peers, wire
+from gproc.errors import ConnectError, GprocError, ProtocolError, StagingError, UsageError
 
 if TYPE_CHECKING:
     from gproc.bundle import Bundle
 
 DEFAULT_SOCKET = "/tmp/g"
 SILENCE_LIMIT = 30.0  # the master ticks every few seconds during a job; this much silence is death
+READ_AHEAD = 1 << 20  # what the client reads ahead of its consumer: a slow one slows the job, not memory
 STDIN_CHUNK = 64 * 1024  # stdin travels in chunks of this size …
 STDIN_WINDOW = 8  # … at most this many unacknowledged (flow control down to every node)
 
@@ -38,7 +39,11 @@ def socket_path(explicit: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class Output:
-    """Lines that a set of nodes wrote identically (``lineno`` counts lines per node and stream)."""
+    """Output that a set of nodes wrote identically: ``data`` is one or more whole lines (a piece of a
+    line when it does not end in a newline and more of that node's output follows; the end of the
+    output when it ended without one); ``lineno`` is the number of its first line per node and stream
+    (a piece of a line counts as one): a node's output is its records' data joined in ``lineno``
+    order. Events come in that order for each node."""
 
     nodes: str
     count: int
@@ -62,15 +67,8 @@ STREAMS = {1: "stdout", 2: "stderr"}
 
 
 def _raise_remote(msg: wire.Message) -> None:
-    text = str(msg.get("msg", "error"))
-    code = msg.get("code")
-    if code == 2:
-        raise UsageError(text)
-    if code == 255:
-        raise StagingError(text)
-    if "matched no node" in text:
-        raise NoMatchError(text)
-    raise RemoteError(text)
+    """Raise the error the master sent, of the kind it was raised as there."""
+    raise errors.from_wire(msg)
 
 
 class Connection:
@@ -82,11 +80,22 @@ class Connection:
 
     @classmethod
     async def open(cls, path: str, timeout: float = 10.0) -> Connection:
+        # Nothing (the request carries the whole environment) goes to a socket that another user could
+        # have put there while the master was down: the path and its directories must be root's or
+        # ours, and so must the process that listens on it.
+        trusted = {0, os.geteuid()}
+        refused = peers.untrusted_path(path, trusted)
+        if refused is not None:
+            raise ConnectError(refused)
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_unix_connection(path, limit=wire.MAX_FRAME)
+                reader, writer = await asyncio.open_unix_connection(path, limit=READ_AHEAD)
         except (OSError, TimeoutError) as e:
             raise ConnectError(f"cannot reach the master at {path}: {getattr(e, 'strerror', None) or e}") from None
+        refused = peers.untrusted_peer(writer.get_extra_info("socket"), path, trusted)
+        if refused is not None:
+            writer.close()
+            raise ConnectError(refused)
         conn = cls(reader, writer)
         conn.send(wire.hello("client"))
         try:

@@ -1,4 +1,8 @@
-"""Running daemons: the master, one node, or many nodes in one process (local clusters, scale tests)."""
+"""Running daemons: the master, one node, or many nodes in one process (local clusters, scale tests).
+
+This is where services are wired into nodes and the master, and the only place: a new service is a
+table (``gproc.services.base.ServiceTable``) installed here.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ import collections
 import json
 import logging
 import os
+import ssl
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from gproc import credential, platform
@@ -16,9 +22,75 @@ from gproc.errors import GprocError
 from gproc.master import Master
 from gproc.overlay import Node, NodeConfig
 from gproc.pids import PidConfig
-from gproc.services.execute import SpawnGate
+from gproc.services.base import install
+from gproc.services.execute import ExecService, SpawnGate
+from gproc.services.jobs import JobService, JobStore
+from gproc.services.procs import MasterProcs, ProcService
+from gproc.services.relay import MasterRelay, NodeSocket
+from gproc.services.ship import Shipper
+from gproc.services.stage import StageService
+from gproc.services.stdin import StdinService
 
 JOIN_WINDOW = 64  # nodes of one process joining at once
+
+
+@dataclass
+class NodeServices:
+    """The services every node runs."""
+
+    execute: ExecService
+    procs: ProcService
+    stdin: StdinService
+    stage: StageService
+
+
+def node_services(node: Node, gate: SpawnGate | None = None) -> NodeServices:
+    """Install the services every node runs (the master too: its ``exec`` feeds input through its
+    ``stdin``). Stopping runs in this order: jobs killed first, files dropped last."""
+    procs = ProcService(node)
+    stdin = StdinService(node)
+    stage = StageService(node)
+    execute = ExecService(node, gate or SpawnGate(), procs, stdin, stage)
+    for table in (execute.service(), procs.service(), stdin.service(), stage.service()):
+        install(node, table)
+    if node.cfg.socket and not node.is_master:
+        install(node, NodeSocket(node, procs, node.cfg.socket).service())
+    return NodeServices(execute, procs, stdin, stage)
+
+
+def build_node(
+    cfg: NodeConfig,
+    *,
+    server_ssl: ssl.SSLContext | None = None,
+    client_ssl: ssl.SSLContext | None = None,
+    gate: SpawnGate | None = None,
+) -> Node:
+    """A node daemon with its services."""
+    node = Node(cfg, server_ssl=server_ssl, client_ssl=client_ssl)
+    node_services(node, gate)
+    return node
+
+
+def build_master(
+    cfg: NodeConfig,
+    socket_path: str,
+    state_dir: str,
+    pids: PidConfig | None = None,
+    *,
+    keep_jobs: int = 1000,
+    keep_bytes: int = 1 << 30,
+    **kw: Any,
+) -> Master:
+    """The master with its services: a node's, and those that answer clients."""
+    master = Master(cfg, socket_path=socket_path, state_dir=state_dir, **kw)
+    stdin = node_services(master).stdin
+    store = JobStore(master.state.db, os.path.join(state_dir, "jobs"), keep_jobs, keep_bytes)
+    jobs = JobService(store)
+    procs = MasterProcs(master, pids or PidConfig(), master.state.db, jobs)
+    for table in (jobs.service(), procs.service(), MasterRelay(master).service()):
+        install(master, table, master)
+    master.equip(procs, store, Shipper(master), stdin)
+    return master
 
 
 def setup_logging(level: int, stream: Any = None) -> None:
@@ -39,9 +111,7 @@ async def serve_master(
 ) -> int:
     """Run the master until Ctrl-C (which shuts the whole tree down)."""
     platform.raise_fd_limit()
-    master = Master(
-        cfg, socket_path=socket_path, state_dir=state_dir, pids=pids, keep_jobs=keep_jobs, keep_bytes=keep_bytes
-    )
+    master = build_master(cfg, socket_path, state_dir, pids, keep_jobs=keep_jobs, keep_bytes=keep_bytes)
     await master.start()
     loop = asyncio.get_running_loop()
     platform.install_shutdown_signals(loop, lambda: _forget(master.spawn(master.shutdown_tree())))
@@ -56,7 +126,7 @@ async def serve_node(cfg: NodeConfig, ready_file: str | None = None) -> int:
 
     ``ready_file`` receives the listening address once the node listens (before it has joined)."""
     platform.raise_fd_limit()
-    node = Node(cfg)
+    node = build_node(cfg)
     loop = asyncio.get_running_loop()
     platform.install_shutdown_signals(loop, lambda: _forget(node.spawn(node.stop())))
     await node.start()
@@ -105,7 +175,7 @@ async def serve_many(spec: dict[str, Any]) -> int:
         )
         if parent_idx >= 0:  # start a node once its parent here is attached: no refused handshakes
             await _registered(nodes[parent_idx])
-        node = Node(cfg, server_ssl=server_ssl, client_ssl=client_ssl, spawn_gate=gate)
+        node = build_node(cfg, server_ssl=server_ssl, client_ssl=client_ssl, gate=gate)
         await node.start()
         nodes[entry["index"]] = node
         joining.append(node)
@@ -153,4 +223,14 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["GprocError", "parse_address_list", "serve_many", "serve_master", "serve_node", "setup_logging"]
+__all__ = [
+    "GprocError",
+    "build_master",
+    "build_node",
+    "node_services",
+    "parse_address_list",
+    "serve_many",
+    "serve_master",
+    "serve_node",
+    "setup_logging",
+]

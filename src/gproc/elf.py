@@ -14,7 +14,10 @@ For each DT_NEEDED name, in breadth-first load order:
 3. a candidate is accepted only if it is an ELF file of the program's class, byte order and machine.
 
 ``$ORIGIN`` is the directory of the program's real path, and for a library the directory of the path
-it was found at (as glibc does); ``$PLATFORM`` is the machine name (x86_64, aarch64, i686, ...);
+it was found at (as glibc does); ``$PLATFORM`` is what the program's own loader substitutes on this
+machine when ROOT is ``/`` (glibc names some CPUs, e.g. ``haswell`` on Intel with AVX2, where the
+auxiliary vector says ``x86_64``: its ``--list-diagnostics`` or ``--help`` tells), else the machine name
+(x86_64, aarch64, i686, ...);
 ``$LIB`` and the default directories follow the root's layout: with a Debian multiarch directory
 (``/lib/<triplet>``) ``$LIB`` is ``lib/<triplet>`` and the defaults are ``/lib/<triplet>``,
 ``/usr/lib/<triplet>``, ``/lib``, ``/usr/lib`` (Debian's ld.so); otherwise ``$LIB`` is ``lib64`` (64-bit)
@@ -35,6 +38,7 @@ import os
 import posixpath
 import re
 import struct
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -42,7 +46,7 @@ from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import InterpSegment
 
-from gproc.errors import StagingError
+from gproc.errors import CannotExecute, CommandNotFound, StagingError
 
 __all__ = ["BundleFile", "LoadPlan", "closure", "find_program", "load_plan", "locate", "machine"]
 
@@ -126,6 +130,30 @@ class _Loaded:
     origin: str
     names: set[str]
     loader: _Loaded | None = None
+
+
+def _host_machine() -> str:
+    m = os.uname().machine
+    return {"arm64": "aarch64", "amd64": "x86_64"}.get(m, m)
+
+
+_DL_PLATFORM = re.compile(r'^dl_platform="([^"\n]+)"$', re.M)  # ld.so --list-diagnostics (glibc >= 2.33)
+_HELP_PLATFORM = re.compile(r"^\s+(\S+) \(AT_PLATFORM[;)]", re.M)  # ld.so --help (glibc >= 2.33)
+
+
+def loader_platform(interp: str) -> str | None:
+    """The ``$PLATFORM`` a glibc dynamic loader substitutes on this machine, as it says itself: its
+    ``dl_platform`` (which glibc may set from the CPU, e.g. ``haswell``, over the kernel's AT_PLATFORM);
+    None when it does not say (another C library, an older glibc)."""
+    for option, pattern in (("--list-diagnostics", _DL_PLATFORM), ("--help", _HELP_PLATFORM)):
+        try:
+            r = subprocess.run([interp, option], capture_output=True, text=True, timeout=10, env={"LC_ALL": "C"})
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return None
+        m = pattern.search(r.stdout) if r.returncode == 0 else None
+        if m is not None:
+            return m.group(1)
+    return None
 
 
 def _names(*names: str | None) -> set[str]:
@@ -238,9 +266,19 @@ def machine(path: str, root: str = "/") -> str | None:
 def find_program(cmd: str, path_env: str | None, root: str = "/") -> str:
     """Path (inside root) of CMD: itself when it has a '/', else its first executable match in PATH."""
     tree = _Tree(root)
+    if root != "/" and not os.path.isdir(root):
+        raise CommandNotFound(
+            f"-r {root}: the root {'is not a directory' if os.path.exists(root) else 'does not exist'}"
+        )
     if "/" in cmd:
-        if tree.real_file(tree.absolute(cmd)) is None:
-            raise StagingError(f"{cmd}: no such file")
+        found = tree.resolve(tree.absolute(cmd))
+        host = tree.host(found[0]) if found else None
+        if host is not None and os.path.isdir(host):
+            raise CannotExecute(f"{cmd}: Is a directory")
+        if host is None or not os.path.isfile(host):
+            raise CommandNotFound(f"{cmd}: No such file or directory")
+        if not os.access(host, os.X_OK):
+            raise CannotExecute(f"{cmd}: Permission denied")
         return tree.absolute(cmd)
     dirs = (path_env if path_env is not None else "/bin:/usr/bin").split(":")
     for d in dirs:
@@ -248,7 +286,7 @@ def find_program(cmd: str, path_env: str | None, root: str = "/") -> str:
         real = tree.real_file(cand)
         if real is not None and os.access(tree.host(real), os.X_OK):
             return cand
-    raise StagingError(f"{cmd}: command not found (searched PATH: {', '.join(dirs)})")
+    raise CommandNotFound(f"{cmd}: command not found (searched PATH: {', '.join(dirs)})")
 
 
 def _shebang(head: bytes, shown: str) -> tuple[str, str]:
@@ -283,6 +321,8 @@ class _Closure:
         self._cache: dict[str, list[str]] | None = None
         self._conf_dirs: list[str] | None = None
         self._layouts: dict[Ident, tuple[str, list[str]]] = {}
+        self._platforms: dict[str, str | None] = {}  # by interpreter (host path): the $PLATFORM it uses
+        self._interp: str | None = None  # the program's loader, when it is this machine's to ask
 
     def add(self, path: str, kind: str) -> str:
         """Record a file and the symlinks leading to it; return its real path."""
@@ -349,6 +389,8 @@ class _Closure:
             if interp.ident != main.ident:
                 raise StagingError(f"interpreter {main.interp} of {path} is of another ELF class or machine")
             loaded.append(_Loaded(interp, ipath, ireal, "", _names(main.interp, interp.soname)))
+            if self.tree.root == "/" and _PLATFORMS.get(main.ident[2]) == _host_machine():
+                self._interp = self.tree.host(ireal)
         llp = (self.llp or "").replace(";", ":")
         env = _Env(main.ident, self._dirs(llp.split(":") if llp else [], prog), self.layout(main.ident)[1])
         queue = [prog]
@@ -385,8 +427,16 @@ class _Closure:
         """Expand $ORIGIN, $LIB and $PLATFORM (also in ${...} form) for an object."""
         machine = owner.obj.ident[2]
         values = {"ORIGIN": owner.origin, "LIB": self.layout(owner.obj.ident)[0]}
-        values["PLATFORM"] = _PLATFORMS.get(machine, str(machine))
+        if "PLATFORM" in text:
+            values["PLATFORM"] = self._platform(machine)
         return _DST.sub(lambda m: values[m.group(1) or m.group(2)], text)
+
+    def _platform(self, machine: int) -> str:
+        interp = self._interp
+        if interp is not None and interp not in self._platforms:
+            self._platforms[interp] = loader_platform(interp)
+        said = self._platforms.get(interp) if interp is not None else None
+        return said or _PLATFORMS.get(machine, str(machine))
 
     def layout(self, ident: Ident) -> tuple[str, list[str]]:
         """$LIB and the default library directories for an ELF class/machine in this root."""

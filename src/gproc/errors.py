@@ -55,3 +55,36 @@ class StagingError(GprocError):
 
 class RemoteError(GprocError):
     """An error reported by the master or a node for a request."""
+
+
+class CommandNotFound(StagingError):
+    """CMD is in no PATH directory, or its path names nothing (exit 127, as a shell)."""
+
+    exit_status = 127
+
+
+class CannotExecute(StagingError):
+    """CMD exists but cannot run: a directory, no execute permission (exit 126, as a shell)."""
+
+    exit_status = 126
+
+
+def _kinds() -> dict[str, type[GprocError]]:
+    out: dict[str, type[GprocError]] = {}
+    todo: list[type[GprocError]] = [GprocError]
+    while todo:
+        cls = todo.pop()
+        out[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+    return out
+
+
+def to_wire(e: GprocError) -> dict[str, object]:
+    """An error as a reply carries it: its text, its kind (class name) and its exit status."""
+    return {"msg": str(e)[:2000], "kind": type(e).__name__, "code": e.exit_status}
+
+
+def from_wire(msg: dict[str, object], default: type[GprocError] = RemoteError) -> GprocError:
+    """The error a reply carries, of the kind it was raised as (``default`` for a kind unknown here)."""
+    cls = _kinds().get(str(msg.get("kind")), default)
+    return cls(str(msg.get("msg", "error"))[:2000])

@@ -151,12 +151,19 @@ def up(
     if procs is not None and procs < 1:
         raise UsageError(f"--procs must be at least 1 (got {procs})")
     sock = socket_path(socket)
+    if len(os.fsencode(os.path.abspath(sock))) > MAX_SOCKET_PATH:
+        raise UsageError(f"socket path {sock} is longer than {MAX_SOCKET_PATH} bytes (a Unix socket's limit)")
     old = UpRecord.load(sock)
     if old is not None and any(_alive(p) for p in old.procs):
         raise UsageError(f"a local cluster already runs at {sock} (run 'gproc down' first)")
     if old is not None:
         _cleanup_files(old)
-    rundir = tempfile.mkdtemp(prefix="gproc-local-")
+    made = _make_socket_dir(sock)
+    try:
+        rundir = tempfile.mkdtemp(prefix="gproc-local-")
+    except OSError as e:
+        _remove_dirs(made)
+        raise GprocError(f"cannot create the cluster's run directory: {e.strerror}") from None
     os.chmod(rundir, 0o711)  # jobs of any user reach the nodes' binRoots below it; nothing is listable
     rec = UpRecord(sock, rundir, [], n)
     try:
@@ -233,12 +240,46 @@ def up(
             rec.save()
         wait_nodes(sock, n, timeout if timeout is not None else 60.0 + n / 20, rec)
         return rec
-    except BaseException:
+    except BaseException as e:  # leave nothing behind: processes, run directory, socket directories
         kept = _keep_logs(rundir)
-        down(sock, quiet=True)
-        if isinstance(kept, str) and isinstance(sys.exc_info()[1], GprocError):
-            raise GprocError(f"{sys.exc_info()[1]}; logs kept in {kept}") from None
+        _stop(rec)
+        _remove_dirs(made)
+        if isinstance(e, OSError):
+            raise GprocError(f"cannot start the local cluster: {e.strerror or e}") from None
+        if isinstance(kept, str) and isinstance(e, GprocError):
+            raise GprocError(f"{str(e).replace(rundir, kept)}; logs kept in {kept}") from None
         raise
+
+
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
+
+
+def _make_socket_dir(sock: str) -> list[str]:
+    """Create the directory the master's socket goes in, when missing (as ``mkdir -p``); return the
+    directories created, deepest first, so that a failed ``up`` removes them again."""
+    made: list[str] = []
+    d = os.path.dirname(os.path.abspath(sock))
+    while not os.path.isdir(d) and not os.path.lexists(d):
+        made.append(d)
+        d = os.path.dirname(d)
+    for path in reversed(made):
+        try:
+            os.mkdir(path, 0o755)  # every user's client reaches the master's socket
+        except OSError as e:
+            _remove_dirs([p for p in made if os.path.isdir(p) and p != path])
+            raise GprocError(f"cannot create {path} for the master's socket: {e.strerror}") from None
+    parent = os.path.dirname(os.path.abspath(sock))
+    if not os.path.isdir(parent):
+        raise GprocError(f"cannot put the master's socket in {parent}: not a directory")
+    return made
+
+
+def _remove_dirs(made: list[str]) -> None:
+    for path in made:  # deepest first; only while empty
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
 
 
 def _keep_logs(rundir: str) -> str | None:
@@ -333,8 +374,14 @@ def down(socket: str | None = None, quiet: bool = False, timeout: float = 10.0) 
         if quiet:
             return False
         raise UsageError(f"no local cluster recorded at {sock}")
+    _stop(rec, timeout)
+    return True
+
+
+def _stop(rec: UpRecord, timeout: float = 10.0) -> None:
+    """Ask the tree to shut down, end the processes that remain, remove the cluster's files."""
     try:
-        asyncio.run(Cluster(sock, timeout=3.0).shutdown())
+        asyncio.run(Cluster(rec.socket, timeout=3.0).shutdown())
     except (GprocError, ConnectError, OSError):
         pass
     deadline = time.monotonic() + timeout
@@ -352,7 +399,6 @@ def down(socket: str | None = None, quiet: bool = False, timeout: float = 10.0) 
         except ChildProcessError:
             pass
     _cleanup_files(rec)
-    return True
 
 
 def _cleanup_files(rec: UpRecord) -> None:

@@ -11,23 +11,27 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ClusterShell.NodeSet import NodeSet
 
-from gproc import nodespec, platform, wire
+from gproc import errors, nodespec, peers, platform, wire
 from gproc import ranks as rankset
 from gproc.errors import GprocError, ProtocolError, RegistrationError, UsageError
+from gproc.messages import LateMsg
 from gproc.overlay import ID_RE, NAME_RE, Link, Node, NodeConfig, TreeLink
-from gproc.pids import PidConfig
 from gproc.platform import PeerCred, peer_credentials
+from gproc.services.base import TICK, Call, ClientRequest, Role, allowed, socket_alive, with_ticks
+from gproc.services.collect import Collector
+from gproc.services.jobs import JobStore
+from gproc.services.procs import MasterProcs
+from gproc.services.ship import Shipper
+from gproc.services.stdin import StdinService
 from gproc.state import MasterState
 
-TICK = 5.0  # keep-alive to attached clients while a job is silent
+OP_IDS = 1 << 16  # op ids reserved in the state database at a time
 
 
 @dataclass
@@ -45,13 +49,6 @@ class NodeRow:
     children: dict[str, int] = field(default_factory=dict)
 
 
-Request = Callable[[Link, wire.Message, PeerCred], Awaitable[None]]
-"""A client request handler: answers on the link (``ret``, or a stream ending in ``end``)."""
-
-Call = Callable[[dict[str, Any]], Awaitable[Any]]
-"""An upward-call handler (``call`` from a node): returns the result, raises GprocError to refuse."""
-
-
 class _TreeView:
     """The live topology as nodespec's ``Tree`` protocol sees it (only nodes that are up)."""
 
@@ -65,7 +62,10 @@ class _TreeView:
 
 
 class Master(Node):
-    """Rank 0. Accepts nodes over TLS and clients over a Unix socket."""
+    """Rank 0. Accepts nodes over TLS and clients over a Unix socket.
+
+    Services are wired in by ``gproc.daemon.build_master``: their client requests and upward calls
+    land in ``requests`` and ``calls``; ``equip`` gives the master the services ``exec`` uses."""
 
     is_master = True
 
@@ -75,37 +75,35 @@ class Master(Node):
         *,
         socket_path: str,
         state_dir: str,
-        pids: PidConfig | None = None,
-        keep_jobs: int = 1000,
-        keep_bytes: int = 1 << 30,
         **kw: Any,
     ) -> None:
-        from gproc.services.jobs import JobService, JobStore
-
         super().__init__(cfg, **kw)
         self.rank = 0
         self.registered.set()
         self.socket_path = socket_path
         self.state = MasterState(os.path.join(state_dir, "master.db"))
         self.topo: dict[int, NodeRow] = {}
+        self._op_next = self._op_end = 0
         self.root_children: dict[str, int] = {}
         self._unix: asyncio.Server | None = None
+        self._clients = peers.ClientLimit()
         self._fold_cache: dict[tuple[int, ...], str] = {}
         # selections resolved against the live tree, until its shape or a node's state changes
         self._select_cache: dict[tuple[str | None, str | None, str | None], tuple[frozenset[int], frozenset[str]]] = {}
-        self.requests: dict[str, Request] = {}
+        self.requests: dict[str, ClientRequest] = {}
+        self.collectors: dict[int, Collector] = {}  # running jobs' results by op id (late ones come here)
         self.calls: dict[str, Call] = {}
         self._register_requests()
-        from gproc.services.procs import MasterProcs
-        from gproc.services.relay import MasterRelay
+        # the services the exec request uses (``equip``)
+        self.pids: MasterProcs
+        self.jobs: JobStore
+        self.shipper: Shipper
+        self.stdin: StdinService
 
-        self.pids = MasterProcs(self, pids or PidConfig())
-        self.relay = MasterRelay(self)
-        self.jobs = JobStore(self.state.db, os.path.join(state_dir, "jobs"), keep_jobs, keep_bytes)
-        self.job_service = JobService(self)
-        from gproc.services.ship import Shipper
-
-        self.shipper = Shipper(self)
+    def equip(self, pids: MasterProcs, jobs: JobStore, shipper: Shipper, stdin: StdinService) -> None:
+        """Give the master the services its ``exec`` request uses (job ids, the job store, shipping
+        and input)."""
+        self.pids, self.jobs, self.shipper, self.stdin = pids, jobs, shipper, stdin
 
     # ---- lifetime --------------------------------------------------------------------------------
 
@@ -113,7 +111,7 @@ class Master(Node):
         await super().start()
         path = self.socket_path
         if os.path.exists(path):
-            if await _socket_alive(path):
+            if await socket_alive(path):
                 raise UsageError(f"a master already listens on {path}")
             os.unlink(path)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -170,6 +168,14 @@ class Master(Node):
         self._kids(parent)[nid] = rank
         self._select_cache.clear()
         return {"rank": rank}
+
+    def next_op_id(self) -> int:
+        """Op ids are their own series, apart from gpids and job ids, kept in the state database."""
+        if self._op_next >= self._op_end:
+            self._op_next = self.state.reserve("op_next", OP_IDS)
+            self._op_end = self._op_next + OP_IDS
+        self._op_next += 1
+        return self._op_next - 1
 
     def _kids(self, rank: int) -> dict[str, int]:
         return self.root_children if rank == 0 else self.topo[rank].children
@@ -258,36 +264,47 @@ class Master(Node):
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         link = Link(reader, writer, {"name": "client"})
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self.own(asyncio.current_task())
+        cred: PeerCred | None = None
         try:
-            sock = writer.get_extra_info("socket")
-            cred = peer_credentials(sock) if sock is not None else PeerCred(0, os.getuid(), os.getgid())
+            cred = peer_credentials(writer.get_extra_info("socket"))
+            if not self._clients.enter(cred.uid):
+                cred = None
+                raise GprocError(f"too many connections from this user (at most {self._clients.per_user})")
             async with asyncio.timeout(10):
                 wire.check_hello(await link.receive(), "client")
                 link.send(wire.hello("master", name=self.cfg.name))
                 req = await link.receive()
-            await self._serve_request(link, req, cred)
         except GprocError as e:
-            link.send({"t": "error", "msg": str(e), "code": e.exit_status})
+            link.send({"t": "error", **errors.to_wire(e)})
+        except (EOFError, OSError, TimeoutError) as e:
+            self.log.debug("client ended: %s", e)
+        else:
+            await self.serve_client(link, req, cred)
+        finally:
+            if cred is not None:
+                self._clients.leave(cred.uid)
+            await link.close(30.0)  # what is queued still goes (a big output to a slow client), then close
+
+    async def serve_client(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+        """Answer one client request (on the master's socket, or relayed by a node): the one place
+        where a request is looked up, its caller's role checked and its errors turned into replies."""
+        try:
+            fn = req.get("fn")
+            if req.get("t") != "req" or not isinstance(fn, str):
+                raise ProtocolError("expected a request")
+            entry = self.requests.get(fn)
+            if entry is None:
+                raise UsageError(f"unknown request {fn[:40]!r}")
+            allowed(entry.role, cred, entry.what or f"make the {fn} request")
+            await entry.handler(link, req, cred)
+        except GprocError as e:
+            link.send({"t": "error", **errors.to_wire(e)})
         except (EOFError, OSError, TimeoutError) as e:
             self.log.debug("client ended: %s", e)
         except Exception:  # the master survives any request
             self.log.exception("client request failed")
-            link.send({"t": "error", "msg": "internal error in the master (see its log)", "code": 1})
-        finally:
-            await link.close(30.0)  # what is queued still goes (a big output to a slow client), then close
-
-    async def _serve_request(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
-        fn = req.get("fn")
-        if req.get("t") != "req" or not isinstance(fn, str):
-            raise ProtocolError("expected a request")
-        handler = self.requests.get(fn)
-        if handler is None:
-            raise UsageError(f"unknown request {fn[:40]!r}")
-        await handler(link, req, cred)
+            link.send({"t": "error", **errors.to_wire(GprocError("internal error in the master (see its log)"))})
 
     def _register_requests(self) -> None:
         """Client requests by name; services add theirs to ``self.requests``."""
@@ -296,7 +313,7 @@ class Master(Node):
             link.send({"t": "ret", "r": {"master": self.cfg.name, "nodes": self.info_rows()}})
 
         async def select(link: Link, req: wire.Message, cred: PeerCred) -> None:
-            sel, absent = self._selection(req)
+            sel, absent = self.selection(req)
             names = sorted(self.topo[r].name for r in sel)
             link.send({"t": "ret", "r": {"names": names, "absent": sorted(absent)}})
 
@@ -307,12 +324,17 @@ class Master(Node):
             link.send({"t": "ret", "r": r})
 
         async def shutdown(link: Link, req: wire.Message, cred: PeerCred) -> None:
-            if cred.uid not in (0, os.getuid()):
-                raise UsageError("only root or the master's owner may shut the tree down")
             link.send({"t": "ret", "r": {"ok": True}})
             self.spawn(self.shutdown_tree())
 
-        self.requests.update(info=info, select=select, stats=stats, shutdown=shutdown, ping=self._ping, exec=self._exec)
+        self.requests.update(
+            info=ClientRequest(info),
+            select=ClientRequest(select),
+            stats=ClientRequest(stats),
+            shutdown=ClientRequest(shutdown, Role.OWNER, "shut the tree down"),
+            ping=ClientRequest(self._ping),
+            exec=ClientRequest(self._exec),
+        )
 
     def stats(self) -> dict[str, Any]:
         """Bytes and frames exchanged with the tree (the master's direct children) so far.
@@ -345,24 +367,17 @@ class Master(Node):
     async def link_counters(self) -> list[dict[str, Any]]:
         """Per tree link (named by the node below it): bytes and frames it carried down so far, and
         the file bytes that node stored; nodes with equal counts are grouped."""
-        done = asyncio.get_running_loop().create_future()
         rows: list[dict[str, Any]] = []
-
-        def sink(groups: list[list[Any]], end: bool) -> None:
-            for key, enc in groups:
+        async for part in self.request("counters", {}, self.up_ranks()):
+            for key, enc in part.groups:
                 if key[0] == "c":
                     rows.append(
                         {"nodes": self.fold_intervals(enc), "count": rankset.count(enc), "bytes_in": key[1],
                          "frames_in": key[2], "file_bytes": key[3], "stored_at": key[4]}
                     )  # fmt: skip
-            if end and not done.done():
-                done.set_result(None)
-
-        self.start_op(self.pids.next_id(), "counters", {}, self.up_ranks(), sink)
-        await done
         return rows
 
-    def _selection(self, req: wire.Message) -> tuple[set[int], set[str]]:
+    def selection(self, req: wire.Message) -> tuple[set[int], set[str]]:
         spec, inc, exc = req.get("nodes"), req.get("w"), req.get("x")
         for v in (spec, inc, exc):
             if v is not None and not isinstance(v, str):
@@ -372,22 +387,15 @@ class Master(Node):
     async def _ping(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
         """A no-op through the tree to every selected node (all nodes by default)."""
         if req.get("nodes") or req.get("w"):
-            targets, _ = self._selection(req)
+            targets, _ = self.selection(req)
         else:
             targets = self.up_ranks()
-        done = asyncio.get_running_loop().create_future()
         counts: dict[str, int] = {}
-
-        def sink(groups: list[list[Any]], end: bool) -> None:
-            for key, enc in groups:
+        t0 = time.perf_counter()
+        async for part in self.request("noop", {}, targets):
+            for key, enc in part.groups:
                 k = "ok" if key[1] == 0 else str(key[2])
                 counts[k] = counts.get(k, 0) + rankset.count(enc)
-            if end and not done.done():
-                done.set_result(None)
-
-        t0 = time.perf_counter()
-        self.start_op(self.pids.next_id(), "noop", {}, targets, sink)
-        await done
         link.send(
             {
                 "t": "ret",
@@ -403,7 +411,7 @@ class Master(Node):
             raise UsageError("bad environment")
         timeout = req.get("timeout")
         batch = req.get("batch") is True
-        targets, absent = self._selection(req)
+        targets, absent = self.selection(req)
         bundle = req.get("bundle")
         entries = self.shipper.check(bundle) if bundle is not None else []
         job = self.pids.next_id()
@@ -419,46 +427,63 @@ class Master(Node):
             "gather": req.get("gather") is True,
             "pgpid": link.peer.get("pgpid", 0),  # the gpid of the process that asked (relayed from a job)
             "stdin": req.get("stdin") is True and not batch,  # a batch job's input is empty
+            "redeliver": True,  # nodes keep what they send up, to send it again after re-attaching
         }
         absent_set = str(NodeSet.fromlist(sorted(absent)))
         record = self.jobs.start(job, cred.uid, argv, self.fold(targets), len(targets), batch, absent_set)
         link.send({"t": "job", "job": job, "n": len(targets), "absent": absent_set})
         done = asyncio.Event()
         ops: list[Any] = []
+        flow = _Flow(self, link, job)
+
+        def emit(groups: list[list[Any]]) -> None:
+            out = [[key, self.fold_intervals(enc), rankset.count(enc)] for key, enc in groups]
+            # merging in the tree keeps the first-seen order of keys, which can put a node's record
+            # after one it wrote later (a key another node sent first): records go by their number
+            out.sort(key=_record_order)
+            record.add(out)
+            link.send({"t": "out", "g": out})
+            flow.check(targets)
+
+        op_id = self.next_op_id()
+
+        def finish() -> None:
+            self.collectors.pop(op_id, None)
+            record.finish(ops[0].bytes_in if ops else 0, ops[0].frames_in if ops else 0)
+            link.send({"t": "end"})
+            done.set()
+
+        started = time.time()
+
+        def may_return(lost: set[int]) -> set[int]:
+            """Ranks reported lost that may yet re-attach and deliver: those under another lost rank
+            (their parent died, not they) and those that re-attached since the job started."""
+            rows = self.topo
+            back = {r for r in lost if r in rows and rows[r].state == "up" and rows[r].since > started}
+            return back | {r for r in lost if r in rows and rows[r].parent in lost}
+
+        results = Collector(emit, finish, self.cfg.reattach_grace, may_return)
 
         def sink(groups: list[list[Any]], end: bool) -> None:
-            if groups:
-                out = [[key, self.fold_intervals(enc), rankset.count(enc)] for key, enc in groups]
-                record.add(out)
-                link.send({"t": "out", "g": out})
-            if end:
-                record.finish(ops[0].bytes_in if ops else 0, ops[0].frames_in if ops else 0)
-                link.send({"t": "end"})
-                done.set()
+            results.add(groups, end)
 
         self.pids.job_started(job, targets)
         if bundle is not None:  # ticks keep the client patient while files go down (minutes on a big tree)
-            shipping = asyncio.ensure_future(self.shipper.distribute(link, job, entries, targets))
-            try:
-                while not shipping.done():
-                    await asyncio.wait({shipping}, timeout=TICK)
-                    if not shipping.done():
-                        link.send({"t": "tick"})
-            finally:
-                if not shipping.done():
-                    shipping.cancel()
-            targets, failed = shipping.result()
+            shipped = await with_ticks(link, self.shipper.distribute(link, job, entries, targets))
+            assert shipped is not None  # None only when a client leaving is watched for
+            targets, failed = shipped
             body["bundle"] = bundle
             if failed:
                 sink(failed.to_wire(), not targets)
             if not targets:
                 return
-        ops.append(self.start_op(job, "exec", body, targets, sink))
+        self.collectors[op_id] = results
+        ops.append(self.start_op(op_id, "exec", body, targets, sink))
         if batch:
             return  # the client has its job id and leaves; the job runs on, its output is kept
-        await self._attend(link, job, targets, done)
+        await self._attend(link, job, ops[0].id, targets, done)
 
-    async def _attend(self, link: Link, job: int, targets: set[int], done: asyncio.Event) -> None:
+    async def _attend(self, link: Link, job: int, op_id: int, targets: set[int], done: asyncio.Event) -> None:
         """While a job runs: forward the client's signals, keep the client alive, end with it."""
         reader = asyncio.ensure_future(link.receive())
         waiter = asyncio.ensure_future(done.wait())
@@ -476,7 +501,7 @@ class Master(Node):
                         self.signal_job(job, targets, msg["sig"])
                     elif msg.get("t") == "in":
                         try:
-                            self.stdin.deliver(job, msg, lambda _op, seq: _ack(link, seq))
+                            self.stdin.deliver(op_id, msg, lambda _op, seq: _ack(link, seq))
                         except ProtocolError:
                             self.signal_job(job, targets, signal.SIGTERM)
                             raise
@@ -487,23 +512,59 @@ class Master(Node):
             reader.cancel()
             waiter.cancel()
 
+    def _on_late(self, link: TreeLink, msg: wire.Message) -> None:
+        late = LateMsg.decode(msg)
+        results = self.collectors.get(late.op)
+        if results is not None:  # else the job has ended: what it reported lost stays lost
+            results.late(late.groups, late.truncated)
+
     def signal_job(self, job: int, targets: set[int], sig: int) -> None:
         """Send a signal to every process of a job, on every node that runs it."""
-        self.start_op(self.pids.next_id(), "signal", {"job": job, "sig": sig}, targets, lambda g, e: None)
+        self.start_op(self.next_op_id(), "signal", {"job": job, "sig": sig}, targets, lambda *_: None)
+
+
+def _record_order(item: list[Any]) -> tuple[int, int, int]:
+    """Output records by stream and number, then every other key (statuses) in the order they came."""
+    key = item[0]
+    if key[0] == "o":
+        return (0, key[1], key[2])
+    return (1, 0, 0)
+
+
+class _Flow:
+    """Back-pressure from one attached client to its job's nodes: while the client's connection holds
+    more than ``HOLD_AT`` bytes not taken in, the job is *held* (its nodes stop reading its programs'
+    output, which then block on their pipes), until the client took in all but ``RELEASE_AT``. Only
+    this job waits: other jobs' output keeps flowing on the same tree links."""
+
+    HOLD_AT = 1 << 20
+    RELEASE_AT = 256 << 10
+    POLL = 0.02
+
+    def __init__(self, master: Master, link: Link, job: int) -> None:
+        self.m = master
+        self.link = link
+        self.job = job
+        self.holding = False
+
+    def check(self, targets: set[int]) -> None:
+        if not self.holding and self.link.unsent() >= self.HOLD_AT:
+            self.holding = True
+            self._hold(targets, True)
+            self.m.spawn(self._release(targets))
+
+    def _hold(self, targets: set[int], on: bool) -> None:
+        body = {"job": self.job, "on": on}
+        self.m.start_op(self.m.next_op_id(), "hold", body, targets, lambda *_: None)
+
+    async def _release(self, targets: set[int]) -> None:
+        link = self.link
+        while not link.closed and link.unsent() > self.RELEASE_AT:
+            await asyncio.sleep(self.POLL)
+        self.holding = False
+        self._hold(targets, False)
 
 
 def _ack(link: Link, seq: int) -> None:
     """Tell an attached client how much of its stdin every node of its job has taken."""
     link.send({"t": "inack", "seq": seq})
-
-
-async def _socket_alive(path: str) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.setblocking(False)
-    try:
-        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(s, path), 1.0)
-        return True
-    except (OSError, TimeoutError):
-        return False
-    finally:
-        s.close()

@@ -127,8 +127,24 @@ def parse_tree_spec(spec: str) -> list[TreePath]:
         subtree = elements[-1] == "**"
         if subtree:
             elements.pop()
-        paths.append(TreePath(tuple(_parse_step(spec, element) for element in elements), subtree))
+        try:
+            paths.append(TreePath(tuple(_parse_step(spec, element) for element in elements), subtree))
+        except NodeSpecError as error:
+            if _hostlist(spec):
+                raise NodeSpecError(f"{error}; node names go with -w: -w {spec!r}") from None
+            raise
     return paths
+
+
+def _hostlist(spec: str) -> bool:
+    """Does ``spec`` read as a ClusterShell node set of names (``node[0-7]``, ``web1,db2``)?"""
+    if "[" not in spec or "/" in spec:
+        return False
+    try:
+        NodeSet(spec, resolver=RESOLVER_NOGROUP)
+    except NodeSetException:
+        return False
+    return True
 
 
 def _descendants(tree: Tree, roots: Iterable[Hashable], into: set[Hashable]) -> None:
@@ -252,5 +268,21 @@ def select(
             )
             if part is not None
         )
-        raise NoMatchError(f"node spec {label or '@all'!r} matched no node")
+        hint = _names_hint(tree_spec, tree, root, name_of) if include is None and exclude is None else ""
+        raise NoMatchError(f"node spec {label or '@all'!r} matched no node{hint}")
     return candidates, absent
+
+
+def _names_hint(tree_spec: str | None, tree: Tree, root: Hashable, name_of: Callable[[Hashable], str]) -> str:
+    """When a tree path that selects nothing names nodes as a hostlist: say that names go with -w."""
+    if not tree_spec:
+        return ""
+    everyone: set[Hashable] = set()
+    _descendants(tree, [root], everyone)
+    try:
+        named, _ = match_names(tree_spec, None, (name_of(node) for node in everyone))
+    except NodeSpecError:
+        return ""
+    if not named:
+        return ""
+    return f" (tree paths are of node ids; names go with -w: -w {tree_spec!r} names {fold(named)})"

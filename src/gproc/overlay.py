@@ -12,6 +12,7 @@ and the messages in docs/protocol.md.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -20,7 +21,7 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping, Set
+from collections.abc import Awaitable, Callable, Generator, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +30,8 @@ from gproc import ranks as rankset
 from gproc.address import Address, parse_address
 from gproc.errors import GprocError, ProtocolError, RegistrationError
 from gproc.groups import Groups, Key
-from gproc.services.execute import ExecService, SpawnGate
-from gproc.services.procs import ProcService
-from gproc.services.stage import StageService
-from gproc.services.stdin import StdinService
+from gproc.messages import CallMsg, LateMsg, OpMsg, RepMsg, RetMsg
+from gproc.reduce import Reducer
 
 log = logging.getLogger("gproc.overlay")
 
@@ -44,6 +43,11 @@ TOO_LARGE: Key = ("s", 255, "operation too large for one frame")  # its targets 
 WRITE_SLICE = 64 * 1024  # TLS encrypts a write whole into a buffer that keeps its peak size
 ADMIT_WAIT = 30.0  # how long a parent that is not attached yet holds a new child before refusing it
 FLUSH_BYTES = 4 << 20  # results this big go up at once, whatever the timing (bounds a node's memory)
+# What a node keeps of the results it sent up for an op that asks for redelivery (``Upward``): at
+# most this many bytes per op, for at most this many ops, kept this long after the op ended here
+JOURNAL_BYTES = 1 << 20
+JOURNAL_OPS = 32
+JOURNAL_KEEP = 30.0
 
 
 @dataclass
@@ -63,11 +67,15 @@ class NodeConfig:
     edits: bool = True  # send near-identical output lines as edits of a reference line
     connect_timeout: float = 10.0  # TCP connect and TLS handshake
     bin_root: str = "/tmp/xproc"
+    store_max: int | None = None  # bytes the store under bin_root may hold (None: unbounded)
     socket: str | None = None  # where this node serves clients (relayed to the master); None: nowhere
     # kernel receive buffer of each link (SO_RCVBUF), 0: the system's. What a read hands to TLS, and
     # so the buffers TLS keeps per link, grow with it: a local cluster's hundreds of nodes per process
     # set it small (gproc.local.LINK_RECV_BUFFER)
     recv_buffer: int = 0
+    # the master: how long ranks reported lost may still deliver their results late (re-attaching
+    # under another parent) before they are reported lost for good
+    reattach_grace: float = 5.0
 
 
 class Link:
@@ -124,6 +132,15 @@ class Link:
         except (OSError, TimeoutError, ConnectionError):
             self.abort()
 
+    def unsent(self) -> int:
+        """Bytes queued on this link that the peer has not taken in yet."""
+        if self.closed:
+            return 0
+        try:
+            return int(self.writer.transport.get_write_buffer_size())
+        except (AttributeError, RuntimeError):  # closing
+            return 0
+
     async def receive(self) -> wire.Message:
         msg = await wire.read_message(self.reader, counter=self.counter)
         self.last_rx = time.monotonic()
@@ -170,6 +187,8 @@ class TreeLink(asyncio.Protocol):
         self._closed_fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._unsent = 0
         self.keepalive = 0.0  # > 0: send a pong while reading if nothing was sent for this long
+        self.on_pause: Callable[[bool], None] | None = None  # told when sending pauses and resumes
+        self.held = False  # not read for now (``hold_reading``): its silence is ours, not the peer's
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -256,11 +275,26 @@ class TreeLink(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._paused = True
+        if self.on_pause is not None:
+            self.on_pause(True)
 
     def resume_writing(self) -> None:
         self._paused = False
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+        if self.on_pause is not None:
+            self.on_pause(False)
+
+    def hold_reading(self, on: bool) -> None:
+        """Stop (or resume) reading from the peer, so that what it sends waits in its own buffers."""
+        if self.closed or self.transport is None or on == self.held:
+            return
+        self.held = on
+        if on:
+            self.transport.pause_reading()
+        else:
+            self.last_rx = time.monotonic()
+            self.transport.resume_reading()
 
     # -- gproc side
     def start(self, handler: Callable[[TreeLink, wire.Message], None], on_close: Callable[[TreeLink], None]) -> None:
@@ -325,6 +359,9 @@ class TreeLink(asyncio.Protocol):
         """Seconds without a sign of life from the peer: bytes from it, or it taking in what we send
         (our send buffer shrank since the last look). A peer busy reading a long stream of file
         chunks is alive even while its answers queue behind them."""
+        if self.held:
+            self.last_rx = now
+            return 0.0
         try:
             unsent = self.transport.get_write_buffer_size() if self.transport is not None else 0
         except (AttributeError, RuntimeError):  # closing
@@ -349,7 +386,9 @@ class TreeLink(asyncio.Protocol):
         return f"<TreeLink {self.peer.get('name', '?')}>"
 
 
-Sink = Callable[[list[list[Any]], bool], None]
+Sink = Callable[..., None]
+"""Where an op's gathered results go: ``sink(groups, end)``, and for an op with a reducer
+``sink(groups, end, value)`` with the reducer's value encoded for the wire."""
 
 
 class Share:
@@ -383,6 +422,65 @@ class Share:
         if self._ordered is None:
             self._ordered = sorted(self.ranks)
         return self._ordered
+
+
+class Upward:
+    """What this node sent up for one op that asks for redelivery (``"redeliver": true`` in its body:
+    a job): every part with plain ranks, kept so that after its parent died and it re-attached
+    elsewhere the node sends them all again (``late`` messages relayed to the master, which counts
+    what it already has once), and sends its later results the same way.
+
+    Bounded: at most ``JOURNAL_BYTES`` per op. Past it output records are no longer kept (statuses
+    always are); the ranks whose records were dropped travel with every late message, so the master
+    reports the truncation with a reason rather than losing lines silently."""
+
+    __slots__ = ("dropped", "ended", "ended_at", "link", "op", "parts", "size")
+
+    def __init__(self, op_id: int, link: TreeLink | None) -> None:
+        self.op = op_id
+        self.link = link  # the parent link the op came down: results take the late path on any other
+        self.parts: list[list[list[Any]]] = []
+        self.size = 0
+        self.dropped: set[int] = set()  # ranks with output records not kept
+        self.ended = False
+        self.ended_at = 0.0
+
+    def keep(self, groups: Groups, end: bool) -> list[list[Any]]:
+        """Record one part going up; returns it with plain ranks."""
+        part = groups.to_wire()
+        cost = 0
+        for key, _ in part:
+            cost += 16 + (len(key[3]) if len(key) == 4 and isinstance(key[3], bytes) else 0)
+        kept = part
+        if self.dropped or self.size + cost > JOURNAL_BYTES:
+            kept = [g for g in part if g[0][0] != "o"]
+            for g in part:
+                if g[0][0] == "o":
+                    self.dropped.update(rankset.decode(g[1]))
+            cost = 16 * len(kept)
+        if kept or end:
+            self.parts.append(kept)
+            self.size += cost
+        if end:
+            self.ended, self.ended_at = True, time.monotonic()
+        return part
+
+    def evict(self) -> None:
+        """Forget the parts (too many ops kept): a redelivery reports the ranks they held truncated."""
+        for part in self.parts:
+            for g in part:
+                if g[0][0] == "o":
+                    self.dropped.update(rankset.decode(g[1]))
+        self.parts = [[g for part in self.parts for g in part if g[0][0] != "o"]]
+        self.size = 16 * len(self.parts[0])
+
+    def late(self, part: list[list[Any]], end: bool) -> wire.Message:
+        return LateMsg(self.op, part, end, sorted(self.dropped)).encode()
+
+    def messages(self) -> list[wire.Message]:
+        """Everything kept, as late messages (the last one ends the op when it ended here)."""
+        n = len(self.parts)
+        return [self.late(p, self.ended and i == n - 1) for i, p in enumerate(self.parts)]
 
 
 class Op:
@@ -419,17 +517,28 @@ class Op:
         "node",
         "pending_bytes",
         "progress",
+        "reducer",
         "round_start",
         "sink",
         "started",
         "timer",
         "timer_at",
         "unheard",
+        "upward",
+        "value",
+        "valued",
         "waiting",
     )
 
     def __init__(
-        self, node: Node, op_id: int, kind: str, body: dict[str, Any], sink: Sink, base: list[int] | None = None
+        self,
+        node: Node,
+        op_id: int,
+        kind: str,
+        body: dict[str, Any],
+        sink: Sink,
+        base: list[int] | None = None,
+        reducer: Reducer[Any] | None = None,
     ):
         self.node = node
         self.id = op_id
@@ -452,6 +561,31 @@ class Op:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0  # when it fires (uvloop's handles do not say)
         self.gather = body.get("gather") is True  # hold everything until the end: one merged reply
+        self.reducer = reducer  # an op with a reducer gathers one value besides its groups
+        self.value: Any = reducer.identity() if reducer is not None else None
+        self.valued = False  # the value holds something not sent up yet
+        self.upward: Upward | None = None  # what was sent up, kept for redelivery (``Node._on_op``)
+
+    def give(self, sample: Any) -> None:
+        """Add this node's answer to the op's reduced value and schedule a flush upward."""
+        if self.reducer is None:
+            raise ProtocolError(f"operation {self.kind[:40]} has no reducer")
+        self._merge_value(self.reducer.lift(sample))
+        if self.timer is not None and not self.waiting:
+            return
+        if self.id in self.node.ops:
+            self.pending()
+
+    def _merge_value(self, value: Any) -> None:
+        assert self.reducer is not None
+        self.value = self.reducer.merge(self.value, value)
+        self.valued = True
+        self.pending_bytes += 8
+
+    @property
+    def gathered(self) -> bool:
+        """Results wait to go up."""
+        return self.valued or bool(self.groups)
 
     def emit(self, key: Key, ranks: set[int] | None = None) -> None:
         """Add a result for this node (or the given ranks) and schedule a flush upward."""
@@ -495,7 +629,7 @@ class Op:
 
     def _on_timer(self) -> None:
         self.timer = None
-        if self.groups and self.node.ops.get(self.id) is self:
+        if self.gathered and self.node.ops.get(self.id) is self:
             self.pending()
 
     def flush(self, end: bool = False) -> None:
@@ -506,9 +640,21 @@ class Op:
         self.round_start = None
         self.pending_bytes = 0
         self.flushed = True
-        if self.groups or end:
+        if self.gathered or end:
             g = self.groups.take()
-            self.sink(g.to_wire() if self.base is None else merge.pack(g, self.base, self.node.cfg.edits), end)
+            up = self.upward
+            if up is not None:
+                part = up.keep(g, end)
+                if up.link is not self.node.parent:  # re-attached since the op came: the late path
+                    self.node.send_late(up.late(part, end))
+                    return
+            groups = g.to_wire() if self.base is None else merge.pack(g, self.base, self.node.cfg.edits)
+            if self.reducer is None:
+                self.sink(groups, end)
+                return
+            value = self.reducer.encode(self.value) if self.valued else None
+            self.value, self.valued = self.reducer.identity(), False
+            self.sink(groups, end, value)
 
     async def backpressure(self) -> None:
         """Wait while the way up is congested."""
@@ -521,6 +667,71 @@ class Op:
         """Is the way up above its high-water mark (``backpressure`` would wait)?"""
         parent = self.node.parent
         return parent is not None and parent.paused
+
+
+@dataclass
+class Reply:
+    """What came up for an op: its groups (``[key, rank intervals]`` pairs, plain ranks) and, for an
+    op with a reducer, the reduced value; ``end`` on the last one."""
+
+    groups: list[list[Any]]
+    value: Any = None
+    end: bool = False
+
+
+class Request:
+    """An op started by ``Node.request``: partial replies as they reach this node (``async for``), or
+    all of them at once (``await``: the groups of every part, the values merged).
+
+    Every op ends: a child link that dies reports its ranks lost, so waiting needs no timeout of its
+    own (give one to ``wait`` to bound it anyway)."""
+
+    def __init__(
+        self,
+        node: Node,
+        op_id: int,
+        kind: str,
+        body: dict[str, Any],
+        targets: set[int],
+        reducer: Reducer[Any] | None = None,
+    ) -> None:
+        self.reducer = reducer
+        self.ended = False
+        self._parts: collections.deque[Reply] = collections.deque()
+        self._wake = asyncio.Event()
+        self.op = node.start_op(op_id, kind, body, targets, self._sink, reducer=reducer)
+
+    def _sink(self, groups: list[list[Any]], end: bool, value: Any = None) -> None:
+        if value is not None and self.reducer is not None:
+            value = self.reducer.decode(value)
+        self._parts.append(Reply(groups, value, end))
+        self.ended = self.ended or end
+        self._wake.set()
+
+    def __aiter__(self) -> Request:
+        return self
+
+    async def __anext__(self) -> Reply:
+        while not self._parts:
+            if self.ended:
+                raise StopAsyncIteration
+            self._wake.clear()
+            await self._wake.wait()
+        return self._parts.popleft()
+
+    async def wait(self, timeout: float | None = None) -> Reply:
+        """Every reply merged into one (groups in arrival order)."""
+        r = self.reducer
+        whole = Reply([], r.identity() if r is not None else None, True)
+        async with asyncio.timeout(timeout):
+            async for part in self:
+                whole.groups.extend(part.groups)
+                if r is not None and part.value is not None:
+                    whole.value = r.merge(whole.value, part.value)
+        return whole
+
+    def __await__(self) -> Generator[Any, None, Reply]:
+        return self.wait().__await__()
 
 
 Handler = Callable[[Op], Awaitable[None] | None]
@@ -538,7 +749,6 @@ class Node:
         *,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
-        spawn_gate: SpawnGate | None = None,
     ) -> None:
         from gproc import credential  # contexts are costly: many nodes of a process share them
 
@@ -555,11 +765,15 @@ class Node:
         self.subtree: dict[TreeLink, set[int]] = {}  # the same, inverted: child link -> ranks under it
         self._whole: dict[TreeLink, Share] = {}  # a subtree frozen for ops on all of it (until it changes)
         self.ops: dict[int, Op] = {}
+        self.upward: dict[int, Upward] = {}  # op id -> what went up for it, oldest first (``_journal``)
         self.handlers: dict[str, Handler] = {}
+        self.reducers: dict[str, Reducer[Any]] = {}  # op kind -> the reducer its requests use by default
         # messages that services handle: from the parent (down) and from children (up)
         self.down_messages: dict[str, Callable[[TreeLink, wire.Message], None]] = {}
         self.up_messages: dict[str, Callable[[TreeLink, wire.Message], None]] = {}
         self.op_watchers: list[Callable[[Op], None]] = []  # told when an op's children end or it ends
+        self.starters: list[Callable[[], Awaitable[None]]] = []  # services' start, in wiring order
+        self.stoppers: list[Callable[[], None]] = []  # services' stop, in wiring order
         self.listen_address: Address | None = None
         self.registered = asyncio.Event()
         self.stopped = asyncio.Event()
@@ -567,17 +781,12 @@ class Node:
         self._relay: dict[int, tuple[TreeLink, int, str]] = {}
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
+        self._op_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self._shutdown_requested = False
         self.log = logging.getLogger(f"gproc.node.{cfg.name}")
-        self.handlers["noop"] = self._noop
-        self.handlers["counters"] = self._counters
-        self.spawn_gate = spawn_gate or SpawnGate()
-        self.exec = ExecService(self)
-        self.procs = ProcService(self)
-        self.stdin = StdinService(self)
-        self.stage = StageService(self)
+        self.handlers["noop"] = self._noop  # services add theirs (gproc.services.base.install)
 
     # ---- lifetime -------------------------------------------------------------------------------
 
@@ -588,6 +797,12 @@ class Node:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def own(self, task: asyncio.Task[Any] | None) -> None:
+        """Make a task started elsewhere (a client connection's) this node's: cancelled when it stops."""
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     async def start(self) -> None:
         """Listen (if configured) and begin joining the parent; returns at once."""
         if self.cfg.listen is not None:
@@ -595,7 +810,8 @@ class Node:
         if self.cfg.parents:
             self.spawn(self._parent_loop())
         self.spawn(self._heartbeat_loop())
-        await self.procs.start()
+        for start in self.starters:
+            await start()
 
     async def run(self) -> None:
         """Start and serve until stopped."""
@@ -607,10 +823,8 @@ class Node:
         if self.stopped.is_set():
             return
         self.stopped.set()
-        self.exec.kill_all()
-        self.procs.stop()
-        self.stdin.close()
-        self.stage.close()
+        for stop in self.stoppers:
+            stop()
         if self._server is not None:
             self._server.close()
         for link in [*self.children.values(), *([self.parent] if self.parent else [])]:
@@ -671,7 +885,8 @@ class Node:
                 await asyncio.sleep(delay + secrets.randbelow(100) / 1000 * delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _join(self, addr: Address) -> TreeLink:
+    async def _connect(self, addr: Address) -> TreeLink:
+        """A TLS link to a would-be parent (tests put an in-memory link here)."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.cfg.connect_timeout):
             _, link = await loop.create_connection(
@@ -682,6 +897,10 @@ class Node:
                 server_hostname="gproc",
                 ssl_handshake_timeout=self.cfg.connect_timeout,
             )
+        return link
+
+    async def _join(self, addr: Address) -> TreeLink:
+        link = await self._connect(addr)
         try:
             link.send(
                 wire.hello(
@@ -705,6 +924,7 @@ class Node:
         if reply.get("t") != "welcome" or not isinstance(reply.get("rank"), int):
             link.abort()
             raise ProtocolError("bad welcome")
+        rejoined = self.rank is not None
         self.rank = reply["rank"]
         self.ancestors = [parse_address(a) for a in reply.get("ancestors", []) if isinstance(a, str)]
         self.parent_address = addr
@@ -713,6 +933,8 @@ class Node:
             self.cfg.heartbeat, self.cfg.dead_after = float(hb[0]), float(hb[1])
         self.parent = link
         self.registered.set()
+        if rejoined:
+            self._redeliver()
         for child in self.children.values():  # a re-attached subtree announces itself again
             child.send({"t": "reannounce"})
         self.log.debug("joined %s as rank %s", addr, self.rank)
@@ -720,6 +942,7 @@ class Node:
 
     async def _serve_parent(self, link: TreeLink) -> None:
         link.keepalive = self.cfg.heartbeat
+        link.on_pause = self._parent_congested
         link.start(self._dispatch_down, lambda lk: None)
         try:
             await link.wait_closed()
@@ -733,6 +956,12 @@ class Node:
                     if not fut.done():
                         fut.set_exception(RegistrationError("lost the parent"))
                 self._calls.clear()
+
+    def _parent_congested(self, on: bool) -> None:
+        """The way up is full (or drained again): stop (resume) reading the children, whose replies
+        would otherwise pile up here; they stop reading their programs' output in turn."""
+        for child in list(self.children.values()):
+            child.hold_reading(on)
 
     def _dispatch_down(self, link: TreeLink, msg: wire.Message) -> None:
         t = msg["t"]
@@ -803,9 +1032,8 @@ class Node:
         raise RegistrationError(f"{fn}: only the master answers calls")
 
     def _on_call(self, link: TreeLink, msg: wire.Message) -> None:
-        cid, fn, args = msg.get("id"), msg.get("fn"), msg.get("a")
-        if not isinstance(cid, int) or not isinstance(fn, str) or not isinstance(args, dict):
-            raise ProtocolError("malformed call")
+        call = CallMsg.decode(msg)
+        cid, fn, args = call.id, call.fn, call.args
         if fn == "attach" and args.get("parent") is None:  # a child's reannounce: its parent is this node
             args = {**args, "parent": self.rank}
             msg = {**msg, "a": args}
@@ -813,7 +1041,7 @@ class Node:
             self.spawn(self._answer_call(link, cid, fn, args))
             return
         if self.parent is None:
-            link.send({"t": "ret", "id": cid, "err": "retry: parent not attached"})
+            link.send(RetMsg.failed(cid, RegistrationError("retry: parent not attached")))
             return
         my = next(self._ids)
         self._relay[my] = (link, cid, fn)
@@ -826,25 +1054,25 @@ class Node:
             if fn == "attach":
                 self._route_add(result["rank"], link)
         except GprocError as e:
-            reply = {"t": "ret", "id": cid, "err": str(e)}
+            reply = RetMsg.failed(cid, e)
         link.send(reply)
 
     def _on_ret(self, msg: wire.Message) -> None:
-        cid = msg.get("id")
-        relay = self._relay.pop(cid, None) if isinstance(cid, int) else None
+        ret = RetMsg.decode(msg)
+        relay = self._relay.pop(ret.id, None)
         if relay is not None:
             link, orig, fn = relay
-            r = msg.get("r")
+            r = ret.result
             if fn == "attach" and isinstance(r, dict) and isinstance(r.get("rank"), int):
                 self._route_add(r["rank"], link)
             link.send({**msg, "id": orig})
             return
-        fut = self._calls.get(cid) if isinstance(cid, int) else None
+        fut = self._calls.get(ret.id)
         if fut is not None and not fut.done():
-            if "err" in msg:
-                fut.set_exception(RegistrationError(str(msg["err"])[:500]))
+            if ret.error is not None:  # raised again here as the kind it was raised as at the master
+                fut.set_exception(ret.error)
             else:
-                fut.set_result(msg.get("r"))
+                fut.set_result(ret.result)
 
     def _route_add(self, rank: int, link: TreeLink) -> None:
         old = self.route.get(rank)
@@ -931,6 +1159,8 @@ class Node:
             self._on_rep(link, msg)
         elif t == "pong":
             pass
+        elif t == "late":
+            self._on_late(link, msg)
         elif t == "call":
             self._on_call(link, msg)
         elif t == "detach":
@@ -981,31 +1211,85 @@ class Node:
     # ---- operations -------------------------------------------------------------------------------
 
     def _on_op(self, msg: wire.Message) -> None:
-        op_id, kind, body, tg = msg.get("op"), msg.get("k"), msg.get("b", {}), msg.get("tg")
-        if not isinstance(op_id, int) or not isinstance(kind, str) or not isinstance(body, dict):
-            raise ProtocolError("malformed op")
-        try:
-            targets = rankset.decode(tg if isinstance(tg, list) else [])
-        except (ValueError, TypeError):
-            raise ProtocolError("bad op targets") from None
-        self.start_op(op_id, kind, body, targets, self._sink_up(op_id), base=sorted(targets))
+        m = OpMsg.decode(msg)
+        up = None
+        if m.body.get("redeliver") is True and m.reducer is None and m.op not in self.upward:
+            up = self._journal(m.op)
+        sink = self._sink_up(m.op)
+        self.start_op(m.op, m.kind, m.body, m.targets, sink, base=sorted(m.targets), reducer=m.reducer, upward=up)
+
+    def _journal(self, op_id: int) -> Upward:
+        """A new ``Upward`` for an op; the oldest are let go beyond ``JOURNAL_OPS`` or ``JOURNAL_KEEP``
+        (ended ones first; a running one evicted keeps only its statuses)."""
+        now = time.monotonic()
+        for k, old in list(self.upward.items()):
+            if old.ended and now - old.ended_at > JOURNAL_KEEP:
+                del self.upward[k]
+        while len(self.upward) >= JOURNAL_OPS:
+            k = next((k for k, u in self.upward.items() if u.ended), next(iter(self.upward)))
+            self.upward.pop(k).evict()
+        up = self.upward[op_id] = Upward(op_id, self.parent)
+        return up
+
+    def send_late(self, msg: wire.Message) -> None:
+        """Results of an op whose parent link is gone: up the new parent, relayed to the master (when
+        there is no parent yet they are kept in the op's ``Upward`` and go after re-attaching)."""
+        parent = self.parent
+        if parent is not None:
+            parent.send(msg)
+
+    def _on_late(self, link: TreeLink, msg: wire.Message) -> None:
+        LateMsg.decode(msg)  # a malformed one closes the link it came on, not the master's
+        self.send_late(msg)
+
+    def _redeliver(self) -> None:
+        """After re-attaching: send again everything kept for ops that came down the old parent."""
+        parent = self.parent
+        for up in list(self.upward.values()):
+            if parent is None:
+                return
+            if up.link is not parent:
+                for msg in up.messages():
+                    parent.send(msg)
 
     def _sink_up(self, op_id: int) -> Sink:
-        def sink(groups: list[list[Any]], end: bool) -> None:
+        def sink(groups: list[list[Any]], end: bool, value: Any = None) -> None:
             parent = self.parent
             if parent is not None:
-                parent.send({"t": "rep", "op": op_id, "g": groups, "end": end})
+                parent.send(RepMsg(op_id, groups, end, value).encode())
 
         return sink
 
+    def request(
+        self, kind: str, body: dict[str, Any], targets: set[int], reducer: Reducer[Any] | None = None
+    ) -> Request:
+        """Send an op to ``targets`` and have the replies reduced on the way up: the one primitive
+        every service uses. The answer is an async iterator of partial replies (``async for``), or
+        the whole (``await``); see ``Request``. Without ``reducer``, the one the op's service
+        declared for ``kind`` (if any)."""
+        return Request(self, self.next_op_id(), kind, body, targets, reducer or self.reducers.get(kind))
+
+    def next_op_id(self) -> int:
+        """A new op id (ops come from the master, which keeps them unique across its restarts)."""
+        return next(self._op_ids)
+
     def start_op(
-        self, op_id: int, kind: str, body: dict[str, Any], targets: set[int], sink: Sink, base: list[int] | None = None
+        self,
+        op_id: int,
+        kind: str,
+        body: dict[str, Any],
+        targets: set[int],
+        sink: Sink,
+        base: list[int] | None = None,
+        reducer: Reducer[Any] | None = None,
+        upward: Upward | None = None,
     ) -> Op:
         """Run an op here if this rank is a target, forward it into subtrees holding targets.
 
         ``base`` (the sorted targets, for an op that came from a parent) makes replies going up give
         rank positions in it; without it, ``sink`` gets groups with plain ranks (the master)."""
-        op = Op(self, op_id, kind, body, sink, base)
+        op = Op(self, op_id, kind, body, sink, base, reducer)
+        op.upward = upward
         op.local = self.rank in targets
         buckets, unreachable = self._buckets(targets, op.local)
         if unreachable:
@@ -1017,10 +1301,10 @@ class Node:
             try:
                 if w is not None:
                     if head is None:
-                        head = wire.packed({"t": "op", "op": op_id, "k": kind, "b": body})
+                        head = wire.packed(OpMsg.head(op_id, kind, body, reducer))
                     sent = lk.send_frame(wire.pack_with(head, "tg", w.packed()))
                 else:
-                    sent = lk.send({"t": "op", "op": op_id, "k": kind, "b": body, "tg": rankset.encode(rs)})
+                    sent = lk.send({**OpMsg.head(op_id, kind, body, reducer), "tg": rankset.encode(rs)})
             except ProtocolError:  # the frame would pass the frame limit: the op fails there, the link stays
                 op.groups.add(TOO_LARGE, rs)
                 continue
@@ -1132,7 +1416,8 @@ class Node:
             op.emit(("s", 255, f"internal error: {type(e).__name__}: {e}"[:500]))
 
     def _on_rep(self, link: TreeLink, msg: wire.Message) -> None:
-        op = self.ops.get(msg.get("op"))  # type: ignore[arg-type]
+        rep = RepMsg.decode(msg)
+        op = self.ops.get(rep.op)
         if op is None:
             return  # late reply for an op already finished (its ranks were reported lost)
         base = op.bases.get(link)
@@ -1142,14 +1427,18 @@ class Node:
                 return  # not a child this op was forwarded to
             w = self._share_of(link, sent)
             base = op.bases[link] = w.ordered() if w is not None else sorted(sent)
-        merge.unpack_into(op.groups, msg.get("g", []), base, sent)
+        merge.unpack_into(op.groups, rep.groups, base, sent)
+        if rep.value is not None:
+            if op.reducer is None:
+                raise ProtocolError("a reduced value for an op without a reducer")
+            op._merge_value(op.reducer.decode(rep.value))
         op.bytes_in += link.counter.last_in
         op.frames_in += 1
         op.pending_bytes += link.counter.last_in
         op.unheard.discard(link)
-        if link not in op.heard or msg.get("end"):
+        if link not in op.heard or rep.end:
             op.progress = asyncio.get_running_loop().time()
-        if msg.get("end"):
+        if rep.end:
             op.waiting.pop(link, None)
             op.heard.discard(link)
             self._op_changed(op)
@@ -1158,7 +1447,7 @@ class Node:
                 return
         else:
             op.heard.add(link)
-        if op.groups:
+        if op.gathered:
             op.pending()
 
     def _op_changed(self, op: Op) -> None:
@@ -1173,13 +1462,6 @@ class Node:
         self._op_changed(op)
 
     def _noop(self, op: Op) -> None:
-        op.emit(("s", 0, ""))
-
-    def _counters(self, op: Op) -> None:
-        """Bytes and frames this node received over its parent link, file bytes it stored, and when
-        (monotonic clock) it stored the last one."""
-        c = self.parent.counter if self.parent is not None else wire.Counter()
-        op.emit(("c", c.bytes_in, c.frames_in, self.stage.bytes_received, round(self.stage.stored_at, 4)))
         op.emit(("s", 0, ""))
 
     # ---- liveness --------------------------------------------------------------------------------

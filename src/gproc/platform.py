@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import functools
 import json
 import os
 import pwd
@@ -29,7 +30,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from gproc import spawnd
+from gproc import peers, spawnd
 
 T = TypeVar("T")
 
@@ -69,16 +70,9 @@ class PeerCred:
 
 
 def peer_credentials(sock: socket.socket) -> PeerCred:
-    """Kernel credentials of a Unix-socket peer (SO_PEERCRED on Linux, getpeereid elsewhere)."""
-    if IS_LINUX:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, gid = struct.unpack("3i", raw)
-        return PeerCred(pid, uid, gid)
-    getpeereid = getattr(os, "getpeereid", None)  # BSD/macOS via a tiny ctypes shim is future work
-    if getpeereid is None:
-        return PeerCred(0, os.getuid(), os.getgid())
-    uid, gid = getpeereid(sock.fileno())
-    return PeerCred(0, uid, gid)
+    """Kernel credentials of a Unix-socket peer (SO_PEERCRED on Linux, getpeereid elsewhere);
+    ``PermissionError`` where they cannot be read, so the caller refuses rather than guesses."""
+    return PeerCred(*peers.peer_ids(sock))
 
 
 _TCP_INFO_BYTES_RECEIVED = 128  # struct tcp_info: tcpi_bytes_received (u64), then segs_out, segs_in (u32)
@@ -215,6 +209,21 @@ class Command:
     gid: int | None = None
     groups: list[int] | None = None
     stdin: bool = False
+    make_cwd: bool = False  # create ``cwd`` when missing (as the job's user)
+
+    def switches_user(self) -> bool:
+        return self.uid is not None and self.uid != os.geteuid()
+
+    def own_cwd(self) -> str | None:
+        """The working directory when no user switch happens (the daemon is the job's user, so it
+        may create it itself); None, the daemon's own, when it is missing and cannot be made."""
+        if self.cwd is None or not self.make_cwd or os.path.isdir(self.cwd):
+            return self.cwd
+        try:
+            os.makedirs(self.cwd, mode=0o755, exist_ok=True)
+        except OSError:
+            return None
+        return self.cwd
 
     def _pipes(self) -> tuple[list[int], list[int]]:
         """(parent's ends, child's ends) for stdin (or /dev/null), stdout, stderr; all close-on-exec."""
@@ -235,8 +244,14 @@ class Command:
     def popen(self) -> Started:
         """Start with ``subprocess.Popen`` (vfork; any thread; can switch user)."""
         kw: dict[str, Any] = {}
-        if self.uid is not None and self.uid != os.geteuid():
+        if self.switches_user():
+            # The directory is entered (and made) by the child after it became the user, so a job
+            # gets no directory its user could not enter or create itself. (Popen's own ``cwd`` is
+            # entered before the switch; ``preexec_fn`` runs after it, at the price of fork for vfork.)
             kw.update(user=self.uid, group=self.gid, extra_groups=self.groups or [])
+            kw["preexec_fn"] = functools.partial(_enter_as_user, self.cwd, self.make_cwd)
+        else:
+            kw["cwd"] = self.own_cwd()
         mine, theirs = self._pipes()
         try:
             p = subprocess.Popen(
@@ -245,7 +260,6 @@ class Command:
                 stdin=theirs[0],
                 stdout=theirs[1],
                 stderr=theirs[2],
-                cwd=self.cwd,
                 env=self.env,
                 start_new_session=True,
                 close_fds=True,
@@ -274,11 +288,12 @@ class Command:
         process changes directory around it and goes back to ``home``; every path the daemon itself
         uses is absolute, and every descriptor it holds is close-on-exec (Python's default)."""
         path = self.path()
+        cwd = self.own_cwd()
         mine, theirs = self._pipes()
         actions = [(os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(theirs)]
         try:
-            if self.cwd is not None:
-                os.chdir(self.cwd)
+            if cwd is not None:
+                os.chdir(cwd)
             try:
                 pid = os.posix_spawn(
                     path,
@@ -290,7 +305,7 @@ class Command:
                     setsigmask=(),
                 )
             finally:
-                if self.cwd is not None:
+                if cwd is not None:
                     try:
                         os.chdir(home)
                     except OSError:
@@ -301,6 +316,20 @@ class Command:
         finally:
             _close_all(theirs)
         return Started(pid, mine[0], mine[1], mine[2])
+
+
+def _enter_as_user(cwd: str | None, make: bool) -> None:
+    """In the child, after the switch to the job's user: enter ``cwd`` (made first when missing and
+    ``make``), else ``/``; never a directory the daemon's own rights reached."""
+    if cwd is not None:
+        try:
+            if make and not os.path.isdir(cwd):
+                os.makedirs(cwd, mode=0o755, exist_ok=True)
+            os.chdir(cwd)
+            return
+        except OSError:
+            pass
+    os.chdir("/")
 
 
 def _close_all(fds: list[int]) -> None:
@@ -369,7 +398,7 @@ class Starter:
             raise StarterGone(errno.ECHILD, "the program starter has ended")
         path = cmd.path()
         self._seq += 1
-        req = json.dumps({"s": self._seq, "path": path, "argv": cmd.argv, "env": cmd.env, "cwd": cmd.cwd})
+        req = json.dumps({"s": self._seq, "path": path, "argv": cmd.argv, "env": cmd.env, "cwd": cmd.own_cwd()})
         data = req.encode()
         if len(data) > spawnd.MAX_MESSAGE:
             raise StarterGone(errno.E2BIG, "request too large for the program starter")
@@ -537,9 +566,10 @@ def spawn(
     stdin: bool = False,
     executable: str | None = None,
     spawner: Spawner | None = None,
+    make_cwd: bool = False,
 ) -> Process:
     """Start a program in its own session, with piped output (and piped stdin when asked)."""
-    cmd = Command(argv, cwd, env, executable, uid, gid, groups, stdin)
+    cmd = Command(argv, cwd, env, executable, uid, gid, groups, stdin, make_cwd)
     return spawner.start(cmd) if spawner is not None else start(cmd)
 
 

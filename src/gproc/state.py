@@ -1,7 +1,9 @@
-"""The master's durable state in SQLite: ranks by node name (job and operation ids
+"""The master's durable state in SQLite: ranks by node name, and the op id series (job ids
 come from the gpid space: ``services.procs.MasterProcs.next_id``).
 
-A rank, once given to a name, is that name's for good (across reconnects and master restarts).
+A rank, once given to a name, is that name's for good (across reconnects and master restarts); an op
+id is never handed out twice, so a restarted master's ops cannot be taken for ops still running on
+nodes from before.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ class MasterState:
             self.db.execute("INSERT INTO ranks VALUES (?, ?, ?)", (name, r, time.time()))
             self._ranks[name] = r
         return r
+
+    def reserve(self, series: str, count: int) -> int:
+        """The first of ``count`` consecutive ids of ``series`` never handed out before (from 1)."""
+        row = self.db.execute("SELECT v FROM meta WHERE k=?", (series,)).fetchone()
+        first = int(row[0]) if row else 1
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (series, first + count))
+        return first
 
     def close(self) -> None:
         self.db.close()

@@ -204,17 +204,37 @@ class Incoming:
     sha: Any
     offset: int = 0
     touched: float = 0.0
+    reserved: int = 0  # bytes counted against the store's bound until it is stored or dropped
+
+
+@dataclass
+class Held:
+    """A file in a bounded store: its size, when a job last used it, whose job brought it (-1: not
+    known yet, e.g. received for a job that has not started)."""
+
+    size: int
+    used: float
+    uid: int = -1
 
 
 class Store:
-    """The content-addressed store of one node (see the module docstring)."""
+    """The content-addressed store of one node (see the module docstring).
 
-    def __init__(self, bin_root: str) -> None:
+    With ``max_bytes`` the store holds at most that many bytes: room for a new file is made by
+    removing the least recently used files no running job uses (``pin``); when that is not enough,
+    the file is refused with ``No space left in the store``. Each file is charged to the user whose
+    job first used it (``usage``)."""
+
+    def __init__(self, bin_root: str, max_bytes: int | None = None) -> None:
         self.root = os.path.abspath(bin_root)
         self.dir = os.path.join(self.root, "store")
         self.tmp = os.path.join(self.dir, ".tmp")
         self.jobs = os.path.join(self.root, "jobs")
+        self.max_bytes = max_bytes
         self._ready = False
+        self._held: dict[str, Held] = {}  # by store file name (bounded stores only)
+        self._pins: dict[object, set[str]] = {}  # store file names each running job (or transfer) uses
+        self._reserved = 0
 
     def ensure(self) -> None:
         """Create binRoot and its store; refuse a binRoot another user could tamper with."""
@@ -247,7 +267,93 @@ class Store:
                 with contextlib.suppress(OSError):
                     if now - os.lstat(p).st_mtime > STALE_TMP:
                         os.unlink(p)
+        if self.max_bytes is not None:
+            self._held = self._scan()
         self._ready = True
+
+    # ---- the bound ----
+
+    def _scan(self) -> dict[str, Held]:
+        """The files already here, by the time they were stored (the best guess of their last use)."""
+        held: dict[str, Held] = {}
+        with os.scandir(self.dir) as it:
+            for e in it:
+                h, _, kind = e.name.partition(".")
+                if HASH_RE.match(h) and kind in ("r", "x"):
+                    with contextlib.suppress(OSError):
+                        st = e.stat(follow_symlinks=False)
+                        if stat.S_ISREG(st.st_mode):
+                            held[e.name] = Held(st.st_size, st.st_mtime)
+        return held
+
+    def used_bytes(self) -> int:
+        return sum(f.size for f in self._held.values()) + self._reserved
+
+    def usage(self) -> dict[int, int]:
+        """Bytes of the store charged to each uid (-1: files no started job has used yet)."""
+        out: dict[int, int] = {}
+        for f in self._held.values():
+            out[f.uid] = out.get(f.uid, 0) + f.size
+        return out
+
+    def pin(self, key: object, names: Iterable[str], uid: int | None = None) -> None:
+        """Files ``key`` (a running job, a transfer) uses: never evicted while pinned; charged to
+        ``uid`` when no one's yet."""
+        mine = self._pins.setdefault(key, set())
+        now = time.time()
+        for n in names:
+            mine.add(n)
+            f = self._held.get(n)
+            if f is not None:
+                f.used = now
+                if uid is not None and f.uid < 0:
+                    f.uid = uid
+
+    def unpin(self, key: object) -> None:
+        self._pins.pop(key, None)
+
+    def touch(self, names: Iterable[str]) -> None:
+        now = time.time()
+        for n in names:
+            f = self._held.get(n)
+            if f is not None:
+                f.used = now
+
+    def _make_room(self, size: int, what: str) -> None:
+        """Evict least recently used, unpinned files until ``size`` more bytes fit; else refuse."""
+        limit = self.max_bytes
+        if limit is None:
+            return
+        used = self.used_bytes()
+        if used + size <= limit:
+            return
+        if size > limit:
+            raise StagingError(f"No space left in the store for {what}: {size} bytes, --store-max is {limit}")
+        pinned = set().union(*self._pins.values()) if self._pins else set()
+        victims = sorted((f.used, n) for n, f in self._held.items() if n not in pinned)
+        kept = used - sum(self._held[n].size for _, n in victims)
+        if kept + size > limit:  # evicting would not do: nothing is evicted
+            raise StagingError(
+                f"No space left in the store for {what} ({size} bytes): --store-max is {limit} bytes"
+                f" and {kept} are used by running jobs and transfers"
+            )
+        try:
+            dirfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise StagingError(f"cannot open the store: {e.strerror}") from None
+        try:
+            for _, n in victims:
+                if used + size <= limit:
+                    break
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(n, dir_fd=dirfd)
+                used -= self._held.pop(n).size
+        finally:
+            os.close(dirfd)
+
+    def _stored(self, name: str, size: int) -> None:
+        if self.max_bytes is not None:
+            self._held[name] = Held(size, time.time())
 
     def name(self, h: str, executable: bool) -> str:
         return f"{h}.{'x' if executable else 'r'}"
@@ -277,6 +383,7 @@ class Store:
                 raise FileNotFoundError
         except OSError:
             raise StagingError(f"file {h[:16]}… is not in the store (not received)") from None
+        self._make_room(size, f"a copy of {h[:16]}…")
         tmp = os.path.join(self.tmp, f"{self.name(h, executable)}.{os.getpid()}.{time.monotonic_ns()}")
         try:
             shutil.copyfile(other, tmp)
@@ -286,19 +393,29 @@ class Store:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise StagingError(f"cannot copy {h[:16]}… in the store: {e.strerror}") from None
+        self._stored(self.name(h, executable), size)
         return want
 
     # ---- receiving ----
 
     def begin(self, h: str, size: int, executable: bool, tag: str) -> Incoming:
         self.ensure()
+        self._make_room(size, f"file {h[:16]}…")
         tmp = os.path.join(self.tmp, f"{h}.{tag}.{time.monotonic_ns()}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as e:
             self._ready = False  # binRoot may have been removed under us: check (and recreate) it next time
             raise StagingError(f"cannot write in the store: {e.strerror}") from None
-        return Incoming(h, size, executable, fd, tmp, hashlib.sha256(), touched=time.monotonic())
+        inc = Incoming(h, size, executable, fd, tmp, hashlib.sha256(), touched=time.monotonic())
+        if self.max_bytes is not None:
+            inc.reserved = size
+            self._reserved += size
+        return inc
+
+    def _unreserve(self, inc: Incoming) -> None:
+        self._reserved -= inc.reserved
+        inc.reserved = 0
 
     def write(self, inc: Incoming, offset: int, data: bytes) -> bool:
         """Append one chunk; True once the file is complete, verified and in the store."""
@@ -325,9 +442,12 @@ class Store:
             os.replace(inc.tmp, self.path(inc.hash, inc.executable))
         except OSError as e:
             raise StagingError(f"cannot store {inc.hash[:16]}…: {e.strerror}") from None
+        self._unreserve(inc)
+        self._stored(self.name(inc.hash, inc.executable), inc.size)
         return True
 
     def abort(self, inc: Incoming) -> None:
+        self._unreserve(inc)
         if inc.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(inc.fd)

@@ -15,7 +15,7 @@ import msgpack
 
 from gproc.errors import ProtocolError
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 

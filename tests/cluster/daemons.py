@@ -49,12 +49,12 @@ class Daemon:
         self.proc.wait(10)
 
 
-def node(name: str, nid: str, parent: str, key: str, log: str) -> Daemon:
+def node(name: str, nid: str, parent: str, key: str, log: str, *more: str) -> Daemon:
     args = ["s", f"-myParent={parent}", f"-myId={nid}", "--name", name, "--key", key]
     args += ["--node-socket", os.path.join(os.path.dirname(log), f"{name}.sock")]  # beside its log, not /tmp/xproc
     args += ["--listen", "127.0.0.1:0"]  # any node may become interior; loopback only
     args += [f"-binRoot={os.path.join(os.path.dirname(log), 'bin-' + name)}"]  # staged beside its log
-    return Daemon(*args, log=log)
+    return Daemon(*args, *more, log=log)
 
 
 def wait_until(pred: object, timeout: float, what: str) -> None:

@@ -150,16 +150,16 @@ def test_gathered_groups_largest_first(cluster16: LocalCluster) -> None:
     assert r.stdout.index("node[0,3-15] (14)") < r.stdout.index("node[1-2] (2)")
 
 
-def test_unknown_program_is_255_with_reason(cluster16: LocalCluster) -> None:
-    # -localbin runs the node's own program: each node that lacks it says why
+def test_unknown_program_is_127_with_reason(cluster16: LocalCluster) -> None:
+    # -localbin runs the node's own program: each node that lacks it says why (127, as a shell)
     r = cluster16.gproc("e", "--json", "-localbin", "-w", "node[0-1]", "/nonexistent/prog")
-    assert r.returncode == 255
+    assert r.returncode == 127
     st = [x for x in records(r.stdout) if "status" in x]
-    assert st[0]["status"] == 255 and "No such file" in str(st[0]["error"])
+    assert st[0]["status"] == 127 and "No such file" in str(st[0]["error"])
     # shipping it (the default): the client has nothing to ship and says so before sending anything
     r = cluster16.gproc("e", "--json", "-w", "node[0-1]", "/nonexistent/prog")
-    assert r.returncode == 255 and r.stdout == ""
-    assert r.stderr == "gproc: /nonexistent/prog: no such file\n"
+    assert r.returncode == 127 and r.stdout == ""
+    assert r.stderr == "gproc: /nonexistent/prog: No such file or directory\n"
 
 
 def test_bad_selection_is_one_line_exit_2(cluster16: LocalCluster) -> None:

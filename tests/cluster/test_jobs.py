@@ -4,6 +4,7 @@ keeps output and statuses across a restart, within a retention limit."""
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
 import os
 import signal
@@ -56,7 +57,15 @@ def test_batch_job_runs_detached(cluster16: LocalCluster) -> None:
     lines = [x for x in out if x.get("stream") == "stdout" and x["data"] != "common"]
     assert sorted(str(x["data"]) for x in lines) == sorted(f"done node{i}" for i in range(16))
     diff = cluster16.gproc("output", "--diff", str(job)).stdout
-    assert "--- node0 (1)" in diff or "+++ node" in diff
+    # every node's output differs (its name): each other node's as a diff to node0's (the reference
+    # group itself only with -v, as clush --diff)
+    ref = ["done node0\n", "common\n"]
+    want = ""
+    for i in range(1, 16):
+        want += "".join(difflib.unified_diff(ref, [f"done node{i}\n", "common\n"], "node0 (1)", f"node{i} (1)"))
+    assert diff == want
+    verbose = cluster16.gproc("output", "--diff", "-v", str(job)).stdout
+    assert verbose == "---------------\nnode0 (1)\n---------------\n" + "".join(ref) + want
     live = cluster16.gproc("output", str(job))
     assert "node[0-15]: common" in live.stdout and "node5: exit 3" in live.stderr
 

@@ -3,6 +3,7 @@ Ctrl-C on the master shuts the tree down."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -128,6 +129,7 @@ def test_ctrl_c_on_master_shuts_the_tree_down(tmpdir_short: str) -> None:
         log=os.path.join(d, "m.log"),
     )
     nodes: list[Daemon] = []
+    jobs: list[psutil.Process] = []
     try:
         wait_until(lambda: os.path.exists(ready), 20, "master")
         with open(ready) as f:
@@ -146,19 +148,28 @@ def test_ctrl_c_on_master_shuts_the_tree_down(tmpdir_short: str) -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(1.0)
+
+        def sleepers() -> list[psutil.Process]:
+            """The job's processes under each node (the shipped sleep runs through its loader)."""
+            out = []
+            for n in nodes:
+                out += [p for p in psutil.Process(n.pid).children(recursive=True) if p.cmdline()[-1:] == ["60"]]
+            return out
+
+        wait_until(lambda: len(sleepers()) == 3, 20, "the job to run on every node")
+        jobs = sleepers()
         master.signal(signal.SIGINT)
         assert master.wait(10) == 0
         for n in nodes:
             assert n.wait(10) == 0, "a node did not exit after the master's shutdown"
         assert job.wait(10) != 0
-        sleepers = [
-            p
-            for p in psutil.process_iter(["cmdline"])
-            if p.info["cmdline"] == ["sleep", "60"] and os.getsid(p.pid) != os.getsid(0)
-        ]
-        assert not [p for p in sleepers if p.ppid() in {n.pid for n in nodes}], "a job outlived its node"
+        # is_running also checks the start time: a reused pid does not count
+        left = [p for p in jobs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not left, f"a job outlived its node: {[p.cmdline() for p in left]}"
     finally:
+        for p in jobs:  # what a failure left behind (started by our nodes)
+            with contextlib.suppress(psutil.Error):
+                p.kill()
         master.end()
         for n in nodes:
             n.end()

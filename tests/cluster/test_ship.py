@@ -18,10 +18,12 @@ import pytest
 from ClusterShell.NodeSet import NodeSet
 from tests.conftest import LocalCluster, start_cluster, stop_cluster
 
-from gproc import Cluster, Output, Status
+from gproc import Cluster, Output, Status, platform
 from gproc.bundle import build
 
 pytestmark = [pytest.mark.cluster, pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")]
+PRIVATE = platform.private_mounts_possible()  # else -p falls back to a per-job directory
+needs_private = pytest.mark.skipif(not PRIVATE, reason="private mount namespaces need Linux and root")
 
 # A 7-node tree, fanout 2: node0 and node1 under the master, node[2,4] under node0, node[3,5] under
 # node1, node6 under node2 (three levels).
@@ -169,7 +171,7 @@ def test_runs_from_bin_root_through_the_shipped_interpreter(tree7: LocalCluster,
         for name, text in per_node(events).items():
             lines = text.splitlines()
             root = next(line[5:] for line in lines if line.startswith("ROOT "))
-            assert root.startswith(tree7.rundir) and (("/jobs/" in root) != private), root
+            assert root.startswith(tree7.rundir) and (("/jobs/" in root) != (private and PRIVATE)), root
             assert next(line for line in lines if line.startswith("PWD ")) == f"PWD {root}{tmp_path}"
             exe = next(line[4:] for line in lines if line.startswith("EXE "))
             assert exe.startswith(root + "/") and "ld-linux" in exe, exe
@@ -178,6 +180,7 @@ def test_runs_from_bin_root_through_the_shipped_interpreter(tree7: LocalCluster,
             assert all(m.startswith(root + "/") for m in mapped), (name, mapped)
 
 
+@needs_private
 def test_private_staging_lives_only_in_the_jobs_namespace(tree7: LocalCluster, tmp_path: Path) -> None:
     release = tmp_path / "release"
     wait = f"(while [ ! -e {release} ]; do sleep 0.1; done) >/dev/null 2>&1 & echo $! $GPROC_BINROOT"

@@ -27,13 +27,11 @@ from ClusterShell.NodeSet import NodeSet
 
 from gproc import wire
 from gproc.errors import GprocError, UsageError
+from gproc.services.base import TICK, ClientRequest, Role, ServiceTable, has_role
 
 if TYPE_CHECKING:
-    from gproc.master import Master
     from gproc.overlay import Link
     from gproc.platform import PeerCred
-
-TICK = 5.0
 Out = list[list[Any]]  # [[key, nodes, count], …]
 RESTARTED = "lost (the master restarted)"
 
@@ -252,32 +250,35 @@ def _row(row: tuple[Any, ...]) -> dict[str, Any]:
 class JobService:
     """The master's ``jobs``, ``output`` and ``wait`` requests."""
 
-    def __init__(self, master: Master) -> None:
-        self.m = master
-        master.requests.update(jobs=self._jobs, output=self._output)  # `wait` comes through MasterProcs
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def service(self) -> ServiceTable:
+        # `wait` comes through MasterProcs (a gpid or a job id)
+        return ServiceTable("jobs", requests={"jobs": ClientRequest(self._jobs), "output": ClientRequest(self._output)})
 
     def _visible(self, cred: PeerCred) -> int | None:
         """Whose jobs a caller may see: everyone's for root and the master's owner, else their own."""
-        return None if cred.uid in (0, os.getuid()) else cred.uid
+        return None if has_role(Role.OWNER, cred) else cred.uid
 
     def _job(self, req: wire.Message, cred: PeerCred) -> dict[str, Any]:
         job = req.get("job")
         if not isinstance(job, int) or isinstance(job, bool):
             raise UsageError("a job id is a number")
-        row = self.m.jobs.get(job)
+        row = self.store.get(job)
         who = self._visible(cred)
         if row is None or (who is not None and row["uid"] != who):
             raise GprocError(f"no job {job} (finished jobs are kept up to the retention limit)")
         return row
 
     async def _jobs(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
-        link.send({"t": "ret", "r": {"jobs": self.m.jobs.list(self._visible(cred))}})
+        link.send({"t": "ret", "r": {"jobs": self.store.list(self._visible(cred))}})
 
     async def _output(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
         """Replay a job's output; for a running job, follow it to its end."""
         row = self._job(req, cred)
         link.send({"t": "job", "job": row["id"], "n": row["n"], "absent": "", "state": row["state"]})
-        rec = self.m.jobs.running.get(row["id"])
+        rec = self.store.running.get(row["id"])
         queue: asyncio.Queue[Out | None] = asyncio.Queue()
         follow = queue.put_nowait
         limit = None
@@ -285,7 +286,7 @@ class JobService:
             rec.followers.append(follow)
             limit = rec.bytes
         try:
-            for out in self.m.jobs.records(row["id"], limit):
+            for out in self.store.records(row["id"], limit):
                 link.send({"t": "out", "g": out})
                 await link.drain()
             if rec is not None:
@@ -310,7 +311,7 @@ class JobService:
     async def wait(self, link: Link, job: int, cred: PeerCred) -> None:
         """The job's exit status, once it ended (ticks keep the client patient meanwhile)."""
         row = self._job({"job": job}, cred)
-        rec = self.m.jobs.running.get(row["id"])
+        rec = self.store.running.get(row["id"])
         state, status = row["state"], row["status"]
         if rec is not None:
             while not rec.done.done():

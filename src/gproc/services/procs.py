@@ -44,16 +44,17 @@ from gproc import platform, wire
 from gproc import ranks as rankset
 from gproc.errors import GprocError, RegistrationError, UsageError
 from gproc.pids import MAX_WANT, BlockTable, GpidSource, NoGpidError, PidConfig, Proc, ProcTable
+from gproc.services.base import ClientRequest, MasterApi, Role, ServiceTable, with_ticks
+from gproc.services.jobs import JobService
 
 if TYPE_CHECKING:
-    from gproc.master import Master
-    from gproc.overlay import Link, Node, Op
+    import sqlite3
+
+    from gproc.overlay import Handler, Link, Node, Op
     from gproc.platform import PeerCred
-    from gproc.services.relay import NodeSocket
 
 NO_STATUS, NO_SUCH, DENIED = -1, -2, -3  # wait results that are not exit statuses
 MAX_CMD = 1024
-TICK = 5.0
 STAT = {
     psutil.STATUS_RUNNING: "R",
     psutil.STATUS_SLEEPING: "S",
@@ -88,32 +89,22 @@ class ProcService:
         self.sessions: dict[int, int] = {}  # session id (= pid of a job's process) -> its gpid
         self.socket_path: str | None = None  # set once the node's client socket listens
         self.routed = 0  # kill and wait ops run here (tests check that only a gpid's owner sees them)
-        self._socket: NodeSocket | None = None
-        for kind, handler in (
-            ("ps", self._ps),
-            ("kill", self._kill),
-            ("wait", self._wait),
-            ("collect", self._collect),
-            ("allocate", self._allocate),
-            ("pidstat", self._pidstat),
-        ):
-            node.handlers[kind] = handler
+
+    def service(self) -> ServiceTable:
+        ops: dict[str, Handler] = {
+            "ps": self._ps,
+            "kill": self._kill,
+            "wait": self._wait,
+            "collect": self._collect,
+            "allocate": self._allocate,
+            "pidstat": self._pidstat,
+        }
+        return ServiceTable("procs", ops=ops, start=self.start)
 
     async def start(self) -> None:
-        """Fetch blocks as soon as the node is attached; serve the client socket if configured."""
-        if self.node.is_master:
-            return
-        self.node.spawn(self.gpids.run())
-        if self.node.cfg.socket:
-            from gproc.services.relay import NodeSocket
-
-            self._socket = NodeSocket(self.node, self, self.node.cfg.socket)
-            if await self._socket.start():
-                self.socket_path = self.node.cfg.socket
-
-    def stop(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
+        """Fetch blocks as soon as the node is attached (the master's ids come from its own table)."""
+        if not self.node.is_master:
+            self.node.spawn(self.gpids.run())
 
     async def _ask(self, want: int) -> dict[str, Any]:
         r = await self.node.call_up("blocks", {"rank": self.node.rank, "want": want})
@@ -447,23 +438,33 @@ class MasterProcs:
     JOBS_REMEMBERED = 10_000
     LOW_ROUND = 10.0
 
-    def __init__(self, master: Master, cfg: PidConfig) -> None:
+    def __init__(self, master: MasterApi, cfg: PidConfig, db: sqlite3.Connection, jobs: JobService) -> None:
         self.m = master
         self.cfg = cfg
-        self.table = BlockTable(master.state.db, cfg)
+        self.jobs = jobs
+        self.table = BlockTable(db, cfg)
         self.job_ranks: OrderedDict[int, set[int]] = OrderedDict()
         self._loop: asyncio.Task[Any] | None = None
         self._collecting: asyncio.Task[Any] | None = None
         self._last_round = 0.0
-        self._ids: list[tuple[int, int]] = []  # the master's own ids (jobs and other operations)
-        master.calls["blocks"] = self._blocks
-        master.requests.update(
-            ps=self._ps, kill=self._kill, wait=self._wait, collect=self._collect, gpids=self._gpids,
-            allocate=self._allocate,
-        )  # fmt: skip
+        self._ids: list[tuple[int, int]] = []  # the master's job ids
+
+    def service(self) -> ServiceTable:
+        return ServiceTable(
+            "procs (master)",
+            calls={"blocks": self._blocks},
+            requests={
+                "ps": ClientRequest(self._ps),
+                "kill": ClientRequest(self._kill),
+                "wait": ClientRequest(self._wait),
+                "gpids": ClientRequest(self._gpids),
+                "collect": ClientRequest(self._collect, Role.OWNER, "collect gpid blocks"),
+                "allocate": ClientRequest(self._allocate, Role.OWNER, "drill the gpid allocator"),
+            },
+        )
 
     def next_id(self) -> int:
-        """A new job (or other operation) id. Ids come from the gpid space, in blocks owned by the
+        """A new job id. Ids come from the gpid space, in blocks owned by the
         master (rank 0), so a number names a process or a job, never both (``gproc wait N``,
         ``gproc kill N``), and no id is used twice, across master restarts too."""
         if not self._ids:
@@ -531,22 +532,16 @@ class MasterProcs:
     async def _run_op(
         self, kind: str, body: dict[str, Any], targets: set[int], on_groups: Callable[[list[list[Any]]], None]
     ) -> None:
-        done = asyncio.get_running_loop().create_future()
-
-        def sink(groups: list[list[Any]], end: bool) -> None:
-            if groups:
-                on_groups(groups)
-            if end and not done.done():
-                done.set_result(None)
-
-        self.m.start_op(self.next_id(), kind, body, targets, sink)
-        await done
+        """The op through the tree, each part of its reply handed to ``on_groups`` as it comes."""
+        async for part in self.m.request(kind, body, targets):
+            if part.groups:
+                on_groups(part.groups)
 
     # -- client requests --
 
     def _targets(self, req: wire.Message) -> set[int]:
         if req.get("nodes") or req.get("w") or req.get("x"):
-            return self.m._selection(req)[0]
+            return self.m.selection(req)[0]
         return self.m.up_ranks()
 
     def _name(self, enc: list[int]) -> str:
@@ -667,30 +662,18 @@ class MasterProcs:
         if jobs and len(gpids) > 1:
             raise UsageError(f"{jobs[0]} is a job id: wait for one job, or for gpids")
         if isinstance(job, int) or jobs:  # the job's exit status as `gproc e` gives it, from the job store
-            await self.m.job_service.wait(link, job if isinstance(job, int) else jobs[0], cred)
+            await self.jobs.wait(link, job if isinstance(job, int) else jobs[0], cred)
             return
-        work = asyncio.ensure_future(self._per_gpid("wait", {"uid": cred.uid}, gpids, "w", NO_SUCH))
         gone = asyncio.ensure_future(link.receive())
         try:
-            while not work.done():
-                await asyncio.wait({work, gone}, timeout=TICK, return_when=asyncio.FIRST_COMPLETED)
-                if gone.done():
-                    return  # the client left (or sent something it should not): stop waiting for it
-                if not work.done():
-                    link.send({"t": "tick"})
+            result = await with_ticks(link, self._per_gpid("wait", {"uid": cred.uid}, gpids, "w", NO_SUCH), gone)
         finally:
             gone.cancel()
-            if not work.done():
-                work.cancel()
-        result = work.result()
+        if result is None:
+            return  # the client left (or sent something it should not): stop waiting for it
         link.send({"t": "ret", "r": {"results": [result[g] for g in gpids]}})
 
-    def _owner_only(self, cred: PeerCred, what: str) -> None:
-        if cred.uid not in (0, os.getuid()):
-            raise UsageError(f"only root or the master's owner may {what}")
-
     async def _collect(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
-        self._owner_only(cred, "collect gpid blocks")
         keep = req.get("keep")
         r = await self.collect(self._targets(req), keep if isinstance(keep, int) and keep >= 0 else None)
         link.send({"t": "ret", "r": r})
@@ -719,7 +702,6 @@ class MasterProcs:
 
     async def _allocate(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
         """Make each selected node hand out ``n`` gpids as process starts would (stress tests, bench)."""
-        self._owner_only(cred, "drill the gpid allocator")
         n, interval = req.get("n"), req.get("interval", 0.0)
         if not isinstance(n, int) or n < 0 or not isinstance(interval, (int, float)):
             raise UsageError("allocate needs a count n")

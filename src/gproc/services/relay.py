@@ -27,13 +27,13 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from gproc import wire
+from gproc import errors, peers, wire
 from gproc.errors import ConnectError, GprocError, ProtocolError, RegistrationError
 from gproc.overlay import Link
 from gproc.platform import PeerCred, peer_credentials
+from gproc.services.base import Call, MasterApi, ServiceTable, socket_alive
 
 if TYPE_CHECKING:
-    from gproc.master import Master
     from gproc.overlay import Node
     from gproc.services.procs import ProcService
 
@@ -55,16 +55,30 @@ class NodeSocket:
         self.path = path
         self._server: asyncio.AbstractServer | None = None
         self._ino: int | None = None
+        self._clients = peers.ClientLimit()
+
+    def service(self) -> ServiceTable:
+        return ServiceTable("node socket", start=self.start_serving, stop=self.close)
+
+    async def start_serving(self) -> None:
+        """Listen, and have the node's jobs told where (``$GPROC_MASTER``)."""
+        if await self.start():
+            self.procs.socket_path = self.path
 
     async def start(self) -> bool:
         """Listen; False (and a warning) when the path is held by another live daemon or unusable."""
         path = self.path
         try:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            folder = os.path.dirname(path) or "."
+            os.makedirs(folder, exist_ok=True)
+            # A directory another user made (say /tmp/xproc, before this daemon first ran) lets that
+            # user swap our socket for theirs: refused.
+            refused = peers.untrusted_path(folder, {0, os.geteuid()})
+            if refused is not None:
+                self.node.log.warning("not serving a client socket: %s", refused)
+                return False
             if os.path.exists(path):
-                from gproc.master import _socket_alive
-
-                if await _socket_alive(path):
+                if await socket_alive(path):
                     self.node.log.warning("client socket %s is in use by another daemon: not serving one", path)
                     return False
                 os.unlink(path)
@@ -87,13 +101,13 @@ class NodeSocket:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         node = self.node
         link = Link(reader, writer, {"name": "client"})
-        task = asyncio.current_task()
-        if task is not None:  # owned by the node: cancelled when it stops
-            node._tasks.add(task)
-            task.add_done_callback(node._tasks.discard)
+        node.own(asyncio.current_task())  # cancelled when the node stops
+        cred: PeerCred | None = None
         try:
-            sock = writer.get_extra_info("socket")
-            cred = peer_credentials(sock) if sock is not None else PeerCred(0, os.getuid(), os.getgid())
+            cred = peer_credentials(writer.get_extra_info("socket"))
+            if not self._clients.enter(cred.uid):
+                cred = None
+                raise GprocError(f"too many connections from this user (at most {self._clients.per_user})")
             async with asyncio.timeout(10):
                 wire.check_hello(await link.receive(), "client")
                 link.send(wire.hello("node", name=node.cfg.name))
@@ -102,10 +116,12 @@ class NodeSocket:
                 raise ProtocolError("expected a request")
             await self._relay(link, req, cred)
         except GprocError as e:
-            link.send({"t": "error", "msg": str(e), "code": e.exit_status})
+            link.send({"t": "error", **errors.to_wire(e)})
         except (EOFError, OSError, TimeoutError) as e:
             node.log.debug("client ended: %s", e)
         finally:
+            if cred is not None:
+                self._clients.leave(cred.uid)
             with contextlib.suppress(Exception):
                 await link.drain(5.0)
             link.abort()
@@ -125,8 +141,8 @@ class NodeSocket:
                 try:
                     r = await node.call_up("relay.pull", {"rid": rid}, timeout=PULL_WAIT + 15.0)
                 except (RegistrationError, TimeoutError) as e:
-                    msg = f"node {node.cfg.name} lost the master: {e or 'timeout'}"
-                    link.send({"t": "error", "msg": msg, "code": 255})
+                    lost = ConnectError(f"node {node.cfg.name} lost the master: {e or 'timeout'}")
+                    link.send({"t": "error", **errors.to_wire(lost)})
                     return
                 for m in r.get("m", []):
                     link.send(m)
@@ -160,7 +176,7 @@ class RelayLink(Link):
     """What a request handler at the master sees for a relayed client: a Link whose sends are queued
     for the next pull and whose receives are the client's pushes."""
 
-    __slots__ = ("_inbox", "_ready", "outbox")
+    __slots__ = ("_inbox", "_ready", "outbox", "queued")
 
     def __init__(self, peer: dict[str, Any]) -> None:  # no socket behind it: Link.__init__ is not used
         self.peer = peer
@@ -168,6 +184,7 @@ class RelayLink(Link):
         self.counter = wire.Counter()
         self.last_rx = self.last_tx = time.monotonic()
         self.outbox: list[tuple[wire.Message, int]] = []
+        self.queued = 0  # bytes in the outbox: the master holds a job whose relayed client lags
         self._ready = asyncio.Event()
         self._inbox: asyncio.Queue[wire.Message | None] = asyncio.Queue()
 
@@ -176,6 +193,7 @@ class RelayLink(Link):
             return False
         size = len(wire.pack(msg))  # the same frame limit as a socket
         self.outbox.append((msg, size))
+        self.queued += size
         self.counter.bytes_out += size
         self.counter.frames_out += 1
         self._ready.set()
@@ -183,6 +201,9 @@ class RelayLink(Link):
 
     async def drain(self, timeout: float = 30.0) -> None:
         return None
+
+    def unsent(self) -> int:
+        return 0 if self.closed else self.queued
 
     async def receive(self) -> wire.Message:
         msg = await self._inbox.get()
@@ -213,6 +234,7 @@ class RelayLink(Link):
         size = 0
         while self.outbox and (not out or size + self.outbox[0][1] <= PULL_BYTES):
             msg, n = self.outbox.pop(0)
+            self.queued -= n
             out.append(msg)
             size += n
         return out
@@ -231,14 +253,20 @@ class Session:
 class MasterRelay:
     """The master's relay sessions, one per client of a node socket."""
 
-    def __init__(self, master: Master) -> None:
+    def __init__(self, master: MasterApi) -> None:
         self.m = master
         self.sessions: dict[int, Session] = {}
         self._ids = itertools.count(1)
         self._sweeper: asyncio.Task[Any] | None = None
-        master.calls.update(
-            {"relay.open": self._open, "relay.pull": self._pull, "relay.push": self._push, "relay.close": self._close}
-        )
+
+    def service(self) -> ServiceTable:
+        calls: dict[str, Call] = {
+            "relay.open": self._open,
+            "relay.pull": self._pull,
+            "relay.push": self._push,
+            "relay.close": self._close,
+        }
+        return ServiceTable("relay", calls=calls)
 
     def _session(self, args: dict[str, Any]) -> Session:
         s = self.sessions.get(args.get("rid"))  # type: ignore[arg-type]
@@ -261,17 +289,10 @@ class MasterRelay:
         return {"rid": rid}
 
     async def _serve(self, s: Session, req: wire.Message, cred: PeerCred) -> None:
-        """Run the request exactly as ``Master._client`` does for a client of the master's socket."""
+        """Run the request exactly as for a client of the master's socket."""
         link = s.link
         try:
-            await self.m._serve_request(link, req, cred)
-        except GprocError as e:
-            link.send({"t": "error", "msg": str(e), "code": e.exit_status})
-        except (EOFError, OSError, TimeoutError) as e:
-            log.debug("relayed client ended: %s", e)
-        except Exception:
-            log.exception("relayed client request failed")
-            link.send({"t": "error", "msg": "internal error in the master (see its log)", "code": 1})
+            await self.m.serve_client(link, req, cred)
         finally:
             s.done = True
             link._ready.set()

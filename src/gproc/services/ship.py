@@ -24,10 +24,10 @@ from gproc import ranks as rankset
 from gproc import wire
 from gproc.errors import GprocError, ProtocolError, StagingError
 from gproc.groups import Groups
+from gproc.services.base import MasterApi
 from gproc.store import Entry, parse_manifest
 
 if TYPE_CHECKING:
-    from gproc.master import Master
     from gproc.overlay import Link
 
 WINDOW = 8  # chunks in flight down the tree: what one link may have queued is at most WINDOW x CHUNK
@@ -41,7 +41,7 @@ class Interrupted(GprocError):
 class Shipper:
     """Gets a bundle's files from the client to exactly the nodes that lack them."""
 
-    def __init__(self, master: Master) -> None:
+    def __init__(self, master: MasterApi) -> None:
         self.m = master
         self.total_link_bytes = 0  # file bytes carried by tree links, all jobs together
 
@@ -65,7 +65,7 @@ class Shipper:
         if not files:
             return targets, failed
         t0 = time.monotonic()
-        need = await self._have(files, targets, failed)
+        need = await self._have(files, targets, failed, job)
         ok = targets - _ranks(failed)
         wanted = [h for h in files if need.get(h, set()) & ok]
         sent = 0
@@ -81,23 +81,18 @@ class Shipper:
         link.send({"t": "ship", "files": len(wanted), "bytes": sent, "link_bytes": carried, "seconds": seconds})
         return targets - _ranks(failed), failed
 
-    async def _have(self, files: dict[str, tuple[int, bool]], targets: set[int], failed: Groups) -> dict[str, set[int]]:
+    async def _have(
+        self, files: dict[str, tuple[int, bool]], targets: set[int], failed: Groups, job: int
+    ) -> dict[str, set[int]]:
         need: dict[str, set[int]] = {}
-        done = asyncio.get_running_loop().create_future()
-
-        def sink(groups: list[list[Any]], end: bool) -> None:
-            for key, enc in groups:
+        body = {"h": [[h, size, x] for h, (size, x) in files.items()], "j": job}  # j: the files stay for it
+        async for part in self.m.request("have", body, targets):
+            for key, enc in part.groups:
                 ranks = rankset.decode(enc)
                 if key[0] == "n":
                     need.setdefault(key[1], set()).update(ranks)
                 elif key[0] == "s" and key[1] != 0:
                     failed.add(tuple(key), ranks)
-            if end and not done.done():
-                done.set_result(None)
-
-        body = {"h": [[h, size, x] for h, (size, x) in files.items()]}
-        self.m.start_op(self.m.pids.next_id(), "have", body, targets, sink)
-        await done
         return need
 
     async def _stream(
@@ -111,54 +106,51 @@ class Shipper:
     ) -> int:
         """Turn the client's chunks into ``put`` ops; returns the file bytes read from the client."""
         window = asyncio.Semaphore(WINDOW)
-        pending: list[asyncio.Future[None]] = []
+        pending: list[asyncio.Future[None]] = []  # the puts in flight, awaited below
         sent = 0
-        for h in wanted:
-            size, x = files[h]
-            offset = 0
-            while True:
-                msg = await self._receive(link)
-                if msg.get("t") != "data" or msg.get("h") != h:
-                    raise ProtocolError(f"expected data of {h[:16]}…")
-                if "err" in msg:  # the client could not read it: the nodes lacking it cannot run
-                    reason = f"cannot read a file on the client: {str(msg['err'])[:200]}"
-                    failed.add(("s", 255, reason), need[h] - _ranks(failed))
-                    offset = size
-                    break
-                data, off = msg.get("d"), msg.get("o")
-                if not isinstance(data, bytes) or off != offset or offset + len(data) > size:
-                    raise ProtocolError(f"bad data frame for {h[:16]}…")
-                tg = need[h] - _ranks(failed)
-                if tg:
-                    await window.acquire()
-                    for child in list(self.m.children.values()):
-                        await child.drain()
-                    body = {"h": h, "o": off, "d": data, "z": size, "x": x, "j": job}
-                    pending.append(self._put(body, tg, failed, window.release))
-                sent += len(data)
-                offset += len(data)
-                if offset >= size or not data:
-                    break
-            if offset < size:
-                failed.add(("s", 255, "a file changed on the client while shipping"), need[h] - _ranks(failed))
-        await asyncio.gather(*pending)
+        try:
+            for h in wanted:
+                size, x = files[h]
+                offset = 0
+                while True:
+                    msg = await self._receive(link)
+                    if msg.get("t") != "data" or msg.get("h") != h:
+                        raise ProtocolError(f"expected data of {h[:16]}…")
+                    if "err" in msg:  # the client could not read it: the nodes lacking it cannot run
+                        reason = f"cannot read a file on the client: {str(msg['err'])[:200]}"
+                        failed.add(("s", 255, reason), need[h] - _ranks(failed))
+                        offset = size
+                        break
+                    data, off = msg.get("d"), msg.get("o")
+                    if not isinstance(data, bytes) or off != offset or offset + len(data) > size:
+                        raise ProtocolError(f"bad data frame for {h[:16]}…")
+                    tg = need[h] - _ranks(failed)
+                    if tg:
+                        await window.acquire()
+                        for child in list(self.m.children.values()):
+                            await child.drain()
+                        body = {"h": h, "o": off, "d": data, "z": size, "x": x, "j": job}
+                        pending.append(asyncio.ensure_future(self._put(body, tg, failed, window.release)))
+                    sent += len(data)
+                    offset += len(data)
+                    if offset >= size or not data:
+                        break
+                if offset < size:
+                    failed.add(("s", 255, "a file changed on the client while shipping"), need[h] - _ranks(failed))
+            await asyncio.gather(*pending)
+        finally:
+            for put in pending:  # abandoned (the client interrupted): its op still ends on the nodes
+                put.cancel()
         return sent
 
-    def _put(
-        self, body: dict[str, Any], targets: set[int], failed: Groups, release: Callable[[], None]
-    ) -> asyncio.Future[None]:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def sink(groups: list[list[Any]], end: bool) -> None:
-            for key, enc in groups:
-                if key[0] == "s" and key[1] != 0:
-                    failed.add(tuple(key), rankset.decode(enc))
-            if end and not done.done():
-                release()
-                done.set_result(None)
-
-        self.m.start_op(self.m.pids.next_id(), "put", body, targets, sink)
-        return done
+    async def _put(self, body: dict[str, Any], targets: set[int], failed: Groups, release: Callable[[], None]) -> None:
+        try:
+            async for part in self.m.request("put", body, targets):
+                for key, enc in part.groups:
+                    if key[0] == "s" and key[1] != 0:
+                        failed.add(tuple(key), rankset.decode(enc))
+        finally:
+            release()
 
     async def _receive(self, link: Link) -> wire.Message:
         try:

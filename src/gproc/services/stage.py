@@ -25,8 +25,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gproc import platform
+from gproc import platform, wire
 from gproc.errors import StagingError
+from gproc.services.base import ServiceTable
 from gproc.store import (
     HASH_RE,
     MAX_SIZE,
@@ -64,14 +65,26 @@ class StageService:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.store = Store(node.cfg.bin_root)
+        self.store = Store(node.cfg.bin_root, node.cfg.store_max)
+        self.put_pins: dict[int, float] = {}  # jobs whose received files stay until they start, by last chunk
         self.incoming: dict[tuple[int, str], Incoming] = {}
         self.private_failed = False  # a private mount was refused here once: do not try again
         self.bytes_received = 0  # file bytes this node stored for itself
         self.stored_at = 0.0  # time.monotonic() when the last file was stored (benchmarks compare nodes)
         self.job_dirs: set[str] = set()
-        node.handlers["have"] = self.have
-        node.handlers["put"] = self.put
+
+    def service(self) -> ServiceTable:
+        return ServiceTable(
+            "stage", ops={"have": self.have, "put": self.put, "counters": self.counters}, stop=self.close
+        )
+
+    def counters(self, op: Op) -> None:
+        """Bytes and frames this node received over its parent link, file bytes it stored, and when
+        (monotonic clock) it stored the last one."""
+        parent = self.node.parent
+        c = parent.counter if parent is not None else wire.Counter()
+        op.emit(("c", c.bytes_in, c.frames_in, self.bytes_received, round(self.stored_at, 4)))
+        op.emit(("s", 0, ""))
 
     def close(self) -> None:
         """Node stopping: drop partial files and the views of jobs (their processes are killed)."""
@@ -90,9 +103,13 @@ class StageService:
             op.emit(("s", 255, "bad have request"))
             return
         self.store.ensure()
-        for h, size, _x in items:
+        job = op.body.get("j")
+        for h, size, x in items:
             if not self.store.has(h, size):
                 op.emit(("n", h))
+            elif self.store.max_bytes is not None and isinstance(job, int):  # kept for the job until it starts
+                self.store.pin(("put", job), [self.store.name(h, x), self.store.name(h, not x)])
+                self.put_pins[job] = time.monotonic()
         op.emit(("s", 0, ""))
 
     def put(self, op: Op) -> None:
@@ -110,6 +127,9 @@ class StageService:
                 return
             self._expire()
             inc = self.incoming[key] = self.store.begin(h, size, x, str(job))
+            if self.store.max_bytes is not None:
+                self.store.pin(("put", job), [self.store.name(h, x)])
+                self.put_pins[job] = time.monotonic()
         try:
             done = self.store.write(inc, off, data)
         except StagingError:
@@ -128,6 +148,10 @@ class StageService:
             if now - inc.touched > INCOMING_IDLE:
                 self.store.abort(inc)
                 del self.incoming[key]
+        for job, t in list(self.put_pins.items()):  # received for a job that never started here
+            if now - t > INCOMING_IDLE and not any(k[0] == job for k in self.incoming):
+                self.store.unpin(("put", job))
+                del self.put_pins[job]
 
     # ---- running from the view ----
 
@@ -137,15 +161,29 @@ class StageService:
         """Stage the job's bundle and start it; StagingError or OSError when it cannot."""
         if not isinstance(bundle, dict):
             raise StagingError("bad bundle")
+        store, pin = self.store, object()
+        if store.max_bytes is not None:  # the job's files stay until its last process is gone
+            files = bundle.get("files")
+            files = files if isinstance(files, list) else []
+            names = [store.name(f[2], bool(f[4] & 0o111)) for f in files if _file_item(f)]
+            store.pin(pin, names, uid)
+            store.unpin(("put", job))
+            self.put_pins.pop(job, None)
         try:
-            return await self._start(job, bundle, argv, env, uid, gid, stdin)
-        except OSError as e:
+            proc = await self._start(job, bundle, argv, env, uid, gid, stdin)
+        except BaseException as e:
+            store.unpin(pin)
+            if not isinstance(e, OSError):
+                raise
             run = bundle.get("run")
             built_for = run.get("machine") if isinstance(run, dict) else None
             here = os.uname().machine
             if e.errno == errno.ENOEXEC and isinstance(built_for, str) and built_for != here:
                 raise OSError(e.errno, f"{e.strerror} (built for {built_for[:40]}, this node is {here})") from None
             raise
+        if store.max_bytes is not None:
+            self.node.spawn(self._unpin_when_done(proc, pin))
+        return proc
 
     async def _start(
         self, job: int, bundle: dict[str, Any], argv: list[str], env: dict[str, str], uid: int, gid: int, stdin: bool
@@ -220,6 +258,14 @@ class StageService:
                 await asyncio.sleep(GROUP_POLL)
             await asyncio.to_thread(self._forget_dir, root)
 
+    async def _unpin_when_done(self, proc: platform.Process, pin: object) -> None:
+        try:
+            await proc.exited
+            while platform.group_alive(proc.pid):
+                await asyncio.sleep(GROUP_POLL)
+        finally:
+            self.store.unpin(pin)
+
     def _forget_dir(self, root: str) -> None:
         remove_tree(root)
         self.job_dirs.discard(root)
@@ -270,6 +316,18 @@ def _command(view: str, run: Any, argv: list[str]) -> tuple[list[str], str | Non
     if "argv0" in ldso:
         cmd += ["--argv0", args[0]]
     return [*cmd, exe, *args[1:]], None
+
+
+def _file_item(f: Any) -> bool:
+    """A manifest's file entry, well enough formed to name its store file (parse_manifest checks all)."""
+    return (
+        isinstance(f, list)
+        and len(f) == 5
+        and f[0] == "f"
+        and isinstance(f[2], str)
+        and HASH_RE.match(f[2]) is not None
+        and isinstance(f[4], int)
+    )
 
 
 def _head_item(h: Any) -> bool:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from gproc import wire
 from gproc.errors import ProtocolError
+from gproc.services.base import ServiceTable
 
 if TYPE_CHECKING:
     from gproc.overlay import Node, Op, TreeLink
@@ -58,9 +59,11 @@ class StdinService:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.feeds: dict[int, Feed] = {}
-        node.down_messages["in"] = self._on_in
-        node.up_messages["inack"] = self._on_ack
-        node.op_watchers.append(self._op_changed)
+
+    def service(self) -> ServiceTable:
+        return ServiceTable(
+            "stdin", down={"in": self._on_in}, up={"inack": self._on_ack}, watchers=[self._op_changed], stop=self.close
+        )
 
     # ---- messages ---------------------------------------------------------------------------------
 
