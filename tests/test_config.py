@@ -26,6 +26,8 @@ def test_top_level_then_the_modes_table_and_seed_names() -> None:
         "key": "/k", "bin_root": "/b", "port": 7000, "listen": "0.0.0.0:7000", "state": "/s"
     }  # fmt: skip
     assert config.settings({"launch": {"hosts": "n[1-4]", "fanout": 4}}, "launch") == {"ssh": "n[1-4]", "fanout": 4}
+    later = {"store-max": 1 << 30, "keep_bytes": 1 << 20, "quiet": 0, "hold": 0.5}  # switches newer than the file
+    assert config.settings(later, "node") == {"store_max": 1 << 30, "keep_bytes": 1 << 20, "quiet": 0.0, "hold": 0.5}
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,8 @@ SETTINGS: dict[str, tuple[str, type]] = {
     "dead_after": ("dead_after", float), "debug": ("debug", int), "fanout": ("fanout", int),
     "ssh": ("ssh", str), "ssh_command": ("ssh_command", str), "node_socket": ("node_socket", str),
     "gpid_block": ("gpid_block", int), "collect_every": ("collect_every", float),
-    "keep_jobs": ("keep_jobs", int), "hosts": ("ssh", str),
+    "keep_jobs": ("keep_jobs", int), "keep_bytes": ("keep_bytes", int), "store_max": ("store_max", int),
+    "quiet": ("quiet", float), "hold": ("hold", float), "hosts": ("ssh", str),
     "myparent": ("parent", str), "myid": ("id", str), "myaddress": ("address", str), "cmdport": ("port", int),
     "defaultmasteruds": ("socket", str), "binroot": ("bin_root", str),
 }  # fmt: skip
