@@ -125,13 +125,18 @@ async def serve_master(
     return 0
 
 
-async def serve_node(cfg: NodeConfig) -> int:
-    """Run one node daemon until the tree shuts down (0) or it is refused for good (1)."""
+async def serve_node(cfg: NodeConfig, ready_file: str | None = None) -> int:
+    """Run one node daemon until the tree shuts down (0) or it is refused for good (1).
+
+    ``ready_file`` receives the listening address once the node listens (before it has joined)."""
     platform.raise_fd_limit()
     node = build_node(cfg)
     loop = asyncio.get_running_loop()
     platform.install_shutdown_signals(loop, lambda: _forget(node.spawn(node.stop())))
-    await node.run()
+    await node.start()
+    if ready_file:
+        _write_atomic(ready_file, str(node.listen_address or ""))
+    await node.stopped.wait()
     if node.fatal is not None:
         print(f"gproc: {node.fatal}", file=sys.stderr)
         return 1

@@ -360,6 +360,7 @@ class Master(Node):
             "segs_in": segs,
             "links": len(links),
             "nodes_up": self.count_up(),
+            "listen": str(self.listen_address) if self.listen_address else None,
             "ship_link_bytes": self.shipper.total_link_bytes,
         }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,10 +27,34 @@ SIGNAL_SWITCH = re.compile(r"^-(\d+|(SIG)?[A-Z][A-Z0-9]*)$")  # kill -9, kill -K
 
 
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one-line ``UsageError``s (exit 2), not argparse's exit."""
+    """An argument parser whose errors are one-line ``UsageError``s (exit 2), not argparse's exit.
+
+    The namespace's ``given`` is the set of dests a switch on the command line set (so a configuration
+    file fills only the others: a default and an absent switch look alike after parsing)."""
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        opts, rest = super().parse_known_args(args, namespace)
+        opts.given = self.given(list(sys.argv[1:] if args is None else args))
+        return opts, rest
+
+    def given(self, args: list[str]) -> set[str]:
+        """The dests the switches in ``args`` set (a value switch's value is skipped, not read as one)."""
+        out: set[str] = set()
+        i = 0
+        while i < len(args):
+            name, eq, _ = args[i].partition("=")
+            action = self._option_string_actions.get(name) if name.startswith("-") else None
+            if action is not None:
+                out.add(action.dest)
+                if action.nargs is None and not eq:
+                    i += 1
+            i += 1
+        return out
 
 
 @dataclass(frozen=True)
