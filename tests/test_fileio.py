@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gproc.services import fileio
 from gproc.services.fileio import PathError, check_template, install, node_path
 
 PARTS = st.sampled_from(["a", "b", "..", ".", "%h", "%%", "x%hy", "", "%", "%q"])
@@ -72,3 +73,13 @@ def test_install_replaces_atomically_and_keeps_the_old_file_on_failure(tmp_path:
         assert sorted(os.listdir(tmp_path)) == ["dest", "src"]  # no temporary file left behind
     finally:
         os.close(fd)
+
+
+def test_cat_reads_proc_files_whole() -> None:
+    """/proc and /proc/sys files say size 0 and refuse one huge read (ENOMEM): they read in pieces."""
+    for path in ("/proc/sys/kernel/pid_max", "/proc/loadavg", "/proc/self/status"):
+        got = fileio.read({"path": path}, [])
+        assert "data" in got, got
+        assert got["data"] and got["data"].endswith(b"\n"), (path, got)
+    with open("/proc/sys/kernel/pid_max", "rb") as f:
+        assert fileio.read({"path": "/proc/sys/kernel/pid_max"}, [])["data"] == f.read()

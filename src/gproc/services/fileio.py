@@ -107,7 +107,16 @@ def read(args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         with open(path, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 return {"err": f"{path}: not a regular file"}
-            data = f.read(limit + 1)
+            # in pieces: /proc/sys files refuse one read of the whole limit (ENOMEM for its buffer)
+            parts: list[bytes] = []
+            size = 0
+            while size <= limit:
+                part = f.read1(1 << 16)
+                if not part:
+                    break
+                parts.append(part)
+                size += len(part)
+            data = b"".join(parts)
     except OSError as e:
         return _err(e, path)
     if len(data) > limit:
