@@ -302,6 +302,19 @@ class Cluster:
     async def stats(self) -> dict[str, Any]:
         return dict(await self.request("stats"))
 
+    async def metrics(
+        self, nodes: str | None = None, *, include: str | None = None, exclude: str | None = None, path: str = "/"
+    ) -> dict[str, Any]:
+        """Load, memory, disk use of ``path`` and network bytes of the selected nodes (every node up by
+        default), reduced inside the tree: ``{"targets", "nodes": {"up", "lost"}, "metrics": {NAME:
+        {"unit", "min", "max", "avg", "count", "hist": {"edges", "counts"}, "top": [[value, node]…]}},
+        "errors": [{"nodes", "count", "error"}], "bytes_in"}`` (``bytes_in``: the reply bytes that
+        reached the master, the same for any number of nodes). Names: load1, mem_used_pct,
+        mem_avail_bytes (``top``: the least), disk_used_pct, net_rx_bytes, net_tx_bytes."""
+        if nodes or include or exclude:
+            check_selection(nodes, include, exclude)
+        return dict(await self.request("metrics", nodes=nodes, w=include, x=exclude, path=path))
+
     async def shutdown(self) -> None:
         """Shut the whole tree down (nodes end their jobs and exit)."""
         await self.request("shutdown")

@@ -25,6 +25,7 @@ from gproc.pids import PidConfig
 from gproc.services.base import install
 from gproc.services.execute import ExecService, SpawnGate
 from gproc.services.jobs import JobService, JobStore
+from gproc.services.metrics import MasterMetrics, MetricsService
 from gproc.services.procs import MasterProcs, ProcService
 from gproc.services.relay import MasterRelay, NodeSocket
 from gproc.services.ship import Shipper
@@ -51,7 +52,7 @@ def node_services(node: Node, gate: SpawnGate | None = None) -> NodeServices:
     stdin = StdinService(node)
     stage = StageService(node)
     execute = ExecService(node, gate or SpawnGate(), procs, stdin, stage)
-    for table in (execute.service(), procs.service(), stdin.service(), stage.service()):
+    for table in (execute.service(), procs.service(), stdin.service(), stage.service(), MetricsService(node).service()):
         install(node, table)
     if node.cfg.socket and not node.is_master:
         install(node, NodeSocket(node, procs, node.cfg.socket).service())
@@ -87,7 +88,7 @@ def build_master(
     store = JobStore(master.state.db, os.path.join(state_dir, "jobs"), keep_jobs, keep_bytes)
     jobs = JobService(store)
     procs = MasterProcs(master, pids or PidConfig(), master.state.db, jobs)
-    for table in (jobs.service(), procs.service(), MasterRelay(master).service()):
+    for table in (jobs.service(), procs.service(), MasterRelay(master).service(), MasterMetrics(master).service()):
         install(master, table, master)
     master.equip(procs, store, Shipper(master), stdin)
     return master
