@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,7 +50,9 @@ def test_metrics_reach_the_master_in_the_same_bytes_for_16_and_64_nodes(cluster1
         for m in METRICS:
             got = snap["metrics"][m.name]
             assert got["count"] == n and sum(got["hist"]["counts"]) == n
-            assert got["min"] <= got["avg"] <= got["max"]
+            assert got["min"] <= got["max"] and got["avg"] == pytest.approx(
+                min(max(got["avg"], got["min"]), got["max"])
+            )
             assert len(got["top"]) == TOP and all(re.fullmatch(r"node\d+", name) for _, name in got["top"])
     slack = 4 * len(METRICS) * TOP  # four replies, one more digit per outlier name
     assert abs(big["bytes_in"] - small["bytes_in"]) <= slack, (small["bytes_in"], big["bytes_in"])
@@ -119,7 +123,7 @@ def web16(cluster16: LocalCluster) -> Iterator[Web]:
 
 
 async def sse_events(session: aiohttp.ClientSession, url: str, until: str) -> list[dict[str, Any]]:
-    """Server-sent events from ``url`` until one whose ``t`` is ``until``."""
+    """Server-sent events from ``url`` until one whose ``event`` is ``until``."""
     out: list[dict[str, Any]] = []
     async with session.get(url) as r:
         assert r.status == 200 and r.content_type == "text/event-stream"
@@ -127,7 +131,7 @@ async def sse_events(session: aiohttp.ClientSession, url: str, until: str) -> li
             line = raw.decode().strip()
             if line.startswith("data: "):
                 out.append(json.loads(line[6:]))
-                if out[-1].get("t") == until:
+                if out[-1].get("event") == until:
                     return out
     raise AssertionError(f"the stream ended before {until!r}: {out}")
 
@@ -150,6 +154,8 @@ def test_web_metrics_parse_as_prometheus_exposition(web16: Web) -> None:
         inf = [s.value for s in hist.samples if s.name.endswith("_bucket") and s.labels["le"] == "+Inf"]
         count = [s.value for s in hist.samples if s.name.endswith("_count")]
         assert inf == [16] and count == [16]
+        buckets = [s.value for s in hist.samples if s.name.endswith("_bucket")]
+        assert buckets == sorted(buckets), "buckets are cumulative"
 
 
 def test_web_run_streams_merged_output_and_refuses_bad_forms_in_one_line(web16: Web) -> None:
@@ -170,10 +176,10 @@ def test_web_run_streams_merged_output_and_refuses_bad_forms_in_one_line(web16: 
             return events, bad
 
     events, bad = asyncio.run(go())
-    out = [(e["nodes"], e["data"]) for e in events if e["t"] == "out"]
+    out = [(e["nodes"], e["data"]) for e in events if e["event"] == "out"]
     assert out == [("node[0-15]", "hi\n")]
-    assert [(e["nodes"], e["status"]) for e in events if e["t"] == "status"] == [("node[0-15]", 3)]
-    assert events[-1] == {"t": "end", "status": 3}
+    assert [(e["nodes"], e["status"]) for e in events if e["event"] == "status"] == [("node[0-15]", 3)]
+    assert events[-1] == {"event": "end", "status": 3}
     assert [status for status, _ in bad] == [400, 400, 400, 415]
     for _, msg in bad:
         assert msg.startswith("gproc: ") and "\n" not in msg
@@ -263,8 +269,24 @@ class Chromium:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
         )  # fmt: skip
         assert self.proc.stderr is not None
-        for _ in range(200):
-            line = self.proc.stderr.readline()
+        lines: queue.Queue[str] = queue.Queue()
+        stderr = self.proc.stderr
+
+        # read on a thread (so that chromium never blocks on a full pipe) and wait for the line with a deadline
+        def pump() -> None:
+            with stderr:
+                for x in iter(stderr.readline, ""):
+                    lines.put(x)
+            lines.put("")
+
+        threading.Thread(target=pump, daemon=True).start()
+        seen = []
+        while True:
+            try:
+                line = lines.get(timeout=60)
+            except queue.Empty:
+                break
+            seen.append(line)
             m = re.search(r"DevTools listening on (ws://\S+)", line)
             if m:
                 self.ws_url = m.group(1)
@@ -272,7 +294,7 @@ class Chromium:
             if not line:
                 break
         self.stop()
-        raise AssertionError("chromium did not start its DevTools endpoint")
+        raise AssertionError(f"chromium did not start its DevTools endpoint: {''.join(seen)[-2000:]}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -282,8 +304,6 @@ class Chromium:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
@@ -316,10 +336,12 @@ async def drive_run_page(browser: Chromium, url: str, shots: str) -> tuple[str, 
                 r = await cdp("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
                 return r["result"].get("value")
 
-            for _ in range(100):
+            for _ in range(600):
                 if await js("document.readyState") == "complete" and await js("!!document.getElementById('run-form')"):
                     break
                 await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the page did not load")
             await js(
                 "document.querySelector('a[data-tab=run]').click();"
                 "document.getElementById('run-nodes').value = './**';"
@@ -327,7 +349,7 @@ async def drive_run_page(browser: Chromium, url: str, shots: str) -> tuple[str, 
                 "document.getElementById('run-form').requestSubmit(); true"
             )
             try:
-                for _ in range(300):  # the page says done when the job's stream ended
+                for _ in range(600):  # the page says done when the job's stream ended
                     if await js("!!document.getElementById('run-done')"):
                         break
                     await asyncio.sleep(0.1)
@@ -358,5 +380,5 @@ def test_run_page_in_chromium_shows_merged_output_and_exit_groups(web16: Web) ->
     finally:
         browser.stop()
     shutil.rmtree(shots, ignore_errors=True)
-    assert out == "node[0-15]: from-the-browser\n"
+    assert out == "node[0-15]: from-the-browser\n", (out, status)
     assert "node[0-15]: exit 0" in status and "done: 0" in status

@@ -13,16 +13,16 @@ from gproc.errors import UsageError
 from gproc.switches import Mode, Parser, add_json, add_selection, add_socket
 
 
-def human(v: float | None, unit: str) -> str:
+def human(v: float | None, kind: str) -> str:
     """A figure for people: bytes in KiB/MiB/GiB, percentages with one decimal."""
     if v is None:
         return "-"
-    if unit == "B":
+    if kind == "B":
         for u in ("B", "KiB", "MiB", "GiB", "TiB"):
             if abs(v) < 1024 or u == "TiB":
                 return f"{v:.0f}{u}" if u == "B" else f"{v:.1f}{u}"
             v /= 1024
-    if unit == "%":
+    if kind == "%":
         return f"{v:.1f}%"
     return f"{v:.2f}"
 

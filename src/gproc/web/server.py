@@ -34,7 +34,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -68,14 +68,14 @@ def error(status: int, msg: str) -> web.Response:
 def event_json(ev: client.Event) -> dict[str, Any]:
     if isinstance(ev, client.Output):
         return {
-            "t": "out",
+            "event": "out",
             "nodes": ev.nodes,
             "count": ev.count,
             "stream": ev.stream,
             "lineno": ev.lineno,
             "data": ev.data.decode(errors="replace"),
         }
-    return {"t": "status", "nodes": ev.nodes, "count": ev.count, "status": ev.status, "error": ev.error}
+    return {"event": "status", "nodes": ev.nodes, "count": ev.count, "status": ev.status, "error": ev.error}
 
 
 def tree_view(info: dict[str, Any]) -> dict[str, Any]:
@@ -202,10 +202,18 @@ class App:
             return error(400, "a job id is a number")
         except GprocError as e:
             return error(404, str(e))
+        # a browser that lost the stream reconnects saying the last event it got: the replay skips those
+        try:
+            seen = int(request.headers.get("Last-Event-ID", "0"))
+        except ValueError:
+            seen = 0
+        n = 0
         async with sse(request) as send:
             async for ev in job:
-                await send(event_json(ev))
-            await send({"t": "end", "status": job.exit_status})
+                n += 1
+                if n > seen:
+                    await send(event_json(ev), n)
+            await send({"event": "end", "status": job.exit_status}, n + 1)
         return web.Response()
 
 
@@ -216,11 +224,12 @@ class sse:  # a context manager, named like one
         self.request = request
         self.resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
 
-    async def __aenter__(self) -> Callable[[dict[str, Any]], Awaitable[None]]:
+    async def __aenter__(self) -> Callable[..., Awaitable[None]]:
         await self.resp.prepare(self.request)
 
-        async def send(obj: dict[str, Any]) -> None:
-            await self.resp.write(f"data: {json.dumps(obj)}\n\n".encode())
+        async def send(obj: dict[str, Any], event_id: int | None = None) -> None:
+            head = f"id: {event_id}\n" if event_id is not None else ""
+            await self.resp.write(f"{head}data: {json.dumps(obj)}\n\n".encode())
 
         return send
 
