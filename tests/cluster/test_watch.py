@@ -11,6 +11,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.cluster.users import NOBODY, as_user, needs_root
 from tests.conftest import LocalCluster, start_cluster, stop_cluster
 
 from gproc import client
@@ -382,3 +384,20 @@ def test_run_page_in_chromium_shows_merged_output_and_exit_groups(web16: Web) ->
     shutil.rmtree(shots, ignore_errors=True)
     assert out == "node[0-15]: from-the-browser\n", (out, status)
     assert "node[0-15]: exit 0" in status and "done: 0" in status
+
+
+@needs_root
+def test_web_on_loopback_answers_only_the_user_who_started_it(web16: Web) -> None:
+    """Loopback is shared by every local user: another one gets 403, its owner 200."""
+
+    import encodings.idna  # noqa: F401  (socket encodes host names with it; nobody cannot import it after the fork)
+
+    host, port = web16.base.split("/")[2].split(":")
+
+    def status() -> int:  # plain HTTP/1.0 over a socket: the child dropped to nobody imports nothing
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(b"GET /api/jobs HTTP/1.0\r\nHost: x\r\n\r\n")
+            return int(s.recv(64).split()[1])
+
+    assert as_user(NOBODY, status) == 403
+    assert status() == 200

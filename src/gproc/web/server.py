@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import os
 import secrets
 import shlex
 from collections.abc import Awaitable, Callable
@@ -42,10 +43,46 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def tcp_peer_uid(local: tuple[str, int], peer: tuple[str, int]) -> int | None:
+    """The uid owning the local TCP socket at ``peer`` connected to ``local`` (from /proc/net/tcp*),
+    or None when not found. Loopback is shared by every user of the machine: this tells who calls."""
+
+    def hexaddr(host: str, port: int) -> tuple[bytes, int]:
+        ip = ipaddress.ip_address(host)
+        if ip.version == 4:
+            return ip.packed[::-1], port
+        raw = ip.packed  # /proc prints IPv6 as four host-order 32-bit words
+        return b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)), port
+
+    want_local, want_remote = hexaddr(*peer), hexaddr(*local)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    la, lp = fields[1].split(":")
+                    ra, rp = fields[2].split(":")
+                    if (bytes.fromhex(la), int(lp, 16)) == want_local and (
+                        bytes.fromhex(ra),
+                        int(rp, 16),
+                    ) == want_remote:
+                        return int(fields[7])
+        except (OSError, ValueError, IndexError, StopIteration):
+            continue
+    return None
+
+
 def auth_middleware(token: str | None) -> Any:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if token is None:
+            # on loopback, where any local user can connect: only the user who started the server (or root)
+            sock = request.transport.get_extra_info("socket") if request.transport else None
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            uid = tcp_peer_uid(sock.getsockname()[:2], peer[:2]) if sock is not None and peer else None
+            if uid not in (os.getuid(), 0):
+                return web.Response(status=403, text="gproc: only the user who started gproc web may use it\n")
             return await handler(request)
         given = request.query.get("token") or request.cookies.get(COOKIE) or ""
         bearer = request.headers.get("Authorization", "")
