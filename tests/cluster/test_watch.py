@@ -81,6 +81,25 @@ def test_top_prints_one_snapshot_and_refuses_bad_input_in_one_line(cluster16: Lo
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and msg in r.stderr, r.stderr
 
 
+def test_top_refreshes_in_a_terminal_until_q(cluster16: LocalCluster) -> None:
+    import pexpect
+
+    env = {**os.environ, "GPROC_MASTER": cluster16.socket, "TERM": "xterm", "COLUMNS": "160", "LINES": "40"}
+    s = pexpect.spawn(
+        sys.executable, ["-m", "gproc", "top", "--interval", "0.2"], env=env, encoding="utf-8", timeout=30
+    )
+    try:
+        for _ in range(2):  # the first view, then a refresh
+            s.expect_exact("16 nodes asked, 16 up, 0 lost")
+        s.send("q")
+        s.expect(pexpect.EOF)
+        s.close()
+        assert s.exitstatus == 0
+    finally:
+        if s.isalive():
+            s.terminate(force=True)
+
+
 # ---- gproc web, a real process -----------------------------------------------------------------
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from gproc import client, platform
@@ -76,10 +80,38 @@ async def _top(opts: argparse.Namespace, pos: list[str]) -> int:
     if opts.once or not console.is_terminal:
         console.print(table(await snap()))
         return 0
-    with Live(table(await snap()), console=console, auto_refresh=False) as live:
-        while True:  # Ctrl-C ends it
-            await asyncio.sleep(opts.interval)
-            live.update(table(await snap()), refresh=True)
+    quit_ = asyncio.Event()
+    with (
+        keys(lambda ch: quit_.set() if ch in "qQ" else None),
+        Live(table(await snap()), console=console, auto_refresh=False) as live,
+    ):
+        while not quit_.is_set():  # q (or Ctrl-C) ends it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(quit_.wait(), opts.interval)
+            if not quit_.is_set():
+                live.update(table(await snap()), refresh=True)
+    return 0
+
+
+@contextlib.contextmanager
+def keys(on_key: Callable[[str], None]) -> Iterator[None]:
+    """Keys pressed while in the block, one at a time (the terminal in cbreak mode, restored after)."""
+    fd = sys.stdin.fileno()
+    if not os.isatty(fd):
+        yield
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    loop = asyncio.get_running_loop()
+    tty.setcbreak(fd)
+    loop.add_reader(fd, lambda: on_key(os.read(fd, 1).decode(errors="replace")))
+    try:
+        yield
+    finally:
+        loop.remove_reader(fd)
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 def _web_switches(p: Parser) -> None:
