@@ -183,14 +183,15 @@ class App:
         """Server-sent events: ``get()`` every REFRESH seconds until the browser leaves."""
 
         async def stream(request: web.Request) -> web.StreamResponse:
-            async with sse(request) as send:
+            out = sse(request)
+            async with out as send:
                 while True:
                     try:
                         await send(await get())
                     except GprocError as e:
                         await send({"error": f"gproc: {e}"})
                     await asyncio.sleep(REFRESH)
-            return web.Response()  # not reached: the loop ends when the browser leaves
+            return out.resp  # the loop ends when the browser leaves
 
         return stream
 
@@ -245,13 +246,14 @@ class App:
         except ValueError:
             seen = 0
         n = 0
-        async with sse(request) as send:
+        stream = sse(request)
+        async with stream as send:
             async for ev in job:
                 n += 1
                 if n > seen:
                     await send(event_json(ev), n)
             await send({"event": "end", "status": job.exit_status}, n + 1)
-        return web.Response()
+        return stream.resp  # the response already sent: aiohttp only ends it
 
 
 class sse:  # a context manager, named like one
