@@ -315,6 +315,14 @@ class Cluster:
             check_selection(nodes, include, exclude)
         return dict(await self.request("metrics", nodes=nodes, w=include, x=exclude, path=path))
 
+    async def proctop(self, k: int = 10, nodes: str | None = None, *, include: str | None = None) -> dict[str, Any]:
+        """The ``k`` busiest processes across the selected nodes, chosen inside the tree (top-k):
+        ``{"procs": [[cpu_percent, "NODE PID USER NAME"]…], "bytes_in"}``; CPU % since the previous
+        ``proctop`` on that node (since the process started, the first time)."""
+        if nodes or include:
+            check_selection(nodes, include, None)
+        return dict(await self.request("proctop", k=k, nodes=nodes, w=include))
+
     async def shutdown(self) -> None:
         """Shut the whole tree down (nodes end their jobs and exit)."""
         await self.request("shutdown")

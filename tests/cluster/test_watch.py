@@ -70,10 +70,43 @@ def test_metrics_of_a_selection_and_their_errors_name_the_nodes(cluster16: Local
     assert "No such file" in bad["errors"][0]["error"]
 
 
+def test_proctop_names_the_busiest_processes_across_the_nodes(cluster16: LocalCluster) -> None:
+    c = client.Cluster(cluster16.socket)
+    r = asyncio.run(c.proctop(5))
+    assert len(r["procs"]) == 5 and [p[0] for p in r["procs"]] == sorted((p[0] for p in r["procs"]), reverse=True)
+    assert all(re.fullmatch(r"node\d+ \d+ \S+ .+", label) for _, label in r["procs"]), r["procs"]
+    few = asyncio.run(c.proctop(3, include="node[2-3]"))["procs"]
+    assert len(few) == 3 and {label.split()[0] for _, label in few} <= {"node2", "node3"}
+    with pytest.raises(client.UsageError, match="1 to 50"):
+        asyncio.run(c.proctop(0))
+
+
+def test_proctop_finds_a_process_that_spins(cluster16: LocalCluster) -> None:
+    """A busy loop on node5 is among node5's busiest processes, named (every node of a local cluster
+    sees the whole machine, so across nodes the other processes of this machine crowd the list)."""
+
+    async def go() -> list[list[Any]]:
+        c = client.Cluster(cluster16.socket)
+        job = await c.exec(
+            ["sh", "-c", "while :; do :; done"], "./**", include="node5", batch=True, timeout=60, localbin=True
+        )
+        try:
+            await c.proctop(10, include="node5")  # CPU % is since the previous proctop: prime it
+            await asyncio.sleep(1.0)
+            return list((await c.proctop(50, include="node5"))["procs"])
+        finally:
+            await c.kill(job=job.id, sig=9)
+
+    procs = asyncio.run(go())
+    assert all(label.startswith("node5 ") for _, label in procs)
+    assert any(label.endswith(" sh") and cpu > 0 for cpu, label in procs), procs
+
+
 def test_top_prints_one_snapshot_and_refuses_bad_input_in_one_line(cluster16: LocalCluster) -> None:
     r = cluster16.gproc("top", "--json", check=True)
     snap = json.loads(r.stdout)
     assert snap["nodes"]["up"] == 16 and snap["metrics"]["mem_used_pct"]["count"] == 16
+    assert len(snap["procs"]) == 10
     r = cluster16.gproc("top", "--once")
     assert r.returncode == 0 and "16 nodes asked, 16 up, 0 lost" in r.stdout and "load1" in r.stdout
     for args, msg in ((("--disk", "rel"), "absolute"), (("[[",), "bad node spec")):

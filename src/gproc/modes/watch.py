@@ -50,7 +50,16 @@ def table(snapshot: dict[str, Any]) -> Any:
         t.add_row(name, human(m["min"], u), human(m["avg"], u), human(m["max"], u), hist, top)
     for e in snapshot["errors"]:
         t.add_row("error", "", "", "", "", f"{e['nodes']}: {e['error']}")
-    return t
+    if not snapshot.get("procs"):
+        return t
+    from rich.console import Group
+
+    p = Table(title="busiest processes across the nodes", box=None, pad_edge=False)
+    for col in ("CPU%", "NODE", "PID", "USER", "NAME"):
+        p.add_column(col, no_wrap=True)
+    for cpu, label in snapshot["procs"]:
+        p.add_row(f"{cpu:.1f}", *[*label.split(" ", 3), "", "", ""][:4])
+    return Group(t, p)
 
 
 def _top_switches(p: Parser) -> None:
@@ -60,6 +69,7 @@ def _top_switches(p: Parser) -> None:
     p.add_argument("--once", action="store_true", help="print one snapshot as a table and exit")
     p.add_argument("--disk", default="/", metavar="PATH", help="the path whose disk use is measured (default /)")
     p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between refreshes")
+    p.add_argument("--procs", type=int, default=10, metavar="K", help="the K busiest processes across the nodes")
 
 
 async def _top(opts: argparse.Namespace, pos: list[str]) -> int:
@@ -68,7 +78,11 @@ async def _top(opts: argparse.Namespace, pos: list[str]) -> int:
     c = client.Cluster(opts.socket)
 
     async def snap() -> dict[str, Any]:
-        return await c.metrics(pos[0] if pos else None, include=opts.include, exclude=opts.exclude, path=opts.disk)
+        nodes = pos[0] if pos else None
+        out = await c.metrics(nodes, include=opts.include, exclude=opts.exclude, path=opts.disk)
+        if not opts.exclude:  # proctop selects by path and -w only
+            out["procs"] = (await c.proctop(opts.procs, nodes, include=opts.include))["procs"]
+        return out
 
     if opts.json:
         print(json.dumps(await snap()))

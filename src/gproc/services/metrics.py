@@ -9,6 +9,7 @@ few hundred bytes for 10 nodes or 10,000. ``gproc top``, ``gproc web`` and ``/me
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,14 +98,51 @@ def summary(value: list[Any]) -> dict[str, Any]:
     return out
 
 
+MAX_PROCS = 50  # the busiest processes a ``proctop`` asks for
+
+
 class MetricsService:
-    """On every node: the ``metrics`` op."""
+    """On every node: the ``metrics`` op, and ``proctop`` (its busiest processes)."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        self.cpu_seen: dict[tuple[int, float], float] = {}  # (pid, start time) -> CPU seconds at the last proctop
+        self.seen_at = 0.0
 
     def service(self) -> ServiceTable:
-        return ServiceTable("metrics", ops={"metrics": self.metrics}, reducers={"metrics": reducer()})
+        return ServiceTable(
+            "metrics",
+            ops={"metrics": self.metrics, "proctop": self.proctop},
+            reducers={"metrics": reducer(), "proctop": TopK(MAX_PROCS)},
+        )
+
+    def proctop(self, op: Op) -> None:
+        """The ``k`` busiest processes of this node by CPU % since the last ``proctop`` here (since each
+        one started, the first time), labelled ``NODE PID USER NAME``."""
+        k = op.body.get("k", 10)
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 < k <= MAX_PROCS:
+            op.emit(("s", 2, f"k must be 1 to {MAX_PROCS}"))
+            return
+        now = time.time()
+        seen, dt = {}, now - self.seen_at
+        rows: list[tuple[float, str]] = []
+        for p in psutil.process_iter(["pid", "name", "username", "cpu_times", "create_time"]):
+            info = p.info
+            if info["cpu_times"] is None or info["create_time"] is None:
+                continue
+            cpu = info["cpu_times"].user + info["cpu_times"].system
+            key = (info["pid"], info["create_time"])
+            seen[key] = cpu
+            prev = self.cpu_seen.get(key)
+            span = dt if prev is not None else max(now - info["create_time"], 1e-3)
+            pct = round(100.0 * (cpu - (prev or 0.0)) / span, 1)
+            rows.append(
+                (pct, f"{self.node.cfg.name} {info['pid']} {info['username'] or '?'} {info['name'] or '?'}"[:200])
+            )
+        self.cpu_seen, self.seen_at = seen, now
+        for row in sorted(rows, reverse=True)[:k]:
+            op.give(row)
+        op.emit(("s", 0, ""))
 
     def metrics(self, op: Op) -> None:
         path = op.body.get("path", "/")
@@ -121,23 +159,37 @@ class MetricsService:
 
 
 class MasterMetrics:
-    """At the master: the ``metrics`` client request."""
+    """At the master: the ``metrics`` and ``proctop`` client requests."""
 
     def __init__(self, master: MasterApi) -> None:
         self.m = master
 
     def service(self) -> ServiceTable:
-        return ServiceTable("metrics (master)", requests={"metrics": ClientRequest(self._metrics)})
+        return ServiceTable(
+            "metrics (master)",
+            requests={"metrics": ClientRequest(self._metrics), "proctop": ClientRequest(self._proctop)},
+        )
+
+    def _targets(self, req: wire.Message) -> set[int]:
+        if req.get("nodes") or req.get("w") or req.get("x"):
+            return self.m.selection(req)[0]
+        return self.m.up_ranks()
+
+    async def _proctop(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+        k = req.get("k", 10)
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 < k <= MAX_PROCS:
+            raise UsageError(f"the number of processes must be 1 to {MAX_PROCS}")
+        request = self.m.request("proctop", {"k": k, "gather": True}, self._targets(req), TopK(k))
+        whole = await request
+        procs = [[score, label] for score, label in (whole.value or [])]
+        link.send({"t": "ret", "r": {"procs": procs, "bytes_in": request.op.bytes_in}})
 
     async def _metrics(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
         path = req.get("path") or "/"
         if not isinstance(path, str) or not path.startswith("/"):
             raise UsageError("the disk path must be absolute")
-        if req.get("nodes") or req.get("w") or req.get("x"):
-            targets, _ = self.m.selection(req)
-        else:
-            targets = self.m.up_ranks()
-        request = self.m.request("metrics", {"path": path}, targets)
+        targets = self._targets(req)
+        request = self.m.request("metrics", {"path": path, "gather": True}, targets)
         whole = await request
         errors = [
             {"nodes": self.m.fold_intervals(enc), "count": rankset.count(enc), "error": str(key[2])}
