@@ -307,6 +307,27 @@ class Cluster:
         """A node selection for group file operations: ``cat``, ``stat`` (with ``agg=``), ``cp``."""
         return Group(self, nodes, include, exclude)
 
+    async def metrics(
+        self, nodes: str | None = None, *, include: str | None = None, exclude: str | None = None, path: str = "/"
+    ) -> dict[str, Any]:
+        """Load, memory, disk use of ``path`` and network bytes of the selected nodes (every node up by
+        default), reduced inside the tree: ``{"targets", "nodes": {"up", "lost"}, "metrics": {NAME:
+        {"unit", "min", "max", "avg", "count", "hist": {"edges", "counts"}, "top": [[value, node]…]}},
+        "errors": [{"nodes", "count", "error"}], "bytes_in"}`` (``bytes_in``: the reply bytes that
+        reached the master, the same for any number of nodes). Names: load1, mem_used_pct,
+        mem_avail_bytes (``top``: the least), disk_used_pct, net_rx_bytes, net_tx_bytes."""
+        if nodes or include or exclude:
+            check_selection(nodes, include, exclude)
+        return dict(await self.request("metrics", nodes=nodes, w=include, x=exclude, path=path))
+
+    async def proctop(self, k: int = 10, nodes: str | None = None, *, include: str | None = None) -> dict[str, Any]:
+        """The ``k`` busiest processes across the selected nodes, chosen inside the tree (top-k):
+        ``{"procs": [[cpu_percent, "NODE PID USER NAME"]…], "bytes_in"}``; CPU % since the previous
+        ``proctop`` on that node (since the process started, the first time)."""
+        if nodes or include:
+            check_selection(nodes, include, None)
+        return dict(await self.request("proctop", k=k, nodes=nodes, w=include))
+
     async def shutdown(self) -> None:
         """Shut the whole tree down (nodes end their jobs and exit)."""
         await self.request("shutdown")

@@ -26,6 +26,7 @@ from gproc.services.base import install
 from gproc.services.execute import ExecService, SpawnGate
 from gproc.services.files import FileService, MasterFiles
 from gproc.services.jobs import JobService, JobStore
+from gproc.services.metrics import MasterMetrics, MetricsService
 from gproc.services.procs import MasterProcs, ProcService
 from gproc.services.relay import MasterRelay, NodeSocket
 from gproc.services.ship import Shipper
@@ -53,7 +54,8 @@ def node_services(node: Node, gate: SpawnGate | None = None) -> NodeServices:
     stage = StageService(node)
     execute = ExecService(node, gate or SpawnGate(), procs, stdin, stage)
     files = FileService(node, stage.store)
-    for table in (execute.service(), procs.service(), stdin.service(), stage.service(), files.service()):
+    tables = (execute, procs, stdin, stage, files, MetricsService(node))
+    for table in (service.service() for service in tables):
         install(node, table)
     if node.cfg.socket and not node.is_master:
         install(node, NodeSocket(node, procs, node.cfg.socket).service())
@@ -89,7 +91,7 @@ def build_master(
     store = JobStore(master.state.db, os.path.join(state_dir, "jobs"), keep_jobs, keep_bytes)
     jobs = JobService(store)
     procs = MasterProcs(master, pids or PidConfig(), master.state.db, jobs)
-    for table in (jobs.service(), procs.service(), MasterRelay(master).service()):
+    for table in (jobs.service(), procs.service(), MasterRelay(master).service(), MasterMetrics(master).service()):
         install(master, table, master)
     shipper = Shipper(master)
     master.equip(procs, store, shipper, stdin)
