@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gproc import client, platform
+from gproc import client, eventloop
 from gproc.errors import GprocError, UsageError
 from gproc.switches import Mode, Parser, add_debug, add_key, add_liveness, add_socket, size
 
@@ -119,7 +119,7 @@ def _master(opts: argparse.Namespace, pos: list[str]) -> int:
     serve = daemon.serve_master(
         s.cfg, s.socket, s.state_dir, s.ready_file, s.pids, keep_jobs=s.keep_jobs, keep_bytes=s.keep_bytes
     )
-    return _started(lambda: platform.run(serve), "the master")
+    return _started(lambda: eventloop.run(serve), "the master")
 
 
 def _node(opts: argparse.Namespace, pos: list[str]) -> int:
@@ -143,7 +143,7 @@ def _node(opts: argparse.Namespace, pos: list[str]) -> int:
         timing=_timing(opts),
     )
     daemon.setup_logging(opts.debug)
-    return _started(lambda: platform.run(daemon.serve_node(cfg, opts.ready_file)), f"node {cfg.name}")
+    return _started(lambda: eventloop.run(daemon.serve_node(cfg, opts.ready_file)), f"node {cfg.name}")
 
 
 def _worker(opts: argparse.Namespace, pos: list[str]) -> int:
