@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from gproc import client, platform
+from gproc import client, eventloop
 from gproc.errors import UsageError
 from gproc.switches import Mode, Parser, add_json, add_selection, add_socket
 
@@ -278,7 +278,7 @@ def _progress(show: bool) -> Iterator[Callable[[int, int], None] | None]:
 
 
 def _runner(mode: str, run: Callable[[str, argparse.Namespace, list[str]], Any]) -> Callable[..., int]:
-    return lambda opts, pos: platform.run(run(mode, opts, pos))
+    return lambda opts, pos: eventloop.run(run(mode, opts, pos))
 
 
 RECURSIVE = (("r", "--recursive"), ("R", "--recursive"))

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from gproc import client, platform
+from gproc import client, eventloop
 from gproc.errors import UsageError
 from gproc.switches import Mode, Parser, add_json, add_selection, add_socket
 
@@ -141,12 +141,12 @@ def _web(opts: argparse.Namespace, pos: list[str]) -> int:
 
     if pos:
         raise UsageError(f"gproc web takes no arguments (got {pos[0]!r})")
-    return platform.run(server.serve(opts.listen, opts.socket, opts.token))
+    return eventloop.run(server.serve(opts.listen, opts.socket, opts.token))
 
 
 def _run_top(opts: argparse.Namespace, pos: list[str]) -> int:
     try:
-        return platform.run(_top(opts, pos))
+        return eventloop.run(_top(opts, pos))
     except KeyboardInterrupt:
         return 0
 
