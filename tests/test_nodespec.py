@@ -217,6 +217,7 @@ def test_clustershell_syntax() -> None:
         ("@racks", "unknown node group '@racks'"),
         ("@src:all", "unknown group source 'src'"),
         ("n[0-99999999]", "wider than"),
+        ("[----]", "malformed range"),  # found by tests/fuzz: ClusterShell raised a bare ValueError
     ],
 )
 def test_hostlist_errors(include: str, fragment: str) -> None:
@@ -414,3 +415,13 @@ def test_a_name_given_as_a_tree_path_hints_w() -> None:
     with pytest.raises(NodeSpecError) as bad:  # not a hostlist either
         select("3-1", None, None, TREE, "master", name_of)
     assert "-w" not in str(bad.value)
+
+
+def test_a_tree_path_that_clustershell_cannot_read_is_one_error() -> None:
+    """Found by tests/fuzz: deciding whether a bad tree path reads as names (for the -w hint) must
+    neither let ClusterShell's bare ValueError out nor expand a range of a hundred billion names."""
+    with pytest.raises(NodeSpecError) as bad:
+        select("[----]", None, None, TREE, "master", name_of)
+    assert "-w" not in str(bad.value)
+    with pytest.raises(NodeSpecError, match=r"node names go with -w: -w 'n\[0-99999999999\]'$"):
+        select("n[0-99999999999]", None, None, TREE, "master", name_of)

@@ -140,11 +140,19 @@ def _hostlist(spec: str) -> bool:
     """Does ``spec`` read as a ClusterShell node set of names (``node[0-7]``, ``web1,db2``)?"""
     if "[" not in spec or "/" in spec:
         return False
+    if _widest_range(spec) > MAX_HOSTLIST_RANGE:
+        return True  # names, but too many to expand just to say so
     try:
         NodeSet(spec, resolver=RESOLVER_NOGROUP)
-    except NodeSetException:
+    except (NodeSetException, ValueError):  # ClusterShell raises a bare ValueError for some ('[----]')
         return False
     return True
+
+
+def _widest_range(spec: str) -> int:
+    """The widest numeric range inside brackets of a hostlist (0 if none): checked before ClusterShell
+    expands it."""
+    return max((int(hi) - int(lo) for lo, hi in _RANGE.findall(" ".join(_BRACKETS.findall(spec)))), default=0)
 
 
 def _descendants(tree: Tree, roots: Iterable[Hashable], into: set[Hashable]) -> None:
@@ -205,6 +213,8 @@ def _nodeset(spec: str, names: Iterable[str], option: str) -> NodeSet:
         raise bad(f"unknown group source '{error}' (only @all is defined)") from None
     except (NodeSetException, GroupResolverError, GroupSourceError) as error:
         raise bad(str(error)) from None
+    except ValueError:  # ClusterShell's own parser fails this way on some ranges ('[----]')
+        raise bad("malformed range") from None
 
 
 def match_names(include: str | None, exclude: str | None, names: Iterable[str]) -> tuple[set[str], set[str]]:
