@@ -44,11 +44,13 @@ def fuzz_one(target: str, runs: int, artifacts: Path) -> Outcome:
         cmd = [sys.executable, str(FUZZ / "run.py"), target, f"-runs={runs}", "-timeout=25", "-print_final_stats=1"]
         cmd += [f"-artifact_prefix={artifacts}/{target}-", scratch, str(FUZZ / "corpus" / target)]
         t0 = time.monotonic()
-        p = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+        env = {**os.environ, "GPROC_FUZZ_TMP": scratch}
+        p = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env)
         seconds = time.monotonic() - t0
         log = p.stdout + p.stderr
         done = re.findall(r"stat::number_of_executed_units: (\d+)", log)
-        return Outcome(target, int(done[-1]) if done else 0, seconds, len(os.listdir(scratch)), p.returncode != 0,
+        found = sum(1 for f in os.listdir(scratch) if not f.startswith("gproc-fuzz-"))
+        return Outcome(target, int(done[-1]) if done else 0, seconds, found, p.returncode != 0,
                        "\n".join(log.splitlines()[-25:]))  # fmt: skip
 
 
