@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import posixpath
 
-from common import structured
+from common import mutate_structured, structured
 
 from gproc.errors import StagingError
 from gproc.services.ship import Shipper
@@ -22,3 +22,7 @@ def one(data: bytes) -> None:
         assert e.kind in "fld", e
         if e.kind == "l":
             assert not e.target.startswith("/"), e
+
+
+def mutate(data: bytes, max_size: int, seed: int) -> bytes:
+    return mutate_structured(data, max_size, seed)

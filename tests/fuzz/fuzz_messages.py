@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from common import mutate_structured
+
 from gproc import merge, wire
 from gproc.errors import ProtocolError
 from gproc.groups import Groups
@@ -51,3 +53,7 @@ def one(data: bytes) -> None:
         _decode(wire.unpack(data))
     except ProtocolError:
         pass
+
+
+def mutate(data: bytes, max_size: int, seed: int) -> bytes:
+    return mutate_structured(data, max_size, seed)

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from typing import Any
 
-from common import structured
+from common import mutate_structured, structured
 
 from gproc import errors, wire
 from gproc.daemon import build_master
@@ -115,8 +115,12 @@ def one(data: bytes) -> None:
         return
     replies = BENCH.loop.run_until_complete(BENCH.ask(req, NOBODY if data[0] & 1 else OWNER))
     failed, BENCH.failures.records[:] = list(BENCH.failures.records), []
-    assert not failed, [r.getMessage() for r in failed]
+    assert not failed, "\n".join(logging.Formatter().format(r) for r in failed)
     for msg in replies:
         if msg["t"] == "error":
             assert msg.get("kind") in errors._kinds(), msg
             assert "internal error" not in str(msg.get("msg")), msg
+
+
+def mutate(data: bytes, max_size: int, seed: int) -> bytes:
+    return mutate_structured(data, max_size, seed, prefix=1)

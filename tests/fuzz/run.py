@@ -27,7 +27,7 @@ def main() -> None:
     sys.path.insert(0, HERE)
     with atheris.instrument_imports(include=["gproc"]):
         harness = importlib.import_module(f"fuzz_{target}")
-    atheris.Setup(sys.argv, harness.one)
+    atheris.Setup(sys.argv, harness.one, custom_mutator=getattr(harness, "mutate", None))
     atheris.Fuzz()
 
 
