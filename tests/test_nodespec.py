@@ -217,7 +217,10 @@ def test_clustershell_syntax() -> None:
         ("@racks", "unknown node group '@racks'"),
         ("@src:all", "unknown group source 'src'"),
         ("n[0-99999999]", "wider than"),
-        ("[----]", "malformed range"),  # found by tests/fuzz: ClusterShell raised a bare ValueError
+        # found by tests/fuzz: ClusterShell raised a bare ValueError, and never returned for the next
+        ("[----]", "bad range in brackets"),
+        ("n[-9501-]9", "bad range in brackets"),
+        ("r[0-999]n[0-9999]", "wider than"),  # each range is narrow, together they are not
     ],
 )
 def test_hostlist_errors(include: str, fragment: str) -> None:

@@ -44,9 +44,10 @@ _ID = re.compile(r"[A-Za-z0-9_]+")
 _ID_RANGE = re.compile(r"([A-Za-z0-9_]*)-([A-Za-z0-9_]*)")
 _NUMBER = re.compile(r"[0-9]+")
 _BRACKETS = re.compile(r"\[([^]]*)\]")
-_RANGE = re.compile(r"([0-9]+)-([0-9]+)")
+_RANGE_ITEM = re.compile(r"\s*([0-9]+)(?:-([0-9]+))?(?:/[0-9]+)?\s*")
+_TOP_COMMA = re.compile(r",(?![^[]*\])")
 MAX_HOSTLIST_RANGE = 1_000_000
-"""Widest ``a-b`` a hostlist may name: ClusterShell expands ranges in memory."""
+"""Most names a hostlist may expand to: ClusterShell expands ranges in memory."""
 
 
 def _number(text: str) -> int | None:
@@ -140,7 +141,10 @@ def _hostlist(spec: str) -> bool:
     """Does ``spec`` read as a ClusterShell node set of names (``node[0-7]``, ``web1,db2``)?"""
     if "[" not in spec or "/" in spec:
         return False
-    if _widest_range(spec) > MAX_HOSTLIST_RANGE:
+    size = _hostlist_size(spec)
+    if size is None:
+        return False
+    if size > MAX_HOSTLIST_RANGE:
         return True  # names, but too many to expand just to say so
     try:
         NodeSet(spec, resolver=RESOLVER_NOGROUP)
@@ -149,10 +153,23 @@ def _hostlist(spec: str) -> bool:
     return True
 
 
-def _widest_range(spec: str) -> int:
-    """The widest numeric range inside brackets of a hostlist (0 if none): checked before ClusterShell
-    expands it."""
-    return max((int(hi) - int(lo) for lo, hi in _RANGE.findall(" ".join(_BRACKETS.findall(spec)))), default=0)
+def _hostlist_size(spec: str) -> int | None:
+    """At most how many names a hostlist expands to (None: a bracket holds something other than
+    ``a``, ``a-b`` or ``a-b/step`` items), checked before ClusterShell expands it: its parser reads some
+    malformed ranges as huge ones ('2[-9501-]9' does not return)."""
+    total = 0
+    for part in _TOP_COMMA.split(spec):
+        size = 1
+        for inner in _BRACKETS.findall(part):
+            n = 0
+            for item in inner.split(","):
+                m = _RANGE_ITEM.fullmatch(item)
+                if m is None:
+                    return None
+                n += max(int(m[2] or m[1]) - int(m[1]) + 1, 1)
+            size *= n
+        total += size
+    return total
 
 
 def _descendants(tree: Tree, roots: Iterable[Hashable], into: set[Hashable]) -> None:
@@ -203,9 +220,11 @@ def _nodeset(spec: str, names: Iterable[str], option: str) -> NodeSet:
 
     if not spec.strip():
         raise bad("it is empty")
-    for lo, hi in _RANGE.findall(" ".join(_BRACKETS.findall(spec))):
-        if int(hi) - int(lo) > MAX_HOSTLIST_RANGE:
-            raise bad(f"range {lo}-{hi} is wider than {MAX_HOSTLIST_RANGE}")
+    size = _hostlist_size(spec)
+    if size is None:
+        raise bad("bad range in brackets (expected items such as 1, 3-7 or 0-10/2)")
+    if size > MAX_HOSTLIST_RANGE:
+        raise bad(f"its ranges are wider than {MAX_HOSTLIST_RANGE} names")
     resolver = GroupResolver(_AllNames("gproc", {"all": names}, allgroups="all"))
     try:
         return NodeSet(spec, resolver=resolver)
