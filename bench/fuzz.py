@@ -5,7 +5,7 @@ corpus plus a scratch directory for what it finds; an input that raises anything
 documented errors is a crash, written to ``--artifacts`` and counted. The totals (executions, time,
 corpus reached, crashes) are printed and written into bench/RESULTS.md between the ``fuzz`` markers.
 
-    python bench/fuzz.py [--runs 2000000] [--targets wire,messages,...] [--jobs 1]
+    python bench/fuzz.py [--runs 2000000] [--max-seconds S] [--targets wire,messages,...] [--jobs 1]
 """
 
 from __future__ import annotations
@@ -39,10 +39,11 @@ class Outcome:
     tail: str
 
 
-def fuzz_one(target: str, runs: int, artifacts: Path) -> Outcome:
+def fuzz_one(target: str, runs: int, artifacts: Path, max_seconds: int) -> Outcome:
     with tempfile.TemporaryDirectory(prefix=f"gproc-fuzz-{target}-") as scratch:
         cmd = [sys.executable, str(FUZZ / "run.py"), target, f"-runs={runs}", "-timeout=25", "-print_final_stats=1"]
-        cmd += [f"-artifact_prefix={artifacts}/{target}-", scratch, str(FUZZ / "corpus" / target)]
+        cmd += [f"-artifact_prefix={artifacts}/{target}-", f"-max_total_time={max_seconds}"]
+        cmd += [scratch, str(FUZZ / "corpus" / target)]
         t0 = time.monotonic()
         env = {**os.environ, "GPROC_FUZZ_TMP": scratch}
         p = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env)
@@ -59,6 +60,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=2_000_000, help="executions per target")
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--jobs", type=int, default=1, help="targets fuzzed at once")
+    ap.add_argument("--max-seconds", type=int, default=0, help="stop a target after this long (0: no limit)")
     ap.add_argument("--artifacts", default=tempfile.gettempdir(), help="where crashing inputs are written")
     ap.add_argument("--section", default="fuzz", help="the section of bench/RESULTS.md written")
     ap.add_argument("--no-write", action="store_true", help="print only, leave bench/RESULTS.md alone")
@@ -66,7 +68,7 @@ def main() -> int:
     targets = args.targets.split(",")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        outs = list(pool.map(lambda t: fuzz_one(t, args.runs, Path(args.artifacts)), targets))
+        outs = list(pool.map(lambda t: fuzz_one(t, args.runs, Path(args.artifacts), args.max_seconds), targets))
     rows = ["| target | executions | seconds | executions/s | new corpus inputs | crashes |"]
     rows.append("|---|---:|---:|---:|---:|---:|")
     for o in outs:
@@ -82,9 +84,8 @@ def main() -> int:
         f"Command: `python bench/fuzz.py {shlex.join(sys.argv[1:])}`  \n"
         f"Date: {started}  \nMachine: {machine(load=True)}  \n\n"
         "Each target: `tests/fuzz/run.py TARGET -runs=N` from its seed corpus (tests/fuzz/corpus/TARGET); a "
-        "crash is any exception but the target's documented errors, or an input running over 25 s.\n\n"
-        + "\n".join(rows)
-        + "\n"
+        "crash is any exception but the target's documented errors, or an input running over 25 s. A target "
+        "stops at N executions or after --max-seconds, whichever comes first.\n\n" + "\n".join(rows) + "\n"
     )
     print(text)
     if not args.no_write:
