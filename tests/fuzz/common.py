@@ -25,7 +25,7 @@ def text(data: bytes) -> str:
 _SHAPES = (None, True, 0, -1, 1, 2**31, 2**64 - 1, -(2**63), 1.5, float("nan"), "", "x", b"", [], {})
 
 
-def _mutate_value(v: object, rnd: random.Random) -> object:
+def mutate_value(v: object, rnd: random.Random) -> object:
     """A nearby structure: one element, key or value of ``v`` (recursively) changed."""
     if isinstance(v, list) and v and rnd.random() < 0.7:
         i = rnd.randrange(len(v))
@@ -34,14 +34,14 @@ def _mutate_value(v: object, rnd: random.Random) -> object:
             return v[:i] + v[i + 1 :]  # drop one (odd lengths, missing fields)
         if choice == 1:
             return [*v[: i + 1], v[i], *v[i + 1 :]]  # repeat one
-        return [*v[:i], _mutate_value(v[i], rnd), *v[i + 1 :]]
+        return [*v[:i], mutate_value(v[i], rnd), *v[i + 1 :]]
     if isinstance(v, dict) and v and rnd.random() < 0.8:
         k = rnd.choice(list(v))
         out = dict(v)
         if rnd.random() < 0.2:
             del out[k]
         else:
-            out[k] = _mutate_value(v[k], rnd)
+            out[k] = mutate_value(v[k], rnd)
         return out
     if isinstance(v, int) and not isinstance(v, bool) and rnd.random() < 0.5:
         return v + rnd.choice((-1, 1, -v, 1000, 10**7))
@@ -59,7 +59,7 @@ def mutate_structured(data: bytes, max_size: int, seed: int, prefix: int = 0) ->
     if value is None:
         return bytes(atheris.Mutate(data, max_size))
     try:
-        out = data[:prefix] + msgpack.packb(_mutate_value(value, rnd), use_bin_type=True)
+        out = data[:prefix] + msgpack.packb(mutate_value(value, rnd), use_bin_type=True)
     except (OverflowError, ValueError):  # an integer pushed past 64 bits
         return bytes(atheris.Mutate(data, max_size))
     return out[:max_size]
