@@ -43,7 +43,7 @@ __all__ = [
 _ID = re.compile(r"[A-Za-z0-9_]+")
 _ID_RANGE = re.compile(r"([A-Za-z0-9_]*)-([A-Za-z0-9_]*)")
 _NUMBER = re.compile(r"[0-9]+")
-_BRACKETS = re.compile(r"\[([^]]*)\]")
+_BRACKETS = re.compile(r"\[([^][]*)\]")
 _RANGE_ITEM = re.compile(r"\s*([0-9]+)(?:-([0-9]+))?(?:/[0-9]+)?\s*")
 _TOP_COMMA = re.compile(r",(?![^[]*\])")
 MAX_HOSTLIST_RANGE = 1_000_000
@@ -148,7 +148,7 @@ def _hostlist(spec: str) -> bool:
         return True  # names, but too many to expand just to say so
     try:
         NodeSet(spec, resolver=RESOLVER_NOGROUP)
-    except (NodeSetException, ValueError):  # ClusterShell raises a bare ValueError for some ('[----]')
+    except (NodeSetException, ValueError, AssertionError):  # ClusterShell's own parser fails these ways
         return False
     return True
 
@@ -160,6 +160,9 @@ def _hostlist_size(spec: str) -> int | None:
     total = 0
     for part in _TOP_COMMA.split(spec):
         size = 1
+        outside = _BRACKETS.sub("", part)
+        if "[" in outside or "]" in outside:
+            return None  # nested or unbalanced: ClusterShell's reading of those is not to be relied on
         for inner in _BRACKETS.findall(part):
             n = 0
             for item in inner.split(","):
@@ -232,7 +235,7 @@ def _nodeset(spec: str, names: Iterable[str], option: str) -> NodeSet:
         raise bad(f"unknown group source '{error}' (only @all is defined)") from None
     except (NodeSetException, GroupResolverError, GroupSourceError) as error:
         raise bad(str(error)) from None
-    except ValueError:  # ClusterShell's own parser fails this way on some ranges ('[----]')
+    except (ValueError, AssertionError):  # ClusterShell's own parser fails these ways on some ranges
         raise bad("malformed range") from None
 
 
