@@ -221,7 +221,7 @@ def test_clustershell_syntax() -> None:
         ("[----]", "bad range in brackets"),
         ("n[-9501-]9", "bad range in brackets"),
         ("r[0-999]n[0-9999]", "wider than"),  # each range is narrow, together they are not
-        ("4[1-50000000000000,4,./3-8[5]l", "bad range in brackets"),  # nested: ClusterShell asserted
+        ("4[1-50000000000000,4,./3-8[5]l", "brackets inside brackets"),  # ClusterShell asserted
     ],
 )
 def test_hostlist_errors(include: str, fragment: str) -> None:

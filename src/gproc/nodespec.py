@@ -158,11 +158,10 @@ def _hostlist_size(spec: str) -> int | None:
     ``a``, ``a-b`` or ``a-b/step`` items), checked before ClusterShell expands it: its parser reads some
     malformed ranges as huge ones ('2[-9501-]9' does not return)."""
     total = 0
+    if _unpaired(spec):
+        return None
     for part in _TOP_COMMA.split(spec):
         size = 1
-        outside = _BRACKETS.sub("", part)
-        if "[" in outside or "]" in outside:
-            return None  # nested or unbalanced: ClusterShell's reading of those is not to be relied on
         for inner in _BRACKETS.findall(part):
             n = 0
             for item in inner.split(","):
@@ -173,6 +172,12 @@ def _hostlist_size(spec: str) -> int | None:
             size *= n
         total += size
     return total
+
+
+def _unpaired(spec: str) -> bool:
+    """Brackets that do not pair up, or nest: ClusterShell's reading of those is not to be relied on."""
+    outside = _BRACKETS.sub("", spec)
+    return "[" in outside or "]" in outside
 
 
 def _descendants(tree: Tree, roots: Iterable[Hashable], into: set[Hashable]) -> None:
@@ -223,6 +228,8 @@ def _nodeset(spec: str, names: Iterable[str], option: str) -> NodeSet:
 
     if not spec.strip():
         raise bad("it is empty")
+    if _unpaired(spec):
+        raise bad("missing bracket, or brackets inside brackets")
     size = _hostlist_size(spec)
     if size is None:
         raise bad("bad range in brackets (expected items such as 1, 3-7 or 0-10/2)")
