@@ -6,6 +6,9 @@ TARGET names ``fuzz_TARGET.py`` here. The gproc modules it exercises are instrum
 them. An input that makes ``one`` raise anything but the target's documented errors escapes: atheris
 prints the traceback, writes the input as ``crash-*`` (see ``-artifact_prefix``) and exits non-zero.
 New interesting inputs go to the first corpus directory, so give a scratch one before the seeds.
+The ``requests`` harness keeps its master's state in a directory under ``$GPROC_FUZZ_TMP`` (the
+system's temporary directory if unset), which libFuzzer's exit leaves behind: point it at a scratch
+directory (tests/fuzz/test_fuzz.py and bench/fuzz.py do).
 """
 
 from __future__ import annotations
