@@ -221,6 +221,7 @@ def test_clustershell_syntax() -> None:
         ("[----]", "bad range in brackets"),
         ("n[-9501-]9", "bad range in brackets"),
         ("r[0-999]n[0-9999]", "wider than"),  # each range is narrow, together they are not
+        ("n888[8-11848]", "wider than"),  # ClusterShell joins the 888 to both bounds: 88 million names
         ("4[1-50000000000000,4,./3-8[5]l", "brackets inside brackets"),  # ClusterShell asserted
     ],
 )

@@ -45,6 +45,7 @@ _ID_RANGE = re.compile(r"([A-Za-z0-9_]*)-([A-Za-z0-9_]*)")
 _NUMBER = re.compile(r"[0-9]+")
 _BRACKETS = re.compile(r"\[([^][]*)\]")
 _RANGE_ITEM = re.compile(r"\s*([0-9]+)(?:-([0-9]+))?(?:/[0-9]+)?\s*")
+_LEAD_DIGITS = re.compile(r"[0-9]*$")
 _TOP_COMMA = re.compile(r",(?![^[]*\])")
 MAX_HOSTLIST_RANGE = 1_000_000
 """Most names a hostlist may expand to: ClusterShell expands ranges in memory."""
@@ -162,13 +163,16 @@ def _hostlist_size(spec: str) -> int | None:
         return None
     for part in _TOP_COMMA.split(spec):
         size = 1
-        for inner in _BRACKETS.findall(part):
+        for bracket in _BRACKETS.finditer(part):
+            # digits just before a bracket join its bounds ('888[8-11848]' is 8888-88811848)
+            lead = _LEAD_DIGITS.search(part, 0, bracket.start())[0]  # type: ignore[index]
             n = 0
-            for item in inner.split(","):
+            for item in bracket[1].split(","):
                 m = _RANGE_ITEM.fullmatch(item)
                 if m is None:
                     return None
-                n += max(int(m[2] or m[1]) - int(m[1]) + 1, 1)
+                lo, hi = m[1].strip(), (m[2] or m[1]).strip()
+                n += max(int(lead + hi) - int(lead + lo) + 1, 1)
             size *= n
         total += size
     return total
