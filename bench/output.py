@@ -22,7 +22,7 @@ SIGKILL) and judged on what arrived by then; gproc's cluster is started again af
 end with status 0. Clusters and temporary files are removed on any exit, Ctrl-C included.
 
     python bench/output.py [--sizes 16,64,256] [--cases seq,long,binary,trickle] [--tools gproc,pdsh,clush]
-                           [--repeat 1] [--limit 45] [--quick] [--gproc PATH] [--json-out FILE]
+                           [--repeat 1] [--limit 30] [--quick] [--gproc PATH] [--json-out FILE]
                            [--section output] [--no-write]
 
 ``--tools`` also takes ``gproc-json`` (``gproc e --json``). ``--quick``: N = 16, smaller outputs, 20 s
@@ -63,6 +63,7 @@ TOOLS = ("gproc", "gproc-json", "pdsh", "clush")
 CASES = ("seq", "long", "binary", "trickle")
 SAMPLE_EVERY = 0.1  # seconds between two samples of the daemons' memory
 STOP_GRACE = 3.0  # seconds a stopped client gets after each SIGINT
+CLIENT_MIB = 100  # issue 17: the client's memory bounded whatever the output size
 
 
 @dataclass
@@ -74,10 +75,26 @@ class Case:
     interval: float = 0.0  # trickle: seconds between a node's lines (read live, each line's arrival timed)
 
 
+def sizes_of(quick: bool) -> tuple[int, int, int, int]:
+    """seq's lines, 100 KiB lines, MiB of binary, trickled lines."""
+    return (50_000, 5, 2, 10) if quick else (200_000, 20, 10, 20)
+
+
+def titles_of(quick: bool) -> dict[str, str]:
+    seq_n, long_n, blob_mib, ticks = sizes_of(quick)
+    return {
+        "seq": f"`seq 1 {seq_n}`",
+        "long": f"{long_n} lines of 100 KiB",
+        "binary": f"{blob_mib} MiB binary",
+        "trickle": f"{ticks} lines at 10/s",
+    }
+
+
 def make_cases(d: str, quick: bool) -> dict[str, Case]:
     """The commands every node runs, their input files written into ``d``, and what each prints."""
     rng = random.Random(17)
-    seq_n, long_n, blob_mib, ticks = (50_000, 5, 2, 10) if quick else (200_000, 20, 10, 20)
+    seq_n, long_n, blob_mib, ticks = sizes_of(quick)
+    title = titles_of(quick)
     alnum = b"abcdefghijklmnopqrstuvwxyz0123456789"
     long = b"\n".join(bytes(rng.choices(alnum, k=100 * 1024)) for _ in range(long_n))  # no newline at the end
     blob = rng.randbytes(blob_mib * 2**20)
@@ -88,14 +105,12 @@ def make_cases(d: str, quick: bool) -> dict[str, Case]:
     with open(script, "w") as f:  # one process per node, flushed per line as a log writer is
         f.write('$| = 1; for my $i (1..$ARGV[0]) { print "tick $i\\n"; select(undef, undef, undef, $ARGV[1]) }\n')
     return {
-        "seq": Case(
-            "seq", f"`seq 1 {seq_n}`", ["seq", "1", str(seq_n)], b"".join(b"%d\n" % i for i in range(1, seq_n + 1))
-        ),
-        "long": Case("long", f"{long_n} lines of 100 KiB", ["cat", os.path.join(d, "long.txt")], long),
-        "binary": Case("binary", f"{blob_mib} MiB binary", ["cat", os.path.join(d, "blob.bin")], blob),
+        "seq": Case("seq", title["seq"], ["seq", "1", str(seq_n)], b"".join(b"%d\n" % i for i in range(1, seq_n + 1))),
+        "long": Case("long", title["long"], ["cat", os.path.join(d, "long.txt")], long),
+        "binary": Case("binary", title["binary"], ["cat", os.path.join(d, "blob.bin")], blob),
         "trickle": Case(
             "trickle",
-            f"{ticks} lines at 10/s",
+            title["trickle"],
             ["perl", script, str(ticks), "0.1"],
             b"".join(b"tick %d\n" % i for i in range(1, ticks + 1)),
             interval=0.1,
@@ -245,13 +260,22 @@ class Run:
     lag: tuple[float, float] | None = None  # trickle: median and worst delay of a line behind schedule, s
     stderr: str = ""
 
+    written_bytes: int = 0  # what the nodes' commands wrote, all nodes together
+
     @property
     def lines_per_s(self) -> float:
-        return self.verdict.lines / self.wall
+        """Lines delivered per second: as received, but no more than the nodes wrote (a line cut in two
+        is not two lines' worth)."""
+        return min(self.verdict.lines, self.verdict.expected_lines * self.verdict.nodes) / self.wall
 
     @property
     def bytes_per_s(self) -> float:
-        return self.verdict.bytes / self.wall
+        """Bytes delivered per second: as received when no line was altered; else the nodes' bytes in the
+        share of their lines that arrived (replacement characters, bytes lost after a NUL, say nothing)."""
+        v = self.verdict
+        if v.exact == v.nodes:
+            return min(v.bytes, self.written_bytes) / self.wall
+        return self.written_bytes * min(1.0, v.lines / max(1, v.expected_lines * v.nodes)) / self.wall
 
 
 def tool_argv(tool: str, gproc: str, pdsh: str, clush: str, n: int, argv: list[str]) -> list[str]:
@@ -263,19 +287,30 @@ def tool_argv(tool: str, gproc: str, pdsh: str, clush: str, n: int, argv: list[s
     return [pdsh if tool == "pdsh" else clush, "-R", "exec", "-f", str(n), "-w", nodes, *argv]
 
 
-def stop(p: subprocess.Popen[bytes], gentle: bool) -> None:
-    """gproc: SIGINT twice as a user's Ctrl-C (the job gets SIGINT, then SIGKILL); then kill the group."""
-    if gentle:
-        for _ in range(2):
-            try:
-                p.send_signal(signal.SIGINT)
-                p.wait(STOP_GRACE)
-                break
-            except subprocess.TimeoutExpired:
-                pass
+def stop(pid: int, gentle: bool) -> tuple[int, resource.struct_rusage]:
+    """End a client and reap it (its wait status and usage). gproc (``gentle``): SIGINT twice, as a
+    user's Ctrl-C (the job gets SIGINT, then SIGKILL); then SIGKILL to its whole process group."""
+    for _ in range(2 if gentle else 0):
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + STOP_GRACE
+        while time.monotonic() < deadline:
+            got, status, usage = os.wait4(pid, os.WNOHANG)
+            if got:
+                _kill_group(pid)
+                return status, usage
+            time.sleep(0.02)
+    _kill_group(pid)
+    _, status, usage = os.wait4(pid, 0)
+    return status, usage
+
+
+def _kill_group(pgid: int) -> None:
     try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
         pass
 
 
@@ -321,22 +356,22 @@ def run_once(
                     wall, timed_out = limit, True
                     out.flush()
                     cut = os.fstat(out.fileno()).st_size  # judged on what arrived within the limit
-                    stop(p, gentle=tool.startswith("gproc"))
-                    _, status, usage = os.wait4(p.pid, 0)
+                    status, usage = stop(p.pid, gentle=tool.startswith("gproc"))
                     p.returncode = os.waitstatus_to_exitcode(status)
                     break
                 hwm = max(hwm, peak_rss_kib(p.pid))
                 time.sleep(0.005)
         finally:
             if p.returncode is None:  # interrupted: leave nothing running
-                stop(p, gentle=False)
-                os.wait4(p.pid, 0)
+                stop(p.pid, gentle=False)
+                p.returncode = -signal.SIGKILL
         if reader is not None:
             reader.join(10)
         out.flush()
         daemon_cpu = sampler.cpu()
     busy, own = machine_busy_seconds() - busy0, _own_cpu() - own0
-    other = max(0.0, (busy - own - daemon_cpu) / (wall * (os.cpu_count() or 1)))
+    elapsed = time.perf_counter() - t0  # with the stopping of a stopped run
+    other = max(0.0, (busy - own - daemon_cpu) / (elapsed * (os.cpu_count() or 1)))
     if timed_out and not live:
         os.truncate(out_path, cut)
 
@@ -369,6 +404,7 @@ def run_once(
         ok=v.ok and rc == 0 and not timed_out,
         summary=v.summary(),
         lag=lag,
+        written_bytes=n * (len(checker.expected.data) - checker.expected.nlines),
         stderr=err_tail if (rc or timed_out or not v.ok) else "",
     )
 
@@ -392,16 +428,16 @@ def _own_cpu() -> float:
 
 
 def follow(checker: Checker, arrivals: list[tuple[float, bytes]], json_mode: bool, interval: float) -> list[float]:
-    """Feed timed lines to the checker; each line's lag: how much later than ``interval`` after the line
-    before it on its node it arrived, counted from the first line any node printed (node start-up skew
-    and the client's batching both show)."""
-    lags: list[float] = []
+    """Feed timed lines to the checker; each line's lag behind its schedule: line j of a node is due
+    j x ``interval`` after the earliest start any line implies (arrival - j x interval), so that the
+    nodes' start-up skew and the client's batching show, and a late first line does not hide them."""
+    implied: list[float] = []
     feed = checker.feed_json if json_mode else checker.feed_labelled
-    start = arrivals[0][0] if arrivals else 0.0
     for ts, raw in arrivals:
         got: list[Tally] = feed(raw)
-        lags += [max(0.0, ts - start - (t.lines - 1) * interval) for t in got]
-    return lags
+        implied += [ts - (t.lines - 1) * interval for t in got]
+    start = min(implied, default=0.0)
+    return [s - start for s in implied]
 
 
 # ---- the whole benchmark -------------------------------------------------------------------------
@@ -429,6 +465,7 @@ class Plan:
     pdsh: str = ""
     clush: str = ""
     ups: dict[int, list[float]] = field(default_factory=dict)
+    error: str = ""  # why the run ended early, if it did
 
 
 def bench(plan: Plan) -> tuple[list[Run], dict[str, str]]:
@@ -436,6 +473,7 @@ def bench(plan: Plan) -> tuple[list[Run], dict[str, str]]:
     runs: list[Run] = []
     tmp = tempfile.mkdtemp(prefix="gpo-", dir="/tmp")  # short: the master's socket lives here
     cluster: Cluster | None = None
+    cases: dict[str, Case] = {}
     try:
         cases = make_cases(tmp, plan.quick)
         for n in plan.sizes:
@@ -465,6 +503,9 @@ def bench(plan: Plan) -> tuple[list[Run], dict[str, str]]:
                 plan.ups[n] = cluster.ups
                 cluster.down()
                 cluster = None
+    except (Exception, subprocess.SubprocessError) as e:  # keep what was measured; say why it ended
+        plan.error = f"{type(e).__name__}: {e}"
+        say(f"output.py: stopped early by {plan.error}")
     finally:
         if cluster:
             cluster.down()
@@ -517,6 +558,9 @@ def verdict_text(group: list[Run], limit: float) -> str:
 
 
 def report(plan: Plan, runs: list[Run], meta: dict[str, str], titles: dict[str, str]) -> str:
+    groups: dict[tuple[str, int, str], list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.case, r.n, r.tool), []).append(r)
     lines = [
         "## Output: bulk and trickling output of N local nodes (bench/output.py)",
         "",
@@ -525,28 +569,30 @@ def report(plan: Plan, runs: list[Run], meta: dict[str, str], titles: dict[str, 
         f"Machine: {meta['machine']}  ",
         f"gproc: {meta['gproc']}  ",
         f"Peers: {meta['peers']}  ",
+        *([f"Tables rendered again from the run's JSON: `{meta['rendered']}`  "] if meta.get("rendered") else []),
         "gproc up --local N: "
         + ", ".join(f"N={n} {', '.join(f'{u:.1f}' for u in ups)} s" for n, ups in plan.ups.items()),
         "",
         "Each node runs the same command; gproc as typed (`gproc e '**' CMD`, live `nodes: line` output), pdsh"
         " and clush as `-R exec -f N -w node[0-N-1] CMD`. *lines/s*, *MB/s*: lines and bytes per second at the"
         " client, every node's copy counted (a line gproc folds for k nodes counts k times), over the wall time"
-        " of the command; *x pdsh*, *x clush*: gproc's lines/s over theirs (> 1: gproc faster). *client*: peak"
+        " of the command, no more than the nodes wrote (pieces of a cut line, replacement characters do not count"
+        " extra; with lines altered, MB/s is the nodes' bytes in the share of lines that arrived); *x pdsh*,"
+        " *x clush*: gproc's lines/s over theirs (> 1: gproc faster). *client*: peak"
         " RSS of the command; *daemons*: peak of the summed RSS of the cluster's master and node processes."
         " *verdict*: per node, every line present (complete), in order, byte-exact (`output_check.py`);"
         f" runs stopped at the {plan.limit:.0f} s limit are judged and timed on what arrived by then."
-        " *lag*: how late a trickled line arrives behind its schedule (its index x 0.1 s after the first line any"
-        " node printed: the nodes' start-up skew and the client's batching), median / worst."
+        " *lag*: how late a trickled line arrives behind its schedule (line j due j x 0.1 s after the earliest"
+        " start any line implies: the nodes' start-up skew and the client's batching show), median / worst."
         f" *other*: CPU share of processes outside the benchmark (the machine is shared). {plan.repeat} run(s)"
         " per point; figures from the median run by wall time.",
+        "",
+        *targets(plan, groups, titles),
         "",
         "| case | N | tool | s | lines/s | MB/s | x pdsh | x clush | client MiB | daemons MiB | lag ms med/max | other"
         " | verdict |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    groups: dict[tuple[str, int, str], list[Run]] = {}
-    for r in runs:
-        groups.setdefault((r.case, r.n, r.tool), []).append(r)
     for name in plan.cases:
         for n in plan.sizes:
             peers = {t: pick(groups[(name, n, t)]) for t in ("pdsh", "clush") if (name, n, t) in groups}
@@ -568,6 +614,8 @@ def report(plan: Plan, runs: list[Run], meta: dict[str, str], titles: dict[str, 
                     f" {r.bytes_per_s / 1e6:.1f} | {ratios[0]} | {ratios[1]} | {r.client_peak_mib:.0f} | {daemons} |"
                     f" {lag} | {r.other_load:.0%} | {verdict_text(group, plan.limit)} |"
                 )
+    if plan.error:
+        lines += ["", f"**The run stopped early**: {plan.error}"]
     problems = [r for r in runs if not r.ok]
     if problems:
         lines += ["", "First deviations seen (up to 3 nodes per run):", ""]
@@ -576,6 +624,38 @@ def report(plan: Plan, runs: list[Run], meta: dict[str, str], titles: dict[str, 
             tail = f" stderr: `{r.stderr.splitlines()[-1][:200]}`" if r.stderr else ""
             lines.append(f"- {r.case} N={r.n} {r.tool}: {errs or r.summary}{tail}")
     return "\n".join(lines) + "\n"
+
+
+def targets(plan: Plan, groups: dict[tuple[str, int, str], list[Run]], titles: dict[str, str]) -> list[str]:
+    """Issue 17's targets per case and N: throughput at least pdsh's, every run complete (in order, exact),
+    the client within 100 MiB."""
+    out = [
+        "Targets (issue 17): gproc's throughput >= pdsh's, every run complete, in order and byte-exact, client"
+        f" <= {CLIENT_MIB} MiB (trickle's pace is the program's: its ratio is not judged).",
+        "",
+        "| case | N | tool | gproc/pdsh | gproc/clush | complete, in order, exact | client <= 100 MiB |",
+        "|---|---:|---|---:|---:|---|---|",
+    ]
+    for name in plan.cases:
+        for n in plan.sizes:
+            for tool in (t for t in plan.tools if t.startswith("gproc")):
+                group = groups.get((name, n, tool))
+                if not group:
+                    continue
+                r = pick(group)
+                cells = []
+                for peer in ("pdsh", "clush"):
+                    p = groups.get((name, n, peer))
+                    x = r.lines_per_s / pick(p).lines_per_s if p and pick(p).lines_per_s else None
+                    judged = x is not None and peer == "pdsh" and name != "trickle"  # trickle: the program's pace
+                    met = (" met" if x >= 1 else " **not met**") if judged and x is not None else ""
+                    cells.append(f"{x:.2f}{met}" if x is not None else "")
+                ok = sum(g.ok for g in group)
+                mem = max(g.client_peak_mib for g in group)
+                cells.append(("yes" if ok == len(group) else "**no**") + f" ({ok}/{len(group)} runs)")
+                cells.append(("yes" if mem <= CLIENT_MIB else "**no**") + f" ({mem:.0f} MiB)")
+                out.append(f"| {titles[name]} | {n} | {tool} | " + " | ".join(cells) + " |")
+    return out
 
 
 def gproc_source(gproc: str) -> str:
@@ -594,19 +674,43 @@ def gproc_source(gproc: str) -> str:
         return gproc
 
 
+def load(path: str) -> tuple[Plan, list[Run], dict[str, str]]:
+    """A run kept by ``--json-out``."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        plan = Plan(**{**doc["plan"], "ups": {int(k): v for k, v in doc["plan"]["ups"].items()}})
+        runs = []
+        for r in doc["runs"]:
+            lag = tuple(r["lag"]) if r.get("lag") else None
+            runs.append(Run(**{**r, "verdict": Verdict(**r["verdict"]), "lag": lag}))
+        return plan, runs, doc["meta"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"output.py: cannot read {path}: {e}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--sizes", help="node counts (default 16,64,256; --quick: 16)")
     ap.add_argument("--cases", default=",".join(CASES), help=f"of {', '.join(CASES)}")
     ap.add_argument("--tools", default="gproc,pdsh,clush", help=f"of {', '.join(TOOLS)}")
     ap.add_argument("--repeat", type=int, default=1, help="runs per point (tools alternate)")
-    ap.add_argument("--limit", type=float, help="seconds a run may take before it is stopped (default 45; --quick 20)")
+    ap.add_argument("--limit", type=float, help="seconds a run may take before it is stopped (default 30; --quick 20)")
     ap.add_argument("--quick", action="store_true", help="N = 16, smaller outputs, 20 s limit")
     ap.add_argument("--gproc", help="the gproc command to measure (default: gproc on PATH)")
     ap.add_argument("--json-out", default=str(Path(__file__).resolve().parent / "output.json"))
     ap.add_argument("--section", default="output", help="RESULTS.md section to write")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md and the JSON alone")
+    ap.add_argument("--from-json", metavar="FILE", help="measure nothing: the report of a run --json-out kept")
     args = ap.parse_args()
+    if args.from_json:
+        plan, runs, meta = load(args.from_json)
+        meta["rendered"] = shlex.join(["python", "bench/output.py", *sys.argv[1:]])
+        text = report(plan, runs, meta, titles_of(plan.quick))
+        print(text)
+        if not args.no_write:
+            print(f"written to {write_section(args.section, text)}", file=sys.stderr)
+        return 0
 
     def listed(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
         items = [x for x in text.split(",") if x]
@@ -629,7 +733,7 @@ def main() -> int:
         cases=listed(args.cases, CASES, "--cases"),
         tools=listed(args.tools, TOOLS, "--tools"),
         repeat=max(1, args.repeat),
-        limit=args.limit or (20.0 if args.quick else 45.0),
+        limit=args.limit or (20.0 if args.quick else 30.0),
         quick=args.quick,
         gproc=os.path.abspath(gproc),
     )
@@ -642,8 +746,12 @@ def main() -> int:
         "gproc": gproc_source(plan.gproc),
         "peers": f"{version([plan.pdsh, '-V'])}; {version([plan.clush, '--version'])}" if plan.pdsh else "",
     }
-    with cleanup_on_term():
-        runs, titles = bench(plan)
+    try:
+        with cleanup_on_term():
+            runs, titles = bench(plan)
+    except KeyboardInterrupt:
+        say("output.py: interrupted; its clusters are stopped and its temporary files removed")
+        return 130
     text = report(plan, runs, meta, titles)
     print(text)
     if not args.no_write:
@@ -653,7 +761,7 @@ def main() -> int:
         print(f"and {args.json_out}", file=sys.stderr)
     ok = sum(r.ok for r in runs)
     say(f"{ok} of {len(runs)} runs complete, in order and exact")
-    return 0
+    return 1 if plan.error else 0
 
 
 if __name__ == "__main__":

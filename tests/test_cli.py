@@ -233,3 +233,40 @@ def test_modes_do_not_import_the_cli() -> None:
             module = node.module if isinstance(node, ast.ImportFrom) else None
             assert "gproc.cli" not in names and module != "gproc.cli", path
             assert not (module == "gproc" and "cli" in names), path
+
+
+@pytest.mark.parametrize(
+    ("argv", "switches", "pos"),
+    [
+        (["cp", "-rp", "**", "a", "b"], ["--recursive", "--preserve"], ["**", "a", "b"]),
+        (["cp", "-R", "-w", "n[1-2]", "a", "b"], ["--recursive", "-w", "n[1-2]"], ["a", "b"]),
+        (["gather", "-r", "**", "a", "d"], ["--recursive"], ["**", "a", "d"]),
+        (["tail", "-n", "2", "-f", "**", "x"], ["--lines", "2", "--follow"], ["**", "x"]),
+        (["tail", "-fn", "3", "**", "x"], ["--follow", "--lines", "3"], ["**", "x"]),
+        (["grep", "-iv", "err", "**", "x"], ["--ignore-case", "--invert"], ["err", "**", "x"]),
+        (["e", "-n", "**", "true"], ["-n"], ["**", "true"]),  # exec's own -n: no stdin
+        (["-r", "/x", "e", "**", "true"], ["--root", "/x"], ["**", "true"]),  # the seed's -r, before a mode
+    ],
+)
+def test_a_modes_own_short_switches(argv: list[str], switches: list[str], pos: list[str]) -> None:
+    """cp's -r/-p, tail's -n/-f, grep's -i/-v: the mode's own after the mode (bundled or not), not the
+    seed's -r ROOT, -p, -f FILES, nor exec's -n."""
+    from gproc.cli import MODE_TABLE
+
+    line = split_argv(argv)
+    assert (line.switches, line.pos) == (switches, pos)
+    assert line.mode is not None
+    MODE_TABLE[line.mode.name].parser.parse_args(line.switches)  # and the mode's parser takes them
+
+
+def test_file_modes_help_and_refusals() -> None:
+    cat, tail, cp = _help("cat", "--help"), _help("tail", "-h"), _help("cp", "--help")
+    assert "--agg" in cat and "--edges" in cat and "--follow" not in cat and "--diff" not in cat
+    assert "--follow" in tail and "-n K" in tail and "--agg" not in tail and "--recursive" not in tail
+    assert "--preserve" in cp and "--agg" not in cp
+    for argv, err in (
+        (["tail", "**", "/x", "-n"], "gproc: -n needs a value\n"),
+        (["cat", "-f", "**", "/x"], "gproc: gproc cat: unrecognized arguments: --files\n"),
+    ):
+        r = subprocess.run([sys.executable, "-m", "gproc", *argv], capture_output=True, text=True)
+        assert (r.returncode, r.stderr) == (2, err)

@@ -20,13 +20,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "errors", "ranks", "groups", "merge", "reduce", "wire", "messages", "address", "credential", "platform",
             "spawnd", "peers",
-            "pids", "nodespec", "postfix", "store", "state", "elf", "bundle", "psview",
+            "pids", "nodespec", "postfix", "store", "state", "elf", "bundle", "psview", "filefacts", "eventloop",
         ),
     ),
     ("overlay", ("overlay",)),
     ("services", ("services", "services.")),
-    ("master/daemon", ("master", "daemon", "daemonconfig")),
-    ("client", ("client", "local", "display", "__init__")),
+    ("master/daemon", ("master", "daemon", "daemonconfig", "config", "launchagent")),
+    ("client", ("client", "local", "launch", "display", "__init__")),
     ("front ends", ("cli", "interactive", "__main__", "switches", "modes", "modes.", "web.", "web")),
 ]  # fmt: skip
 

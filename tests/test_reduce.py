@@ -29,6 +29,10 @@ CASES: list[tuple[reduce.Reducer[Any], st.SearchStrategy[Any]]] = [
     (reduce.Avg(), ints),
     (reduce.Hist([0, 10, 100, 1000]), st.integers(-50, 5000)),
     (reduce.TopK(5), st.tuples(st.integers(0, 20), labels)),
+    (
+        reduce.Each([reduce.Max(), reduce.Avg(), reduce.Hist([0, 10]), reduce.TopK(2)]),
+        st.tuples(ints, ints, st.integers(-5, 20), st.tuples(st.integers(0, 9), labels)),
+    ),
     (reduce.GroupsReducer(), st.tuples(keys, st.sets(st.integers(0, N - 1), min_size=1, max_size=3))),
 ]
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from gproc import elf
 from gproc.errors import StagingError
+from gproc.filefacts import FileFacts
 from gproc.store import Entry, file_hash, parse_manifest
 
 # Bytes per data frame, and per ``put`` op down the tree. Every daemon holds a few chunks per link in
@@ -36,6 +37,7 @@ class Bundle:
     cwd: str | None = None
     private: bool = True
     _hashes: dict[str, tuple[str, int]] = field(default_factory=dict)  # local path -> (hash, size)
+    facts: FileFacts | None = None  # hashes of unchanged files from earlier runs
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -62,12 +64,21 @@ class Bundle:
         try:
             st = os.stat(source)
             if source not in self._hashes:
-                self._hashes[source] = file_hash(source)
+                self._hashes[source] = self._hash(source, st)
         except OSError as e:
             raise StagingError(f"cannot read {source}: {e.strerror}") from None
         h, size = self._hashes[source]
         self.sources.setdefault(h, source)
         self.add(Entry("f", path, h, size, stat.S_IMODE(st.st_mode)))
+
+    def _hash(self, source: str, st: os.stat_result) -> tuple[str, int]:
+        known = self.facts.get(source, "sha256") if self.facts is not None else None
+        if isinstance(known, list) and len(known) == 2:
+            return str(known[0]), int(known[1])
+        h, size = file_hash(source)
+        if self.facts is not None:
+            self.facts.put(source, "sha256", [h, size], st)
+        return h, size
 
     def add_links(self, links: Iterable[elf.BundleFile]) -> None:
         for link in links:
@@ -99,17 +110,20 @@ def build(
     cwd: str | None = None,
     localbin: bool = False,
     private: bool = True,
+    facts: FileFacts | None = None,
 ) -> Bundle | None:
     """The bundle for running ``argv``; None when there is nothing to ship (``-localbin`` and no files).
 
     CMD (argv[0]) is found in ``path_env`` unless it has a '/', everything of the program inside
     ``root``; ``files`` are ``-f`` paths here (relative to ``cwd``), directories with their contents
     unless written ``dir/.``. Raises StagingError naming what could not be found or read.
+    ``facts``: what earlier runs learnt of unchanged files (default: the user's cache, kept updated).
     """
     files = [f for f in files if f]
     if localbin and not files:
         return None
-    b = Bundle(private=private)
+    facts = facts if facts is not None else FileFacts.load()
+    b = Bundle(private=private, facts=facts)
     base = cwd or _getcwd()
     if not localbin:
         cmd = argv[0]
@@ -118,7 +132,7 @@ def build(
             if path_env is not None:
                 path_env = ":".join(os.path.join(base, d) for d in path_env.split(":"))
         prog = elf.find_program(cmd, path_env, root)
-        plan = elf.load_plan(prog, root, ld_library_path, path_env, argv0=argv[0])
+        plan = elf.load_plan(prog, root, ld_library_path, path_env, argv0=argv[0], facts=facts)
         for f in plan.files:
             if f.kind == "symlink":
                 b.add_links([f])
@@ -150,6 +164,7 @@ def build(
             b.add(Entry("d", real, mode=0o755))
         b.cwd = real
     parse_manifest([e.to_wire() for e in b.entries.values()])  # refuse here what a node would refuse
+    facts.save()
     return b
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ SILENCE_LIMIT = 30.0  # the master ticks every few seconds during a job; this mu
 READ_AHEAD = 1 << 20  # what the client reads ahead of its consumer: a slow one slows the job, not memory
 STDIN_CHUNK = 64 * 1024  # stdin travels in chunks of this size …
 STDIN_WINDOW = 8  # … at most this many unacknowledged (flow control down to every node)
+FOLLOW_END = 45.0  # tail -f: how long the nodes may take to confirm they stopped
 
 
 def socket_path(explicit: str | None = None) -> str:
@@ -302,6 +303,31 @@ class Cluster:
     async def stats(self) -> dict[str, Any]:
         return dict(await self.request("stats"))
 
+    def group(self, nodes: str | None = None, *, include: str | None = None, exclude: str | None = None) -> Group:
+        """A node selection for group file operations: ``cat``, ``stat`` (with ``agg=``), ``cp``."""
+        return Group(self, nodes, include, exclude)
+
+    async def metrics(
+        self, nodes: str | None = None, *, include: str | None = None, exclude: str | None = None, path: str = "/"
+    ) -> dict[str, Any]:
+        """Load, memory, disk use of ``path`` and network bytes of the selected nodes (every node up by
+        default), reduced inside the tree: ``{"targets", "nodes": {"up", "lost"}, "metrics": {NAME:
+        {"unit", "min", "max", "avg", "count", "hist": {"edges", "counts"}, "top": [[value, node]…]}},
+        "errors": [{"nodes", "count", "error"}], "bytes_in"}`` (``bytes_in``: the reply bytes that
+        reached the master, the same for any number of nodes). Names: load1, mem_used_pct,
+        mem_avail_bytes (``top``: the least), disk_used_pct, net_rx_bytes, net_tx_bytes."""
+        if nodes or include or exclude:
+            check_selection(nodes, include, exclude)
+        return dict(await self.request("metrics", nodes=nodes, w=include, x=exclude, path=path))
+
+    async def proctop(self, k: int = 10, nodes: str | None = None, *, include: str | None = None) -> dict[str, Any]:
+        """The ``k`` busiest processes across the selected nodes, chosen inside the tree (top-k):
+        ``{"procs": [[cpu_percent, "NODE PID USER NAME"]…], "bytes_in"}``; CPU % since the previous
+        ``proctop`` on that node (since the process started, the first time)."""
+        if nodes or include:
+            check_selection(nodes, include, None)
+        return dict(await self.request("proctop", k=k, nodes=nodes, w=include))
+
     async def shutdown(self) -> None:
         """Shut the whole tree down (nodes end their jobs and exit)."""
         await self.request("shutdown")
@@ -478,6 +504,372 @@ class Cluster:
         events = [ev async for ev in job]
         assert job.exit_status is not None
         return job.exit_status, events
+
+
+@dataclass(frozen=True)
+class FileAnswer:
+    """What a set of nodes answered for one path: ``kind`` ``"data"`` (cat: ``data``), ``"stat"``
+    (``stat``: type, size, mtime, mode, owner, group, sha256, target) or ``"error"`` (``error``)."""
+
+    path: str
+    nodes: str
+    count: int
+    kind: str
+    data: bytes = b""
+    stat: dict[str, Any] | None = None
+    error: str = ""
+    status: int = 0  # 1: the node could not answer (``error`` says why); 255: unreachable or lost
+    lineno: int = 0  # grep: the line's number; tail: its place from the end (-1 the last)
+
+
+@dataclass
+class FileResult:
+    """One answer of ``Group.cat``/``Group.stat``: groups of identical answers and, for a numeric
+    ``agg``, the reduced ``value`` (``avg``: ``{"mean", "count"}``; ``hist``: ``{"edges", "counts"}``).
+    ``rep_bytes``: reply bytes that reached the master for it (independent of the number of nodes for
+    a numeric ``agg``)."""
+
+    paths: list[str]
+    answers: list[FileAnswer]
+    value: Any = None
+    rep_bytes: int = 0
+
+
+STAT_KEYS = ("type", "size", "mtime", "mode", "owner", "group", "sha256", "target")
+
+
+class Group:
+    """A node selection for group file operations (``Cluster.group``). Paths on nodes are absolute
+    and may hold ``%h``, the node's name."""
+
+    def __init__(self, cluster: Cluster, nodes: str | None, include: str | None, exclude: str | None) -> None:
+        check_selection(nodes, include, exclude)
+        self.cluster = cluster
+        self.selection = {"nodes": nodes, "w": include, "x": exclude}
+        self.absent: list[str] = []
+        self.shipped: dict[str, Any] = {}  # cp: what shipping cost (files, bytes, link_bytes, seconds)
+
+    async def cat(
+        self, paths: list[str] | str, agg: str = "equiv", edges: list[float] | None = None
+    ) -> list[FileResult]:
+        """The contents of ``paths`` on every node, identical contents grouped (``equiv``, ``concat``)
+        or reduced to a number inside the tree (``sum``, ``min``, ``max``, ``avg``, ``hist``)."""
+        return await self._files("cat", paths, agg, edges, "size")
+
+    async def stat(
+        self, paths: list[str] | str, agg: str = "equiv", field: str = "size", edges: list[float] | None = None
+    ) -> list[FileResult]:
+        """Size, mtime, mode, owner, group and SHA-256 of ``paths``; with a numeric ``agg``, ``field``
+        (size or mtime) reduced inside the tree."""
+        return await self._files("stat", paths, agg, edges, field)
+
+    async def _files(self, what: str, paths: list[str] | str, agg: str, edges: Any, field: str) -> list[FileResult]:
+        from gproc.services.fileio import AGGREGATIONS, check_paths
+
+        paths = [paths] if isinstance(paths, str) else list(paths)
+        if agg not in AGGREGATIONS:
+            raise UsageError(f"unknown aggregation {agg[:40]!r} (one of {', '.join(AGGREGATIONS)})")
+        check_paths(paths)
+        r = await self.cluster.request(
+            "files", what=what, paths=paths, agg=agg, edges=edges, field=field, **self.selection
+        )
+        self.absent = list(r["absent"])
+        out = []
+        for res in r["results"]:
+            answers = []
+            for key, nodes, count in res["groups"]:
+                if key[0] == "c":
+                    answers.append(FileAnswer(key[1], nodes, count, "data", data=key[2]))
+                elif key[0] == "t":
+                    st = dict(zip(STAT_KEYS, key[2:], strict=True))
+                    answers.append(FileAnswer(key[1], nodes, count, "stat", stat=st))
+                elif key[0] == "e":
+                    answers.append(FileAnswer(str(key[1]), nodes, count, "error", error=str(key[2]), status=1))
+                elif key[0] == "s" and len(key) == 3:  # the overlay's word for nodes it could not reach
+                    answers.append(FileAnswer("", nodes, count, "error", error=str(key[2]), status=int(key[1]) or 1))
+            out.append(FileResult(list(res["paths"]), answers, res["value"], res["rep_bytes"]))
+        return out
+
+    async def grep(
+        self, pattern: str, paths: list[str] | str, *, ignore_case: bool = False, invert: bool = False
+    ) -> list[FileAnswer]:
+        """Lines of ``paths`` matching ``pattern`` (Python ``re``) on every node; the same line at the
+        same line number on many nodes is one answer (``kind`` "line", ``data``, ``lineno``)."""
+        return await self._lines(paths, pattern=pattern, ignore_case=ignore_case, invert=invert)
+
+    async def tail(self, paths: list[str] | str, lines: int = 10) -> list[FileAnswer]:
+        """The last ``lines`` lines of ``paths`` on every node (``lineno`` -lines … -1), merged."""
+        if lines < 0:
+            raise UsageError("tail: the number of lines cannot be negative")
+        return await self._lines(paths, last=lines)
+
+    async def follow(self, path: str, lines: int = 10) -> AsyncGenerator[FileAnswer, None]:
+        """``tail -f``: the last ``lines`` lines of ``path`` on every node, then lines as they are
+        appended (``lineno`` 0), merged across nodes, until the iteration is closed (or cancelled):
+        the nodes are then told to stop, and closing returns once the master says every one did
+        (ConnectError when it does not within ``FOLLOW_END``)."""
+        from gproc.services.fileio import check_paths
+
+        check_paths([path])
+        conn = await Connection.open(self.cluster.socket, self.cluster.timeout)
+        ended = False
+        try:
+            conn.send({"t": "req", "fn": "follow", "paths": [path], "last": lines, **self.selection})
+            while True:
+                msg = await conn.receive(timeout=None)
+                t = msg.get("t")
+                if t == "job":
+                    self.absent = [a for a in str(msg.get("absent", "")).split(",") if a]
+                elif t == "end":
+                    ended = True
+                    return
+                elif t == "out":
+                    for key, nodes, count in msg["g"]:
+                        if key[0] == "g":
+                            yield FileAnswer(key[1], nodes, count, "line", data=key[3], lineno=key[2])
+                        elif key[0] == "e":
+                            yield FileAnswer(str(key[1]), nodes, count, "error", error=str(key[2]), status=1)
+                        elif key[0] == "s" and len(key) == 3 and key[1]:
+                            yield FileAnswer("", nodes, count, "error", error=str(key[2]), status=int(key[1]))
+        finally:
+            try:
+                if not ended:
+                    conn.send({"t": "stop"})
+                    while (await conn.receive(timeout=FOLLOW_END)).get("t") != "end":
+                        pass
+            finally:
+                conn.close()
+
+    async def _lines(self, paths: list[str] | str, **args: Any) -> list[FileAnswer]:
+        from gproc.services.fileio import check_paths
+
+        paths = [paths] if isinstance(paths, str) else list(paths)
+        check_paths(paths)
+        r = await self.cluster.request("lines", paths=paths, **args, **self.selection)
+        self.absent = list(r["absent"])
+        out: list[FileAnswer] = []
+        for key, nodes, count in r["groups"]:
+            if key[0] == "g":
+                out.append(FileAnswer(key[1], nodes, count, "line", data=key[3], lineno=key[2]))
+            elif key[0] == "z":
+                out.append(FileAnswer(key[1], nodes, count, "none", status=1))
+            elif key[0] == "e":
+                out.append(FileAnswer(str(key[1]), nodes, count, "error", error=str(key[2]), status=2))
+            elif key[0] == "s" and len(key) == 3:
+                out.append(FileAnswer("", nodes, count, "error", error=str(key[2]), status=int(key[1]) or 1))
+        out.sort(key=lambda a: (a.path, a.lineno))
+        return out
+
+    async def gather(self, sources: list[str] | str, destdir: str, *, recursive: bool = False) -> list[Status]:
+        """Copy ``sources`` from every node to ``destdir/NODE/BASENAME`` here (rpdcp, ``clush
+        --rcopy``). Each distinct file crosses the tree once, read from one node that holds it, and
+        is stored here once: the nodes' copies are hard links to it. Returns a status per node set
+        (1: the node could not read it, the reason in ``error``; 255: absent or unreachable)."""
+        import hashlib
+        import shutil
+        import tempfile
+
+        from ClusterShell.NodeSet import NodeSet
+
+        from gproc.services.fileio import check_paths, node_path
+
+        sources = [sources] if isinstance(sources, str) else list(sources)
+        check_paths(sources)
+        try:
+            os.makedirs(destdir, exist_ok=True)
+            spool = tempfile.mkdtemp(prefix=".gproc-gather-", dir=destdir)
+        except OSError as e:
+            raise UsageError(f"cannot write in {destdir}: {e.strerror}") from None
+        try:
+            conn = await Connection.open(self.cluster.socket, self.cluster.timeout)
+            hashes: dict[str, Any] = {}
+            try:
+                conn.send({"t": "req", "fn": "gather", "paths": sources, "recursive": recursive, **self.selection})
+                while True:
+                    msg = await conn.receive()
+                    if msg.get("t") == "data":
+                        h, data = str(msg["h"]), msg["d"]
+                        if h not in hashes:
+                            hashes[h] = (open(os.path.join(spool, h), "wb"), hashlib.sha256())  # noqa: SIM115
+                        hashes[h][0].write(data)
+                        hashes[h][1].update(data)
+                    elif msg.get("t") == "ret":
+                        break
+            finally:
+                conn.close()
+                for f, _ in hashes.values():
+                    f.close()
+            r = msg["r"]
+            out = [Status(a, 1, 255, "absent") for a in r["absent"]]
+            out += [Status(nodes, count, 1, str(why)) for why, nodes, count in r["errors"]]
+            bad = {h for h, (_f, sha) in hashes.items() if sha.hexdigest() != h}
+            for template, entries, nodes in r["trees"]:
+                changed = [e for e in entries if e[0] == "f" and (e[2] in bad or (e[2] not in hashes and e[3] > 0))]
+                if changed:
+                    out.append(Status(nodes, len(NodeSet(nodes)), 1, f"{template}: changed while gathering"))
+                    continue
+                for name in NodeSet(nodes):
+                    top = os.path.join(destdir, name, os.path.basename(node_path(template, name)))
+                    _lay_out(top, entries, spool)
+                out.append(Status(nodes, len(NodeSet(nodes)), 0, ""))
+            return out
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
+
+    async def cp(
+        self,
+        sources: list[str] | str,
+        dest: str,
+        *,
+        recursive: bool = False,
+        preserve: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Status]:
+        """Copy local ``sources`` to ``dest`` on every node (written atomically, as you; mode, mtime
+        and symbolic links kept; ``preserve``: the owner too, when you are root). Returns a status
+        per node set: 0 written, 1 refused by the node (the reason in ``error``), 255 unreachable.
+        ``progress(sent, total)``: bytes sent into the tree so far, of those some node lacks."""
+        from gproc.services.fileio import check_paths
+
+        sources = [sources] if isinstance(sources, str) else list(sources)
+        check_paths([dest])
+        ship, meta = copy_tree(sources, recursive)
+        conn = await Connection.open(self.cluster.socket, self.cluster.timeout)
+        try:
+            conn.send({"t": "req", "fn": "cp", "tree": [e.to_wire() for e in ship.entries.values()], "meta": meta,
+                       "dest": dest, "owner": preserve, **self.selection})  # fmt: skip
+            while True:
+                msg = await conn.receive()
+                t = msg.get("t")
+                if t == "want":
+                    await _send_wanted(conn, ship, msg.get("h", []), progress)
+                elif t == "ship":
+                    self.shipped = {k: msg.get(k, 0) for k in ("files", "bytes", "link_bytes", "seconds")}
+                elif t == "job":
+                    self.absent = [a for a in str(msg.get("absent", "")).split(",") if a]
+                elif t == "ret":
+                    break
+        finally:
+            conn.close()
+        r = msg["r"]
+        out = [Status(a, 1, 255, "absent") for a in r["absent"]]
+        out += [Status(nodes, count, int(key[1]), str(key[2])) for key, nodes, count in r["groups"]]
+        return out
+
+
+async def _send_wanted(
+    conn: Connection, ship: Bundle, hashes: list[str], progress: Callable[[int, int], None] | None
+) -> None:
+    """Stream the files the master asked for, chunk by chunk, telling ``progress`` as they go."""
+    sizes = {e.hash: e.size for e in ship.entries.values() if e.kind == "f"}
+    total, sent = sum(sizes.get(h, 0) for h in hashes), 0
+    for h in hashes:
+        if h not in ship.sources:
+            raise ProtocolError(f"the master asked for an unknown file {str(h)[:16]}")
+        try:
+            for offset, data in ship.chunks(h):
+                conn.send({"t": "data", "h": h, "o": offset, "d": data})
+                await conn.writer.drain()
+                sent += len(data)
+                if progress is not None:
+                    progress(sent, total)
+        except (OSError, StagingError) as e:
+            conn.send({"t": "data", "h": h, "err": str(getattr(e, "strerror", None) or e)})
+
+
+def _lay_out(top: str, entries: list[list[Any]], spool: str) -> None:
+    """One node's gathered tree at ``top``: files hard-linked to the one stored copy of their
+    content (a copy when their mode or mtime differ from it), links and directories made."""
+    import shutil
+
+    dirs: list[tuple[str, int, int]] = []
+    for kind, rel, what, _size, mode, mtime in entries:
+        target = os.path.join(top, rel) if rel else top
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if kind == "d":
+            os.makedirs(target, exist_ok=True)
+            dirs.append((target, mode, mtime))
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(target)
+        if kind == "l":
+            os.symlink(what, target)
+            continue
+        stored = os.path.join(spool, what)
+        if not os.path.exists(stored):  # an empty file travels as no chunk at all
+            open(stored, "wb").close()
+            os.chmod(stored, mode)
+            os.utime(stored, ns=(mtime, mtime))
+        st = os.stat(stored)
+        if st.st_nlink == 1:  # its first user gives it mode and times
+            os.chmod(stored, mode)
+            os.utime(stored, ns=(mtime, mtime))
+            st = os.stat(stored)
+        if (st.st_mode & 0o7777, st.st_mtime_ns) == (mode, mtime):
+            os.link(stored, target)
+        else:
+            shutil.copyfile(stored, target)
+            os.chmod(target, mode)
+            os.utime(target, ns=(mtime, mtime))
+    for target, mode, mtime in reversed(dirs):
+        os.chmod(target, mode)
+        os.utime(target, ns=(mtime, mtime))
+
+
+def copy_tree(sources: list[str], recursive: bool) -> tuple[Bundle, dict[str, list[int]]]:
+    """What ``cp`` ships: each source as ``/BASENAME`` (a directory with everything under it, links
+    kept as links), and per entry ``[mtime_ns, uid, gid]``. UsageError for a missing source or a
+    directory without ``recursive``, before anything is sent."""
+    import stat as st_
+
+    from gproc.bundle import Bundle
+    from gproc.store import Entry
+
+    if not sources:
+        raise UsageError("cp needs at least one source and a destination")
+    ship = Bundle()
+    meta: dict[str, list[int]] = {}
+
+    def note(path: str, st: os.stat_result) -> None:
+        meta[path] = [st.st_mtime_ns, st.st_uid, st.st_gid]
+
+    for src in sources:
+        name = os.path.basename(src.rstrip("/")) or src
+        if name in ("", ".", "..", "/"):
+            raise UsageError(f"cannot copy {src!r}: give it by a name")
+        try:
+            st = os.stat(src)
+        except OSError as e:
+            raise UsageError(f"cannot copy {src}: {e.strerror}") from None
+        top = "/" + name
+        try:
+            if st_.S_ISREG(st.st_mode):
+                ship.add_file(top, src)
+                note(top, st)
+                continue
+            if not st_.S_ISDIR(st.st_mode):
+                raise UsageError(f"cannot copy {src}: not a regular file or directory")
+            if not recursive:
+                raise UsageError(f"{src} is a directory (use -r)")
+            ship.add(Entry("d", top, mode=st_.S_IMODE(st.st_mode)))
+            note(top, st)
+            for here, dirs, names in os.walk(src):
+                for n in sorted(dirs + names):
+                    p = os.path.join(here, n)
+                    rel = top + "/" + os.path.relpath(p, src)
+                    lst = os.lstat(p)
+                    if st_.S_ISLNK(lst.st_mode):
+                        ship.add(Entry("l", rel, target=os.readlink(p)))
+                    elif st_.S_ISDIR(lst.st_mode):
+                        ship.add(Entry("d", rel, mode=st_.S_IMODE(lst.st_mode)))
+                    elif st_.S_ISREG(lst.st_mode):
+                        ship.add_file(rel, p)
+                    else:
+                        continue  # sockets, fifos and devices are not copied
+                    note(rel, lst)
+        except StagingError as e:
+            raise UsageError(str(e)) from None
+    return ship, meta
 
 
 def check_selection(nodes: str | None, include: str | None, exclude: str | None) -> None:

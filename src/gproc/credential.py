@@ -6,8 +6,10 @@ trusts only that certificate, so a peer without the credential can neither regis
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import re
 import ssl
 from pathlib import Path
 
@@ -71,7 +73,17 @@ def keygen(path: str, force: bool = False) -> str:
     return str(p)
 
 
+def _keep_from_children(path: str) -> None:
+    """A credential handed over on a descriptor (``--key /proc/self/fd/N``, as ``gproc launch`` does)
+    stays out of the programs the daemon starts: the descriptor was inheritable to reach us."""
+    m = re.fullmatch(r"/(?:proc/self|dev)/fd/(\d+)", path)
+    if m:
+        with contextlib.suppress(OSError):
+            os.set_inheritable(int(m[1]), False)
+
+
 def _context(path: str, purpose: ssl.Purpose) -> ssl.SSLContext:
+    _keep_from_children(path)
     if not os.path.exists(path):
         raise AuthError(f"no cluster credential at {path} (make one with 'gproc keygen', or set --key)")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if purpose is ssl.Purpose.CLIENT_AUTH else ssl.PROTOCOL_TLS_CLIENT)

@@ -24,7 +24,9 @@ from gproc.overlay import Node, NodeConfig
 from gproc.pids import PidConfig
 from gproc.services.base import install
 from gproc.services.execute import ExecService, SpawnGate
+from gproc.services.files import FileService, MasterFiles
 from gproc.services.jobs import JobService, JobStore
+from gproc.services.metrics import MasterMetrics, MetricsService
 from gproc.services.procs import MasterProcs, ProcService
 from gproc.services.relay import MasterRelay, NodeSocket
 from gproc.services.ship import Shipper
@@ -51,7 +53,9 @@ def node_services(node: Node, gate: SpawnGate | None = None) -> NodeServices:
     stdin = StdinService(node)
     stage = StageService(node)
     execute = ExecService(node, gate or SpawnGate(), procs, stdin, stage)
-    for table in (execute.service(), procs.service(), stdin.service(), stage.service()):
+    files = FileService(node, stage.store)
+    tables = (execute, procs, stdin, stage, files, MetricsService(node))
+    for table in (service.service() for service in tables):
         install(node, table)
     if node.cfg.socket and not node.is_master:
         install(node, NodeSocket(node, procs, node.cfg.socket).service())
@@ -87,9 +91,11 @@ def build_master(
     store = JobStore(master.state.db, os.path.join(state_dir, "jobs"), keep_jobs, keep_bytes)
     jobs = JobService(store)
     procs = MasterProcs(master, pids or PidConfig(), master.state.db, jobs)
-    for table in (jobs.service(), procs.service(), MasterRelay(master).service()):
+    for table in (jobs.service(), procs.service(), MasterRelay(master).service(), MasterMetrics(master).service()):
         install(master, table, master)
-    master.equip(procs, store, Shipper(master), stdin)
+    shipper = Shipper(master)
+    master.equip(procs, store, shipper, stdin)
+    install(master, MasterFiles(master, shipper).service(), master)
     return master
 
 
@@ -121,13 +127,18 @@ async def serve_master(
     return 0
 
 
-async def serve_node(cfg: NodeConfig) -> int:
-    """Run one node daemon until the tree shuts down (0) or it is refused for good (1)."""
+async def serve_node(cfg: NodeConfig, ready_file: str | None = None) -> int:
+    """Run one node daemon until the tree shuts down (0) or it is refused for good (1).
+
+    ``ready_file`` receives the listening address once the node listens (before it has joined)."""
     platform.raise_fd_limit()
     node = build_node(cfg)
     loop = asyncio.get_running_loop()
     platform.install_shutdown_signals(loop, lambda: _forget(node.spawn(node.stop())))
-    await node.run()
+    await node.start()
+    if ready_file:
+        _write_atomic(ready_file, str(node.listen_address or ""))
+    await node.stopped.wait()
     if node.fatal is not None:
         print(f"gproc: {node.fatal}", file=sys.stderr)
         return 1

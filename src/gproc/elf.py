@@ -41,12 +41,10 @@ import struct
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-
-from elftools.elf.dynamic import DynamicSegment
-from elftools.elf.elffile import ELFFile
-from elftools.elf.segments import InterpSegment
+from typing import Any
 
 from gproc.errors import CannotExecute, CommandNotFound, StagingError
+from gproc.filefacts import FileFacts
 
 __all__ = ["BundleFile", "LoadPlan", "closure", "find_program", "load_plan", "locate", "machine"]
 
@@ -119,6 +117,15 @@ class _Obj:
     soname: str | None = None
     nodeflib: bool = False
 
+    def fact(self) -> list[Any]:
+        return [list(self.ident), self.etype, self.interp, self.needed, self.rpath, self.runpath, self.soname,
+                self.nodeflib]  # fmt: skip
+
+    @classmethod
+    def from_fact(cls, fact: Any) -> _Obj:
+        ident, etype, interp, needed, rpath, runpath, soname, nodeflib = fact
+        return cls((ident[0], ident[1], ident[2]), etype, interp, needed, rpath, runpath, soname, nodeflib)
+
 
 @dataclass
 class _Loaded:
@@ -175,6 +182,12 @@ def _ident(host: str) -> Ident | None:
 
 def _parse(host: str, shown: str) -> _Obj:
     """Read PT_INTERP and the dynamic section of an ELF file (StagingError if malformed)."""
+    # imported here: pyelftools takes longer to import than the rest of the client, and a program
+    # whose facts are known (gproc.filefacts) needs none of it
+    from elftools.elf.dynamic import DynamicSegment
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.segments import InterpSegment
+
     ident = _ident(host)
     if ident is None:
         raise StagingError(f"{shown}: not an ELF file")
@@ -312,8 +325,11 @@ def _env_command(arg: str) -> str | None:
 class _Closure:
     """One closure computation: the files found so far and per-call caches."""
 
-    def __init__(self, root: str, ld_library_path: str | None, path_env: str | None) -> None:
+    def __init__(
+        self, root: str, ld_library_path: str | None, path_env: str | None, facts: FileFacts | None = None
+    ) -> None:
         self.tree = _Tree(root)
+        self.facts = facts
         self.llp = ld_library_path
         self.path_env = path_env
         self.files: dict[str, BundleFile] = {}
@@ -337,8 +353,26 @@ class _Closure:
 
     def parse(self, real: str, shown: str) -> _Obj:
         if real not in self.objs:
-            self.objs[real] = _parse(self.tree.host(real), shown)
+            self.objs[real] = self._parse_known(self.tree.host(real), shown)
         return self.objs[real]
+
+    def _parse_known(self, host: str, shown: str) -> _Obj:
+        """``_parse``, or what it said of the file last time when it has not changed since."""
+        if self.facts is None:
+            return _parse(host, shown)
+        known = self.facts.get(host, "elf")
+        if known is not None:
+            try:
+                return _Obj.from_fact(known)
+            except (TypeError, ValueError, IndexError):
+                pass  # a cache written by something else: read the file
+        try:
+            st = os.stat(host)
+        except OSError:
+            return _parse(host, shown)  # it says what is wrong
+        obj = _parse(host, shown)
+        self.facts.put(host, "elf", obj.fact(), st)
+        return obj
 
     def executable(self, path: str, kind: str, argv0: str, depth: int = 0) -> _Launch:
         """Add a program: an ELF executable with its closure, or a script with its interpreter.
@@ -571,15 +605,21 @@ def _parse_cache(data: bytes) -> dict[str, list[str]]:
 
 
 def load_plan(
-    program: str, root: str = "/", ld_library_path: str | None = None, path_env: str | None = None, argv0: str = ""
+    program: str,
+    root: str = "/",
+    ld_library_path: str | None = None,
+    path_env: str | None = None,
+    argv0: str = "",
+    facts: FileFacts | None = None,
 ) -> LoadPlan:
     """The files to ship for `program` (a path inside root) and how ld.so would start it.
 
     ``path_env`` (default: this process's PATH) is used to find ``#!/usr/bin/env CMD`` commands.
     Raises StagingError for a missing library (its name and the directories searched), a file that
     is neither ELF nor a '#!' script, or an interpreter/library of another ELF class or machine.
+    ``facts``: what earlier runs learnt of unchanged files (their ELF headers are not read again).
     """
-    work = _Closure(root, ld_library_path, os.environ.get("PATH") if path_env is None else path_env)
+    work = _Closure(root, ld_library_path, os.environ.get("PATH") if path_env is None else path_env, facts)
     launch = work.executable(work.tree.absolute(program), "program", argv0 or program)
     return LoadPlan(list(work.files.values()), launch.exe, launch.interp, launch.argv, launch.libraries)
 

@@ -20,9 +20,11 @@ from ClusterShell.NodeSet import NodeSet
 from gproc import errors, nodespec, peers, platform, wire
 from gproc import ranks as rankset
 from gproc.errors import GprocError, ProtocolError, RegistrationError, UsageError
+from gproc.messages import LateMsg
 from gproc.overlay import ID_RE, NAME_RE, Link, Node, NodeConfig, TreeLink
 from gproc.platform import PeerCred, peer_credentials
 from gproc.services.base import TICK, Call, ClientRequest, Role, allowed, socket_alive, with_ticks
+from gproc.services.collect import Collector
 from gproc.services.jobs import JobStore
 from gproc.services.procs import MasterProcs
 from gproc.services.ship import Shipper
@@ -89,6 +91,7 @@ class Master(Node):
         # selections resolved against the live tree, until its shape or a node's state changes
         self._select_cache: dict[tuple[str | None, str | None, str | None], tuple[frozenset[int], frozenset[str]]] = {}
         self.requests: dict[str, ClientRequest] = {}
+        self.collectors: dict[int, Collector] = {}  # running jobs' results by op id (late ones come here)
         self.calls: dict[str, Call] = {}
         self._register_requests()
         # the services the exec request uses (``equip``)
@@ -281,7 +284,7 @@ class Master(Node):
         finally:
             if cred is not None:
                 self._clients.leave(cred.uid)
-            await link.close(30.0)  # what is queued still goes (a big output to a slow client), then close
+            await link.linger(30.0)  # what is queued still goes (a big output to a slow client), then close
 
     async def serve_client(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
         """Answer one client request (on the master's socket, or relayed by a node): the one place
@@ -357,6 +360,7 @@ class Master(Node):
             "segs_in": segs,
             "links": len(links),
             "nodes_up": self.count_up(),
+            "listen": str(self.listen_address) if self.listen_address else None,
             "ship_link_bytes": self.shipper.total_link_bytes,
         }
 
@@ -423,6 +427,7 @@ class Master(Node):
             "gather": req.get("gather") is True,
             "pgpid": link.peer.get("pgpid", 0),  # the gpid of the process that asked (relayed from a job)
             "stdin": req.get("stdin") is True and not batch,  # a batch job's input is empty
+            "redeliver": True,  # nodes keep what they send up, to send it again after re-attaching
         }
         absent_set = str(NodeSet.fromlist(sorted(absent)))
         record = self.jobs.start(job, cred.uid, argv, self.fold(targets), len(targets), batch, absent_set)
@@ -431,19 +436,36 @@ class Master(Node):
         ops: list[Any] = []
         flow = _Flow(self, link, job)
 
+        def emit(groups: list[list[Any]]) -> None:
+            out = [[key, self.fold_intervals(enc), rankset.count(enc)] for key, enc in groups]
+            # merging in the tree keeps the first-seen order of keys, which can put a node's record
+            # after one it wrote later (a key another node sent first): records go by their number
+            out.sort(key=_record_order)
+            record.add(out)
+            link.send({"t": "out", "g": out})
+            flow.check(targets)
+
+        op_id = self.next_op_id()
+
+        def finish() -> None:
+            self.collectors.pop(op_id, None)
+            record.finish(ops[0].bytes_in if ops else 0, ops[0].frames_in if ops else 0)
+            link.send({"t": "end"})
+            done.set()
+
+        started = time.time()
+
+        def may_return(lost: set[int]) -> set[int]:
+            """Ranks reported lost that may yet re-attach and deliver: those under another lost rank
+            (their parent died, not they) and those that re-attached since the job started."""
+            rows = self.topo
+            back = {r for r in lost if r in rows and rows[r].state == "up" and rows[r].since > started}
+            return back | {r for r in lost if r in rows and rows[r].parent in lost}
+
+        results = Collector(emit, finish, self.cfg.reattach_grace, may_return)
+
         def sink(groups: list[list[Any]], end: bool) -> None:
-            if groups:
-                out = [[key, self.fold_intervals(enc), rankset.count(enc)] for key, enc in groups]
-                # merging in the tree keeps the first-seen order of keys, which can put a node's record
-                # after one it wrote later (a key another node sent first): records go by their number
-                out.sort(key=_record_order)
-                record.add(out)
-                link.send({"t": "out", "g": out})
-                flow.check(targets)
-            if end:
-                record.finish(ops[0].bytes_in if ops else 0, ops[0].frames_in if ops else 0)
-                link.send({"t": "end"})
-                done.set()
+            results.add(groups, end)
 
         self.pids.job_started(job, targets)
         if bundle is not None:  # ticks keep the client patient while files go down (minutes on a big tree)
@@ -455,7 +477,8 @@ class Master(Node):
                 sink(failed.to_wire(), not targets)
             if not targets:
                 return
-        ops.append(self.start_op(self.next_op_id(), "exec", body, targets, sink))
+        self.collectors[op_id] = results
+        ops.append(self.start_op(op_id, "exec", body, targets, sink))
         if batch:
             return  # the client has its job id and leaves; the job runs on, its output is kept
         await self._attend(link, job, ops[0].id, targets, done)
@@ -488,6 +511,14 @@ class Master(Node):
         finally:
             reader.cancel()
             waiter.cancel()
+            # the reader must be gone before anything else reads this link (linger, at its close)
+            await asyncio.wait({reader, waiter})
+
+    def _on_late(self, link: TreeLink, msg: wire.Message) -> None:
+        late = LateMsg.decode(msg)
+        results = self.collectors.get(late.op)
+        if results is not None:  # else the job has ended: what it reported lost stays lost
+            results.late(late.groups, late.truncated)
 
     def signal_job(self, job: int, targets: set[int], sig: int) -> None:
         """Send a signal to every process of a job, on every node that runs it."""

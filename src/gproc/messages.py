@@ -4,6 +4,10 @@ so the overlay's handlers work on fields that are known to be right. See docs/se
 * ``OpMsg``  ``{"t": "op", "op", "k", "b", "tg", "r"?}``: an op going down; ``r`` names its reducer.
 * ``RepMsg`` ``{"t": "rep", "op", "g", "end", "v"?}``: a (partial) reply going up; ``v`` is the
   reducer's value, ``g`` the groups (rank positions in the targets the parent sent, ``merge``).
+* ``LateMsg`` ``{"t": "late", "op", "g", "end", "tr"}``: results of an op sent again, or sent on,
+  by a node that re-attached after its parent died; ``g`` with plain rank intervals (the new path
+  knows nothing of the op), relayed unchanged to the master, which counts each result once; ``tr``
+  the ranks whose output records the node could not keep for this (its buffer was full).
 * ``CallMsg`` ``{"t": "call", "id", "fn", "a", "from"}`` and ``RetMsg`` ``{"t": "ret", "id", "r"}`` or
   ``{"t": "ret", "id", "err", "kind"}``: an upward call to the master and its answer; an error keeps
   its kind (``errors.from_wire``).
@@ -105,3 +109,30 @@ class RetMsg:
     @staticmethod
     def failed(cid: int, e: GprocError) -> wire.Message:
         return {"t": "ret", "id": cid, "err": str(e)[:2000], "kind": type(e).__name__}
+
+
+@dataclass(slots=True)
+class LateMsg:
+    op: int
+    groups: list[list[Any]]  # [[key, rank intervals], …]
+    end: bool
+    truncated: list[int]  # ranks, plain
+
+    @staticmethod
+    def decode(msg: wire.Message) -> LateMsg:
+        op, g, end, tr = msg.get("op"), msg.get("g"), msg.get("end"), msg.get("tr", [])
+        if not isinstance(op, int) or not isinstance(g, list) or not isinstance(end, bool):
+            raise ProtocolError("malformed late results")
+        if not isinstance(tr, list) or not all(isinstance(r, int) and r >= 0 for r in tr):
+            raise ProtocolError("bad truncated ranks in late results")
+        for item in g:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], list) and item[0]):
+                raise ProtocolError("a late group must be [key, ranks]")
+            try:
+                rankset.decode(item[1])
+            except (ValueError, TypeError):
+                raise ProtocolError("bad rank set in late results") from None
+        return LateMsg(op, g, end, tr)
+
+    def encode(self) -> wire.Message:
+        return {"t": "late", "op": self.op, "g": self.groups, "end": self.end, "tr": self.truncated}

@@ -30,7 +30,7 @@ from gproc import ranks as rankset
 from gproc.address import Address, parse_address
 from gproc.errors import GprocError, ProtocolError, RegistrationError
 from gproc.groups import Groups, Key
-from gproc.messages import CallMsg, OpMsg, RepMsg, RetMsg
+from gproc.messages import CallMsg, LateMsg, OpMsg, RepMsg, RetMsg
 from gproc.reduce import Reducer
 
 log = logging.getLogger("gproc.overlay")
@@ -43,6 +43,11 @@ TOO_LARGE: Key = ("s", 255, "operation too large for one frame")  # its targets 
 WRITE_SLICE = 64 * 1024  # TLS encrypts a write whole into a buffer that keeps its peak size
 ADMIT_WAIT = 30.0  # how long a parent that is not attached yet holds a new child before refusing it
 FLUSH_BYTES = 4 << 20  # results this big go up at once, whatever the timing (bounds a node's memory)
+# What a node keeps of the results it sent up for an op that asks for redelivery (``Upward``): at
+# most this many bytes per op, for at most this many ops, kept this long after the op ended here
+JOURNAL_BYTES = 1 << 20
+JOURNAL_OPS = 32
+JOURNAL_KEEP = 30.0
 
 
 @dataclass
@@ -68,6 +73,9 @@ class NodeConfig:
     # so the buffers TLS keeps per link, grow with it: a local cluster's hundreds of nodes per process
     # set it small (gproc.local.LINK_RECV_BUFFER)
     recv_buffer: int = 0
+    # the master: how long ranks reported lost may still deliver their results late (re-attaching
+    # under another parent) before they are reported lost for good
+    reattach_grace: float = 5.0
 
 
 class Link:
@@ -112,6 +120,25 @@ class Link:
         except (OSError, TimeoutError, ConnectionError, RuntimeError):
             with contextlib.suppress(Exception):
                 self.writer.transport.abort()
+
+    async def linger(self, timeout: float = 30.0) -> None:
+        """Send what is queued, half-close, and read (dropping it) until the peer closes, then close.
+
+        A client may still be sending (its stdin's end racing its job's end) when the last answer
+        goes out; closing at once would make its next write fail with EPIPE, and that error would
+        hide the answer still waiting in its receive buffer. After a half-close the peer reads our
+        last messages and EOF, and its late writes land here, harmlessly."""
+        if self.closed:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                if self.writer.can_write_eof():
+                    self.writer.write_eof()
+                while await self.reader.read(1 << 16):
+                    pass
+        except (OSError, TimeoutError, ConnectionError, RuntimeError, ValueError):
+            pass
+        await self.close(1.0)
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait while the link's send buffer is above its high-water mark (flow control)."""
@@ -416,6 +443,65 @@ class Share:
         return self._ordered
 
 
+class Upward:
+    """What this node sent up for one op that asks for redelivery (``"redeliver": true`` in its body:
+    a job): every part with plain ranks, kept so that after its parent died and it re-attached
+    elsewhere the node sends them all again (``late`` messages relayed to the master, which counts
+    what it already has once), and sends its later results the same way.
+
+    Bounded: at most ``JOURNAL_BYTES`` per op. Past it output records are no longer kept (statuses
+    always are); the ranks whose records were dropped travel with every late message, so the master
+    reports the truncation with a reason rather than losing lines silently."""
+
+    __slots__ = ("dropped", "ended", "ended_at", "link", "op", "parts", "size")
+
+    def __init__(self, op_id: int, link: TreeLink | None) -> None:
+        self.op = op_id
+        self.link = link  # the parent link the op came down: results take the late path on any other
+        self.parts: list[list[list[Any]]] = []
+        self.size = 0
+        self.dropped: set[int] = set()  # ranks with output records not kept
+        self.ended = False
+        self.ended_at = 0.0
+
+    def keep(self, groups: Groups, end: bool) -> list[list[Any]]:
+        """Record one part going up; returns it with plain ranks."""
+        part = groups.to_wire()
+        cost = 0
+        for key, _ in part:
+            cost += 16 + (len(key[3]) if len(key) == 4 and isinstance(key[3], bytes) else 0)
+        kept = part
+        if self.dropped or self.size + cost > JOURNAL_BYTES:
+            kept = [g for g in part if g[0][0] != "o"]
+            for g in part:
+                if g[0][0] == "o":
+                    self.dropped.update(rankset.decode(g[1]))
+            cost = 16 * len(kept)
+        if kept or end:
+            self.parts.append(kept)
+            self.size += cost
+        if end:
+            self.ended, self.ended_at = True, time.monotonic()
+        return part
+
+    def evict(self) -> None:
+        """Forget the parts (too many ops kept): a redelivery reports the ranks they held truncated."""
+        for part in self.parts:
+            for g in part:
+                if g[0][0] == "o":
+                    self.dropped.update(rankset.decode(g[1]))
+        self.parts = [[g for part in self.parts for g in part if g[0][0] != "o"]]
+        self.size = 16 * len(self.parts[0])
+
+    def late(self, part: list[list[Any]], end: bool) -> wire.Message:
+        return LateMsg(self.op, part, end, sorted(self.dropped)).encode()
+
+    def messages(self) -> list[wire.Message]:
+        """Everything kept, as late messages (the last one ends the op when it ended here)."""
+        n = len(self.parts)
+        return [self.late(p, self.ended and i == n - 1) for i, p in enumerate(self.parts)]
+
+
 class Op:
     """One operation as seen by one node: what it waits for and what it has gathered.
 
@@ -457,6 +543,7 @@ class Op:
         "timer",
         "timer_at",
         "unheard",
+        "upward",
         "value",
         "valued",
         "waiting",
@@ -496,6 +583,7 @@ class Op:
         self.reducer = reducer  # an op with a reducer gathers one value besides its groups
         self.value: Any = reducer.identity() if reducer is not None else None
         self.valued = False  # the value holds something not sent up yet
+        self.upward: Upward | None = None  # what was sent up, kept for redelivery (``Node._on_op``)
 
     def give(self, sample: Any) -> None:
         """Add this node's answer to the op's reduced value and schedule a flush upward."""
@@ -573,6 +661,12 @@ class Op:
         self.flushed = True
         if self.gathered or end:
             g = self.groups.take()
+            up = self.upward
+            if up is not None:
+                part = up.keep(g, end)
+                if up.link is not self.node.parent:  # re-attached since the op came: the late path
+                    self.node.send_late(up.late(part, end))
+                    return
             groups = g.to_wire() if self.base is None else merge.pack(g, self.base, self.node.cfg.edits)
             if self.reducer is None:
                 self.sink(groups, end)
@@ -690,6 +784,7 @@ class Node:
         self.subtree: dict[TreeLink, set[int]] = {}  # the same, inverted: child link -> ranks under it
         self._whole: dict[TreeLink, Share] = {}  # a subtree frozen for ops on all of it (until it changes)
         self.ops: dict[int, Op] = {}
+        self.upward: dict[int, Upward] = {}  # op id -> what went up for it, oldest first (``_journal``)
         self.handlers: dict[str, Handler] = {}
         self.reducers: dict[str, Reducer[Any]] = {}  # op kind -> the reducer its requests use by default
         # messages that services handle: from the parent (down) and from children (up)
@@ -848,6 +943,7 @@ class Node:
         if reply.get("t") != "welcome" or not isinstance(reply.get("rank"), int):
             link.abort()
             raise ProtocolError("bad welcome")
+        rejoined = self.rank is not None
         self.rank = reply["rank"]
         self.ancestors = [parse_address(a) for a in reply.get("ancestors", []) if isinstance(a, str)]
         self.parent_address = addr
@@ -856,6 +952,8 @@ class Node:
             self.cfg.heartbeat, self.cfg.dead_after = float(hb[0]), float(hb[1])
         self.parent = link
         self.registered.set()
+        if rejoined:
+            self._redeliver()
         for child in self.children.values():  # a re-attached subtree announces itself again
             child.send({"t": "reannounce"})
         self.log.debug("joined %s as rank %s", addr, self.rank)
@@ -1080,6 +1178,8 @@ class Node:
             self._on_rep(link, msg)
         elif t == "pong":
             pass
+        elif t == "late":
+            self._on_late(link, msg)
         elif t == "call":
             self._on_call(link, msg)
         elif t == "detach":
@@ -1131,7 +1231,45 @@ class Node:
 
     def _on_op(self, msg: wire.Message) -> None:
         m = OpMsg.decode(msg)
-        self.start_op(m.op, m.kind, m.body, m.targets, self._sink_up(m.op), base=sorted(m.targets), reducer=m.reducer)
+        up = None
+        if m.body.get("redeliver") is True and m.reducer is None and m.op not in self.upward:
+            up = self._journal(m.op)
+        sink = self._sink_up(m.op)
+        self.start_op(m.op, m.kind, m.body, m.targets, sink, base=sorted(m.targets), reducer=m.reducer, upward=up)
+
+    def _journal(self, op_id: int) -> Upward:
+        """A new ``Upward`` for an op; the oldest are let go beyond ``JOURNAL_OPS`` or ``JOURNAL_KEEP``
+        (ended ones first; a running one evicted keeps only its statuses)."""
+        now = time.monotonic()
+        for k, old in list(self.upward.items()):
+            if old.ended and now - old.ended_at > JOURNAL_KEEP:
+                del self.upward[k]
+        while len(self.upward) >= JOURNAL_OPS:
+            k = next((k for k, u in self.upward.items() if u.ended), next(iter(self.upward)))
+            self.upward.pop(k).evict()
+        up = self.upward[op_id] = Upward(op_id, self.parent)
+        return up
+
+    def send_late(self, msg: wire.Message) -> None:
+        """Results of an op whose parent link is gone: up the new parent, relayed to the master (when
+        there is no parent yet they are kept in the op's ``Upward`` and go after re-attaching)."""
+        parent = self.parent
+        if parent is not None:
+            parent.send(msg)
+
+    def _on_late(self, link: TreeLink, msg: wire.Message) -> None:
+        LateMsg.decode(msg)  # a malformed one closes the link it came on, not the master's
+        self.send_late(msg)
+
+    def _redeliver(self) -> None:
+        """After re-attaching: send again everything kept for ops that came down the old parent."""
+        parent = self.parent
+        for up in list(self.upward.values()):
+            if parent is None:
+                return
+            if up.link is not parent:
+                for msg in up.messages():
+                    parent.send(msg)
 
     def _sink_up(self, op_id: int) -> Sink:
         def sink(groups: list[list[Any]], end: bool, value: Any = None) -> None:
@@ -1163,12 +1301,14 @@ class Node:
         sink: Sink,
         base: list[int] | None = None,
         reducer: Reducer[Any] | None = None,
+        upward: Upward | None = None,
     ) -> Op:
         """Run an op here if this rank is a target, forward it into subtrees holding targets.
 
         ``base`` (the sorted targets, for an op that came from a parent) makes replies going up give
         rank positions in it; without it, ``sink`` gets groups with plain ranks (the master)."""
         op = Op(self, op_id, kind, body, sink, base, reducer)
+        op.upward = upward
         op.local = self.rank in targets
         buckets, unreachable = self._buckets(targets, op.local)
         if unreachable:

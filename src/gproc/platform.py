@@ -30,7 +30,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from gproc import peers, spawnd
+from gproc import eventloop, peers, spawnd
 
 T = TypeVar("T")
 
@@ -38,12 +38,8 @@ IS_LINUX = sys.platform.startswith("linux")
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine on uvloop when installed (faster sockets and TLS), else asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+    """Run a coroutine on uvloop when installed, else asyncio (``gproc.eventloop.run``)."""
+    return eventloop.run(coro)
 
 
 def raise_fd_limit() -> int:

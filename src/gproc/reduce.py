@@ -31,6 +31,7 @@ T_co = TypeVar("T_co", covariant=True)
 MAX_BUCKETS = 4096  # a histogram's edges, bounded: its counts travel in every reply
 MAX_TOP = 1024  # a top-k's k, bounded for the same reason
 MAX_LABEL = 256  # bytes of a top-k entry's label
+MAX_PARTS = 256  # an each-reducer's parts (not nested)
 
 
 class Reducer(Protocol[T]):
@@ -274,6 +275,40 @@ class TopK:
         return [self.name, self.k]
 
 
+class Each:
+    """Several reducers side by side over samples that are lists, one item per reducer (a node's
+    metrics reduced by min, max, avg, hist and top-k in one op); the value is the list of values."""
+
+    name = "each"
+
+    def __init__(self, parts: list[Reducer[Any]]) -> None:
+        if not parts or len(parts) > MAX_PARTS:
+            raise ProtocolError(f"an each-reducer has 1 to {MAX_PARTS} parts")
+        self.parts = parts
+
+    def identity(self) -> list[Any]:
+        return [r.identity() for r in self.parts]
+
+    def lift(self, sample: Any) -> list[Any]:
+        if not (isinstance(sample, (list, tuple)) and len(sample) == len(self.parts)):
+            raise ProtocolError(f"an each-sample has {len(self.parts)} items")
+        return [r.lift(x) for r, x in zip(self.parts, sample, strict=True)]
+
+    def merge(self, a: list[Any], b: list[Any]) -> list[Any]:
+        return [r.merge(x, y) for r, x, y in zip(self.parts, a, b, strict=True)]
+
+    def encode(self, value: list[Any]) -> Any:
+        return [r.encode(x) for r, x in zip(self.parts, value, strict=True)]
+
+    def decode(self, data: Any) -> list[Any]:
+        if not (isinstance(data, list) and len(data) == len(self.parts)):
+            raise ProtocolError(f"an each-value has {len(self.parts)} items")
+        return [r.decode(x) for r, x in zip(self.parts, data, strict=True)]
+
+    def spec(self) -> list[Any]:
+        return [self.name, [r.spec() for r in self.parts]]
+
+
 def from_spec(spec: Any) -> Reducer[Any]:
     """The reducer an op names (ProtocolError for an unknown or malformed one)."""
     if not isinstance(spec, list) or not spec or not isinstance(spec[0], str):
@@ -292,7 +327,11 @@ def from_spec(spec: Any) -> Reducer[Any]:
         return Hist(args[0])
     if name == "top" and len(args) == 1:
         return TopK(args[0])
+    if name == "each" and len(args) == 1 and isinstance(args[0], list) and 0 < len(args[0]) <= MAX_PARTS:
+        if any(isinstance(a, list) and a[:1] == ["each"] for a in args[0]):
+            raise ProtocolError("each-reducers do not nest")
+        return Each([from_spec(a) for a in args[0]])
     raise ProtocolError(f"unknown reducer {str(spec)[:60]}")
 
 
-__all__ = ["Avg", "GroupsReducer", "Hist", "Key", "Max", "Min", "Reducer", "Sum", "TopK", "from_spec"]
+__all__ = ["Avg", "Each", "GroupsReducer", "Hist", "Key", "Max", "Min", "Reducer", "Sum", "TopK", "from_spec"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,10 +27,34 @@ SIGNAL_SWITCH = re.compile(r"^-(\d+|(SIG)?[A-Z][A-Z0-9]*)$")  # kill -9, kill -K
 
 
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one-line ``UsageError``s (exit 2), not argparse's exit."""
+    """An argument parser whose errors are one-line ``UsageError``s (exit 2), not argparse's exit.
+
+    The namespace's ``given`` is the set of dests a switch on the command line set (so a configuration
+    file fills only the others: a default and an absent switch look alike after parsing)."""
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        opts, rest = super().parse_known_args(args, namespace)
+        opts.given = self.given(list(sys.argv[1:] if args is None else args))
+        return opts, rest
+
+    def given(self, args: list[str]) -> set[str]:
+        """The dests the switches in ``args`` set (a value switch's value is skipped, not read as one)."""
+        out: set[str] = set()
+        i = 0
+        while i < len(args):
+            name, eq, _ = args[i].partition("=")
+            action = self._option_string_actions.get(name) if name.startswith("-") else None
+            if action is not None:
+                out.add(action.dest)
+                if action.nargs is None and not eq:
+                    i += 1
+            i += 1
+        return out
 
 
 @dataclass(frozen=True)
@@ -38,7 +63,9 @@ class Mode:
 
     ``run(opts, positionals)`` returns the exit status. ``command_after(switches)``, when set, is how
     many positionals come before a command that is taken verbatim (exec's NODES). ``signal_args``:
-    ``-9``/``-KILL`` are positionals (kill), not switches."""
+    ``-9``/``-KILL`` are positionals (kill), not switches. ``short``: this mode's own one-letter
+    switches as (letter, long form) pairs, bundled or not (cp's ``-rp``, tail's ``-n K -f``); after the
+    mode they shadow the seed's ``-r``/``-p``/``-f`` and other modes' ``-n``."""
 
     names: tuple[str, ...]
     summary: tuple[str, ...]
@@ -49,6 +76,7 @@ class Mode:
     command_after: Callable[[list[str]], int] | None = None
     signal_args: bool = False
     epilog: str = ""
+    short: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -153,6 +181,14 @@ class CommandLine:
     verbatim: bool = False
 
 
+def _own_switches(mode: Mode, tok: str) -> list[str]:
+    """The long forms of ``tok`` when it is one or more of ``mode``'s own one-letter switches."""
+    letters = dict(mode.short)
+    if not letters or len(tok) < 2 or tok[0] != "-" or not all(c in letters for c in tok[1:]):
+        return []
+    return [letters[c] for c in tok[1:]]
+
+
 def split_argv(argv: Sequence[str], modes: dict[str, Mode]) -> CommandLine:
     """Split into switches, mode and positionals. Switches may come before or after the mode (as the
     seed's did); for exec everything from the command on is the command's own and is left untouched."""
@@ -169,6 +205,13 @@ def split_argv(argv: Sequence[str], modes: dict[str, Mode]) -> CommandLine:
             break
         if mode is not None and mode.signal_args and SIGNAL_SWITCH.match(tok):
             line.pos.append(tok)  # kill's signal, not a gproc switch
+        elif mode is not None and (own := _own_switches(mode, tok)):
+            line.switches.extend(own)
+            if own[-1] in mode.value_switches:
+                if i + 1 >= len(args):
+                    raise UsageError(f"{tok} needs a value")
+                line.switches.append(args[i + 1])
+                i += 1
         elif tok.startswith("-") and len(tok) > 1:
             norm = normalize(tok)
             name = norm.partition("=")[0]

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from tests.cluster.daemons import wait_until
+from tests.cluster.users import as_user
 from tests.conftest import LocalCluster, start_cluster, stop_cluster
 
 from gproc import Cluster, local
@@ -261,28 +262,6 @@ def test_node_socket_survives_garbage(c8: LocalCluster) -> None:
             assert [m["t"] for m in got] == ["hello", "error"] and "version" not in errors[0]["msg"], got
     r = c8.gproc("i", "--json", env={"GPROC_MASTER": sock})  # the same node still relays
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 8, r.stderr
-
-
-def as_user(uid: int, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in a forked child that has dropped to ``uid`` (the kernel then reports that uid)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            out = json.dumps(fn())
-        except BaseException as e:
-            out = json.dumps({"exception": repr(e)})
-        os.write(w, out.encode())
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")

@@ -116,3 +116,24 @@ def test_100_mib_stdin_streams_with_bounded_memory(cluster16: LocalCluster) -> N
     growth = [(p - b) / 2**20 for b, p in zip(base, peak, strict=True)]
     print(f"RSS growth (MiB) of the master and the node process: {growth}")
     assert max(growth) < 64, f"daemon RSS growth in MiB: {growth}"
+
+
+def test_input_sent_after_the_job_ended_does_not_cost_its_answer(cluster16: LocalCluster) -> None:
+    """A client still sending input when its job has already ended (stdin's end racing a job that
+    fails at once) still gets the job's statuses: the master half-closes and reads to the end
+    instead of closing on it, which made the client's write fail and hid the answer (EPIPE)."""
+
+    async def go() -> tuple[int | None, list[object]]:
+        c = Cluster(cluster16.socket, timeout=30)
+        job = await c.exec(["sh", "-c", "exit 3"], "**", localbin=True, stdin=True)
+        deadline = time.monotonic() + 30
+        while not any(j["id"] == job.id and j["state"] == "done" for j in await c.jobs()):
+            assert time.monotonic() < deadline, "the job never ended"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # the master has sent the job's end and left the connection
+        await job.feed(b"late input\n")
+        events = [ev async for ev in job]
+        return job.exit_status, events
+
+    status, events = asyncio.run(go())
+    assert status == 3, events

@@ -16,6 +16,16 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as 
 def as_user(uid: int, fn: Callable[[], Any]) -> Any:
     """Run ``fn`` in a forked child that has dropped to ``uid`` (the kernel then reports that uid);
     its JSON-able result, or ``{"exception": repr}``."""
+    # once another user, the child cannot read this Python's packages (root's): what the client
+    # imports only when it needs it (the ELF reader, node sets) is imported before the fork
+    import ClusterShell.NodeSet  # noqa: F401
+    import elftools.elf.dynamic
+    import elftools.elf.elffile
+    import elftools.elf.segments  # noqa: F401
+
+    import gproc.bundle
+    import gproc.nodespec  # noqa: F401
+
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child

@@ -7,6 +7,7 @@ import time
 
 from gproc import client
 from gproc.errors import UsageError
+from gproc.modes import launch as launch_mode
 from gproc.switches import Mode, Parser, add_debug, add_key, add_liveness, add_socket
 
 
@@ -65,6 +66,8 @@ def _down(opts: argparse.Namespace, pos: list[str]) -> int:
     from gproc import local
 
     _no_args("down", pos)
+    if launch_mode.recorded(opts.socket):
+        return launch_mode.stop(opts.socket)
     local.down(opts.socket)
     print("local cluster stopped")
     return 0

@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gproc import client, platform
+from gproc import client, eventloop
 from gproc.errors import GprocError, UsageError
 from gproc.switches import Mode, Parser, add_debug, add_key, add_liveness, add_socket, size
 
@@ -28,6 +28,12 @@ def _common(p: Parser) -> None:
     add_liveness(p)
     p.add_argument("--quiet", type=float, metavar="S", help="an op's replies are sent after S quiet seconds")
     p.add_argument("--hold", type=float, metavar="S", help="an op's replies are held at most S seconds")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings no switch gives (else $GPROC_CONFIG, else /etc/gproc/gproc.toml when it exists)",
+    )
+    p.add_argument("--print-unit", action="store_true", help="print a systemd unit running this daemon, and exit")
 
 
 def _timing(opts: argparse.Namespace) -> Timing:
@@ -36,11 +42,25 @@ def _timing(opts: argparse.Namespace) -> Timing:
     return daemonconfig.Timing(opts.heartbeat, opts.dead_after, opts.quiet, opts.hold)
 
 
+def _configured(opts: argparse.Namespace, mode: str) -> bool:
+    """Fill the switches not given from the configuration file; True when only a unit is to be printed."""
+    from gproc import config
+
+    config.apply(opts, getattr(opts, "given", ()), mode, opts.config)
+    if opts.print_unit:
+        print(config.unit(mode, opts.config), end="")
+    return bool(opts.print_unit)
+
+
+def _ready_file(p: Parser) -> None:
+    p.add_argument("--ready-file", metavar="FILE", help="written with the TCP address once listening")
+
+
 def _master_switches(p: Parser) -> None:
     add_socket(p)
     _common(p)
     p.add_argument("--state", metavar="DIR", help="the master's state (ranks, jobs)")
-    p.add_argument("--ready-file", metavar="FILE", help="written with the TCP address once listening")
+    _ready_file(p)
     p.add_argument("--gpid-block", type=int, metavar="N", help="gpids per block (default 64)")
     p.add_argument("--collect-every", type=float, metavar="S", help="seconds between block collections")
     p.add_argument("--keep-jobs", type=int, default=1000, metavar="N", help="jobs whose output is kept")
@@ -58,6 +78,7 @@ def _node_switches(p: Parser) -> None:
         help="bound of the shipped-file store: least recently used files no job runs from are removed;"
         ' a file that does not fit is refused with "No space left in the store"',
     )
+    _ready_file(p)
     _common(p)
 
 
@@ -76,6 +97,8 @@ def _master(opts: argparse.Namespace, pos: list[str]) -> int:
 
     if pos:
         raise UsageError(f"gproc m takes no arguments (got {pos[0]!r})")
+    if _configured(opts, "master"):
+        return 0
     s = daemonconfig.master(
         socket_path=client.socket_path(opts.socket),
         port=opts.port,
@@ -96,7 +119,7 @@ def _master(opts: argparse.Namespace, pos: list[str]) -> int:
     serve = daemon.serve_master(
         s.cfg, s.socket, s.state_dir, s.ready_file, s.pids, keep_jobs=s.keep_jobs, keep_bytes=s.keep_bytes
     )
-    return _started(lambda: platform.run(serve), "the master")
+    return _started(lambda: eventloop.run(serve), "the master")
 
 
 def _node(opts: argparse.Namespace, pos: list[str]) -> int:
@@ -104,6 +127,8 @@ def _node(opts: argparse.Namespace, pos: list[str]) -> int:
 
     if pos:
         raise UsageError(f"gproc s takes no arguments (got {pos[0]!r})")
+    if _configured(opts, "node"):
+        return 0
     cfg = daemonconfig.node(
         parent=opts.parent,
         node_id=opts.id,
@@ -118,7 +143,7 @@ def _node(opts: argparse.Namespace, pos: list[str]) -> int:
         timing=_timing(opts),
     )
     daemon.setup_logging(opts.debug)
-    return _started(lambda: platform.run(daemon.serve_node(cfg)), f"node {cfg.name}")
+    return _started(lambda: eventloop.run(daemon.serve_node(cfg, opts.ready_file)), f"node {cfg.name}")
 
 
 def _worker(opts: argparse.Namespace, pos: list[str]) -> int:

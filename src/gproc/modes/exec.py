@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 
-from gproc import client, platform
+from gproc import client, eventloop
 from gproc.errors import UsageError
 from gproc.modes.jobs import add_display, display
 from gproc.switches import Mode, Parser, add_selection, add_socket, boolean
@@ -205,7 +205,7 @@ def _run(opts: argparse.Namespace, pos: list[str]) -> int:
 
         nodes, _ = target(opts, pos, interactive=True)
         return interactive.session(opts, nodes, environment(opts.export))
-    return platform.run(_exec(opts, pos))
+    return eventloop.run(_exec(opts, pos))
 
 
 MODES = (

@@ -7,7 +7,7 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from gproc import client, platform
+from gproc import client, eventloop
 from gproc.errors import UsageError
 from gproc.switches import Mode, Parser, add_json, add_socket
 
@@ -79,13 +79,13 @@ def display(opts: argparse.Namespace) -> Display:
 def _run_output(opts: argparse.Namespace, pos: list[str]) -> int:
     if len(pos) != 1 or not pos[0].lstrip("%").isdigit():
         raise UsageError("usage: gproc output JOBID")
-    return platform.run(_output(opts, int(pos[0].lstrip("%"))))
+    return eventloop.run(_output(opts, int(pos[0].lstrip("%"))))
 
 
 def _run_jobs(opts: argparse.Namespace, pos: list[str]) -> int:
     if pos:
         raise UsageError(f"gproc jobs takes no arguments (got {pos[0]!r})")
-    return platform.run(_jobs(opts))
+    return eventloop.run(_jobs(opts))
 
 
 MODES = (

@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import Any
 
-from gproc import client, platform
+from gproc import client, eventloop
 from gproc.errors import GprocError, UsageError
 from gproc.switches import SIGNAL_SWITCH, Mode, Parser, add_json, add_selection, add_socket
 
@@ -166,14 +166,14 @@ MODES = (
         ("ps",),
         ("ps [NODES] [--forest]           every process in the single process space (GPID, NAME, PID, ...)",),
         _ps_switches,
-        lambda opts, pos: platform.run(_ps(opts, pos)),
+        lambda opts, pos: eventloop.run(_ps(opts, pos)),
         usage="gproc ps [NODES] [-w NODESET] [-x NODESET] [--forest] [--json]",
     ),
     Mode(
         ("kill",),
         ("kill [-SIG] GPID...|JOBID       signal processes by gpid (routed to their node) or a whole job",),
         _kill_switches,
-        lambda opts, pos: platform.run(_kill(opts, pos)),
+        lambda opts, pos: eventloop.run(_kill(opts, pos)),
         usage="gproc kill [-SIG | -s SIG] GPID... | %JOB",
         description="Signal processes by gpid (routed to the node that owns each) or every process of a job.\n"
         "gpids and job ids are one number space; %N or job:N says 'job'.",
@@ -186,7 +186,7 @@ MODES = (
             '                                (gpids and job ids are one number space; %N or job:N says "job")',
         ),
         _wait_switches,
-        lambda opts, pos: platform.run(_wait(opts, pos)),
+        lambda opts, pos: eventloop.run(_wait(opts, pos)),
         usage="gproc wait GPID... | %JOB",
         description="Wait for processes or a job to end (even if they already ended); exits with their status.",
     ),

@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from gproc import client, platform
+from gproc import client, eventloop
 from gproc.switches import Mode, Parser, add_json, add_selection, add_socket
 
 
@@ -74,7 +74,7 @@ MODES = (
         ("i", "info"),
         ("i | info [NODES]                show the tree, every level",),
         _info_switches,
-        lambda opts, pos: platform.run(_info(opts, pos)),
+        lambda opts, pos: eventloop.run(_info(opts, pos)),
         usage="gproc i [NODES] [-w NODESET] [-x NODESET] [--json]",
         description="The tree, every level: name, id, rank, address, parent, level, state.",
     ),
@@ -82,7 +82,7 @@ MODES = (
         ("ping",),
         ("ping [NODES]                    a no-op round trip through the tree",),
         _ping_switches,
-        lambda opts, pos: platform.run(_ping(opts, pos)),
+        lambda opts, pos: eventloop.run(_ping(opts, pos)),
         usage="gproc ping [NODES] [--json]",
     ),
 )

@@ -122,9 +122,7 @@ class NodeSocket:
         finally:
             if cred is not None:
                 self._clients.leave(cred.uid)
-            with contextlib.suppress(Exception):
-                await link.drain(5.0)
-            link.abort()
+            await link.linger(30.0)  # the answer goes out whole; the client's late writes are dropped
 
     async def _relay(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
         node = self.node

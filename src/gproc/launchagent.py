@@ -1,0 +1,302 @@
+"""The launch agent: what ``gproc launch --ssh`` runs on each host, and how it starts its children.
+
+``python -m gproc.launchagent`` reads one JSON request on stdin (the ssh session's stdin, so the
+cluster credential it carries is never on a command line), starts this host's node daemon detached
+(the credential handed over in a memfd, or a 0600 file in a 0700 directory where there is none) and,
+meanwhile, its own children the same way over ssh, then prints one JSON line: the outcome of every
+host of its subtree. A child that cannot be reached, refuses the login or fails to
+start is reported with the reason, and its own children are started from here instead (so one dead
+host loses no subtree). ``"op": "stop"`` goes down the same tree and stops what an earlier launch
+started on each host (the daemon recorded in the host's launch directory, by pid and start time).
+
+A request: ``{"op": "start"|"stop", "name", "id", "children": [{"host", "id", "children"}…], "key"
+(PEM), "parent" (address, or absent: the host this ssh session came from), "parent_port", "port",
+"ssh" (argv), "python", "bin_root", "debug", "hop_timeout"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from gproc.address import Address
+
+DEFAULT_HOP_TIMEOUT = 30.0  # one ssh login plus one daemon start
+DEFAULT_PORT = 6666
+
+
+def run_dir(name: str) -> str:
+    """Where a host keeps its launched daemon's record, log and (without memfd) credential."""
+    if os.geteuid() == 0:
+        base = "/run/gproc/launch"
+    else:
+        base = os.path.join(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/gproc-launch-{os.getuid()}", "gproc-launch")
+    return os.path.join(base, name)
+
+
+def height(tree: dict[str, Any]) -> int:
+    return 1 + max((height(c) for c in tree.get("children", [])), default=0)
+
+
+def hosts_of(tree: dict[str, Any]) -> list[str]:
+    out = [tree["host"]]
+    for c in tree.get("children", []):
+        out += hosts_of(c)
+    return out
+
+
+# ---- this host ---------------------------------------------------------------------------------------
+
+
+def _private_dir(path: str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def _key_handle(pem: bytes, rundir: str) -> tuple[int | None, str]:
+    """(descriptor to pass, path the daemon opens) holding the credential, never world-readable."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("gproc-cluster-key", 0)
+        os.write(fd, pem)
+        return fd, f"/proc/self/fd/{fd}"
+    path = os.path.join(rundir, "cluster.key")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    return None, path
+
+
+def _record(rundir: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(rundir, "daemon.json")) as f:
+            rec = json.load(f)
+        return rec if isinstance(rec, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int, created: float) -> bool:
+    try:
+        p = psutil.Process(pid)
+        return abs(p.create_time() - created) < 0.01 and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def stop_daemon(name: str, grace: float = 5.0) -> dict[str, Any]:
+    """Stop the daemon an earlier launch recorded on this host (its process group) and forget it."""
+    rundir = run_dir(name)
+    rec = _record(rundir)
+    stopped = None
+    if rec is not None and _alive(rec["pid"], rec["created"]):
+        stopped = rec["pid"]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(rec["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while _alive(rec["pid"], rec["created"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(rec["pid"], rec["created"]):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(rec["pid"], signal.SIGKILL)
+    for f in ("daemon.json", "ready", "cluster.key"):
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(rundir, f))
+    return {"host": name, "ok": True, "reached": True, "stopped": stopped}
+
+
+@dataclass
+class Started:
+    """A daemon this agent started, not yet known to listen."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    ready: str
+    log: str
+
+
+def spawn_daemon(req: dict[str, Any]) -> Started | dict[str, Any]:
+    """Start this host's node daemon detached; its handle, or the outcome when it could not start."""
+    name = req["name"]
+    conn = os.environ.get("SSH_CONNECTION", "").split()
+    parent_host = req.get("parent") or (conn[0] if len(conn) == 4 else None)
+    listen_host = conn[2] if len(conn) == 4 else ""
+    if not parent_host:
+        why = "no SSH_CONNECTION here: give the master's address (--address)"
+        return {"host": name, "ok": False, "reached": True, "error": why}
+    rundir = run_dir(name)
+    _private_dir(rundir)
+    stop_daemon(name)  # a host launched again runs one daemon, not two
+    ready = os.path.join(rundir, "ready")
+    log = os.path.join(rundir, "daemon.log")
+    fd, key = _key_handle(req["key"].encode(), rundir)
+    argv = [
+        req.get("python") or sys.executable, "-m", "gproc", "s",
+        "--parent", str(Address(parent_host, int(req["parent_port"]))),
+        "--listen", str(Address(listen_host, int(req.get("port", DEFAULT_PORT)))),
+        "--name", name, "--id", str(req["id"]), "--key", key, "--ready-file", ready,
+        "--debug", str(req.get("debug", 0)),
+    ]  # fmt: skip
+    if req.get("bin_root"):
+        argv += ["--bin-root", req["bin_root"]]
+    try:
+        with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                pass_fds=() if fd is None else (fd,),
+            )
+    except OSError as e:
+        return {"host": name, "ok": False, "reached": True, "error": f"cannot start the daemon: {e}"}
+    finally:
+        if fd is not None:
+            os.close(fd)
+    with open(os.path.join(rundir, "daemon.json"), "w") as f:
+        json.dump({"pid": proc.pid, "created": psutil.Process(proc.pid).create_time(), "log": log}, f)
+    return Started(name, proc, ready, log)
+
+
+def wait_listening(d: Started, timeout: float) -> dict[str, Any]:
+    """The daemon's outcome once it listens (with its port), exits, or ``timeout`` passes."""
+    out: dict[str, Any] = {"host": d.name, "ok": False, "reached": True, "log": d.log}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rc = d.proc.poll()
+        if rc is not None:
+            return {**out, "error": f"the daemon exited ({rc}): {_last_line(d.log)}"}
+        try:
+            with open(d.ready) as f:
+                addr = f.read().strip()
+        except OSError:
+            time.sleep(0.02)
+            continue
+        return {**out, "ok": True, "pid": d.proc.pid, "address": addr, "port": int(addr.rpartition(":")[2])}
+    stop_daemon(d.name)
+    return {**out, "error": "the daemon did not listen in time"}
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            lines = [ln.strip() for ln in f.read()[-4000:].splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "no output"
+
+
+# ---- the hosts below ---------------------------------------------------------------------------------
+
+
+async def _over_ssh(req: dict[str, Any], child: dict[str, Any], timeout: float) -> tuple[list[dict[str, Any]], bool]:
+    """Run the agent on ``child``'s host for its subtree: (outcomes, whether the child itself came up)."""
+    host = child["host"]
+    remote = shlex.join([req.get("python") or sys.executable, "-m", "gproc.launchagent"])
+    sub = {**req, "name": host, "id": child["id"], "children": child.get("children", [])}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *req["ssh"],
+            host,
+            remote,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as e:
+        return [{"host": host, "ok": False, "reached": False, "error": f"cannot run {req['ssh'][0]}: {e}"}], False
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate(json.dumps(sub).encode())
+    except TimeoutError:
+        # the subtree may be partly up: report all of it, start none of it again
+        why = f"no answer within {timeout:.0f}s"
+        return [{"host": h, "ok": False, "reached": True, "error": why} for h in hosts_of(child)], True
+    finally:
+        if proc.returncode is None:  # timed out, or the launch was interrupted: no ssh outlives it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        rows = json.loads(out.decode().strip().splitlines()[-1])["hosts"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        lines = [ln.strip() for ln in err.decode(errors="replace").splitlines() if ln.strip()]
+        why = lines[-1] if lines else f"exit status {proc.returncode}"
+        if proc.returncode == 127:  # the remote shell found no such interpreter
+            why = f"no {req.get('python') or sys.executable} on the host (gproc does not ship itself yet): {why}"
+        return [{"host": host, "ok": False, "reached": False, "error": why}], False
+    me = next((r for r in rows if r.get("host") == host), None)
+    return rows, bool(me and me.get("ok"))
+
+
+async def _subtree(req: dict[str, Any], child: dict[str, Any], hop: float) -> list[dict[str, Any]]:
+    got, child_up = await _over_ssh(req, child, hop * height(child))
+    if not child_up and child.get("children"):  # as soon as it failed, not after its siblings
+        got += await fan_out(req, child["children"])
+    return got
+
+
+async def fan_out(req: dict[str, Any], children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Start (or stop) each child subtree over ssh at once; a child that fails has its own children
+    started from here. ``req`` is this level's request: what the children inherit."""
+    hop = float(req.get("hop_timeout", DEFAULT_HOP_TIMEOUT))
+    parts = await asyncio.gather(*(_subtree(req, c, hop) for c in children))
+    return [row for part in parts for row in part]
+
+
+async def serve(req: dict[str, Any]) -> list[dict[str, Any]]:
+    """This host's part of a launch (or stop): itself, then its subtree.
+
+    With a fixed port the children are started while this host's daemon starts (they retry joining
+    it until it listens), so a level costs one ssh login and agent start, not also a daemon's start.
+    Should the daemon then fail, the parent starts the children again, under itself: a host launched
+    again replaces the daemon it runs."""
+    children = req.get("children", [])
+    if req.get("op") == "stop":
+        return [stop_daemon(req["name"]), *await fan_out({**req, "parent": None}, children)]
+    hop = float(req.get("hop_timeout", DEFAULT_HOP_TIMEOUT))
+    started = spawn_daemon(req)
+    if not isinstance(started, Started):
+        return [started]  # the parent starts the children instead
+    port = int(req.get("port", DEFAULT_PORT))
+    if port == 0 or not children:
+        me = await asyncio.to_thread(wait_listening, started, hop)
+        if not me["ok"]:
+            return [me]
+        # children reach us at the address this ssh session came to (their SSH_CONNECTION's client)
+        return [me, *await fan_out({**req, "parent": None, "parent_port": me["port"]}, children)]
+    below = asyncio.ensure_future(fan_out({**req, "parent": None, "parent_port": port}, children))
+    me = await asyncio.to_thread(wait_listening, started, hop)
+    rows = await below
+    return [me, *rows] if me["ok"] else [me]
+
+
+def main() -> int:
+    try:
+        req = json.loads(sys.stdin.buffer.read())
+        name = req["name"]
+    except (ValueError, KeyError, TypeError) as e:
+        print(f"gproc launch agent: bad request on stdin: {e}", file=sys.stderr)
+        return 2
+    try:
+        rows = asyncio.run(serve(req))
+    except Exception as e:  # one line back to the parent, which reports it as this host's reason
+        print(f"gproc launch agent on {name}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({"hosts": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

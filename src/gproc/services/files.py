@@ -1,0 +1,570 @@
+"""Group file operations (SPEC §8, §9): cat, stat, grep, tail [-f], cp and gather on many nodes.
+
+On each node (``FileService``): ``fread``, ``fstat`` and ``flines`` answer for each path, ``ffollow``
+streams appended lines until ``funfollow``, ``finstall`` writes a copied tree from the node's store,
+``fwalk`` and ``fget`` list and read what ``gather`` fetches. All of them act with the caller's rights
+(``fileio``) and expand ``%h`` in paths to the node's name.
+
+Answers reduce inside the tree. With ``equiv`` (the default) every distinct answer is a group key
+(``("c", path, data)``, ``("t", path, type, size, mtime, mode, owner, group, sha256, target)``,
+``("g", path, lineno, line)``, ``("m", path, tree)``) and identical answers merge into one node set,
+as ``-b`` does for output. With a numeric reducer (``sum``, ``min``, ``max``, ``avg``, ``hist``) each
+node gives a number to the op's reducer (``gproc.reduce``) and the master receives one value per
+child link, whatever the number of nodes; a node whose answer is not a number says so as a group
+``("e", path, reason)``, so errors still arrive per node set.
+
+At the master (``MasterFiles``): the client requests ``files`` (cat/stat), ``lines`` (grep, tail),
+``follow`` (tail -f), ``cp`` and ``gather``. ``cp`` ships the bytes with the exec's machinery
+(``Shipper``: content-addressed, chunks pipelined down the tree, hash-verified, each link carries a
+file at most once), then one ``finstall`` op writes them. ``gather`` fetches each distinct file once,
+from one node that holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import grp
+import itertools
+import os
+import pwd
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from gproc import platform, wire
+from gproc import ranks as rankset
+from gproc.bundle import CHUNK
+from gproc.errors import GprocError, StagingError, UsageError
+from gproc.groups import freeze
+from gproc.reduce import Avg, Hist, Max, Min, Reducer, Sum
+from gproc.services import fileio
+from gproc.services.base import ClientRequest, MasterApi, ServiceTable, with_ticks
+from gproc.store import Store, parse_manifest
+
+if TYPE_CHECKING:
+    from gproc.overlay import Handler, Link, Node, Op, Request
+    from gproc.platform import PeerCred
+    from gproc.services.ship import Shipper
+
+WORKER_TIMEOUT = 600.0  # a worker reading a huge file over a slow filesystem; it is killed after this
+STAT_FIELDS = ("size", "mtime")
+DEFAULT_EDGES: list[int | float] = [0] + [10**k for k in range(10)]  # decades up to 10**9
+LINES_LIMIT = 60.0  # grep: seconds a node's search may take (the pattern is the caller's)
+FOLLOW_POLL = 0.25  # tail -f: how often a node looks for appended lines
+FOLLOW_LIMIT = 24 * 3600.0  # a tail -f whose client never said stop ends after this
+FETCH_WINDOW = 8  # gather: chunks asked for at a time
+MAX_INSTALL_FDS = 512  # store files handed to one worker
+
+
+def reducer_for(agg: str, edges: list[float] | None = None) -> Reducer[Any] | None:
+    """The reducer of a numeric aggregation (None for ``equiv``/``concat``); UsageError if unknown."""
+    simple: dict[str, type[Sum] | type[Min] | type[Max] | type[Avg]] = {"sum": Sum, "min": Min, "max": Max, "avg": Avg}
+    if agg in simple:
+        return simple[agg]()
+    if agg == "hist":
+        try:
+            return Hist(list(edges) if edges else list(DEFAULT_EDGES))
+        except GprocError as e:
+            raise UsageError(str(e)) from None
+    if agg in ("equiv", "concat"):
+        return None
+    raise UsageError(f"unknown aggregation {agg[:40]!r} (one of {', '.join(fileio.AGGREGATIONS)})")
+
+
+def parse_number(data: bytes) -> int | float:
+    """A file's content as one number (ValueError when it is not one)."""
+    text = data.decode("ascii", "strict").strip()
+    try:
+        return int(text)
+    except ValueError:
+        v = float(text)
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError("not finite") from None
+        return v
+
+
+async def as_user(
+    uid: int, gid: int, fn: str, args: dict[str, Any], fds: list[int] | None = None, limit: float | None = None
+) -> dict[str, Any]:
+    """Run a ``fileio`` operation with the rights of ``uid``/``gid``: in a thread when the daemon
+    already is that user, else in a forked child that became that user (only a root daemon can).
+    With ``limit`` (seconds) always in a child, killed when it takes longer: work whose cost the
+    caller controls (a regular expression) must not hold a daemon thread."""
+    euid = os.geteuid()
+    if uid == euid and limit is None:
+        return await asyncio.to_thread(fileio.OPERATIONS[fn], args, list(fds or []))
+    if uid != euid and euid != 0:
+        raise StagingError(f"node daemon runs as uid {euid} and cannot act for uid {uid}")
+    groups = platform.user_groups(uid, gid)
+    seconds = WORKER_TIMEOUT if limit is None else limit
+    answer = await asyncio.to_thread(fileio.forked, uid, gid, groups, fn, args, list(fds or []), seconds)
+    if answer is None:
+        raise StagingError(f"{fn} failed or took longer than {seconds:.0f} s")
+    return answer
+
+
+def _creds(op: Op) -> tuple[int, int]:
+    uid, gid = op.body.get("uid"), op.body.get("gid")
+    if not isinstance(uid, int) or not isinstance(gid, int) or uid < 0 or gid < 0:
+        raise StagingError("bad credentials in a file operation")
+    return uid, gid
+
+
+def _paths(op: Op) -> list[str]:
+    paths = op.body.get("paths")
+    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+        raise StagingError("bad paths in a file operation")
+    return paths
+
+
+class FileService:
+    """One node's side: answer reads and stats, install copied trees."""
+
+    def __init__(self, node: Node, store: Store) -> None:
+        self.node = node
+        self.store = store
+        self.unfollowed: set[int] = set()  # ids of ``tail -f`` ops told to end
+
+    def service(self) -> ServiceTable:
+        ops: dict[str, Handler] = {
+            "fread": self.fread,
+            "fstat": self.fstat,
+            "finstall": self.finstall,
+            "fwalk": self.fwalk,
+            "fget": self.fget,
+            "flines": self.flines,
+            "ffollow": self.ffollow,
+            "funfollow": self.funfollow,
+        }
+        return ServiceTable("files", ops=ops)
+
+    def _where(self, op: Op, template: str) -> str | None:
+        try:
+            return fileio.node_path(template, self.node.cfg.name)
+        except fileio.PathError as e:
+            op.emit(("e", template, str(e)))
+            return None
+
+    async def fread(self, op: Op) -> None:
+        uid, gid = _creds(op)
+        numeric = op.reducer is not None
+        for template in _paths(op):
+            path = self._where(op, template)
+            if path is None:
+                continue
+            r = await as_user(uid, gid, "read", {"path": path})
+            if "err" in r:  # said of the template, so that nodes failing alike merge into one group
+                op.emit(("e", template, str(r["err"]).replace(path, template, 1)))
+            elif not numeric:
+                op.emit(("c", template, r["data"]))
+            else:
+                try:
+                    op.give(parse_number(r["data"]))
+                except (ValueError, UnicodeDecodeError):
+                    op.emit(("e", template, f"{template}: not a number: {r['data'][:40]!r}"))
+
+    async def fstat(self, op: Op) -> None:
+        uid, gid = _creds(op)
+        field = op.body.get("field", "size")
+        for template in _paths(op):
+            path = self._where(op, template)
+            if path is None:
+                continue
+            r = await as_user(uid, gid, "stat", {"path": path})
+            if "err" in r:  # said of the template, so that nodes failing alike merge into one group
+                op.emit(("e", template, str(r["err"]).replace(path, template, 1)))
+            elif op.reducer is not None:
+                op.give(r[field] if field in STAT_FIELDS else r["size"])
+            else:
+                r["owner"], r["group"] = _user_name(r["owner"]), _group_name(r["group"])
+                keys = ("type", "size", "mtime", "mode", "owner", "group", "sha256", "target")
+                op.emit(("t", template, *(r[k] for k in keys)))
+
+    async def flines(self, op: Op) -> None:
+        """``grep`` and ``tail -n``: each selected line as ``("g", path, number, line)``, so the same
+        line at the same place on many nodes is one group."""
+        uid, gid = _creds(op)
+        b = op.body
+        args = {"pattern": b.get("pattern"), "ignore_case": b.get("ignore_case") is True,
+                "invert": b.get("invert") is True, "last": b.get("last")}  # fmt: skip
+        last = args["last"]
+        if not (isinstance(args["pattern"], str) or (isinstance(last, int) and 0 <= last <= fileio.MAX_LINES)):
+            raise StagingError("bad lines request")
+        for template in _paths(op):
+            path = self._where(op, template)
+            if path is None:
+                continue
+            r = await as_user(uid, gid, "lines", {**args, "path": path}, limit=LINES_LIMIT)
+            if "err" in r:
+                op.emit(("e", template, str(r["err"]).replace(path, template, 1)))
+                continue
+            for number, line in r["lines"]:
+                op.emit(("g", template, number, line))
+            if not r["lines"]:
+                op.emit(("z", template))  # answered, nothing selected (grep's exit status 1)
+
+    async def ffollow(self, op: Op) -> None:
+        """``tail -f``: the last lines, then lines as they are appended (``("g", path, 0, line)``: the
+        same new line on many nodes in one flush window is one group) until ``funfollow`` names this
+        op or ``FOLLOW_LIMIT`` passes."""
+        uid, gid = _creds(op)
+        (template,) = _paths(op)[:1]
+        path = self._where(op, template)
+        if path is None:
+            return
+        last = op.body.get("last")
+        first = await as_user(uid, gid, "lines", {"path": path, "last": last if isinstance(last, int) else 10})
+        st = await as_user(uid, gid, "stat", {"path": path})
+        if "err" in first or "err" in st:
+            op.emit(("e", template, str(first.get("err") or st.get("err")).replace(path, template, 1)))
+            return
+        for number, line in first["lines"]:
+            op.emit(("g", template, number, line))
+        offset, partial = int(st["size"]), b""
+        deadline = asyncio.get_running_loop().time() + FOLLOW_LIMIT
+        try:
+            while op.id not in self.unfollowed and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(FOLLOW_POLL)
+                r = await as_user(uid, gid, "read_range", {"path": path, "o": offset, "n": fileio.MAX_READ})
+                if "err" in r:
+                    op.emit(("e", template, str(r["err"]).replace(path, template, 1)))
+                    return
+                if not r["data"]:
+                    continue
+                offset += len(r["data"])
+                *done, partial = (partial + r["data"]).split(b"\n")
+                for line in done:
+                    op.emit(("g", template, 0, line))
+        finally:
+            self.unfollowed.discard(op.id)
+
+    def funfollow(self, op: Op) -> None:
+        """End a ``tail -f`` op here (its client left)."""
+        target = op.body.get("op")
+        if isinstance(target, int) and target in self.node.ops:
+            self.unfollowed.add(target)
+        op.emit(("s", 0, ""))
+
+    async def fwalk(self, op: Op) -> None:
+        """What ``gather`` will fetch: each path's tree with a SHA-256 per file; nodes holding the
+        same tree merge into one group ``("m", path, entries)``."""
+        uid, gid = _creds(op)
+        for template in _paths(op):
+            path = self._where(op, template)
+            if path is None:
+                continue
+            r = await as_user(uid, gid, "walk", {"path": path, "recursive": op.body.get("recursive") is True})
+            if "err" in r:
+                op.emit(("e", template, str(r["err"]).replace(path, template, 1)))
+            else:
+                op.emit(("m", template, freeze(r["entries"])))
+
+    async def fget(self, op: Op) -> None:
+        """One chunk of one file for ``gather`` (sent to one node holding that content)."""
+        uid, gid = _creds(op)
+        template, rel, offset, n = op.body.get("path"), op.body.get("rel"), op.body.get("o"), op.body.get("n")
+        if not (isinstance(template, str) and isinstance(rel, str) and isinstance(offset, int) and isinstance(n, int)):
+            raise StagingError("bad gather request")
+        path = self._where(op, template)
+        if path is None:
+            return
+        if rel:
+            if rel.startswith("/") or ".." in rel.split("/"):
+                raise StagingError("bad gather request: path escapes")
+            path = os.path.join(path, rel)
+        r = await as_user(uid, gid, "read_range", {"path": path, "o": offset, "n": n})
+        # "b", not "d": a reply key starting with "d" is a line edit (merge.py)
+        op.emit(("e", template, str(r["err"])) if "err" in r else ("b", r["data"]))
+
+    async def finstall(self, op: Op) -> None:
+        """Write a shipped tree at DEST (``%h`` expanded) from this node's store, as the caller."""
+        uid, gid = _creds(op)
+        b = op.body
+        dest, tree, meta, keep_owner = b.get("dest"), b.get("tree"), b.get("meta"), b.get("owner") is True
+        if not isinstance(dest, str) or not isinstance(meta, dict) or not isinstance(tree, list):
+            raise StagingError("bad install request")
+        entries = parse_manifest(tree)  # validates paths and kinds (link targets are taken verbatim below)
+        raw_links = {i[1]: i[2] for i in tree if isinstance(i, list) and i and i[0] == "l"}
+        path = self._where(op, dest)
+        if path is None:
+            return
+        first: list[list[Any]] = []  # directories and links, written with the first files
+        files: list[tuple[Any, int]] = []
+        for e in sorted(entries, key=lambda e: e.path):
+            m = meta.get(e.path)
+            mtime = m[0] if isinstance(m, list) and m and isinstance(m[0], int) else 0
+            if e.kind == "f":
+                files.append((e, mtime))
+            elif e.kind == "l":
+                first.append(["l", e.path, 0, mtime, raw_links.get(e.path, e.target)])
+            else:
+                first.append(["d", e.path, e.mode, mtime, 0])
+        owners = None
+        if keep_owner and uid == 0:  # cp -p by root: each entry keeps the owner it had on the client
+            owners = {p: m[1:3] for p, m in meta.items() if isinstance(m, list) and len(m) == 3}
+        # at most MAX_INSTALL_FDS store files per worker; directories get their times again at the end
+        batches = [files[i : i + MAX_INSTALL_FDS] for i in range(0, len(files), MAX_INSTALL_FDS)] or [[]]
+        into_dir: bool | None = None  # decided by the first batch: later ones must not see its work
+        r: dict[str, Any] = {}
+        for n, batch in enumerate(batches):
+            items = first if n == 0 else []
+            fds: list[int] = []
+            try:
+                for e, mtime in batch:
+                    stored = self.store.ensure_variant(e.hash, e.size, e.executable)
+                    fds.append(os.open(stored, os.O_RDONLY | os.O_CLOEXEC))
+                    items = [*items, ["f", e.path, e.mode, mtime, len(fds) - 1]]
+                args = {"dest": path, "items": items, "owners": owners, "into_dir": into_dir}
+                r = await as_user(uid, gid, "install", args, fds)
+            finally:
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            if "err" in r:
+                break
+            into_dir = bool(r.get("into_dir"))
+        if "err" not in r and len(batches) > 1:
+            dirs = [i for i in first if i[0] == "d"]
+            r = await as_user(
+                uid, gid, "install", {"dest": path, "items": dirs, "owners": owners, "into_dir": into_dir}
+            )
+        if "err" in r:
+            op.emit(("s", 1, str(r["err"])))
+        else:
+            op.emit(("s", 0, ""))
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+class MasterFiles:
+    """The master's side: the ``files`` (cat/stat) and ``cp`` client requests."""
+
+    def __init__(self, master: MasterApi, shipper: Shipper) -> None:
+        self.m = master
+        self.shipper = shipper
+
+    def service(self) -> ServiceTable:
+        return ServiceTable(
+            "files-master",
+            requests={
+                "files": ClientRequest(self.files),
+                "cp": ClientRequest(self.cp),
+                "gather": ClientRequest(self.gather),
+                "lines": ClientRequest(self.lines),
+                "follow": ClientRequest(self.follow),
+            },
+        )
+
+    async def files(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+        """``cat`` or ``stat`` of paths on the selected nodes, reduced with ``agg``."""
+        what, agg, paths = req.get("what"), req.get("agg", "equiv"), req.get("paths")
+        if what not in ("cat", "stat"):
+            raise UsageError("files: what must be cat or stat")
+        if not isinstance(agg, str):
+            raise UsageError("bad aggregation")
+        edges = req.get("edges")
+        if edges is not None and not (isinstance(edges, list) and all(isinstance(x, (int, float)) for x in edges)):
+            raise UsageError("bad histogram edges")
+        reducer = reducer_for(agg, edges)
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+            raise UsageError("no paths given")
+        try:
+            for p in paths:
+                fileio.check_template(p)
+        except fileio.PathError as e:
+            raise UsageError(str(e)) from None
+        field = req.get("field", "size")
+        if field not in STAT_FIELDS:
+            raise UsageError(f"stat field must be one of {', '.join(STAT_FIELDS)}")
+        targets, absent = self.m.selection(req)
+        kind = {"cat": "fread", "stat": "fstat"}[what]
+        base = {"uid": cred.uid, "gid": cred.gid, "field": field, "gather": True}
+        # numeric answers: one op per path, so each path gets its own value
+        batches = [[p] for p in paths] if reducer is not None else [paths]
+
+        async def one(batch: list[str]) -> dict[str, Any]:
+            r = self.m.request(kind, {**base, "paths": batch}, targets, reducer)
+            whole = await r.wait()
+            value = whole.value
+            if isinstance(reducer, Avg):
+                value = {"mean": Avg.mean(value), "count": value[1]}
+            elif isinstance(reducer, Hist):
+                value = {"edges": reducer.edges, "counts": value}
+            groups = [[key, self.m.fold_intervals(enc), rankset.count(enc)] for key, enc in whole.groups]
+            return {"paths": batch, "value": value, "groups": groups, "rep_bytes": r.op.bytes_in}
+
+        results = await with_ticks(link, asyncio.gather(*(one(b) for b in batches)))
+        link.send({"t": "ret", "r": {"results": results, "absent": sorted(absent), "targets": len(targets)}})
+
+    async def lines(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+        """``grep`` (``pattern``) or ``tail -n`` (``last``) on the selected nodes, lines merged."""
+        paths, pattern, last = req.get("paths"), req.get("pattern"), req.get("last")
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+            raise UsageError("no paths given")
+        if not (isinstance(pattern, str) or (isinstance(last, int) and last >= 0)):
+            raise UsageError("give a pattern or a number of lines")
+        if isinstance(pattern, str):
+            import re
+
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise UsageError(f"bad pattern: {e}") from None
+        try:
+            for p in paths:
+                fileio.check_template(p)
+        except fileio.PathError as e:
+            raise UsageError(str(e)) from None
+        targets, absent = self.m.selection(req)
+        body = {"uid": cred.uid, "gid": cred.gid, "paths": paths, "pattern": pattern, "last": last,
+                "ignore_case": req.get("ignore_case") is True, "invert": req.get("invert") is True,
+                "gather": True}  # fmt: skip
+        whole = await with_ticks(link, self.m.request("flines", body, targets).wait())
+        assert whole is not None
+        groups = [[key, self.m.fold_intervals(enc), rankset.count(enc)] for key, enc in whole.groups]
+        link.send({"t": "ret", "r": {"groups": groups, "absent": sorted(absent)}})
+
+    async def follow(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+        """``tail -f``: lines streamed to the client (``out`` frames) until it leaves (Ctrl-C), then
+        every node is told to stop and the op ends."""
+        paths, last = req.get("paths"), req.get("last", 10)
+        if not isinstance(paths, list) or len(paths) != 1 or not isinstance(paths[0], str):
+            raise UsageError("tail -f follows one path")
+        if not isinstance(last, int) or not 0 <= last <= fileio.MAX_LINES:
+            raise UsageError(f"tail: lines must be 0 to {fileio.MAX_LINES}")
+        try:
+            fileio.check_template(paths[0])
+        except fileio.PathError as e:
+            raise UsageError(str(e)) from None
+        targets, absent = self.m.selection(req)
+        link.send({"t": "job", "job": 0, "n": len(targets), "absent": ",".join(sorted(absent))})
+        body = {"uid": cred.uid, "gid": cred.gid, "paths": paths, "last": last}
+        r = self.m.request("ffollow", body, targets)
+        gone = asyncio.ensure_future(link.receive())  # "stop", or the client closing, ends it
+        try:
+            stream = asyncio.ensure_future(self._stream(link, r))
+            await asyncio.wait({gone, stream}, return_when=asyncio.FIRST_COMPLETED)
+            if not stream.done():
+                await self.m.request("funfollow", {"op": r.op.id}, targets).wait(timeout=30.0)
+                await asyncio.wait_for(stream, 30.0)
+        finally:
+            gone.cancel()
+        link.send({"t": "end"})
+
+    async def _stream(self, link: Link, r: Request) -> None:
+        async for part in r:
+            if part.groups:
+                out = [[key, self.m.fold_intervals(enc), rankset.count(enc)] for key, enc in part.groups]
+                link.send({"t": "out", "g": out})
+
+    async def gather(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+        """Bring the selected nodes' copies of paths to the client: the trees first (identical trees
+        as one group), then each distinct file's bytes once, read from one node that holds it (so
+        they cross each tree link at most once), as ``data`` frames; ``ret`` ends with the trees."""
+        paths = req.get("paths")
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+            raise UsageError("no paths given")
+        try:
+            for p in paths:
+                fileio.check_template(p)
+        except fileio.PathError as e:
+            raise UsageError(str(e)) from None
+        targets, absent = self.m.selection(req)
+        body = {"uid": cred.uid, "gid": cred.gid, "paths": paths, "recursive": req.get("recursive") is True,
+                "gather": True}  # fmt: skip
+        walked = await with_ticks(link, self.m.request("fwalk", body, targets).wait())
+        assert walked is not None
+        trees: list[list[Any]] = []
+        errors: list[list[Any]] = []
+        sources: dict[str, tuple[int, str, str, int]] = {}  # sha256 -> (rank, path, rel, size)
+        for key, enc in walked.groups:
+            ranks = rankset.decode(enc)
+            if key[0] == "m":
+                trees.append([key[1], key[2], self.m.fold(ranks)])
+                for kind, rel, digest, size, *_ in key[2]:
+                    if kind == "f" and digest not in sources:
+                        sources[digest] = (min(ranks), key[1], rel, size)
+            else:
+                errors.append([key[-1], self.m.fold(ranks), len(ranks)])
+        fetched = await with_ticks(link, self._fetch(link, cred, sources))
+        assert fetched is not None
+        errors += fetched
+        link.send({"t": "ret", "r": {"trees": trees, "errors": errors, "absent": sorted(absent)}})
+
+    async def _fetch(
+        self, link: Link, cred: PeerCred, sources: dict[str, tuple[int, str, str, int]]
+    ) -> list[list[Any]]:
+        """Each distinct file, chunk by chunk from its one source node, to the client in order; at
+        most ``FETCH_WINDOW`` chunks asked for at a time."""
+        errors: list[list[Any]] = []
+        chunks = [(h, o) for h, (_r, _p, _rel, size) in sources.items() for o in range(0, max(size, 1), CHUNK)]
+        pending: collections.deque[tuple[str, int, asyncio.Future[Any]]] = collections.deque()
+        failed: set[str] = set()
+
+        def ask(h: str, o: int) -> asyncio.Future[Any]:
+            rank, path, rel, _size = sources[h]
+            body = {"uid": cred.uid, "gid": cred.gid, "path": path, "rel": rel, "o": o, "n": CHUNK}
+            return asyncio.ensure_future(self.m.request("fget", body, {rank}).wait())
+
+        it = iter(chunks)
+        for h, o in itertools.islice(it, FETCH_WINDOW):
+            pending.append((h, o, ask(h, o)))
+        while pending:
+            h, o, fut = pending.popleft()
+            whole = await fut
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((*nxt, ask(*nxt)))
+            if h in failed:
+                continue
+            data = next((key[1] for key, _enc in whole.groups if key[0] == "b"), None)
+            if data is None:
+                failed.add(h)
+                why = next((str(key[-1]) for key, _enc in whole.groups), "no answer")
+                errors.append([why, self.m.fold({sources[h][0]}), 1])
+                continue
+            link.send({"t": "data", "h": h, "o": o, "d": data})
+            await link.drain()
+        return errors
+
+    async def cp(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+        """Ship a tree to the selected nodes, then install it at DEST on each (as the caller)."""
+        tree, meta, dest = req.get("tree"), req.get("meta"), req.get("dest")
+        if not isinstance(dest, str):
+            raise UsageError("no destination given")
+        try:
+            fileio.check_template(dest)
+        except fileio.PathError as e:
+            raise UsageError(str(e)) from None
+        if not isinstance(meta, dict):
+            raise UsageError("bad copy metadata")
+        entries = parse_manifest(tree)
+        if not entries:
+            raise UsageError("nothing to copy")
+        targets, absent = self.m.selection(req)
+        link.send({"t": "job", "job": 0, "n": len(targets), "absent": ",".join(sorted(absent))})
+        tag = secrets.randbits(48)  # names the partial files of this transfer in each store
+        shipped = await with_ticks(link, self.shipper.distribute(link, tag, entries, targets))
+        assert shipped is not None
+        ready, failed = shipped
+        groups = [[list(key), self.m.fold(ranks), len(ranks)] for key, ranks in failed.items()]
+        if ready:
+            body = {"uid": cred.uid, "gid": cred.gid, "dest": dest, "tree": tree, "meta": meta,
+                    "owner": req.get("owner") is True, "gather": True}  # fmt: skip
+            whole = await with_ticks(link, self.m.request("finstall", body, ready).wait())
+            assert whole is not None
+            groups += [[key, self.m.fold_intervals(enc), rankset.count(enc)] for key, enc in whole.groups]
+        link.send({"t": "ret", "r": {"groups": groups, "absent": sorted(absent), "targets": len(targets)}})
