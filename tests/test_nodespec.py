@@ -217,6 +217,12 @@ def test_clustershell_syntax() -> None:
         ("@racks", "unknown node group '@racks'"),
         ("@src:all", "unknown group source 'src'"),
         ("n[0-99999999]", "wider than"),
+        # found by tests/fuzz: ClusterShell raised a bare ValueError, and never returned for the next
+        ("[----]", "bad range in brackets"),
+        ("n[-9501-]9", "bad range in brackets"),
+        ("r[0-999]n[0-9999]", "wider than"),  # each range is narrow, together they are not
+        ("n888[8-11848]", "wider than"),  # ClusterShell joins the 888 to both bounds: 88 million names
+        ("4[1-50000000000000,4,./3-8[5]l", "brackets inside brackets"),  # ClusterShell asserted
     ],
 )
 def test_hostlist_errors(include: str, fragment: str) -> None:
@@ -414,3 +420,13 @@ def test_a_name_given_as_a_tree_path_hints_w() -> None:
     with pytest.raises(NodeSpecError) as bad:  # not a hostlist either
         select("3-1", None, None, TREE, "master", name_of)
     assert "-w" not in str(bad.value)
+
+
+def test_a_tree_path_that_clustershell_cannot_read_is_one_error() -> None:
+    """Found by tests/fuzz: deciding whether a bad tree path reads as names (for the -w hint) must
+    neither let ClusterShell's bare ValueError out nor expand a range of a hundred billion names."""
+    with pytest.raises(NodeSpecError) as bad:
+        select("[----]", None, None, TREE, "master", name_of)
+    assert "-w" not in str(bad.value)
+    with pytest.raises(NodeSpecError, match=r"node names go with -w: -w 'n\[0-99999999999\]'$"):
+        select("n[0-99999999999]", None, None, TREE, "master", name_of)

@@ -43,10 +43,12 @@ __all__ = [
 _ID = re.compile(r"[A-Za-z0-9_]+")
 _ID_RANGE = re.compile(r"([A-Za-z0-9_]*)-([A-Za-z0-9_]*)")
 _NUMBER = re.compile(r"[0-9]+")
-_BRACKETS = re.compile(r"\[([^]]*)\]")
-_RANGE = re.compile(r"([0-9]+)-([0-9]+)")
+_BRACKETS = re.compile(r"\[([^][]*)\]")
+_RANGE_ITEM = re.compile(r"\s*([0-9]+)(?:-([0-9]+))?(?:/[0-9]+)?\s*")
+_LEAD_DIGITS = re.compile(r"[0-9]*$")
+_TOP_COMMA = re.compile(r",(?![^[]*\])")
 MAX_HOSTLIST_RANGE = 1_000_000
-"""Widest ``a-b`` a hostlist may name: ClusterShell expands ranges in memory."""
+"""Most names a hostlist may expand to: ClusterShell expands ranges in memory."""
 
 
 def _number(text: str) -> int | None:
@@ -140,11 +142,46 @@ def _hostlist(spec: str) -> bool:
     """Does ``spec`` read as a ClusterShell node set of names (``node[0-7]``, ``web1,db2``)?"""
     if "[" not in spec or "/" in spec:
         return False
+    size = _hostlist_size(spec)
+    if size is None:
+        return False
+    if size > MAX_HOSTLIST_RANGE:
+        return True  # names, but too many to expand just to say so
     try:
         NodeSet(spec, resolver=RESOLVER_NOGROUP)
-    except NodeSetException:
+    except (NodeSetException, ValueError, AssertionError):  # ClusterShell's own parser fails these ways
         return False
     return True
+
+
+def _hostlist_size(spec: str) -> int | None:
+    """At most how many names a hostlist expands to (None: a bracket holds something other than
+    ``a``, ``a-b`` or ``a-b/step`` items), checked before ClusterShell expands it: its parser reads some
+    malformed ranges as huge ones ('2[-9501-]9' does not return)."""
+    total = 0
+    if _unpaired(spec):
+        return None
+    for part in _TOP_COMMA.split(spec):
+        size = 1
+        for bracket in _BRACKETS.finditer(part):
+            # digits just before a bracket join its bounds ('888[8-11848]' is 8888-88811848)
+            lead = _LEAD_DIGITS.search(part, 0, bracket.start())[0]  # type: ignore[index]
+            n = 0
+            for item in bracket[1].split(","):
+                m = _RANGE_ITEM.fullmatch(item)
+                if m is None:
+                    return None
+                lo, hi = m[1].strip(), (m[2] or m[1]).strip()
+                n += max(int(lead + hi) - int(lead + lo) + 1, 1)
+            size *= n
+        total += size
+    return total
+
+
+def _unpaired(spec: str) -> bool:
+    """Brackets that do not pair up, or nest: ClusterShell's reading of those is not to be relied on."""
+    outside = _BRACKETS.sub("", spec)
+    return "[" in outside or "]" in outside
 
 
 def _descendants(tree: Tree, roots: Iterable[Hashable], into: set[Hashable]) -> None:
@@ -195,9 +232,13 @@ def _nodeset(spec: str, names: Iterable[str], option: str) -> NodeSet:
 
     if not spec.strip():
         raise bad("it is empty")
-    for lo, hi in _RANGE.findall(" ".join(_BRACKETS.findall(spec))):
-        if int(hi) - int(lo) > MAX_HOSTLIST_RANGE:
-            raise bad(f"range {lo}-{hi} is wider than {MAX_HOSTLIST_RANGE}")
+    if _unpaired(spec):
+        raise bad("missing bracket, or brackets inside brackets")
+    size = _hostlist_size(spec)
+    if size is None:
+        raise bad("bad range in brackets (expected items such as 1, 3-7 or 0-10/2)")
+    if size > MAX_HOSTLIST_RANGE:
+        raise bad(f"its ranges are wider than {MAX_HOSTLIST_RANGE} names")
     resolver = GroupResolver(_AllNames("gproc", {"all": names}, allgroups="all"))
     try:
         return NodeSet(spec, resolver=resolver)
@@ -205,6 +246,8 @@ def _nodeset(spec: str, names: Iterable[str], option: str) -> NodeSet:
         raise bad(f"unknown group source '{error}' (only @all is defined)") from None
     except (NodeSetException, GroupResolverError, GroupSourceError) as error:
         raise bad(str(error)) from None
+    except (ValueError, AssertionError):  # ClusterShell's own parser fails these ways on some ranges
+        raise bad("malformed range") from None
 
 
 def match_names(include: str | None, exclude: str | None, names: Iterable[str]) -> tuple[set[str], set[str]]:

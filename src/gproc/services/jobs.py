@@ -265,6 +265,8 @@ class JobService:
         job = req.get("job")
         if not isinstance(job, int) or isinstance(job, bool):
             raise UsageError("a job id is a number")
+        if not 0 <= job < 1 << 63:  # SQLite's integers: a larger one would fail the query itself
+            raise GprocError(f"no job {job}")
         row = self.store.get(job)
         who = self._visible(cred)
         if row is None or (who is not None and row["uid"] != who):
