@@ -321,6 +321,7 @@ class Chromium:
             [exe, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
              f"--user-data-dir={self.profile}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            env={**os.environ, "TMPDIR": self.profile},  # its singleton socket directory goes with the profile
         )  # fmt: skip
         assert self.proc.stderr is not None
         lines: queue.Queue[str] = queue.Queue()
