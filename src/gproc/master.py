@@ -28,7 +28,7 @@ from gproc.services.collect import Collector
 from gproc.services.jobs import JobStore
 from gproc.services.procs import MasterProcs
 from gproc.services.ship import Shipper
-from gproc.services.stdin import StdinService
+from gproc.services.stdin import WINDOW, StdinService
 from gproc.state import MasterState
 
 OP_IDS = 1 << 16  # op ids reserved in the state database at a time
@@ -484,8 +484,18 @@ class Master(Node):
         await self._attend(link, job, ops[0].id, targets, done)
 
     async def _attend(self, link: Link, job: int, op_id: int, targets: set[int], done: asyncio.Event) -> None:
-        """While a job runs: forward the client's signals, keep the client alive, end with it."""
-        reader = asyncio.ensure_future(link.receive())
+        """While a job runs: forward the client's signals and input, keep the client alive, end with it.
+
+        The stdin window is enforced here, not trusted to the client: while more than ``WINDOW``
+        chunks are unacknowledged the client's connection is not read, so a client sending past its
+        window blocks on its own socket instead of growing this daemon's memory."""
+        credit = _Credit()
+
+        def ack(_op: int, seq: int) -> None:
+            credit.took(seq)
+            _ack(link, seq)
+
+        reader = asyncio.ensure_future(credit.receive(link))
         waiter = asyncio.ensure_future(done.wait())
         try:
             while not done.is_set():
@@ -501,11 +511,12 @@ class Master(Node):
                         self.signal_job(job, targets, msg["sig"])
                     elif msg.get("t") == "in":
                         try:
-                            self.stdin.deliver(op_id, msg, lambda _op, seq: _ack(link, seq))
+                            self.stdin.deliver(op_id, msg, ack)
                         except ProtocolError:
                             self.signal_job(job, targets, signal.SIGTERM)
                             raise
-                    reader = asyncio.ensure_future(link.receive())
+                        credit.sent = msg["seq"]  # deliver checked it follows the last one
+                    reader = asyncio.ensure_future(credit.receive(link))
                 elif not finished:
                     link.send({"t": "tick"})
         finally:
@@ -565,6 +576,30 @@ class _Flow:
             await asyncio.sleep(self.POLL)
         self.holding = False
         self._hold(targets, False)
+
+
+class _Credit:
+    """One attached client's stdin window as the master sees it: chunks received against chunks
+    every node acknowledged."""
+
+    __slots__ = ("acked", "more", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.acked = 0
+        self.more = asyncio.Event()
+
+    def took(self, seq: int) -> None:
+        self.acked = max(self.acked, seq)
+        self.more.set()
+
+    async def receive(self, link: Link) -> wire.Message:
+        """The client's next message; not read while the client is past its window (like TCP's), which
+        a client keeping to it never is, so its signals are always read."""
+        while self.sent - self.acked > WINDOW:
+            self.more.clear()
+            await self.more.wait()
+        return await link.receive()
 
 
 def _ack(link: Link, seq: int) -> None:

@@ -16,7 +16,9 @@ import psutil
 import pytest
 from tests.conftest import LocalCluster
 
-from gproc import Cluster, Output, local
+from gproc import Cluster, Output, local, wire
+from gproc.client import Connection
+from gproc.errors import GprocError
 
 pytestmark = pytest.mark.cluster
 
@@ -137,3 +139,57 @@ def test_input_sent_after_the_job_ended_does_not_cost_its_answer(cluster16: Loca
 
     status, events = asyncio.run(go())
     assert status == 3, events
+
+
+@pytest.mark.parametrize("via", ["master", "node"])
+def test_client_sending_past_its_window_is_held_back(cluster16: LocalCluster, via: str) -> None:
+    """A raw client starts a job whose processes never read stdin and blasts 200 MiB of input
+    without waiting for acknowledgements: the master stops reading it (or, relayed by a node's
+    socket, refuses it), so its sends block or fail long before 200 MiB, and the master's memory
+    stays bounded."""
+    rec = local.UpRecord.load(cluster16.socket)
+    assert rec is not None
+    master = psutil.Process(rec.procs[0][0])
+    sock = cluster16.socket if via == "master" else os.path.join(cluster16.rundir, "n", "2.sock")
+    total, chunk = 200 << 20, os.urandom(1 << 20)  # chunks up to 1 MiB are taken, 8 in flight
+    before = peak = master.memory_info().rss
+
+    async def go() -> tuple[int, str]:
+        nonlocal peak
+        conn = await Connection.open(sock)
+        req: wire.Message = {"t": "req", "fn": "exec", "argv": ["sleep", "30"], "nodes": None, "w": "node[0-3]"}
+        conn.send({**req, "x": None, "env": dict(os.environ), "cwd": "/", "stdin": True})
+        sent, how = 0, "all sent"
+        try:
+            for seq in range(1, total // len(chunk) + 1):
+                conn.send({"t": "in", "seq": seq, "d": chunk, "eof": False})
+                try:
+                    await asyncio.wait_for(conn.drain(), 5.0)
+                except TimeoutError:
+                    how = "blocked"
+                    break
+                except OSError:
+                    how = "refused"
+                    break
+                sent += len(chunk)
+                peak = max(peak, master.memory_info().rss)
+            await asyncio.sleep(1.0)  # let whatever the master still reads settle in its memory
+            peak = max(peak, master.memory_info().rss)
+            if via == "node":  # the node reads and drops what follows the refusal; the client is told
+                try:
+                    while True:
+                        await conn.receive(timeout=30.0)
+                except GprocError as e:  # an error line is raised as what it says
+                    how = f"refused: {e}"
+        finally:
+            conn.close()
+        return sent, how
+
+    sent, how = asyncio.run(go())
+    grown = (peak - before) / 2**20
+    print(f"{how} after {sent >> 20} MiB; master grew {grown:.1f} MiB")
+    if via == "master":
+        assert how == "blocked", f"the master took {sent >> 20} MiB of unacknowledged input ({how})"
+    else:
+        assert "input window" in how, how
+    assert grown < 64, f"master grew {grown:.1f} MiB"

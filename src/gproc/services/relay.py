@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 PULL_WAIT = 4.0  # longest a pull is held open at the master
 PULL_BYTES = 1 << 20  # messages per pull are cut near this size
+# pushes waiting at the master for its request handler: a client keeping to its stdin window never
+# has more than that window (plus a signal or two) waiting, one sending past it is refused
+INBOX_MAX = 32
 EXPIRE = 30.0  # a session without a pull this long is closed
 log = logging.getLogger("gproc.relay")
 
@@ -159,7 +162,10 @@ class NodeSocket:
             while True:
                 msg = await link.receive()
                 await self.node.call_up("relay.push", {"rid": rid, "m": msg})
-        except (EOFError, GprocError, OSError, TimeoutError):
+        except GprocError as e:  # refused (sent past its input window) or malformed: one line, and the end
+            link.send({"t": "error", **errors.to_wire(e)})
+            await self._close(rid)
+        except (EOFError, OSError, TimeoutError):
             await self._close(rid)
 
     async def _close(self, rid: int) -> None:
@@ -210,6 +216,10 @@ class RelayLink(Link):
             raise EOFError
         self.counter.frames_in += 1
         return msg
+
+    def waiting(self) -> int:
+        """Pushes not yet received by the request handler."""
+        return self._inbox.qsize()
 
     def push(self, msg: wire.Message) -> None:
         if not self.closed:
@@ -309,7 +319,10 @@ class MasterRelay:
         msg = args.get("m")
         if not isinstance(msg, dict):
             raise ProtocolError("bad relay.push")
-        self._session(args).link.push(msg)
+        link = self._session(args).link
+        if link.waiting() >= INBOX_MAX:
+            raise ProtocolError("the client sent past its input window")
+        link.push(msg)
         return {}
 
     async def _close(self, args: dict[str, Any]) -> dict[str, Any]:
