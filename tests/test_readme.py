@@ -157,6 +157,7 @@ def session() -> Iterator[Session]:
     work = Path(tempfile.mkdtemp(prefix="gpt-readme-", dir="/tmp"))
     s = Session(work, work / ".state")
     os.mkdir(work / "run")
+    os.mkdir(work / "tmp")  # the blocks' TMPDIR: what their `mktemp -d` makes goes with the session
     try:
         yield s
     finally:
@@ -181,7 +182,7 @@ def test_readme_block(block: Block, session: Session) -> None:
         pytest.skip(f"README line {block.line}: {block.untested}")
     if session.failed:
         pytest.skip(f"an earlier README block failed ({session.failed[0]})")
-    env = {**session.env(), "PATH": _bin_path()}
+    env = {**session.env(), "PATH": _bin_path(), "TMPDIR": str(session.work / "tmp")}
     outdir = Path(tempfile.mkdtemp(dir=session.work / "run"))
     if block.lang == "python":
         code = session.work / f"readme_{block.line}.py"
