@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
+from signal import SIGINT, SIGKILL, Signals
 from typing import TYPE_CHECKING, Any
 
 from gproc import errors, peers, wire
@@ -156,6 +158,7 @@ class Job:
         self._credit = asyncio.Event()
         self._stdin: AsyncIterable[bytes] | bytes | None = None
         self.batch = False
+        self._last_interrupt = float("-inf")
         self._ship_done = asyncio.Event()  # input waits for it: the master reads files first
         if bundle is None or not bundle.sources:
             self._ship_done.set()
@@ -163,6 +166,15 @@ class Job:
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the job on every node."""
         self._conn.send({"t": "signal", "sig": sig})
+
+    def interrupt(self) -> Signals:
+        """Ctrl-C: SIGINT to the job on every node, SIGKILL when the last interrupt was less than a
+        second ago; returns the signal sent."""
+        now = time.monotonic()
+        sig = SIGKILL if now - self._last_interrupt < 1.0 else SIGINT
+        self._last_interrupt = now
+        self.signal(sig)
+        return sig
 
     async def feed(self, source: AsyncIterable[bytes] | bytes) -> None:
         """Send ``source`` as the job's stdin (to every process), then EOF.

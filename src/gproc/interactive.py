@@ -23,7 +23,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 from ClusterShell.NodeSet import NodeSet, NodeSetParseError
@@ -138,14 +137,9 @@ class Session:
             gather=self.gather,
         )
         loop = asyncio.get_running_loop()
-        last = [0.0]
 
         def on_sigint() -> None:
-            now = time.monotonic()
-            sig = signal.SIGKILL if now - last[0] < 1.0 else signal.SIGINT
-            last[0] = now
-            job.signal(sig)
-            print(f"\ngproc: sent {signal.Signals(sig).name} to job {job.id}", file=sys.stderr)
+            print(f"\ngproc: sent {job.interrupt().name} to job {job.id}", file=sys.stderr)
 
         loop.add_signal_handler(signal.SIGINT, on_sigint)
         try:

@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 
 from gproc import client, eventloop
@@ -181,14 +180,9 @@ async def _exec(opts: argparse.Namespace, pos: list[str]) -> int:
         print(json.dumps({"job": job.id, "n": job.nnodes, "absent": job.absent}) if opts.json else job.id)
         return 0
     loop = asyncio.get_running_loop()
-    last_int = [0.0]
 
     def on_sigint() -> None:
-        now = time.monotonic()
-        sig = signal.SIGKILL if now - last_int[0] < 1.0 else signal.SIGINT
-        last_int[0] = now
-        job.signal(sig)
-        print(f"gproc: sent {signal.Signals(sig).name} to job {job.id}", file=sys.stderr)
+        print(f"gproc: sent {job.interrupt().name} to job {job.id}", file=sys.stderr)
 
     loop.add_signal_handler(signal.SIGINT, on_sigint)
     try:
