@@ -29,7 +29,7 @@ from typing import Any
 import psutil
 from ClusterShell.NodeSet import NodeSet, NodeSetException
 
-from gproc import credential, launchagent
+from gproc import credential, launchagent, runtime
 from gproc.client import Cluster, socket_path
 from gproc.errors import GprocError, UsageError
 from gproc.local import layout
@@ -83,6 +83,7 @@ class LaunchRecord:
     python: str
     rundir: str = ""  # this launch's files (the master's log and state when it started one)
     master: list[float] = field(default_factory=list)  # [pid, start time] of a master we started
+    runtime: dict[str, Any] = field(default_factory=dict)  # how hosts without Python run gproc (stop needs it)
 
     def save(self) -> None:
         tmp = self.socket + ".launch.tmp"
@@ -165,21 +166,30 @@ def launch(
     debug: int = 0,
     hop_timeout: float = launchagent.DEFAULT_HOP_TIMEOUT,
     join_timeout: float = 30.0,
+    ship: str = "auto",
+    runtime_dir: str | None = None,
 ) -> Outcome:
     """Start a daemon on every host of ``hosts`` and wait until those that started joined the master.
 
     ``listen``: where a master started here listens (default every address, ``port``); ``address``:
     the master's address as the hosts reach it (default: the address each first-level host's ssh
-    session came from); ``port``: the port the nodes listen on (and a new master's)."""
+    session came from); ``port``: the port the nodes listen on (and a new master's). ``ship``:
+    ``auto`` runs gproc on a host's ``python`` when it has gproc, else ships gproc's runtime there
+    (``gproc.runtime``) into ``runtime_dir`` (default ``~/.cache/gproc/runtime``); ``always`` ships it
+    to every host; ``never`` reports a host without gproc."""
     t0 = time.monotonic()
     names = expand_hosts(hosts)
     if fanout < 1:
         raise UsageError(f"--fanout must be at least 1 (got {fanout})")
+    if ship not in launchagent.SHIP_MODES:
+        raise UsageError(f"--ship must be one of {', '.join(launchagent.SHIP_MODES)} (got {ship!r})")
     sock = socket_path(socket)
     old = LaunchRecord.load(sock)
     if old is not None:
         raise UsageError(f"a launch is recorded at {sock}.launch (stop it first: gproc launch --stop)")
     rec = LaunchRecord(sock, names, fanout, ssh or ssh_command(), python or sys.executable)
+    # the id names the runtime a host may hold already; its bytes are packed only for a host without it
+    rec.runtime = {"mode": ship, "base": runtime_dir, "id": runtime.collect().id if ship != "never" else None}
     stats = asyncio.run(_master_stats(sock))
     keyfile = credential.key_path(key)
     try:
@@ -209,6 +219,7 @@ def launch(
             "bin_root": bin_root,
             "debug": debug,
             "hop_timeout": hop_timeout,
+            "runtime": rec.runtime,
         }
         rows = asyncio.run(launchagent.fan_out(req, tree(names, fanout)))
         rec.hosts = [r["host"] for r in rows if r["reached"]]  # where --stop has something to look at
@@ -253,7 +264,13 @@ def stop(socket: str | None = None, timeout: float = 10.0) -> list[dict[str, Any
     if ours:  # the whole tree ends its jobs and exits; the sweep below catches what did not hear it
         with contextlib.suppress(GprocError, OSError):
             asyncio.run(Cluster(sock, timeout=3.0).shutdown())
-    req = {"op": "stop", "ssh": rec.ssh, "python": rec.python, "hop_timeout": launchagent.DEFAULT_HOP_TIMEOUT}
+    req = {
+        "op": "stop",
+        "ssh": rec.ssh,
+        "python": rec.python,
+        "hop_timeout": launchagent.DEFAULT_HOP_TIMEOUT,
+        "runtime": rec.runtime,
+    }
     rows = asyncio.run(launchagent.fan_out(req, tree(rec.hosts, rec.fanout)))
     if rec.master:
         deadline = time.monotonic() + timeout

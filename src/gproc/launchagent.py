@@ -9,9 +9,19 @@ start is reported with the reason, and its own children are started from here in
 host loses no subtree). ``"op": "stop"`` goes down the same tree and stops what an earlier launch
 started on each host (the daemon recorded in the host's launch directory, by pid and start time).
 
+A host with no usable Python with gproc gets gproc's own runtime (``gproc.runtime``: the interpreter,
+its loader and libraries, the standard library, gproc and its dependencies), content-addressed under
+``runtime.base`` (default ``~/.cache/gproc/runtime/<id>``): the first ssh session runs a few lines of
+``sh`` that start the agent with ``python`` when it imports gproc, else with a runtime the host
+already holds, else answer that the runtime is needed; then a second session carries the request
+line and the runtime as a tar stream, which the host unpacks (``tar``) into a private directory,
+renames into place and runs. A host that received the runtime ships that same runtime to its own
+children, so the launching machine sends it once per first-level host, not once per host.
+
 A request: ``{"op": "start"|"stop", "name", "id", "children": [{"host", "id", "children"}…], "key"
 (PEM), "parent" (address, or absent: the host this ssh session came from), "parent_port", "port",
-"ssh" (argv), "python", "bin_root", "debug", "hop_timeout"}``.
+"ssh" (argv), "python", "bin_root", "debug", "hop_timeout", "runtime": {"id", "base", "mode":
+"auto"|"always"|"never"}}``.
 """
 
 from __future__ import annotations
@@ -24,16 +34,22 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
+from gproc import runtime
 from gproc.address import Address
 
 DEFAULT_HOP_TIMEOUT = 30.0  # one ssh login plus one daemon start
 DEFAULT_PORT = 6666
+SHIP_MODES = ("auto", "always", "never")
+NEED = "gproc-needs-its-runtime"  # what the first session says when the host needs the runtime
+_NEED_STATUS = 75  # and its exit status (EX_TEMPFAIL)
+SHIP_EXTRA_TIMEOUT = 120.0  # what a hop may take beyond its start for moving the runtime
 
 
 def run_dir(name: str) -> str:
@@ -141,7 +157,7 @@ def spawn_daemon(req: dict[str, Any]) -> Started | dict[str, Any]:
     log = os.path.join(rundir, "daemon.log")
     fd, key = _key_handle(req["key"].encode(), rundir)
     argv = [
-        req.get("python") or sys.executable, "-m", "gproc", "s",
+        sys.executable, "-m", "gproc", "s",  # the agent runs on the interpreter the daemon should
         "--parent", str(Address(parent_host, int(req["parent_port"]))),
         "--listen", str(Address(listen_host, int(req.get("port", DEFAULT_PORT)))),
         "--name", name, "--id", str(req["id"]), "--key", key, "--ready-file", ready,
@@ -200,59 +216,170 @@ def _last_line(path: str) -> str:
 # ---- the hosts below ---------------------------------------------------------------------------------
 
 
-async def _over_ssh(req: dict[str, Any], child: dict[str, Any], timeout: float) -> tuple[list[dict[str, Any]], bool]:
-    """Run the agent on ``child``'s host for its subtree: (outcomes, whether the child itself came up)."""
-    host = child["host"]
-    remote = shlex.join([req.get("python") or sys.executable, "-m", "gproc.launchagent"])
-    sub = {**req, "name": host, "id": child["id"], "children": child.get("children", [])}
+class Shipper:
+    """This process's runtime as a tar file, packed the first time a child host needs it."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._path: str | None = None
+        self.id = ""
+
+    async def tar(self) -> tuple[str, str]:
+        """(the tar file's path, the runtime's id)."""
+        async with self._lock:
+            if self._path is None:
+                rt = await asyncio.to_thread(runtime.collect)
+                fd, path = tempfile.mkstemp(prefix="gproc-runtime-", suffix=".tar")
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        await asyncio.to_thread(runtime.pack, rt, f)
+                except BaseException:
+                    os.unlink(path)
+                    raise
+                self._path, self.id = path, rt.id
+            return self._path, self.id
+
+    def close(self) -> None:
+        if self._path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
+            self._path = None
+
+
+def _base(rt: dict[str, Any]) -> str:
+    return shlex.quote(rt["base"]) if rt.get("base") else runtime.default_base()
+
+
+def probe_script(req: dict[str, Any]) -> str:
+    """What the first ssh session runs: the agent on the host's Python with gproc, else on a runtime
+    the host holds, else the answer that the runtime is needed (``sh``: nothing else is assumed)."""
+    py = shlex.quote(req.get("python") or sys.executable)
+    rt = req.get("runtime") or {}
+    mode = rt.get("mode", "auto")
+    if mode == "never" or not rt.get("id"):
+        return f"exec {py} -m gproc.launchagent"
+    lines = [] if mode == "always" else [
+        f'if [ -x {py} ] && {py} -c "import gproc" </dev/null >/dev/null 2>&1; then exec {py} -m gproc.launchagent; fi'
+    ]  # fmt: skip
+    lines += [
+        f"d={_base(rt)}/{rt['id']}",
+        f'if [ -e "$d/{runtime.MARK}" ]; then exec "$d/bin/python" -m gproc.launchagent; fi',
+        f"echo {NEED}; exit {_NEED_STATUS}",
+    ]
+    return "\n".join(lines)
+
+
+def ship_script(req: dict[str, Any], rid: str) -> str:
+    """What the second session runs: unpack the runtime from stdin (after the request line), run it."""
+    return runtime.unpack_script(_base(req.get("runtime") or {}), rid) + 'exec "$d/bin/python" -m gproc.launchagent'
+
+
+async def _session(
+    req: dict[str, Any], host: str, script: str, payload: list[bytes | str], timeout: float
+) -> tuple[int | None, bytes, bytes] | str:
+    """Run ``sh -c script`` on ``host`` over ssh with ``payload`` (bytes, or a file to stream) on its
+    stdin: (exit status, stdout, stderr), or why ssh could not run."""
     try:
         proc = await asyncio.create_subprocess_exec(
             *req["ssh"],
             host,
-            remote,
+            shlex.join(["sh", "-c", script]),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
     except OSError as e:
-        return [{"host": host, "ok": False, "reached": False, "error": f"cannot run {req['ssh'][0]}: {e}"}], False
+        return f"cannot run {req['ssh'][0]}: {e}"
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+
+    async def feed() -> None:
+        assert proc.stdin is not None
+        with contextlib.suppress(OSError):  # a host that hangs up early says why on stderr
+            for part in payload:
+                if isinstance(part, bytes):
+                    proc.stdin.write(part)
+                    await proc.stdin.drain()
+                    continue
+                with open(part, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        proc.stdin.write(chunk)
+                        await proc.stdin.drain()
+            proc.stdin.close()
+
     try:
         async with asyncio.timeout(timeout):
-            out, err = await proc.communicate(json.dumps(sub).encode())
-    except TimeoutError:
-        # the subtree may be partly up: report all of it, start none of it again
-        why = f"no answer within {timeout:.0f}s"
-        return [{"host": h, "ok": False, "reached": True, "error": why} for h in hosts_of(child)], True
+            _, out, err = await asyncio.gather(feed(), proc.stdout.read(), proc.stderr.read())
+            await proc.wait()
     finally:
         if proc.returncode is None:  # timed out, or the launch was interrupted: no ssh outlives it
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                await proc.wait()
+    return proc.returncode, out, err
+
+
+async def _over_ssh(
+    req: dict[str, Any], child: dict[str, Any], timeout: float, ship: Shipper
+) -> tuple[list[dict[str, Any]], bool]:
+    """Run the agent on ``child``'s host for its subtree: (outcomes, whether the child itself came up)."""
+    host = child["host"]
+    sub = {**req, "name": host, "id": child["id"], "children": child.get("children", [])}
+    line = json.dumps(sub).encode() + b"\n"
+    shipped = 0
+    try:
+        got = await _session(req, host, probe_script(req), [line], timeout)
+        if isinstance(got, tuple) and got[0] == _NEED_STATUS and NEED.encode() in got[1]:
+            if req.get("op") == "stop":  # no runtime there: nothing a launch started runs there
+                return [{"host": host, "ok": True, "reached": True, "stopped": None}], False
+            path, rid = await ship.tar()
+            sub["runtime"] = {**(req.get("runtime") or {}), "id": rid}  # the subtree gets what we have
+            line = json.dumps(sub).encode() + b"\n"
+            got = await _session(req, host, ship_script(req, rid), [line, path], timeout + SHIP_EXTRA_TIMEOUT)
+            shipped = os.path.getsize(path)
+    except TimeoutError:
+        # the subtree may be partly up: report all of it, start none of it again
+        why = f"no answer within {timeout:.0f}s"
+        return [{"host": h, "ok": False, "reached": True, "error": why} for h in hosts_of(child)], True
+    if isinstance(got, str):
+        return [{"host": host, "ok": False, "reached": False, "error": got}], False
+    rc, out, err = got
     try:
         rows = json.loads(out.decode().strip().splitlines()[-1])["hosts"]
     except (ValueError, KeyError, IndexError, TypeError):
         lines = [ln.strip() for ln in err.decode(errors="replace").splitlines() if ln.strip()]
-        why = lines[-1] if lines else f"exit status {proc.returncode}"
-        if proc.returncode == 127:  # the remote shell found no such interpreter
-            why = f"no {req.get('python') or sys.executable} on the host (gproc does not ship itself yet): {why}"
+        why = lines[-1] if lines else f"exit status {rc}"
+        if rc == 127:  # the remote shell found no such interpreter
+            why = f"no {req.get('python') or sys.executable} on the host and shipping gproc is off: {why}"
         return [{"host": host, "ok": False, "reached": False, "error": why}], False
     me = next((r for r in rows if r.get("host") == host), None)
+    if me is not None and shipped:
+        me["shipped"] = shipped  # bytes of runtime this launch moved to the host
     return rows, bool(me and me.get("ok"))
 
 
-async def _subtree(req: dict[str, Any], child: dict[str, Any], hop: float) -> list[dict[str, Any]]:
-    got, child_up = await _over_ssh(req, child, hop * height(child))
+async def _subtree(req: dict[str, Any], child: dict[str, Any], hop: float, ship: Shipper) -> list[dict[str, Any]]:
+    got, child_up = await _over_ssh(req, child, hop * height(child), ship)
     if not child_up and child.get("children"):  # as soon as it failed, not after its siblings
-        got += await fan_out(req, child["children"])
+        got += await _fan_out(req, child["children"], ship)
     return got
+
+
+async def _fan_out(req: dict[str, Any], children: list[dict[str, Any]], ship: Shipper) -> list[dict[str, Any]]:
+    hop = float(req.get("hop_timeout", DEFAULT_HOP_TIMEOUT))
+    parts = await asyncio.gather(*(_subtree(req, c, hop, ship) for c in children))
+    return [row for part in parts for row in part]
 
 
 async def fan_out(req: dict[str, Any], children: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Start (or stop) each child subtree over ssh at once; a child that fails has its own children
     started from here. ``req`` is this level's request: what the children inherit."""
-    hop = float(req.get("hop_timeout", DEFAULT_HOP_TIMEOUT))
-    parts = await asyncio.gather(*(_subtree(req, c, hop) for c in children))
-    return [row for part in parts for row in part]
+    ship = Shipper()
+    try:
+        return await _fan_out(req, children, ship)
+    finally:
+        ship.close()
 
 
 async def serve(req: dict[str, Any]) -> list[dict[str, Any]]:

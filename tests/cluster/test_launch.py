@@ -52,8 +52,13 @@ def env(bed: NetBed) -> Iterator[dict[str, str]]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def gproc(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*GPROC, *args], env=env, capture_output=True, text=True, timeout=timeout)
+def gproc(
+    env: dict[str, str], *args: str, timeout: float = 120, input_text: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*GPROC, *args], env=env, capture_output=True, text=True, timeout=timeout, input=input_text,
+        stdin=None if input_text is not None else subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def launch_args(bed: NetBed) -> list[str]:
@@ -236,11 +241,24 @@ def test_launch_joins_a_running_master_and_stop_leaves_it_running(bed: NetBed, e
         master.wait(10)
 
 
-def test_a_host_without_gproc_is_reported_and_the_rest_come_up(env: dict[str, str]) -> None:
-    hidden = [p for p in {sys.prefix, sys.base_prefix} if p not in ("/", "/usr", "/usr/local")]
-    with netbed(["a1", "a2", "a3"], hide={"a2": hidden}) as chain:  # a1 -> a2 -> a3 at fanout 1
+def _hidden() -> list[str]:
+    """The directories that make this Python and gproc (a host with these hidden has neither)."""
+    return [p for p in {sys.prefix, sys.base_prefix} if p not in ("/", "/usr", "/usr/local")]
+
+
+needs_hideable_python = pytest.mark.skipif(
+    not _hidden(), reason="this Python lives in /usr: a host cannot be made without it by hiding a directory"
+)
+
+
+@needs_hideable_python
+def test_a_host_without_gproc_is_reported_when_shipping_is_off(env: dict[str, str]) -> None:
+    with netbed(["a1", "a2", "a3"], hide={"a2": _hidden()}) as chain:  # a1 -> a2 -> a3 at fanout 1
         env = {**env, "GPROC_SSH": " ".join(chain.ssh_command)}
-        r = gproc(env, "launch", "--ssh", "a[1-3]", "--fanout", "1", "--listen", f"{chain.gateway}:0", "--json")
+        r = gproc(
+            env, "launch", "--ssh", "a[1-3]", "--fanout", "1", "--listen", f"{chain.gateway}:0", "--ship", "never",
+            "--json",
+        )  # fmt: skip
         rows = {row["host"]: row for row in map(json.loads, r.stdout.splitlines())}
         assert r.returncode == 255 and sorted(h for h, row in rows.items() if row["ok"]) == ["a1", "a3"], rows
         assert rows["a2"]["error"].startswith(f"no {sys.executable} on the host"), rows["a2"]
@@ -252,6 +270,47 @@ def test_a_host_without_gproc_is_reported_and_the_rest_come_up(env: dict[str, st
         stop = gproc(env, "launch", "--stop")
         assert stop.returncode == 0, stop.stdout + stop.stderr
         assert [chain.daemons(h) for h in ("a1", "a2", "a3")] == [[], [], []]
+
+
+def _cmdline(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().decode(errors="replace").split("\0")
+
+
+@needs_hideable_python
+def test_gproc_ships_itself_to_hosts_without_python(env: dict[str, str]) -> None:
+    """a2 and a3 have neither this Python nor gproc (their directories are empty tmpfs), and each has
+    its own empty runtime directory: a1 (with Python) ships the runtime it packs from its install to
+    a2, a2 (running on that runtime) ships its own directory on to a3; both run daemons that work as
+    any other. A second launch moves nothing: the hosts hold the runtime by its content's id."""
+    rtdir = os.path.join(os.path.dirname(env["GPROC_MASTER"]), "runtimes")
+    os.makedirs(rtdir)
+    bare = [*_hidden(), rtdir]
+    with netbed(["a1", "a2", "a3"], hide={"a2": bare, "a3": bare}) as chain:
+        env = {**env, "GPROC_SSH": " ".join(chain.ssh_command)}
+        args = ["launch", "--ssh", "a[1-3]", "--fanout", "1", "--listen", f"{chain.gateway}:0"]
+        args += ["--runtime-dir", rtdir, "--bin-root", "/run/xproc", "--json"]
+        for attempt in ("first", "again"):
+            r = gproc(env, *args, timeout=300)
+            rows = {row["host"]: row for row in map(json.loads, r.stdout.splitlines())}
+            assert r.returncode == 0 and all(row["ok"] for row in rows.values()), (r.stdout, r.stderr)
+            shipped = {h: row.get("shipped", 0) for h, row in rows.items()}
+            if attempt == "first":
+                assert shipped["a1"] == 0 and shipped["a2"] > 10_000_000 and shipped["a3"] > 10_000_000, shipped
+            else:
+                assert shipped == {"a1": 0, "a2": 0, "a3": 0}, shipped
+            for h in ("a2", "a3"):  # the daemon runs on the shipped interpreter, through its own loader
+                argvs = [_cmdline(p) for p in chain.daemons(h)]
+                # (ld.so --library-path LIB --argv0 bin/python bin/python3.X -m gproc s ...)
+                assert any(a[0].startswith(rtdir + "/") and " -m gproc s " in " ".join(a) for a in argvs), argvs
+            out = gproc(env, "e", "**", "sh", "-c", "hostname; echo $((6*7))")
+            assert out.returncode == 0, out.stderr
+            assert sorted(out.stdout.splitlines()) == ["a1: a1", "a2: a2", "a3: a3", "a[1-3]: 42"], out.stdout
+            py = gproc(env, "e", "-w", "a[2-3]", "/bin/cat", input_text="through the tree\n")
+            assert py.returncode == 0 and py.stdout == "a[2-3]: through the tree\n", py.stdout + py.stderr
+            stop = gproc(env, "launch", "--stop")
+            assert stop.returncode == 0, stop.stdout + stop.stderr
+            assert [chain.daemons(h) for h in ("a1", "a2", "a3")] == [[], [], []]
 
 
 def test_bad_input_is_one_line(env: dict[str, str]) -> None:

@@ -29,6 +29,13 @@ def _switches(p: Parser) -> None:
     p.add_argument("--port", type=int, metavar="PORT", help="the daemons' TCP port (default 6666)")
     p.add_argument("--bin-root", default="/tmp/xproc", metavar="DIR", help="-binRoot on every host")
     p.add_argument("--timeout", type=float, metavar="S", help="give up on hosts not joined by then (default 30)")
+    p.add_argument(
+        "--ship",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="gproc's own runtime to hosts without Python with gproc (auto), to every host, or never",
+    )
+    p.add_argument("--runtime-dir", metavar="DIR", help="where hosts keep shipped runtimes (~/.cache/gproc/runtime)")
     p.add_argument("--config", metavar="FILE", help="settings no switch gives ([launch] table; hosts = HOSTS)")
     add_debug(p)
 
@@ -55,6 +62,8 @@ def _launch(opts: argparse.Namespace, pos: list[str]) -> int:
         bin_root=opts.bin_root,
         debug=opts.debug,
         join_timeout=opts.timeout if opts.timeout is not None else 30.0,
+        ship=opts.ship,
+        runtime_dir=opts.runtime_dir,
     )
     up = len(out.rows) - len(out.failed)
     if opts.json:
