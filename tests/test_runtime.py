@@ -70,18 +70,20 @@ def test_it_runs_on_its_own_loader_and_libraries_with_no_environment(unpacked: t
     assert maps and all(m.startswith(top + "/") for m in maps), [m for m in maps if not m.startswith(top + "/")]
 
 
+@pytest.mark.parametrize("gz", [False, True], ids=["tar", "tar.gz"])
 def test_the_unpack_script_renames_into_place_and_hands_on_the_request(
-    tmp_path: object, unpacked: tuple[runtime.Runtime, str]
+    tmp_path: object, unpacked: tuple[runtime.Runtime, str], gz: bool
 ) -> None:
     rt, _ = unpacked
     tiny = runtime.Runtime("0" * 64, rt.python, [runtime.Entry("hello", None, 0o444, data=b"hi\n")])
     base = os.path.join(str(tmp_path), "base")
     tar = os.path.join(str(tmp_path), "tiny.tar")
     with open(tar, "wb") as f:
-        runtime.pack(tiny, f)
+        runtime.pack(tiny, f, gz)
     with open(tar, "rb") as f:
         payload = b'{"op": "start"}\n' + f.read()
-    script = runtime.unpack_script(base, tiny.id) + 'cat; cat "$d/hello"'
+    assert payload[16:18] == (b"\x1f\x8b" if gz else b"he")  # gzip's magic, or the first member's name
+    script = runtime.unpack_script(base, tiny.id, gz) + 'cat; cat "$d/hello"'
     for _ in range(2):  # the second time the runtime is there already: the new copy is dropped
         r = subprocess.run(["sh", "-c", script], input=payload, capture_output=True, timeout=30)
         assert r.returncode == 0 and r.stdout == b'{"op": "start"}\nhi\n', r

@@ -217,33 +217,35 @@ def _last_line(path: str) -> str:
 
 
 class Shipper:
-    """This process's runtime as a tar file, packed the first time a child host needs it."""
+    """This process's runtime as a tar file (gzip-compressed for hosts that have gzip), packed the
+    first time a child host needs it."""
 
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
-        self._path: str | None = None
-        self.id = ""
+        self._paths: dict[bool, str] = {}
+        self._rt: runtime.Runtime | None = None
 
-    async def tar(self) -> tuple[str, str]:
+    async def tar(self, gz: bool) -> tuple[str, str]:
         """(the tar file's path, the runtime's id)."""
         async with self._lock:
-            if self._path is None:
-                rt = await asyncio.to_thread(runtime.collect)
-                fd, path = tempfile.mkstemp(prefix="gproc-runtime-", suffix=".tar")
+            if self._rt is None:
+                self._rt = await asyncio.to_thread(runtime.collect)
+            if gz not in self._paths:
+                fd, path = tempfile.mkstemp(prefix="gproc-runtime-", suffix=".tar.gz" if gz else ".tar")
                 try:
                     with os.fdopen(fd, "wb") as f:
-                        await asyncio.to_thread(runtime.pack, rt, f)
+                        await asyncio.to_thread(runtime.pack, self._rt, f, gz)
                 except BaseException:
                     os.unlink(path)
                     raise
-                self._path, self.id = path, rt.id
-            return self._path, self.id
+                self._paths[gz] = path
+            return self._paths[gz], self._rt.id
 
     def close(self) -> None:
-        if self._path is not None:
+        for path in self._paths.values():
             with contextlib.suppress(OSError):
-                os.unlink(self._path)
-            self._path = None
+                os.unlink(path)
+        self._paths.clear()
 
 
 def _base(rt: dict[str, Any]) -> str:
@@ -264,14 +266,15 @@ def probe_script(req: dict[str, Any]) -> str:
     lines += [
         f"d={_base(rt)}/{rt['id']}",
         f'if [ -e "$d/{runtime.MARK}" ]; then exec "$d/bin/python" -m gproc.launchagent; fi',
-        f"echo {NEED}; exit {_NEED_STATUS}",
+        f'echo {NEED} "$(command -v gzip >/dev/null 2>&1 && echo gzip)"; exit {_NEED_STATUS}',
     ]
     return "\n".join(lines)
 
 
-def ship_script(req: dict[str, Any], rid: str) -> str:
+def ship_script(req: dict[str, Any], rid: str, gz: bool) -> str:
     """What the second session runs: unpack the runtime from stdin (after the request line), run it."""
-    return runtime.unpack_script(_base(req.get("runtime") or {}), rid) + 'exec "$d/bin/python" -m gproc.launchagent'
+    script = runtime.unpack_script(_base(req.get("runtime") or {}), rid, gz)
+    return script + 'exec "$d/bin/python" -m gproc.launchagent'
 
 
 async def _session(
@@ -333,10 +336,12 @@ async def _over_ssh(
         if isinstance(got, tuple) and got[0] == _NEED_STATUS and NEED.encode() in got[1]:
             if req.get("op") == "stop":  # no runtime there: nothing a launch started runs there
                 return [{"host": host, "ok": True, "reached": True, "stopped": None}], False
-            path, rid = await ship.tar()
+            gz = b"gzip" in got[1]  # a third of the bytes, where the host can unpack them
+            path, rid = await ship.tar(gz)
             sub["runtime"] = {**(req.get("runtime") or {}), "id": rid}  # the subtree gets what we have
             line = json.dumps(sub).encode() + b"\n"
-            got = await _session(req, host, ship_script(req, rid), [line, path], timeout + SHIP_EXTRA_TIMEOUT)
+            script = ship_script(req, rid, gz)
+            got = await _session(req, host, script, [line, path], timeout + SHIP_EXTRA_TIMEOUT)
             shipped = os.path.getsize(path)
     except TimeoutError:
         # the subtree may be partly up: report all of it, start none of it again
