@@ -70,9 +70,9 @@ def test_it_runs_on_its_own_loader_and_libraries_with_no_environment(unpacked: t
     assert maps and all(m.startswith(top + "/") for m in maps), [m for m in maps if not m.startswith(top + "/")]
 
 
-@pytest.mark.parametrize("gz", [False, True], ids=["tar", "tar.gz"])
+@pytest.mark.parametrize(("gz", "keep"), [(False, False), (True, False), (True, True)], ids=["tar", "gz", "gz-kept"])
 def test_the_unpack_script_renames_into_place_and_hands_on_the_request(
-    tmp_path: object, unpacked: tuple[runtime.Runtime, str], gz: bool
+    tmp_path: object, unpacked: tuple[runtime.Runtime, str], gz: bool, keep: bool
 ) -> None:
     rt, _ = unpacked
     tiny = runtime.Runtime("0" * 64, rt.python, [runtime.Entry("hello", None, 0o444, data=b"hi\n")])
@@ -83,9 +83,12 @@ def test_the_unpack_script_renames_into_place_and_hands_on_the_request(
     with open(tar, "rb") as f:
         payload = b'{"op": "start"}\n' + f.read()
     assert payload[16:18] == (b"\x1f\x8b" if gz else b"he")  # gzip's magic, or the first member's name
-    script = runtime.unpack_script(base, tiny.id, gz) + 'cat; cat "$d/hello"'
+    script = runtime.unpack_script(base, tiny.id, gz, keep) + 'cat; cat "$d/hello"'
     for _ in range(2):  # the second time the runtime is there already: the new copy is dropped
         r = subprocess.run(["sh", "-c", script], input=payload, capture_output=True, timeout=30)
         assert r.returncode == 0 and r.stdout == b'{"op": "start"}\nhi\n', r
-        assert sorted(os.listdir(base)) == [tiny.id]
+        assert sorted(os.listdir(base)) == [tiny.id, *([f"{tiny.id}.tar.gz"] if keep else [])]
+        if keep:  # what a host ships on to its children is the stream it received
+            with open(runtime.packed(os.path.join(base, tiny.id)), "rb") as f:
+                assert f.read() == payload[16:]
         assert sorted(os.listdir(os.path.join(base, tiny.id))) == [runtime.MARK, "hello"]

@@ -230,6 +230,9 @@ class Shipper:
         async with self._lock:
             if self._rt is None:
                 self._rt = await asyncio.to_thread(runtime.collect)
+            here = runtime.running()
+            if gz and here is not None and os.path.exists(runtime.packed(here)):
+                return runtime.packed(here), self._rt.id  # as this host received it
             if gz not in self._paths:
                 fd, path = tempfile.mkstemp(prefix="gproc-runtime-", suffix=".tar.gz" if gz else ".tar")
                 try:
@@ -266,14 +269,16 @@ def probe_script(req: dict[str, Any]) -> str:
     lines += [
         f"d={_base(rt)}/{rt['id']}",
         f'if [ -e "$d/{runtime.MARK}" ]; then exec "$d/bin/python" -m gproc.launchagent; fi',
-        f'echo {NEED} "$(command -v gzip >/dev/null 2>&1 && echo gzip)"; exit {_NEED_STATUS}',
+        f"echo {NEED} $(command -v gzip >/dev/null 2>&1 && echo gzip) $(command -v tee >/dev/null 2>&1 && echo tee)",
+        f"exit {_NEED_STATUS}",
     ]
     return "\n".join(lines)
 
 
-def ship_script(req: dict[str, Any], rid: str, gz: bool) -> str:
-    """What the second session runs: unpack the runtime from stdin (after the request line), run it."""
-    script = runtime.unpack_script(_base(req.get("runtime") or {}), rid, gz)
+def ship_script(req: dict[str, Any], rid: str, gz: bool, keep: bool) -> str:
+    """What the second session runs: unpack the runtime from stdin (after the request line), run it;
+    ``keep``: the host has children to ship it to, and keeps the compressed stream for them."""
+    script = runtime.unpack_script(_base(req.get("runtime") or {}), rid, gz, keep)
     return script + 'exec "$d/bin/python" -m gproc.launchagent'
 
 
@@ -336,11 +341,11 @@ async def _over_ssh(
         if isinstance(got, tuple) and got[0] == _NEED_STATUS and NEED.encode() in got[1]:
             if req.get("op") == "stop":  # no runtime there: nothing a launch started runs there
                 return [{"host": host, "ok": True, "reached": True, "stopped": None}], False
-            gz = b"gzip" in got[1]  # a third of the bytes, where the host can unpack them
+            gz = b" gzip" in got[1]  # a third of the bytes, where the host can unpack them
             path, rid = await ship.tar(gz)
             sub["runtime"] = {**(req.get("runtime") or {}), "id": rid}  # the subtree gets what we have
             line = json.dumps(sub).encode() + b"\n"
-            script = ship_script(req, rid, gz)
+            script = ship_script(req, rid, gz, keep=bool(child.get("children")) and b" tee" in got[1])
             got = await _session(req, host, script, [line, path], timeout + SHIP_EXTRA_TIMEOUT)
             shipped = os.path.getsize(path)
     except TimeoutError:

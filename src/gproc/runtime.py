@@ -33,7 +33,9 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
 import stat
+import subprocess
 import sys
 import sysconfig
 import tarfile
@@ -46,7 +48,7 @@ from gproc import elf
 from gproc.errors import GprocError
 
 MARK = "gproc-runtime.json"
-VERSION = 1  # of the cache and layout
+VERSION = 2  # of the cache and layout
 # the standard library's parts no daemon needs: tests (a third of it), GUIs, installers
 _SKIP_STDLIB = {
     "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "site-packages",
@@ -220,6 +222,27 @@ def _cache_path() -> str:
     return os.path.join(base, "gproc", "runtime.json")
 
 
+def _without_debug(path: str, store: str) -> str:
+    """``path`` without its debugging sections (``strip --strip-debug``, binutils, where installed):
+    libpython and the extension modules carry as much debug data as code (22 of 28 MiB). The copy
+    is kept in ``store`` under the original's hash; the original where strip is missing or fails."""
+    strip = shutil.which("strip")
+    if strip is None:
+        return path
+    out = os.path.join(store, _sha(path))
+    if os.path.exists(out):
+        return out
+    os.makedirs(store, exist_ok=True)
+    tmp = f"{out}.{os.getpid()}"
+    r = subprocess.run([strip, "--strip-debug", "-o", tmp, path], capture_output=True, timeout=120)
+    if r.returncode != 0:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return path
+    os.replace(tmp, out)
+    return out
+
+
 def _entry(name: str, source: str, hashes: dict[str, str]) -> Entry:
     st = os.lstat(source)
     if stat.S_ISLNK(st.st_mode):
@@ -247,12 +270,15 @@ def collect(cache: str | None = None) -> Runtime:
     objects = [p for n, p in sources if (n.endswith(".so") or n.startswith("bin/")) and _is_elf(p)]
     interp, libs = _libraries(objects)
     hashes: dict[str, str] = {}
-    entries = [_entry(n, p, hashes) for n, p in sources]
+    store = os.path.join(os.path.dirname(path), "runtime-objects")
+    elves = set(objects)
+    entries = [_entry(n, _without_debug(p, store) if p in elves else p, hashes) for n, p in sources]
     entries.append(_entry("lib/ld.so", interp, hashes))
     for name, src, link in libs:
-        entries.append(
-            Entry(f"lib/{name}", None, 0o777, link=link) if link else _entry(f"lib/{name}", src or "", hashes)
-        )
+        if link:
+            entries.append(Entry(f"lib/{name}", None, 0o777, link=link))
+        else:
+            entries.append(_entry(f"lib/{name}", _without_debug(src or "", store), hashes))
     wrapper = WRAPPER.replace("@PY@", f"python{ver}").encode()
     entries.append(Entry("bin/python", None, 0o555, data=wrapper, sha256=hashlib.sha256(wrapper).hexdigest()))
     entries.sort(key=lambda e: e.name)
@@ -338,12 +364,22 @@ def _bytes(data: bytes) -> IO[bytes]:
     return io.BytesIO(data)
 
 
-def unpack_script(base: str, rid: str, gz: bool = False) -> str:
+def packed(top: str) -> str:
+    """Where a host keeps the compressed stream it received a runtime in (``<base>/<id>.tar.gz``): a
+    host that ships on to its children sends that file as it is instead of packing it again."""
+    return os.path.normpath(top) + ".tar.gz"
+
+
+def unpack_script(base: str, rid: str, gz: bool = False, keep: bool = False) -> str:
     """The shell text a host runs to receive a runtime on stdin (after one line it hands on): into a
-    private temporary directory, renamed into place when complete (two launches at once both work)."""
+    private temporary directory, renamed into place when complete (two launches at once both work).
+    ``keep`` (with ``gz``): also keep the stream as it came (``packed``), with ``tee``."""
+    untar = f'tar -x {"-z " if gz else ""}-f - -C "$t"'
+    if gz and keep:
+        untar = f'tee "$t.tar.gz" | {untar} && mv "$t.tar.gz" "$d.tar.gz"'
     return (
         f'b={base}; d="$b/{rid}"; t="$b/.{rid}.$$"; mkdir -p "$b" && rm -rf "$t" && mkdir -m 700 "$t" && '
-        f'IFS= read -r req && tar -x {"-z " if gz else ""}-f - -C "$t" && chmod 755 "$t" && '
+        f'IFS= read -r req && {untar} && chmod 755 "$t" && '
         f'{{ [ -e "$d/{MARK}" ] || rm -rf "$d"; mv -T "$t" "$d" 2>/dev/null || rm -rf "$t"; }} && '
         f'printf "%s\\n" "$req" | '
     )
