@@ -78,7 +78,7 @@ def launch_slurm(
     bin_root: str | None = None,
     python: str | None = None,
     debug: int = 0,
-    wait: float = 20.0,
+    wait: float | None = None,
     join_timeout: float = 60.0,
 ) -> launch.Outcome:
     """Start a daemon on every node of this allocation; return once they joined (or the time is up).
@@ -86,7 +86,8 @@ def launch_slurm(
     ``listen``: where a master started here listens (default every address, ``port``); ``address``:
     the master's host as the nodes reach it (default: its listening address, or, when that is every
     address, the address srun ran at); ``port``: the nodes' port (and a new master's); ``wait``: how
-    long a node waits for its parent to listen before it joins an ancestor."""
+    long a node waits for its parent to listen before it joins an ancestor (default: a third of
+    ``join_timeout``, at most 20 s)."""
     t0 = time.monotonic()
     if fanout < 1:
         raise UsageError(f"--fanout must be at least 1 (got {fanout})")
@@ -120,7 +121,7 @@ def launch_slurm(
         host = address or ("" if host in _WILDCARD else host)
         env = {**os.environ, "GPROC_SLURM_MASTER": f"{host}:{mport}"}
         req = {"key": pem, "names": names, "fanout": fanout, "port": port, "bin_root": bin_root, "debug": debug}
-        req["wait"] = wait
+        req["wait"] = min(20.0, join_timeout / 3) if wait is None else wait
         with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
             srun = subprocess.Popen(
                 _srun_argv(len(names), py),
