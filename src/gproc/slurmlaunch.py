@@ -202,8 +202,8 @@ def failures(log: str, names: list[str]) -> dict[str, str]:
         m = _EXITED.match(ln.strip())
         if m:
             verdict[m.group(1)] = m.group(3)
-        elif ln.startswith("srun: error:") or ln.startswith("srun: fatal:"):
-            srun_err = ln.partition(": ")[2].strip()
+        elif ln.startswith(("srun: error: ", "srun: fatal: ")):
+            srun_err = ln.split(": ", 2)[2].strip()
     out = {"": srun_err} if srun_err else {}
     for i, n in enumerate(names):
         parts = [p for p in (verdict.get(n), last.get(i)) if p]

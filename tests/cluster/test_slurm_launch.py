@@ -97,10 +97,17 @@ class Allocation:
         return self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
 
     def kill(self) -> None:
+        """After a failure: end the allocation at the controller too (a killed salloc leaves it
+        allocated, and the next test's salloc would wait for its nodes); the bed runs only our jobs."""
         if self.proc.poll() is None:
+            subprocess.run(["scancel", "--quiet", "--partition=bed"], env=self.env, capture_output=True, timeout=30)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(30)
+        deadline = time.monotonic() + 30
+        while subprocess.run(["squeue", "--noheader"], env=self.env, capture_output=True, text=True, timeout=30).stdout:
+            assert time.monotonic() < deadline, "the allocation did not end"
+            time.sleep(0.2)
 
 
 @contextlib.contextmanager
