@@ -99,14 +99,27 @@ class SlurmBed:
         # its own hostname (SlurmctldHost's name), in this network namespace: on the bridge's address
         self._start("slurmctld", ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', CONTROLLER,
                                   SLURMCTLD, "-D", "-i", "-f", self.conf])  # fmt: skip
-        for name, h in self.net.hosts.items():
+        for name in self.net.hosts:
             os.makedirs(os.path.join(self.dir, "slurmd", name), mode=0o700)
-            assert h.sshd is not None
-            # the host's network, hostname and mounts: those its sshd runs in
-            self._start(f"slurmd {name}", ["nsenter", "-t", str(h.sshd.pid), "-n", "-u", "-m",
-                                           SLURMD, "-D", "-f", self.conf])  # fmt: skip
+            self.start_slurmd(name)
         self._wait_idle(deadline)
         return self
+
+    def start_slurmd(self, name: str) -> None:
+        h = self.net.hosts[name]
+        assert h.sshd is not None
+        # the host's network, hostname and mounts: those its sshd runs in
+        self._start(f"slurmd {name}", ["nsenter", "-t", str(h.sshd.pid), "-n", "-u", "-m",
+                                       SLURMD, "-D", "-f", self.conf])  # fmt: skip
+
+    def stop_slurmd(self, name: str) -> None:
+        """Kill one node's slurmd (the node stays allocated; srun cannot start tasks there)."""
+        p = self.procs[f"slurmd {name}"]
+        p.kill()
+        p.wait(10)
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        self._wait_idle(time.monotonic() + timeout)
 
     def _start(self, what: str, argv: list[str]) -> None:
         with open(os.path.join(self.dir, what.replace(" ", "_") + ".out"), "ab") as out:

@@ -101,7 +101,6 @@ def launch_slurm(
     rec = launch.LaunchRecord(sock, names, fanout, [], py, rundir=tempfile.mkdtemp(prefix="gproc-launch-"))
     rec.slurm = {"job": job, "step_name": STEP_NAME}
     keyfile = credential.key_path(key)
-    log = os.path.join(rec.rundir, "srun.log")
     try:
         stats = asyncio.run(launch._master_stats(sock))
         if stats is None:
@@ -122,27 +121,50 @@ def launch_slurm(
         env = {**os.environ, "GPROC_SLURM_MASTER": f"{host}:{mport}"}
         req = {"key": pem, "names": names, "fanout": fanout, "port": port, "bin_root": bin_root, "debug": debug}
         req["wait"] = min(20.0, join_timeout / 3) if wait is None else wait
-        with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
-            srun = subprocess.Popen(
-                _srun_argv(len(names), py),
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=out,
-                env=env,
-                start_new_session=True,  # outlives this command; stopped by --stop or the allocation's end
-            )
-        rec.slurm["srun"] = [srun.pid, psutil.Process(srun.pid).create_time()]
-        rec.save()
-        assert srun.stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            srun.stdin.write(json.dumps(req).encode())
-            srun.stdin.close()
-        rows = _wait_joined(sock, names, srun, log, join_timeout)
+        dead: dict[str, str] = {}  # nodes srun could not start a task on: the step goes again without them
+        for attempt in range(3):
+            live = [n for n in names if n not in dead]
+            log = os.path.join(rec.rundir, f"srun-{attempt}.log")
+            srun = _start_step(rec, {**req, "names": live}, sorted(dead), env, log)
+            rows = _wait_joined(sock, live, srun, log, join_timeout)
+            refused = unreachable(log)
+            if srun.poll() is None or not refused or not set(live) - set(refused):
+                break
+            dead.update(refused)
+        rows = [r for r in rows if r["host"] not in dead]  # the last attempt may have found more
+        rows += [{"host": n, "ok": False, "rank": None, "error": why} for n, why in dead.items()]
+        order = {n: i for i, n in enumerate(names)}
+        rows.sort(key=lambda r: order[r["host"]])
     except BaseException:
         with contextlib.suppress(Exception):
             stop(sock)
         raise
     return launch.Outcome(rows, sock, time.monotonic() - t0, bool(rec.master))
+
+
+def _start_step(
+    rec: launch.LaunchRecord, req: dict[str, Any], exclude: list[str], env: dict[str, str], log: str
+) -> subprocess.Popen[bytes]:
+    """srun running the agent on ``req["names"]`` (``exclude`` left out), the request in its stdin."""
+    argv = _srun_argv(len(req["names"]), rec.python)
+    if exclude:
+        argv[1:1] = [f"--exclude={NodeSet.fromlist(exclude)}"]
+    with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
+        srun = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=out,
+            env=env,
+            start_new_session=True,  # outlives this command; stopped by --stop or the allocation's end
+        )
+    rec.slurm["srun"] = [srun.pid, psutil.Process(srun.pid).create_time()]
+    rec.save()
+    assert srun.stdin is not None
+    with contextlib.suppress(BrokenPipeError):
+        srun.stdin.write(json.dumps(req).encode())
+        srun.stdin.close()
+    return srun
 
 
 def _up(sock: str) -> set[str]:
@@ -180,6 +202,17 @@ def _wait_joined(
 
 
 _EXITED = re.compile(r"srun: error: (\S+): tasks? ([\d,-]+): (.*)")
+_REFUSED = re.compile(r"srun: error: Task launch for \S+ failed on node (\S+): (.*)")
+
+
+def unreachable(log: str) -> dict[str, str]:
+    """Nodes srun could not start a task on (their slurmd is down: srun then fails the whole step)."""
+    try:
+        with open(log, errors="replace") as f:
+            found = (_REFUSED.match(ln.strip()) for ln in f)
+            return {m.group(1): f"srun could not start a task there: {m.group(2)}" for m in found if m}
+    except OSError:
+        return {}
 
 
 def failures(log: str, names: list[str]) -> dict[str, str]:

@@ -129,10 +129,10 @@ def gproc_pids(bed: SlurmBed, host: str) -> list[int]:
     return out
 
 
-def steps(bed: SlurmBed) -> list[str]:
-    r = subprocess.run(
-        ["squeue", "--steps", "--noheader", "--format=%i %j"], env=bed.env, capture_output=True, text=True, timeout=30
-    )
+def steps(bed: SlurmBed, jobs: bool = False) -> list[str]:
+    """The steps at the controller ("JOB.STEP NAME"); with ``jobs``, the jobs' ids and states."""
+    what = ["--format=%i %T"] if jobs else ["--steps", "--format=%i %j"]
+    r = subprocess.run(["squeue", "--noheader", *what], env=bed.env, capture_output=True, text=True, timeout=30)
     return [ln.strip() for ln in r.stdout.splitlines() if ln.strip()]
 
 
@@ -245,6 +245,35 @@ def test_joining_a_running_master_and_down_ends_the_step(bed: SlurmBed, env: dic
     finally:
         os.killpg(master.pid, signal.SIGKILL)
         master.wait(10)
+
+
+def test_a_node_srun_cannot_reach_is_reported_and_the_step_goes_again_without_it(
+    bed: SlurmBed, env: dict[str, str]
+) -> None:
+    # the allocation is granted, then h3's slurmd dies: srun fails the whole step there (Slurm's rule)
+    gate = os.path.join(env["OUT"], "go")
+    script = f'while [ ! -e "{gate}" ]; do sleep 0.1; done\n{HOLD}'
+    args = ["--listen", f"{bed.net.gateway}:0", "--timeout", "30", "--json"]
+    with allocation(env, 3, *args, script=script) as alloc:
+        try:
+            deadline = time.monotonic() + 60
+            while not any(ln.endswith(" RUNNING") for ln in steps(bed, jobs=True)):
+                assert alloc.proc.poll() is None and time.monotonic() < deadline, "no allocation"
+                time.sleep(0.1)
+            bed.stop_slurmd("h3")
+            open(gate, "w").close()
+            rc, out, err = alloc.launched()
+            rows = {r["host"]: r for r in map(json.loads, out.splitlines())}
+            assert rc == 255 and [h for h, r in rows.items() if r["ok"]] == ["h1", "h2"], out + err
+            assert rows["h3"]["error"].startswith("srun could not start a task there: "), rows["h3"]
+            info = gproc(env, "info", "--json")
+            assert {n["name"] for n in map(json.loads, info.stdout.splitlines()) if n["state"] == "up"} == {"h1", "h2"}
+            src, stop = alloc.release()
+            assert src == 0, stop
+        finally:  # before the allocation's end is awaited: a node without slurmd never completes the job
+            bed.start_slurmd("h3")
+    assert {h: gproc_pids(bed, h) for h in NODES} == {h: [] for h in NODES}
+    bed.wait_idle()
 
 
 def test_bad_input_is_one_line(env: dict[str, str]) -> None:
