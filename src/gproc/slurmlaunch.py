@@ -83,7 +83,7 @@ def launch_slurm(
 ) -> launch.Outcome:
     """Start a daemon on every node of this allocation; return once they joined (or the time is up).
 
-    ``listen``: where a master started here listens (default every address, ``port``); ``address``:
+    ``listen``: where a master started here listens (default every address, a free port); ``address``:
     the master's host as the nodes reach it (default: its listening address, or, when that is every
     address, the address srun ran at); ``port``: the nodes' port (and a new master's); ``wait``: how
     long a node waits for its parent to listen before it joins an ancestor (default: a third of
@@ -106,7 +106,8 @@ def launch_slurm(
         if stats is None:
             if not os.path.exists(keyfile):
                 keyfile = credential.keygen(os.path.join(rec.rundir, "cluster.key"))
-            master_addr = launch._start_master(rec, keyfile, listen, port, debug)
+            # a free port unless told: under sbatch this runs on the first node, where a daemon takes ``port``
+            master_addr = launch._start_master(rec, keyfile, listen or "0.0.0.0:0", port, debug)
         elif not stats.get("listen"):
             raise GprocError(f"the master at {sock} does not listen on TCP: nodes cannot join it")
         else:

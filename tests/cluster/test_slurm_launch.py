@@ -276,6 +276,29 @@ def test_a_node_srun_cannot_reach_is_reported_and_the_step_goes_again_without_it
     bed.wait_idle()
 
 
+def test_under_sbatch_the_master_runs_on_the_first_node_beside_its_daemon(bed: SlurmBed, env: dict[str, str]) -> None:
+    # the batch script runs on h1, in h1's namespaces: the master started there must not take the nodes' port
+    script = (
+        'gproc launch --slurm --json > "$OUT/launch" 2>&1; gproc e "**" hostname > "$OUT/e" 2>&1;'
+        ' gproc launch --stop > "$OUT/stop" 2>&1; echo $? >> "$OUT/stop"'
+    )
+    out = os.path.join(env["OUT"], "batch.out")
+    r = subprocess.run(
+        ["sbatch", "-N", "3", "--wait", "-o", out, "--wrap", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr + read(env, "batch.out")
+    rows = [json.loads(x) for x in read(env, "launch").splitlines()]
+    assert [(x["host"], x["ok"]) for x in rows] == [("h1", True), ("h2", True), ("h3", True)], rows
+    assert sorted(read(env, "e").splitlines()) == ["h1: h1", "h2: h2", "h3: h3"]
+    assert read(env, "stop").splitlines()[-1] == "0", read(env, "stop")
+    assert {h: gproc_pids(bed, h) for h in NODES} == {h: [] for h in NODES}
+    wait_no_steps(bed)
+
+
 def test_bad_input_is_one_line(env: dict[str, str]) -> None:
     outside = {k: v for k, v in env.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
     inside = {**outside, "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "h[1-2]"}
