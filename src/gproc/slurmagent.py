@@ -4,15 +4,16 @@
 stdin to every task, so the cluster credential it carries is never on a command line nor in a file)
 and becomes this node's daemon, in this process: the task Slurm tracks, ended with the step. Its place
 in the tree comes from ``SLURM_PROCID``: rank r's parent is rank (r-1) // fanout, rank 0's the master
-(``$GPROC_SLURM_MASTER``, ``HOST:PORT``, or ``:PORT`` for the address srun ran at,
+(the request's ``master``, ``HOST:PORT``, or ``:PORT`` for the address srun ran at,
 ``$SLURM_LAUNCH_NODE_IPADDR``). A parent is reached by its Slurm node name at the launch's port.
 
 Every task starts at once, so before joining, the agent waits (at most ``wait`` seconds) for its parent
 to listen; a parent that never does (its daemon failed) is passed over for the nearest ancestor that
 does, so one failed node loses no subtree.
 
-A request: ``{"key" (PEM), "names" (the step's nodes in rank order), "fanout", "port", "bin_root",
-"debug", "wait"}``.
+A request: ``{"key" (PEM), "master", "names" (the step's nodes in rank order), "fanout", "port",
+"bin_root", "debug", "wait"}``. The agent imports the daemon before it reads it: the tasks start
+while the master does, and the request comes once the master listens.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sys
 import time
 from typing import Any
 
+from gproc import daemon, daemonconfig, eventloop
 from gproc.address import Address, parse_address
 from gproc.errors import GprocError, UsageError
 
@@ -69,7 +71,7 @@ def pick_parent(chain: list[Address], wait: float) -> list[Address]:
 
 
 def master_address(spec: str, port: int) -> Address:
-    """``$GPROC_SLURM_MASTER``: ``HOST:PORT``, or ``:PORT`` (the host srun ran at)."""
+    """The request's ``master``: ``HOST:PORT``, or ``:PORT`` (the host srun ran at)."""
     if spec.startswith(":"):
         host = os.environ.get("SLURM_LAUNCH_NODE_IPADDR")
         if not host:
@@ -79,13 +81,11 @@ def master_address(spec: str, port: int) -> Address:
 
 
 def run(req: dict[str, Any]) -> int:
-    from gproc import daemon, daemonconfig, eventloop
-
     me = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     names = [str(n) for n in req["names"]]
     fanout, port = int(req["fanout"]), int(req["port"])
     index = place(names, me, int(os.environ.get("SLURM_PROCID", "-1")))
-    master = master_address(os.environ.get("GPROC_SLURM_MASTER", ""), port)
+    master = master_address(str(req["master"]), port)
     chain = [Address(names[i], port) for i in ancestors(index, fanout)] + [master]
     fd = os.memfd_create("gproc-cluster-key", 0)  # the credential as a descriptor, as launchagent hands it
     os.write(fd, str(req["key"]).encode())
@@ -105,7 +105,7 @@ def main() -> int:
     name = os.environ.get("SLURMD_NODENAME", "?")
     try:
         req = json.loads(sys.stdin.buffer.read())
-        if not isinstance(req, dict) or "key" not in req or "names" not in req:
+        if not isinstance(req, dict) or not {"key", "names", "master"} <= req.keys():
             raise ValueError("not a launch request")
     except ValueError as e:
         print(f"gproc slurm agent on {name}: bad request on stdin: {e}", file=sys.stderr)

@@ -3,11 +3,13 @@
 Uses the master at the client socket, or starts one here (the machine ``salloc``/``sbatch`` runs the
 command on). One ``srun`` step, one task per node, runs ``python -m gproc.slurmagent`` everywhere at
 once; each task becomes its node's daemon, named by its Slurm node name, with its parent computed
-from ``SLURM_PROCID`` as a tree ``fanout`` wide (``slurmagent``). The master's address travels in the
-step's environment (``GPROC_SLURM_MASTER``); the cluster credential in the step's stdin, which srun
-hands to every task: never on a command line, never in a file. srun runs detached for as long as
-the daemons do (its log, labelled by rank, is where a failed node's reason is read); the launch
-returns once every node joined the master, or reports those that did not.
+from ``SLURM_PROCID`` as a tree ``fanout`` wide (``slurmagent``). The step starts while the master
+does; once the master listens, the request (its address, the node list and the cluster credential)
+goes in the step's stdin, which srun hands to every task: never on a command line, in an environment
+or in a file. srun runs detached for as long as the daemons do (its log, labelled by rank, is where
+a failed node's reason is read); the launch returns once every node joined the master, or reports
+those that did not. A node srun cannot start a task on fails the whole step (Slurm's rule): the
+step goes again without it.
 
 ``gproc launch --stop`` (``stop``) shuts the tree down through the master when the launch started
 it, waits for the step to end, and otherwise ends it: ``scancel`` of the step, then srun itself.
@@ -103,30 +105,33 @@ def launch_slurm(
     keyfile = credential.key_path(key)
     try:
         stats = asyncio.run(launch._master_stats(sock))
-        if stats is None:
-            if not os.path.exists(keyfile):
-                keyfile = credential.keygen(os.path.join(rec.rundir, "cluster.key"))
-            # a free port unless told: under sbatch this runs on the first node, where a daemon takes ``port``
-            master_addr = launch._start_master(rec, keyfile, listen or "0.0.0.0:0", port, debug)
-        elif not stats.get("listen"):
+        if stats is not None and not stats.get("listen"):
             raise GprocError(f"the master at {sock} does not listen on TCP: nodes cannot join it")
-        else:
-            master_addr = str(stats["listen"])
+        if stats is None and not os.path.exists(keyfile):
+            keyfile = credential.keygen(os.path.join(rec.rundir, "cluster.key"))
         try:
             with open(keyfile) as f:
                 pem = f.read()
         except OSError as e:
             raise GprocError(f"cannot read the cluster credential {keyfile}: {e.strerror}") from None
+        # the step starts while the master does: its tasks start Python and wait for the request
+        srun = _start_step(rec, len(names), [], os.path.join(rec.rundir, "srun-0.log"))
+        if stats is None:
+            # a free port unless told: under sbatch this runs on the first node, where a daemon takes ``port``
+            master_addr = launch._start_master(rec, keyfile, listen or "0.0.0.0:0", port, debug)
+        else:
+            master_addr = str(stats["listen"])
         host, _, mport = master_addr.rpartition(":")
         host = address or ("" if host in _WILDCARD else host)
-        env = {**os.environ, "GPROC_SLURM_MASTER": f"{host}:{mport}"}
-        req = {"key": pem, "names": names, "fanout": fanout, "port": port, "bin_root": bin_root, "debug": debug}
-        req["wait"] = min(20.0, join_timeout / 3) if wait is None else wait
+        req = {"key": pem, "master": f"{host}:{mport}", "fanout": fanout, "port": port, "bin_root": bin_root}
+        req |= {"debug": debug, "wait": min(20.0, join_timeout / 3) if wait is None else wait}
         dead: dict[str, str] = {}  # nodes srun could not start a task on: the step goes again without them
         for attempt in range(3):
             live = [n for n in names if n not in dead]
             log = os.path.join(rec.rundir, f"srun-{attempt}.log")
-            srun = _start_step(rec, {**req, "names": live}, sorted(dead), env, log)
+            if attempt:
+                srun = _start_step(rec, len(live), sorted(dead), log)
+            _send(srun, {**req, "names": live})
             rows = _wait_joined(sock, live, srun, log, join_timeout)
             refused = unreachable(log)
             if srun.poll() is None or not refused or not set(live) - set(refused):
@@ -143,11 +148,9 @@ def launch_slurm(
     return launch.Outcome(rows, sock, time.monotonic() - t0, bool(rec.master))
 
 
-def _start_step(
-    rec: launch.LaunchRecord, req: dict[str, Any], exclude: list[str], env: dict[str, str], log: str
-) -> subprocess.Popen[bytes]:
-    """srun running the agent on ``req["names"]`` (``exclude`` left out), the request in its stdin."""
-    argv = _srun_argv(len(req["names"]), rec.python)
+def _start_step(rec: launch.LaunchRecord, n: int, exclude: list[str], log: str) -> subprocess.Popen[bytes]:
+    """srun running the agent on ``n`` nodes (``exclude`` left out), waiting for the request (``_send``)."""
+    argv = _srun_argv(n, rec.python)
     if exclude:
         argv[1:1] = [f"--exclude={NodeSet.fromlist(exclude)}"]
     with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
@@ -156,16 +159,19 @@ def _start_step(
             stdin=subprocess.PIPE,
             stdout=out,
             stderr=out,
-            env=env,
             start_new_session=True,  # outlives this command; stopped by --stop or the allocation's end
         )
     rec.slurm["srun"] = [srun.pid, psutil.Process(srun.pid).create_time()]
     rec.save()
+    return srun
+
+
+def _send(srun: subprocess.Popen[bytes], req: dict[str, Any]) -> None:
+    """The request, credential included, to every task: srun's stdin is theirs (``--input=all``)."""
     assert srun.stdin is not None
     with contextlib.suppress(BrokenPipeError):
         srun.stdin.write(json.dumps(req).encode())
         srun.stdin.close()
-    return srun
 
 
 def _up(sock: str) -> set[str]:
