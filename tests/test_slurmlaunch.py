@@ -3,7 +3,10 @@ ancestor it joins when its parent does not listen, and the reasons read from sru
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,29 @@ def test_failures_read_each_ranks_reason_and_srun_verdict(tmp_path: Path) -> Non
     assert "n3" not in got
     assert got[""] == "Timed out waiting for job step to complete"
     assert failures(str(tmp_path / "absent"), ["n1"]) == {}
+
+
+@pytest.mark.parametrize(
+    ("stdin", "env", "msg"),
+    [
+        (b"not json", {}, "bad request on stdin"),
+        (b'{"key": "x"}', {}, "bad request on stdin: not a launch request"),
+        (
+            b'{"key": "x", "master": ":1", "names": ["n1"], "fanout": 2, "port": 6666}',
+            {"SLURMD_NODENAME": "n9", "SLURM_PROCID": "0"},
+            "this node (n9) is not in the launch's node list",
+        ),
+        (
+            b'{"key": "x", "master": ":1", "names": ["n1"], "fanout": 2, "port": 6666}',
+            {"SLURMD_NODENAME": "n1", "SLURM_PROCID": "0"},
+            "no SLURM_LAUNCH_NODE_IPADDR: give the master's address (--address)",
+        ),
+    ],
+)
+def test_the_agent_refuses_a_bad_request_in_one_line(stdin: bytes, env: dict[str, str], msg: str) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
+    r = subprocess.run(
+        [sys.executable, "-m", "gproc.slurmagent"], input=stdin, env={**clean, **env}, capture_output=True, timeout=60
+    )
+    err = r.stderr.decode()
+    assert r.returncode in (1, 2) and err.count("\n") == 1 and msg in err, err
