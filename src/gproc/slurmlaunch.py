@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -167,11 +168,19 @@ def _start_step(rec: launch.LaunchRecord, n: int, exclude: list[str], log: str) 
 
 
 def _send(srun: subprocess.Popen[bytes], req: dict[str, Any]) -> None:
-    """The request, credential included, to every task: srun's stdin is theirs (``--input=all``)."""
-    assert srun.stdin is not None
-    with contextlib.suppress(BrokenPipeError):
-        srun.stdin.write(json.dumps(req).encode())
-        srun.stdin.close()
+    """The request, credential included, to every task: srun's stdin is theirs (``--input=all``).
+
+    Written from a thread: srun reads it once the tasks run, and a request larger than a pipe holds
+    (thousands of node names) would otherwise hold the launch past its timeout while the step waits."""
+    stdin = srun.stdin
+    assert stdin is not None
+
+    def write() -> None:
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            stdin.write(json.dumps(req).encode())
+            stdin.close()
+
+    threading.Thread(target=write, name="srun-stdin", daemon=True).start()
 
 
 def _up(sock: str) -> set[str]:
