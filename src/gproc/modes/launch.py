@@ -33,7 +33,7 @@ def _switches(p: Parser) -> None:
     p.add_argument("--address", metavar="EXPR", help="the master's address the hosts reach (a postfix expression)")
     p.add_argument("--port", type=int, metavar="PORT", help="the daemons' TCP port (default 6666)")
     p.add_argument("--bin-root", default="/tmp/xproc", metavar="DIR", help="-binRoot on every host")
-    p.add_argument("--timeout", type=float, metavar="S", help="give up on hosts not joined by then (default 30)")
+    p.add_argument("--timeout", type=float, metavar="S", help="give up on hosts not joined by then (30 s; --slurm 60)")
     p.add_argument("--config", metavar="FILE", help="settings no switch gives ([launch] table; hosts = HOSTS)")
     add_debug(p)
 
