@@ -11,6 +11,7 @@ least squares and projects a tree launch to 10,000 hosts. Needs root (see tests/
 
     python bench/launch_hosts.py                    # N = 4, 8, 16; fanouts N and 2, 4; 3 runs (~3 min)
     python bench/launch_hosts.py --sizes 4,8 --fanouts 2 --runs 1 --no-write
+    python bench/launch_hosts.py --slurm --sizes 4,8 --fanouts 2   # gproc launch --slurm under salloc
 """
 
 from __future__ import annotations
@@ -151,6 +152,7 @@ def main() -> int:
     ap.add_argument("--fanouts", type=int_list, default=[2, 4], help="tree fanouts besides flat (default 2,4)")
     ap.add_argument("--runs", type=int, default=3, help="repetitions (>= 1)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    ap.add_argument("--slurm", action="store_true", help="gproc launch --slurm under salloc on a Slurm bed instead")
     args = ap.parse_args()
     why = problem()
     if why:
@@ -162,6 +164,8 @@ def main() -> int:
         "machine": machine(load=True),
         "runs": args.runs,
     }
+    if args.slurm:
+        return slurm_main(args, meta)
     d = tempfile.mkdtemp(prefix="gproc-bench-launch-")
     env = dict(os.environ, GPROC_MASTER=os.path.join(d, "m.sock"), GPROC_KEY=os.path.join(d, "cluster.key"))
     subprocess.run([*GPROC, "keygen"], env=env, check=True, capture_output=True, timeout=60)
@@ -191,6 +195,96 @@ def main() -> int:
     print(text)
     if not args.no_write:
         print(f"written to {write_section('launch_hosts', text)}", file=sys.stderr)
+    return 0
+
+
+# ---- under Slurm: `gproc launch --slurm` inside `salloc -N N` on the Slurm bed (tests/slurmbed.py) ----
+
+# what salloc runs: times (s) of srun's floor, the launch, a ping of every node and the stop, one per line
+SLURM_RUN = """
+t() { date +%s.%N; }
+a=$(t); srun -N "$N" --ntasks-per-node=1 true; b=$(t)
+gproc launch --slurm --fanout "$K" --listen "$LISTEN" --bin-root /run/xproc >&2 || exit 1; c=$(t)
+gproc ping --json > "$OUT/ping"; d=$(t)
+gproc launch --stop >&2 || exit 1; e=$(t)
+echo "$a $b $c $d $e"
+"""
+
+
+def one_slurm(bed: Any, n: int, k: int, env: dict[str, str]) -> dict[str, float]:
+    env = {**env, "N": str(n), "K": str(k), "LISTEN": f"{bed.net.gateway}:0"}
+    t = time.perf_counter()
+    r = subprocess.run(
+        ["salloc", "-N", str(n), "sh", "-c", SLURM_RUN], env=env, capture_output=True, text=True, timeout=300
+    )
+    whole = time.perf_counter() - t
+    if r.returncode != 0:
+        raise RuntimeError(f"salloc -N {n} ... launch --slurm at fanout {k} failed: {r.stdout}{r.stderr}")
+    a, b, c, d, e = map(float, r.stdout.split()[-5:])
+    with open(os.path.join(env["OUT"], "ping")) as f:
+        ok = json.load(f)["counts"].get("ok", 0)
+    if ok != n or any(p for h in bed.nodes for p in bed.net.daemons(h) if p not in _slurmd_pids(bed, h)):
+        raise RuntimeError(f"{ok} of {n} answered, or daemons left after --stop")
+    return {"srun": b - a, "up": c - b, "ping": d - c, "stop": e - d, "salloc": whole - (e - a)}
+
+
+def _slurmd_pids(bed: Any, host: str) -> set[int]:
+    return {p.pid for w, p in bed.procs.items() if w == f"slurmd {host}"}
+
+
+def slurm_report(points: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    out = [
+        "## Launch under Slurm: `gproc launch --slurm` inside `salloc -N N`\n",
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}  ",
+        f"Machine: {meta['machine']}  ",
+        f"Medians of {meta['runs']} runs; times in seconds. Nodes: tests/slurmbed.py, Debian's Slurm 22.05 "
+        "(slurmctld on the bridge, a slurmd in each network-namespace host of tests/netbed.py, all on this "
+        "machine's 2 CPUs). up: the whole `gproc launch --slurm` command inside the allocation (starts a "
+        "master, one srun step of a task per node, returns when every daemon joined; every node then "
+        "answered `gproc ping`). srun: `srun -N N --ntasks-per-node=1 true` in the same allocation just "
+        "before (the floor of any launch through srun); x srun: up / srun. stop: `gproc launch --stop`. "
+        "salloc: the rest of the `salloc` command (granting and releasing the allocation).\n",
+        "| N | fanout | up | srun | x srun | stop | salloc |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in points:
+        shape = " (flat)" if p["k"] >= p["n"] else ""
+        out.append(
+            f"| {p['n']} | {p['k']}{shape} | {p['up']:.2f} | {p['srun']:.2f} | {p['up'] / p['srun']:.1f} "
+            f"| {p['stop']:.2f} | {p['salloc']:.2f} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def slurm_main(args: argparse.Namespace, meta: dict[str, Any]) -> int:
+    from tests.slurmbed import problem as slurm_problem
+    from tests.slurmbed import slurmbed
+
+    why = slurm_problem()
+    if why:
+        print(f"launch_hosts: cannot build a Slurm bed here: {why}", file=sys.stderr)
+        return 1
+    d = tempfile.mkdtemp(prefix="gproc-bench-slurm-")
+    points: list[dict[str, Any]] = []
+    try:
+        for n in args.sizes:
+            with slurmbed([f"h{i}" for i in range(1, n + 1)]) as bed:
+                env = dict(bed.env, GPROC_MASTER=os.path.join(d, "m.sock"), GPROC_KEY=os.path.join(d, "k"), OUT=d)
+                env["PATH"] = os.path.dirname(sys.executable) + ":" + env.get("PATH", "/usr/bin:/bin")
+                if not os.path.exists(env["GPROC_KEY"]):
+                    subprocess.run([*GPROC, "keygen"], env=env, check=True, capture_output=True, timeout=60)
+                for k in sorted({n, *(f for f in args.fanouts if f < n)}, reverse=True):
+                    runs = [one_slurm(bed, n, k, env) for _ in range(args.runs)]
+                    pt = {"n": n, "k": k, **{m: statistics.median(r[m] for r in runs) for m in runs[0]}}
+                    print(f"N {n} fanout {k}: up {pt['up']:.2f} s, srun {pt['srun']:.2f} s", file=sys.stderr)
+                    points.append(pt)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    text = slurm_report(points, meta)
+    print(text)
+    if not args.no_write:
+        print(f"written to {write_section('launch_slurm', text)}", file=sys.stderr)
     return 0
 
 

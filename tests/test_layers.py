@@ -25,8 +25,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("overlay", ("overlay",)),
     ("services", ("services", "services.")),
-    ("master/daemon", ("master", "daemon", "daemonconfig", "config", "launchagent")),
-    ("client", ("client", "local", "launch", "display", "__init__")),
+    ("master/daemon", ("master", "daemon", "daemonconfig", "config", "launchagent", "slurmagent")),
+    ("client", ("client", "local", "launch", "slurmlaunch", "display", "__init__")),
     ("front ends", ("cli", "interactive", "__main__", "switches", "modes", "modes.", "web.", "web")),
 ]  # fmt: skip
 

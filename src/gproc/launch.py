@@ -84,6 +84,7 @@ class LaunchRecord:
     rundir: str = ""  # this launch's files (the master's log and state when it started one)
     master: list[float] = field(default_factory=list)  # [pid, start time] of a master we started
     runtime: dict[str, Any] = field(default_factory=dict)  # how hosts without Python run gproc (stop needs it)
+    slurm: dict[str, Any] = field(default_factory=dict)  # a --slurm launch: job, step name, srun's [pid, start]
 
     def save(self) -> None:
         tmp = self.socket + ".launch.tmp"
