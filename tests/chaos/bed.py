@@ -201,7 +201,7 @@ class Bed:
                 json.dump(spec, f)
             name = f"worker{w}"
             p = Proc(name, "worker", [*self._py(), "_worker", path], os.path.join(self.dir, f"{name}.log"),
-                     [e["name"] for e in entries])  # fmt: skip
+                     [str(e["name"]) for e in entries])  # fmt: skip
             self.procs[name] = p
             placed += k
             w += 1

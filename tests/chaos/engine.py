@@ -270,6 +270,11 @@ class Chaos:
             else:
                 self.report.count("delivered")
 
+    def refused(self, e: GprocError) -> None:
+        """A job the master would not start (its nodes are all down or absent): a reason, not a loss."""
+        text = str(e)
+        self.report.count("refused: " + ("matched no node" if "matched no" in text else text[:50]))
+
     async def bounded(self, what: str, coro: Awaitable[Any]) -> Any:
         try:
             async with asyncio.timeout(self.plan.job_bound):
@@ -317,7 +322,7 @@ class Chaos:
             await asyncio.sleep(1.0)  # not a storm of refused connections while it is down
             return
         except GprocError as e:
-            self.report.count(f"refused: {str(e)[:40]}")
+            self.refused(e)
             return
         self.check_results(kind, job.id, job.nnodes, want, events, expect)
 
@@ -342,7 +347,7 @@ class Chaos:
                 self.report.count("client: master restarted")
                 return
             if p.returncode == 1 and "matched" in text:
-                self.report.count("refused: matched nothing")
+                self.report.count("refused: matched no node")
                 return
             self.fail(f"gproc e -b exited {p.returncode}: {text[-200:]}")
             return
@@ -376,7 +381,7 @@ class Chaos:
             self.report.count("client: master restarted")
             return
         except GprocError as e:
-            self.report.count(f"refused: {str(e)[:40]}")
+            self.refused(e)
             return
         for _ in range(5):  # the master may be restarting: ask again
             try:
@@ -426,7 +431,8 @@ class Chaos:
                     self.seen_gpid(int(r["gpid"]), str(r["name"]), job.id)
             if mine:
                 await cl.kill(mine[:1], sig=signal.SIGTERM)
-            await cl.kill(job=job.id, sig=signal.SIGKILL)
+            with contextlib.suppress(GprocError):  # refused when nothing of it runs any more
+                await cl.kill(job=job.id, sig=signal.SIGKILL)
             events += [ev async for ev in it]
             if mine:
                 res = await cl.wait(mine[:1])
@@ -439,7 +445,7 @@ class Chaos:
             self.report.count("client: master restarted")
             return
         except GprocError as e:
-            self.report.count(f"refused: {str(e)[:40]}")
+            self.refused(e)
             return
 
         def expect(name: str, data: bytes, status: int) -> str | None:
