@@ -36,6 +36,8 @@ def main() -> int:
     ap.add_argument("--fault-every", type=float, default=2.0, help="mean seconds between faults")
     ap.add_argument("--rss-mb", type=float, default=400.0, help="bound of any daemon's resident memory")
     ap.add_argument("--job-bound", type=float, default=300.0, help="seconds after which a job counts as hung")
+    ap.add_argument("--select-max", type=int, default=16, help="most nodes one -w selection names")
+    ap.add_argument("--everyone", type=float, default=0.05, help="share of jobs on every node (**)")
     ap.add_argument("--seed", type=int, help="default: $GPROC_CHAOS_SEED, else random")
     ap.add_argument("--write", action="store_true", help="write the report into bench/RESULTS.md")
     a = ap.parse_args()
@@ -50,6 +52,8 @@ def main() -> int:
         rss_mb=a.rss_mb,
         fault_every=a.fault_every,
         job_bound=a.job_bound,
+        select_max=a.select_max,
+        everyone=a.everyone,
     )
     load = os.getloadavg()[0]
     report = run(plan)
