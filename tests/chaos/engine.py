@@ -144,6 +144,7 @@ class Chaos:
         self.gpids: dict[int, tuple[str, int]] = {}  # gpid -> (node, job)
         self.restarts: list[tuple[float, float]] = []  # master down .. up again (monotonic)
         self.faulting = True
+        self.gathers = 0
         self.workdir = os.path.join(bed.dir, "work")
         os.makedirs(self.workdir, exist_ok=True)
         self.env = {**os.environ, "GPROC_MASTER": bed.socket}
@@ -380,7 +381,8 @@ class Chaos:
             ok = status == 0 and data.startswith(f"{name} ".encode()) and data.count(b"\n") == 1
             return None if ok else f"status {status}, output {data[:60]!r}"
 
-        self.check_results("gather", -1, nn, want, events, expect)
+        self.gathers -= 1  # the command line prints no job id: a number of its own, apart from the master's
+        self.check_results("gather", self.gathers, nn, want, events, expect)
 
     async def detached(self) -> None:
         """``--batch``: started, left to the master, then waited for and its output read back."""
