@@ -221,3 +221,50 @@ def test_malformed_late_results_are_refused(msg: dict[str, Any]) -> None:
 def test_late_results_round_trip() -> None:
     m = LateMsg(7, [[["o", 1, 0, b"x\n"], [1, 3]]], True, [2])
     assert LateMsg.decode(m.encode()) == m
+
+
+def test_late_results_relayed_by_a_node_that_loses_its_own_parent_arrive(tmp_path: Path) -> None:
+    """master - up - mid - leaves: mid dies; the leaves re-attach to up and send their results again
+    through it, and up loses its own parent link just as they arrive (what it relays goes into a
+    dead link). Up keeps what it relayed and sends it again once re-attached, so the leaves' results
+    are delivered (they used to be dropped: reported lost although every leaf finished)."""
+
+    async def go() -> None:
+        net = Net()
+        master = make_master(net, tmp_path)
+        up = net.node("up", [master.listen_address])  # type: ignore[list-item]
+        await net.start(up)
+        await net.attached(up)
+        # mid holds what the leaves sent (they end at 0.5 s) and dies at 1 s: all of it comes again
+        mid = net.node("mid", [up.listen_address], window=5.0, hold=5.0, quiet=5.0)  # type: ignore[list-item]
+        await net.start(mid)
+        await net.attached(mid)
+        leaves = [net.node(f"leaf{i}", [mid.listen_address], listen=False) for i in range(3)]  # type: ignore[list-item]
+        for lf in leaves:
+            await net.start(lf)
+        await net.attached(*leaves)
+        arm(up, mid, *leaves)
+        res = await run_job(master, master.up_ranks(), {"sleep": {f"leaf{i}": 0.5 for i in range(3)}})
+        await asyncio.sleep(1.0)
+        assert all(res.of(lf.rank or 0) == {} for lf in leaves)
+        relay = up._on_late
+        cut: list[int] = []
+
+        def parent_lost_meanwhile(link: Any, msg: dict[str, Any]) -> None:
+            if not cut and up.parent is not None:
+                cut.append(1)
+                up.parent.abort()  # up's parent link dies with this message on its way
+            relay(link, msg)
+
+        up._on_late = parent_lost_meanwhile  # type: ignore[method-assign]
+        await mid.stop()
+        async with asyncio.timeout(60):
+            await res.ended.wait()
+        assert cut, "no late result passed through up: the test proves nothing"
+        for lf in leaves:
+            assert lf.parent_address == up.listen_address
+            assert res.of(lf.rank or 0) == {("o", 1, 0, b"start\n"): 1, ("o", 1, 1, b"done\n"): 1, ("s", 0, ""): 1}
+        assert res.of(mid.rank or 0)[("s", 255, "lost")] == 1
+        await stop_all(master, [up, *leaves])
+
+    run(go())

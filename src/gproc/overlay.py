@@ -48,6 +48,10 @@ FLUSH_BYTES = 4 << 20  # results this big go up at once, whatever the timing (bo
 JOURNAL_BYTES = 1 << 20
 JOURNAL_OPS = 32
 JOURNAL_KEEP = 30.0
+# Late results a node relayed for its children (``Node.relayed``): kept at most this many bytes and
+# ``JOURNAL_KEEP`` seconds, sent again after the node itself re-attached, because its old parent may
+# have died with them in flight (the master counts each result once)
+RELAY_BYTES = 1 << 20
 
 
 @dataclass
@@ -785,6 +789,8 @@ class Node:
         self._whole: dict[TreeLink, Share] = {}  # a subtree frozen for ops on all of it (until it changes)
         self.ops: dict[int, Op] = {}
         self.upward: dict[int, Upward] = {}  # op id -> what went up for it, oldest first (``_journal``)
+        self.relayed: collections.deque[tuple[float, int, wire.Message]] = collections.deque()  # (when, size, late)
+        self.relayed_bytes = 0
         self.handlers: dict[str, Handler] = {}
         self.reducers: dict[str, Reducer[Any]] = {}  # op kind -> the reducer its requests use by default
         # messages that services handle: from the parent (down) and from children (up)
@@ -1259,17 +1265,32 @@ class Node:
 
     def _on_late(self, link: TreeLink, msg: wire.Message) -> None:
         LateMsg.decode(msg)  # a malformed one closes the link it came on, not the master's
+        self._keep_relayed(msg)
         self.send_late(msg)
 
+    def _keep_relayed(self, msg: wire.Message) -> None:
+        """Remember a relayed late message (``RELAY_BYTES``, ``JOURNAL_KEEP``): the oldest go first."""
+        now = time.monotonic()
+        size = len(wire.pack(msg))
+        self.relayed.append((now, size, msg))
+        self.relayed_bytes += size
+        while self.relayed and (self.relayed_bytes > RELAY_BYTES or now - self.relayed[0][0] > JOURNAL_KEEP):
+            self.relayed_bytes -= self.relayed.popleft()[1]
+
     def _redeliver(self) -> None:
-        """After re-attaching: send again everything kept for ops that came down the old parent."""
+        """After re-attaching: send again everything kept for ops that came down the old parent, and
+        the late results relayed lately (the old parent may have died before passing them on)."""
         parent = self.parent
+        if parent is None:
+            return
         for up in list(self.upward.values()):
-            if parent is None:
-                return
             if up.link is not parent:
                 for msg in up.messages():
                     parent.send(msg)
+        now = time.monotonic()
+        for when, _size, msg in self.relayed:
+            if now - when <= JOURNAL_KEEP:
+                parent.send(msg)
 
     def _sink_up(self, op_id: int) -> Sink:
         def sink(groups: list[list[Any]], end: bool, value: Any = None) -> None:
