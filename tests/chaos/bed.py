@@ -101,6 +101,7 @@ class Bed:
     master_address: str = ""
     qdiscs: set[str] = field(default_factory=set)  # hosts with a netem qdisc now
     cut: set[str] = field(default_factory=set)  # hosts whose link is down now
+    no_hosts: str | None = None  # why there are no hosts in network namespaces (no link faults)
 
     @property
     def socket(self) -> str:
@@ -127,7 +128,8 @@ class Bed:
         """Start everything; return once every node is registered (or raise, leaving ``close`` to clean)."""
         credential.keygen(self.key)
         host = "127.0.0.1"
-        if self.hosts and netbed.problem() is None:
+        self.no_hosts = netbed.problem() if self.hosts else "none asked for"
+        if self.no_hosts is None:
             self.net = netbed.NetBed([f"h{i}" for i in range(self.hosts)]).up()
             host = self.net.gateway  # the namespaced hosts reach the master over the bridge
         ready = os.path.join(self.dir, "master.addr")

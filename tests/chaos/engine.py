@@ -572,6 +572,8 @@ def run(plan: Plan, log: Callable[[str], None] | None = None) -> Report:
     try:
         bed.up()
         say(f"bed up: {len(bed.names())} nodes in {len(bed.procs)} processes under {bed.dir}")
+        if bed.no_hosts is not None:
+            say(f"no hosts in network namespaces, so no link faults: {bed.no_hosts}")
         chaos = Chaos(plan, bed, say)
         report = asyncio.run(chaos.run())
         with contextlib.suppress(GprocError, OSError):
