@@ -347,7 +347,8 @@ class Chaos:
         t0 = time.monotonic()
         p = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gproc", "e", "-b", "--json", *args, "sh", "-c", 'echo "$GPROC_NAME $GPROC_GPID"',
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env, cwd=self.workdir,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=self.env, cwd=self.workdir,
         )  # fmt: skip
         try:
             out, err = await p.communicate()
