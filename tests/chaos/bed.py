@@ -95,6 +95,7 @@ class Bed:
     hosts: int
     heartbeat: float = 1.0
     dead_after: float = 3.5
+    debug: int = int(os.environ.get("GPROC_CHAOS_DEBUG", "0"))  # the daemons' -debug level (their logs)
     dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="gpc-", dir="/tmp"))
     procs: dict[str, Proc] = field(default_factory=dict)
     net: netbed.NetBed | None = None
@@ -122,7 +123,7 @@ class Bed:
         return [sys.executable, "-m", "gproc"]
 
     def _liveness(self) -> list[str]:
-        return ["--heartbeat", str(self.heartbeat), "--dead-after", str(self.dead_after)]
+        return ["--heartbeat", str(self.heartbeat), "--dead-after", str(self.dead_after), "--debug", str(self.debug)]
 
     def up(self) -> Bed:
         """Start everything; return once every node is registered (or raise, leaving ``close`` to clean)."""
@@ -202,8 +203,8 @@ class Bed:
             with open(path, "w") as f:
                 json.dump(spec, f)
             name = f"worker{w}"
-            p = Proc(name, "worker", [*self._py(), "_worker", path], os.path.join(self.dir, f"{name}.log"),
-                     [str(e["name"]) for e in entries])  # fmt: skip
+            argv = [*self._py(), "_worker", path, "--debug", str(self.debug)]
+            p = Proc(name, "worker", argv, os.path.join(self.dir, f"{name}.log"), [str(e["name"]) for e in entries])
             self.procs[name] = p
             placed += k
             w += 1

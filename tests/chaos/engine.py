@@ -22,9 +22,11 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -109,6 +111,7 @@ class Report:
     max_rss_mb: dict[str, float] = field(default_factory=dict)  # process kind -> largest seen
     violations: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    logs: str = ""  # where the daemons' logs were kept (a run with violations)
 
     def count(self, key: str, n: int = 1) -> None:
         self.outcomes[key] = self.outcomes.get(key, 0) + n
@@ -448,8 +451,10 @@ class Chaos:
             for r in rows:
                 if r.get("job") == job.id:
                     self.seen_gpid(int(r["gpid"]), str(r["name"]), job.id)
+            termed = False  # the SIGTERM reached the process (else its sleep may run out: status 0)
             if mine:
-                await cl.kill(mine[:1], sig=signal.SIGTERM)
+                sent = await cl.kill(mine[:1], sig=signal.SIGTERM)
+                termed = any(r.get("code") == 0 for r in sent.get("results", []))
             signalled: set[str] = set()
             with contextlib.suppress(GprocError):  # refused when nothing of it runs any more
                 killed = await cl.kill(job=job.id, sig=signal.SIGKILL)
@@ -458,7 +463,7 @@ class Chaos:
             if mine:
                 res = await cl.wait(mine[:1])
                 for r in res.get("results", []):
-                    if r["code"] not in (143, 137, 255, -2):
+                    if r["code"] not in ((143, 137, 255, -2) if termed else (0, 143, 137, 255, -2)):
                         self.fail(f"procs job {job.id}: wait gave {r}")
         except ConnectError as e:
             await self.lost_master("procs", e, t0, started)
@@ -585,6 +590,18 @@ def run(plan: Plan, log: Callable[[str], None] | None = None) -> Report:
                 m.popen.wait(10)
         m.kill()
         chaos.check_state()
+        if report.violations:
+            report.logs = keep_logs(bed.dir)
+            say(f"logs kept in {report.logs}")
         return report
     finally:
         bed.close()
+
+
+def keep_logs(rundir: str) -> str:
+    """Copy the daemons' logs out of the bed's directory (which ``close`` removes) for a failed run."""
+    dest = tempfile.mkdtemp(prefix="gproc-chaos-logs-")
+    for f in os.listdir(rundir):
+        if f.endswith(".log"):
+            shutil.copy(os.path.join(rundir, f), dest)
+    return dest
