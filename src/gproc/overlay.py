@@ -1017,20 +1017,36 @@ class Node:
         await self.stop()
 
     async def _reannounce(self) -> None:
-        try:
-            await self.call_up(
-                "attach",
-                {
-                    "name": self.cfg.name,
-                    "id": self.cfg.id,
-                    "instance": self.instance,
-                    "rank": self.rank,
-                    "addr": str(self.listen_address) if self.listen_address else None,
-                },
-            )
-        except (GprocError, TimeoutError) as e:
-            self.log.debug("reannounce failed: %s", e)
-            return
+        """Tell the master this node is here again (its parent re-attached), then its children.
+
+        A transient refusal (a link up the chain not attached yet, a call lost with a dying link)
+        is retried while the same parent link lasts: the node is attached and heartbeats flow, so
+        nothing else would ever register it again and the master would keep it lost for good."""
+        parent = self.parent
+        delay = 0.2
+        while True:
+            try:
+                await self.call_up(
+                    "attach",
+                    {
+                        "name": self.cfg.name,
+                        "id": self.cfg.id,
+                        "instance": self.instance,
+                        "rank": self.rank,
+                        "addr": str(self.listen_address) if self.listen_address else None,
+                    },
+                )
+                break
+            except (GprocError, TimeoutError) as e:
+                transient = isinstance(e, TimeoutError) or str(e).startswith("retry:")
+                if not transient or self.stopped.is_set() or self.parent is not parent or parent is None:
+                    self.log.warning("reannounce failed: %s", e)
+                    return
+                self.log.debug("reannounce failed, again in %.1fs: %s", delay, e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            if self.parent is not parent:
+                return  # re-attached meanwhile: that join registered this node
         for child in self.children.values():
             child.send({"t": "reannounce"})
 
