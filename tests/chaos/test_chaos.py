@@ -18,3 +18,25 @@ def test_invariants_hold_under_faults() -> None:
     assert report.outcomes.get("delivered", 0) > 0, report.summary()
     assert len(report.faults) > 3, report.summary()
     assert not report.violations, report.summary()
+
+
+def test_the_schedule_is_the_seeds_alone() -> None:
+    """Replaying a seed replays its faults: the same list, the master restarted exactly once, never
+    two faults at once on one target."""
+    import random
+
+    from tests.chaos.engine import schedule
+
+    procs, hosts = [f"mid{i}" for i in range(4)] + [f"worker{i}" for i in range(4)], ["h0", "h1"]
+    plan = Plan(seed=1234)
+    a = schedule(plan, random.Random(1234), procs, hosts)
+    b = schedule(plan, random.Random(1234), procs, hosts)
+    assert [str(f) for f in a] == [str(f) for f in b]
+    assert [str(f) for f in a] != [str(f) for f in schedule(plan, random.Random(4321), procs, hosts)]
+    assert [f.kind for f in a].count("master") == 1
+    busy: dict[str, float] = {}
+    for f in a:
+        if f.kind != "master":
+            assert busy.get(f.target, 0.0) <= f.at, f"{f} overlaps an earlier fault on {f.target}"
+            busy[f.target] = f.at + f.hold
+    assert {f.kind for f in a} >= {"kill", "stop"}
