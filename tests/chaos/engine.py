@@ -112,6 +112,8 @@ class Report:
     violations: list[str] = field(default_factory=list)
     seconds: float = 0.0
     logs: str = ""  # where the daemons' logs were kept (a run with violations)
+    netem: bool = True  # False: the kernel has no sch_netem, "netem" faults were token-bucket slow links
+    processes: str = ""  # what processes the nodes ran in
 
     def count(self, key: str, n: int = 1) -> None:
         self.outcomes[key] = self.outcomes.get(key, 0) + n
@@ -194,6 +196,7 @@ class Chaos:
             kind = await asyncio.to_thread(bed.netem, f.target, f.loss, f.delay_ms)
             if kind != "netem":
                 self.log(f"  (no netem in this kernel: {f.target} gets {kind})")
+                self.report.netem = False
             await asyncio.sleep(f.hold)
             await asyncio.to_thread(bed.clear_netem, f.target)
         elif f.kind == "cut":
@@ -581,6 +584,12 @@ def run(plan: Plan, log: Callable[[str], None] | None = None) -> Report:
         if bed.no_hosts is not None:
             say(f"no hosts in network namespaces, so no link faults: {bed.no_hosts}")
         chaos = Chaos(plan, bed, say)
+        kinds = [p.kind for p in bed.procs.values()]
+        chaos.report.processes = (
+            f"{len(kinds)} processes: the master, {kinds.count('mid')} interior daemons (gproc s),"
+            f" {kinds.count('worker')} workers of up to {plan.per_worker} nodes whose top nodes attach to an"
+            f" interior daemon with another as fallback, {kinds.count('host')} daemons in network namespaces"
+        )
         report = asyncio.run(chaos.run())
         with contextlib.suppress(GprocError, OSError):
             asyncio.run(Cluster(bed.socket, timeout=5).shutdown())
