@@ -126,6 +126,10 @@ class Connection:
             raise ConnectError(f"the master said nothing for {timeout:.0f}s") from None
         except EOFError:
             raise ConnectError("the master closed the connection") from None
+        except ProtocolError:
+            if self.reader.at_eof():  # it went away in the middle of a message (killed, restarted)
+                raise ConnectError("the master closed the connection") from None
+            raise
         except OSError as e:
             raise ConnectError(f"lost the master: {e}") from None
         if msg.get("t") == "error":
