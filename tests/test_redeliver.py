@@ -14,7 +14,7 @@ from tests.test_ops import make_master, stop_all
 
 from gproc import overlay
 from gproc import ranks as rankset
-from gproc.errors import ProtocolError
+from gproc.errors import ProtocolError, RegistrationError
 from gproc.master import Master
 from gproc.messages import LateMsg
 from gproc.overlay import Node, Op
@@ -221,3 +221,89 @@ def test_malformed_late_results_are_refused(msg: dict[str, Any]) -> None:
 def test_late_results_round_trip() -> None:
     m = LateMsg(7, [[["o", 1, 0, b"x\n"], [1, 3]]], True, [2])
     assert LateMsg.decode(m.encode()) == m
+
+
+def test_late_results_relayed_by_a_node_that_loses_its_own_parent_arrive(tmp_path: Path) -> None:
+    """master - up - mid - leaves: mid dies; the leaves re-attach to up and send their results again
+    through it, and up loses its own parent link just as they arrive (what it relays goes into a
+    dead link). Up keeps what it relayed and sends it again once re-attached, so the leaves' results
+    are delivered (they used to be dropped: reported lost although every leaf finished)."""
+
+    async def go() -> None:
+        net = Net()
+        master = make_master(net, tmp_path)
+        up = net.node("up", [master.listen_address])  # type: ignore[list-item]
+        await net.start(up)
+        await net.attached(up)
+        # mid holds what the leaves sent (they end at 0.5 s) and dies at 1 s: all of it comes again
+        mid = net.node("mid", [up.listen_address], window=5.0, hold=5.0, quiet=5.0)  # type: ignore[list-item]
+        await net.start(mid)
+        await net.attached(mid)
+        leaves = [net.node(f"leaf{i}", [mid.listen_address], listen=False) for i in range(3)]  # type: ignore[list-item]
+        for lf in leaves:
+            await net.start(lf)
+        await net.attached(*leaves)
+        arm(up, mid, *leaves)
+        res = await run_job(master, master.up_ranks(), {"sleep": {f"leaf{i}": 0.5 for i in range(3)}})
+        await asyncio.sleep(1.0)
+        assert all(res.of(lf.rank or 0) == {} for lf in leaves)
+        relay = up._on_late
+        cut: list[int] = []
+
+        def parent_lost_meanwhile(link: Any, msg: dict[str, Any]) -> None:
+            if not cut and up.parent is not None:
+                cut.append(1)
+                up.parent.abort()  # up's parent link dies with this message on its way
+            relay(link, msg)
+
+        up._on_late = parent_lost_meanwhile  # type: ignore[method-assign]
+        await mid.stop()
+        async with asyncio.timeout(60):
+            await res.ended.wait()
+        assert cut, "no late result passed through up: the test proves nothing"
+        for lf in leaves:
+            assert lf.parent_address == up.listen_address
+            assert res.of(lf.rank or 0) == {("o", 1, 0, b"start\n"): 1, ("o", 1, 1, b"done\n"): 1, ("s", 0, ""): 1}
+        assert res.of(mid.rank or 0)[("s", 255, "lost")] == 1
+        await stop_all(master, [up, *leaves])
+
+    run(go())
+
+
+def test_a_refused_reannounce_is_tried_again(tmp_path: Path) -> None:
+    """master - mid - leaf: mid's parent link dies and mid re-attaches; the leaf, still attached to
+    mid, reannounces itself, and the master refuses the first time (transiently, as when a link up the
+    chain is not attached yet). The leaf tries again and is up; it used to give up after one try and
+    stay lost in the master's tree for good (found by the chaos suite: seed 21 at 40 nodes)."""
+
+    async def go() -> None:
+        net = Net()
+        master = make_master(net, tmp_path)
+        mid = net.node("mid", [master.listen_address])  # type: ignore[list-item]
+        await net.start(mid)
+        await net.attached(mid)
+        leaf = net.node("leaf", [mid.listen_address], listen=False)  # type: ignore[list-item]
+        await net.start(leaf)
+        await net.attached(leaf)
+        call = master.master_call
+        refused: list[str] = []
+
+        async def refuse_once(fn: str, args: dict[str, Any], via: Any) -> Any:
+            if fn == "attach" and args.get("name") == "leaf" and not refused:
+                refused.append(fn)
+                raise RegistrationError("retry: unknown parent")
+            return await call(fn, args, via)
+
+        master.master_call = refuse_once  # type: ignore[method-assign]
+        assert mid.parent is not None and leaf.rank is not None
+        mid.parent.abort()
+        async with asyncio.timeout(30):
+            while master.topo[leaf.rank].state == "up":  # the master saw mid's subtree go
+                await asyncio.sleep(0.05)
+            while master.topo[leaf.rank].state != "up":
+                await asyncio.sleep(0.1)
+        assert refused, "the leaf's reannounce was never refused: the test proves nothing"
+        assert master.topo[mid.rank or 0].state == "up"
+        await stop_all(master, [mid, leaf])
+
+    run(go())

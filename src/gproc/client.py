@@ -110,6 +110,8 @@ class Connection:
         return conn
 
     def send(self, msg: wire.Message) -> None:
+        if self.writer.transport.is_closing():  # uvloop raises on a write to a closed transport
+            raise ConnectError("lost the master: the connection is closed")
         self.writer.write(wire.pack(msg))
 
     async def drain(self) -> None:
@@ -124,6 +126,10 @@ class Connection:
             raise ConnectError(f"the master said nothing for {timeout:.0f}s") from None
         except EOFError:
             raise ConnectError("the master closed the connection") from None
+        except ProtocolError:
+            if self.reader.at_eof():  # it went away in the middle of a message (killed, restarted)
+                raise ConnectError("the master closed the connection") from None
+            raise
         except OSError as e:
             raise ConnectError(f"lost the master: {e}") from None
         if msg.get("t") == "error":
@@ -164,8 +170,10 @@ class Job:
             self._ship_done.set()
 
     def signal(self, sig: int) -> None:
-        """Send ``sig`` to the job on every node."""
-        self._conn.send({"t": "signal", "sig": sig})
+        """Send ``sig`` to the job on every node (nothing when the master is gone: the job's events
+        say so)."""
+        with contextlib.suppress(ConnectError):
+            self._conn.send({"t": "signal", "sig": sig})
 
     def interrupt(self) -> Signals:
         """Ctrl-C: SIGINT to the job on every node, SIGKILL when the last interrupt was less than a
@@ -268,12 +276,20 @@ class Job:
         for h in hashes:
             if h not in self._bundle.sources:
                 raise ProtocolError(f"the master asked for an unknown file {str(h)[:16]}")
-            try:
-                for offset, data in self._bundle.chunks(h):
-                    self._conn.send({"t": "data", "h": h, "o": offset, "d": data})
+            chunks = self._bundle.chunks(h)
+            while True:
+                try:  # a file that cannot be read is the master's to report; a lost master is ours
+                    item = next(chunks, None)
+                except (OSError, StagingError) as e:
+                    self._conn.send({"t": "data", "h": h, "err": str(getattr(e, "strerror", None) or e)})
+                    break
+                if item is None:
+                    break
+                self._conn.send({"t": "data", "h": h, "o": item[0], "d": item[1]})
+                try:
                     await self._conn.writer.drain()
-            except (OSError, StagingError) as e:
-                self._conn.send({"t": "data", "h": h, "err": str(getattr(e, "strerror", None) or e)})
+                except OSError as e:
+                    raise ConnectError(f"lost the master: {e.strerror or e}") from None
 
 
 class Cluster:

@@ -149,7 +149,9 @@ async def serve_many(spec: dict[str, Any]) -> int:
     """Many nodes in one OS process, as ``gproc up --local`` lays them out.
 
     ``spec``: ``{"key", "master", "host", "heartbeat", "dead_after", "bin_root", "nodes": [{"name",
-    "id", "parent": index or -1, "listen": bool, "socket": client socket path or absent}]}`` and
+    "id", "parent": index or -1 or addresses ("HOST:PORT,…", a daemon of another process: fault
+    tests split a tree over many processes), "listen": bool, "socket": client socket path or
+    absent}]}`` and
     optionally ``"config"``: other ``NodeConfig`` fields (``quiet``, ``hold``, ``edits`` …); parents
     come before their children; each node stages under ``bin_root/<name>``.
     """
@@ -165,12 +167,17 @@ async def serve_many(spec: dict[str, Any]) -> int:
     nodes: dict[int, Node] = {}
     for entry in spec["nodes"]:
         parent_idx = entry["parent"]
-        parent = master_addr if parent_idx < 0 else nodes[parent_idx].listen_address
-        assert parent is not None, "a parent in this process must listen"
+        if isinstance(parent_idx, str):
+            parents = parse_address_list(parent_idx)
+            parent_idx = -1
+        else:
+            parent = master_addr if parent_idx < 0 else nodes[parent_idx].listen_address
+            assert parent is not None, "a parent in this process must listen"
+            parents = [parent]
         cfg = NodeConfig(
             name=entry["name"],
             id=entry["id"],
-            parents=[parent],
+            parents=parents,
             listen=Address(host, 0) if entry.get("listen") else None,
             key=spec["key"],
             heartbeat=spec.get("heartbeat", 1.0),

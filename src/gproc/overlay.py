@@ -48,6 +48,10 @@ FLUSH_BYTES = 4 << 20  # results this big go up at once, whatever the timing (bo
 JOURNAL_BYTES = 1 << 20
 JOURNAL_OPS = 32
 JOURNAL_KEEP = 30.0
+# Late results a node relayed for its children (``Node.relayed``): kept at most this many bytes and
+# ``JOURNAL_KEEP`` seconds, sent again after the node itself re-attached, because its old parent may
+# have died with them in flight (the master counts each result once)
+RELAY_BYTES = 1 << 20
 
 
 @dataclass
@@ -785,6 +789,8 @@ class Node:
         self._whole: dict[TreeLink, Share] = {}  # a subtree frozen for ops on all of it (until it changes)
         self.ops: dict[int, Op] = {}
         self.upward: dict[int, Upward] = {}  # op id -> what went up for it, oldest first (``_journal``)
+        self.relayed: collections.deque[tuple[float, int, wire.Message]] = collections.deque()  # (when, size, late)
+        self.relayed_bytes = 0
         self.handlers: dict[str, Handler] = {}
         self.reducers: dict[str, Reducer[Any]] = {}  # op kind -> the reducer its requests use by default
         # messages that services handle: from the parent (down) and from children (up)
@@ -1011,20 +1017,36 @@ class Node:
         await self.stop()
 
     async def _reannounce(self) -> None:
-        try:
-            await self.call_up(
-                "attach",
-                {
-                    "name": self.cfg.name,
-                    "id": self.cfg.id,
-                    "instance": self.instance,
-                    "rank": self.rank,
-                    "addr": str(self.listen_address) if self.listen_address else None,
-                },
-            )
-        except (GprocError, TimeoutError) as e:
-            self.log.debug("reannounce failed: %s", e)
-            return
+        """Tell the master this node is here again (its parent re-attached), then its children.
+
+        A transient refusal (a link up the chain not attached yet, a call lost with a dying link)
+        is retried while the same parent link lasts: the node is attached and heartbeats flow, so
+        nothing else would ever register it again and the master would keep it lost for good."""
+        parent = self.parent
+        delay = 0.2
+        while True:
+            try:
+                await self.call_up(
+                    "attach",
+                    {
+                        "name": self.cfg.name,
+                        "id": self.cfg.id,
+                        "instance": self.instance,
+                        "rank": self.rank,
+                        "addr": str(self.listen_address) if self.listen_address else None,
+                    },
+                )
+                break
+            except (GprocError, TimeoutError) as e:
+                transient = isinstance(e, TimeoutError) or str(e).startswith("retry:")
+                if not transient or self.stopped.is_set() or self.parent is not parent or parent is None:
+                    self.log.warning("reannounce failed: %s", e)
+                    return
+                self.log.debug("reannounce failed, again in %.1fs: %s", delay, e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            if self.parent is not parent:
+                return  # re-attached meanwhile: that join registered this node
         for child in self.children.values():
             child.send({"t": "reannounce"})
 
@@ -1259,17 +1281,32 @@ class Node:
 
     def _on_late(self, link: TreeLink, msg: wire.Message) -> None:
         LateMsg.decode(msg)  # a malformed one closes the link it came on, not the master's
+        self._keep_relayed(msg)
         self.send_late(msg)
 
+    def _keep_relayed(self, msg: wire.Message) -> None:
+        """Remember a relayed late message (``RELAY_BYTES``, ``JOURNAL_KEEP``): the oldest go first."""
+        now = time.monotonic()
+        size = len(wire.pack(msg))
+        self.relayed.append((now, size, msg))
+        self.relayed_bytes += size
+        while self.relayed and (self.relayed_bytes > RELAY_BYTES or now - self.relayed[0][0] > JOURNAL_KEEP):
+            self.relayed_bytes -= self.relayed.popleft()[1]
+
     def _redeliver(self) -> None:
-        """After re-attaching: send again everything kept for ops that came down the old parent."""
+        """After re-attaching: send again everything kept for ops that came down the old parent, and
+        the late results relayed lately (the old parent may have died before passing them on)."""
         parent = self.parent
+        if parent is None:
+            return
         for up in list(self.upward.values()):
-            if parent is None:
-                return
             if up.link is not parent:
                 for msg in up.messages():
                     parent.send(msg)
+        now = time.monotonic()
+        for when, _size, msg in self.relayed:
+            if now - when <= JOURNAL_KEEP:
+                parent.send(msg)
 
     def _sink_up(self, op_id: int) -> Sink:
         def sink(groups: list[list[Any]], end: bool, value: Any = None) -> None:

@@ -17,6 +17,7 @@ import pytest
 from tests.cluster.daemons import Daemon, node, wait_until
 from tests.conftest import LocalCluster, start_cluster, stop_cluster
 
+from gproc import local
 from gproc.services.jobs import RESTARTED, JobStore
 
 pytestmark = pytest.mark.cluster
@@ -179,3 +180,52 @@ def test_jobs_survive_a_master_restart(tmpdir_short: str) -> None:
         m.end()
         for n in nodes:
             n.end()
+
+
+def test_output_follower_that_does_not_read_holds_no_memory(cluster16: LocalCluster) -> None:
+    """A raw ``output`` client follows a running batch job and never reads while the job writes
+    200 MB: the master's memory stays bounded (it used to queue every record for the follower), the
+    job ends, and a client that does read then gets the whole output."""
+    from gproc.client import Cluster, Connection, Output
+
+    master = local.UpRecord.load(cluster16.socket)
+    assert master is not None
+    master_pid = master.procs[0][0]
+    size = 200 * 10**6
+    script = f"sleep 1; head -c {size} /dev/zero | tr '\\0' x | fold -w 99"
+    r = cluster16.gproc("e", "--batch", "-w", "node5", "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    job = int(r.stdout.strip())
+
+    async def go() -> tuple[int, int]:
+        conn = await Connection.open(cluster16.socket)
+        conn.send({"t": "req", "fn": "output", "job": job})  # and never read
+        before = _rss_kib(master_pid)
+        peak = 0
+        cl = Cluster(cluster16.socket, timeout=10)
+        waiting = asyncio.ensure_future(cl.wait(job=job))
+        async with asyncio.timeout(240):  # a bound on the wait, not a timing assertion
+            while not waiting.done():
+                peak = max(peak, _rss_kib(master_pid) - before)
+                await asyncio.sleep(0.2)
+        assert (await waiting)["status"] == 0
+        conn.close()
+        got = 0
+        async with asyncio.timeout(240):
+            async for ev in await cl.output(job):
+                if isinstance(ev, Output):
+                    got += len(ev.data)
+        return peak, got
+
+    peak, got = asyncio.run(go())
+    print(f"master grew at most {peak} KiB while its follower read nothing; {got} bytes replayed")
+    assert got == size + size // 99  # every line of 99 and its newline
+    assert peak < 100 * 1024, f"the master grew {peak} KiB for a follower that reads nothing"
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")

@@ -157,13 +157,15 @@ class JobStore:
                 (status, ok, failed, time.time(), size, job),
             )
 
-    def records(self, job: int, limit: int | None = None) -> Iterator[Out]:
-        """A job's stored output records in the order they arrived (the first ``limit`` bytes)."""
+    def records(self, job: int, limit: int | None = None, start: int = 0) -> Iterator[Out]:
+        """A job's stored output records in the order they arrived (``limit`` bytes from byte ``start``,
+        which must be where a record begins: 0, or a ``JobRecord.bytes`` seen before)."""
         try:
             f = open(self.path(job), "rb")  # noqa: SIM115 (closed below; this is a generator)
         except OSError:
             return
         with f:
+            f.seek(start)
             unpacker = msgpack.Unpacker(raw=False, max_buffer_size=2 * wire.MAX_FRAME)
             left = limit if limit is not None else -1
             while left != 0:
@@ -277,34 +279,43 @@ class JobService:
         link.send({"t": "ret", "r": {"jobs": self.store.list(self._visible(cred))}})
 
     async def _output(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
-        """Replay a job's output; for a running job, follow it to its end."""
+        """Replay a job's output; for a running job, follow it to its end.
+
+        The job's file is the only source: a follower is woken when records are added and reads on
+        from where it stopped, so a client that does not read holds nothing here but its place in
+        the file (a queue of the records added meanwhile would grow with the job's output). Past
+        ``keep_bytes`` a follower sees what a later replay sees: the statuses without the output."""
         row = self._job(req, cred)
         link.send({"t": "job", "job": row["id"], "n": row["n"], "absent": "", "state": row["state"]})
         rec = self.store.running.get(row["id"])
-        queue: asyncio.Queue[Out | None] = asyncio.Queue()
-        follow = queue.put_nowait
-        limit = None
-        if rec is not None:  # records from now on come through the queue, those before from the file
+        wake = asyncio.Event()
+
+        def follow(_: Out | None) -> None:
+            wake.set()
+
+        if rec is not None:
             rec.followers.append(follow)
-            limit = rec.bytes
+        sent = 0
         try:
-            for out in self.store.records(row["id"], limit):
-                link.send({"t": "out", "g": out})
-                await link.drain()
-            if rec is not None:
-                while True:
-                    try:
-                        async with asyncio.timeout(TICK):
-                            more = await queue.get()
-                    except TimeoutError:
-                        if not link.send({"t": "tick"}):
-                            return
-                        continue
-                    if more is None:
-                        break
-                    if not link.send({"t": "out", "g": more}):
+            while True:
+                wake.clear()
+                ended = rec is None or rec.done.done()
+                upto = None if rec is None else rec.bytes
+                for out in self.store.records(row["id"], None if upto is None else upto - sent, sent):
+                    if not link.send({"t": "out", "g": out}):
                         return
                     await link.drain()
+                if ended or rec is None:
+                    break
+                sent = upto or 0
+                if rec.bytes > sent or rec.done.done():
+                    continue
+                try:
+                    async with asyncio.timeout(TICK):
+                        await wake.wait()
+                except TimeoutError:
+                    if not link.send({"t": "tick"}):
+                        return
         finally:
             if rec is not None and follow in rec.followers:
                 rec.followers.remove(follow)
