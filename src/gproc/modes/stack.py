@@ -18,6 +18,8 @@ def render(r: dict[str, Any]) -> str:
     change from its caller's; among the callees of one frame the outliers (fewest nodes) come first."""
     n = r["processes"]
     k = len(r["classes"])
+    if not n:
+        return "no stack read\n"
     lines = [f"{n} process{'es' if n != 1 else ''} on {r['nodes']}, {k} class{'es' if k != 1 else ''}"]
     above: list[tuple[str, int]] = []  # (nodes, processes) of each frame on the current path
     width = max((2 * d + len(f) for d, f, *_ in r["tree"]), default=0)

@@ -151,13 +151,13 @@ def _run(argv: list[str], what: str) -> str:
 def read_stacks(pid: int) -> Stacks:
     """The stacks of process ``pid``: Python frames by py-spy for a Python process, else native
     frames by eu-stack (gdb without elfutils). Blocks; run it in a thread."""
-    if is_python(pid) and shutil.which("py-spy"):
-        return parse_py_spy(_run(["py-spy", "dump", "--json", "--pid", str(pid)], "py-spy"))
-    if shutil.which("eu-stack"):
-        stacks = parse_eu_stack(_run(["eu-stack", "-m", "-p", str(pid)], "eu-stack"))
-    elif shutil.which("gdb"):
-        argv = ["gdb", "-nx", "-batch", "-p", str(pid), "-ex", "thread apply all bt"]
-        stacks = parse_gdb(_run(argv, "gdb"))
+    py_spy, eu_stack, gdb = shutil.which("py-spy"), shutil.which("eu-stack"), shutil.which("gdb")
+    if py_spy and is_python(pid):
+        return parse_py_spy(_run([py_spy, "dump", "--json", "--pid", str(pid)], "py-spy"))
+    if eu_stack:
+        stacks = parse_eu_stack(_run([eu_stack, "-m", "-p", str(pid)], "eu-stack"))
+    elif gdb:
+        stacks = parse_gdb(_run([gdb, "-nx", "-batch", "-p", str(pid), "-ex", "thread apply all bt"], "gdb"))
     else:
         raise UnwindError("no unwinder: install elfutils (eu-stack) or gdb")
     if not stacks:
