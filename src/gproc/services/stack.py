@@ -38,7 +38,7 @@ from gproc import ranks as rankset
 from gproc import wire
 from gproc.calltree import Calls, CallTree, classes, walk
 from gproc.errors import GprocError, UsageError
-from gproc.services.base import ClientRequest, MasterApi, ServiceTable
+from gproc.services.base import ClientRequest, MasterApi, ServiceTable, with_ticks
 from gproc.services.procs import MasterProcs, ProcService, permitted
 
 if TYPE_CHECKING:
@@ -311,7 +311,9 @@ class MasterStack:
         denied: list[int] = []
         if targets:
             request = self.m.request("stack", {**body, "gather": True}, targets, reducer)
-            whole = await request
+            whole = await with_ticks(link, request.wait())  # unwinding many processes takes a while
+            if whole is None:  # only when told the client left; it was not
+                return
             tree = whole.value if whole.value is not None else tree
             for key, enc in whole.groups:
                 ranks = rankset.decode(enc)
