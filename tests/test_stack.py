@@ -1,0 +1,77 @@
+"""What the unwinders print, read as stacks (outermost frame first, no addresses, no paths that differ
+between nodes), and the printed tree of ``gproc stack``."""
+
+from __future__ import annotations
+
+import pytest
+
+from gproc.modes.stack import render
+from gproc.services.stack import UnwindError, parse_eu_stack, parse_gdb, parse_py_spy
+
+EU_STACK = """PID 2838 - process
+TID 2838:
+#0  0x00007f8013883dd0 pause - /usr/lib/x86_64-linux-gnu/libc.so.6
+#1  0x0000562d7223f162 a - /srv/gproc/node3/p
+#2  0x0000562d7223f1b0 - /srv/gproc/node3/p
+#3  0x0000562d7223f091 _start - /srv/gproc/node3/p
+TID 2839:
+#0  0x00007f8013883dd0 poll - /usr/lib/x86_64-linux-gnu/libc.so.6
+#1  0x00007f80137d724a start_thread - /usr/lib/x86_64-linux-gnu/libc.so.6
+"""
+
+GDB = """[Thread debugging using libthread_db enabled]
+0x00007f837fddbbd3 in __GI___wait4 (pid=-1) at ../sysdeps/unix/sysv/linux/wait4.c:30
+
+Thread 2 (Thread 0x7f83 (LWP 8369) "worker"):
+#0  0x00007f837fddbbd3 in poll () from /lib/x86_64-linux-gnu/libc.so.6
+#1  0x000055f4280fc3f2 in ?? () from /srv/gproc/node3/p
+#2  0x000055f4280fdaba in start_thread ()
+
+Thread 1 (Thread 0x7f837fd05740 (LWP 8368) "p"):
+#0  0x00007f837fddbbd3 in __GI___wait4 (pid=-1, stat_loc=0x7ffd) at ../sysdeps/unix/sysv/linux/wait4.c:30
+#1  main () at p.c:5
+[Inferior 1 (process 8368) detached]
+"""
+
+PY_SPY = """[{"pid": 1, "thread_id": 7, "thread_name": "MainThread", "frames": [
+  {"name": "in_b", "filename": "/srv/node3/w.py", "short_filename": "w.py", "line": 5},
+  {"name": "<module>", "filename": "/srv/node3/w.py", "short_filename": "w.py", "line": 7}]}]"""
+
+
+def test_eu_stack_frames_outermost_first_a_missing_symbol_named_by_its_file() -> None:
+    assert parse_eu_stack(EU_STACK) == [["_start", "?? (p)", "a", "pause"], ["start_thread", "poll"]]
+
+
+def test_gdb_frames_outermost_first() -> None:
+    assert parse_gdb(GDB) == [["start_thread", "?? (p)", "poll"], ["main", "__GI___wait4"]]
+
+
+def test_py_spy_frames_by_function_and_file_without_lines() -> None:
+    assert parse_py_spy(PY_SPY) == [["<module> (w.py)", "in_b (w.py)"]]
+    with pytest.raises(UnwindError):
+        parse_py_spy("Error: Failed to find python version")
+    assert parse_py_spy('{"not": "a list"}') == [] and parse_py_spy("[1, {}]") == []
+
+
+def test_the_tree_prints_counts_where_they_change() -> None:
+    r = {
+        "processes": 3,
+        "nodes": "n[1-3]",
+        "classes": [{}, {}],
+        "tree": [
+            [0, "main", "n[1-3]", 3, 3],
+            [1, "b", "n2", 1, 1],
+            [2, "pause", "n2", 1, 1],
+            [1, "a", "n[1,3]", 2, 2],
+            [2, "pause", "n[1,3]", 2, 2],
+        ],
+    }
+    assert render(r).splitlines() == [
+        "3 processes on n[1-3], 2 classes",
+        "main       3 on n[1-3]",
+        "  b        1 on n2",
+        "    pause",
+        "  a        2 on n[1,3]",
+        "    pause",
+    ]
+    assert render({"processes": 0, "nodes": "", "classes": [], "tree": []}) == "no stack read\n"
