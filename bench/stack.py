@@ -139,13 +139,14 @@ def report(rows: list[dict[str, Any]], cmd: str) -> str:
         "",
         f"`{cmd}` on {machine(load=True)}.",
         "",
-        "| processes | nodes | call paths | read | classes | `Cluster.stack` (median) | `gproc stack` command | bytes at the master | eu-stack alone, every process, a core each |",  # noqa: E501
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| processes | nodes | call paths | read | classes | `Cluster.stack`: median (min-max) | `gproc stack` command | bytes at the master | eu-stack alone, every process, a core each |",  # noqa: E501
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     cores = os.cpu_count() or 1
     for r in rows:
         out.append(
-            f"| {r['procs']} | {r['nodes']} | {r['paths']} | {r['seen']} | {r['classes']} | {r['time']:.2f} s "
+            f"| {r['procs']} | {r['nodes']} | {r['paths']} | {r['seen']} | {r['classes']} "
+            f"| {r['time']:.2f} s ({min(r['times']):.2f}-{max(r['times']):.2f}) "
             f"| {r['cli']:.2f} s{'' if r['cli_ok'] else ' (failed)'} | {r['bytes'][-1]} "
             f"| {r['eu_stack']:.2f} s |"
         )
