@@ -3,10 +3,21 @@ between nodes), and the printed tree of ``gproc stack``."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import subprocess
+
 import pytest
 
 from gproc.modes.stack import render
-from gproc.services.stack import UnwindError, parse_eu_stack, parse_gdb, parse_py_spy
+from gproc.services.stack import (
+    StackReader,
+    UnwindError,
+    parse_eu_frames,
+    parse_eu_stack,
+    parse_gdb,
+    parse_py_spy,
+)
 
 EU_STACK = """PID 2838 - process
 TID 2838:
@@ -40,6 +51,54 @@ PY_SPY = """[{"pid": 1, "thread_id": 7, "thread_name": "MainThread", "frames": [
 
 def test_eu_stack_frames_outermost_first_a_missing_symbol_named_by_its_file() -> None:
     assert parse_eu_stack(EU_STACK) == [["_start", "?? (p)", "a", "pause"], ["start_thread", "poll"]]
+
+
+EU_QUICK = """PID 2838 - process
+TID 2838:
+#0  0x00007f8013883dd0 - /usr/lib/x86_64-linux-gnu/libc.so.6
+    [93ac61ec]@0x7f80137b0000+0xd3dd0
+#1  0x0000562d7223f162 - /srv/gproc/node3/p
+    []@0x562d7223e000+0x1161
+"""
+
+
+def test_eu_stack_places_are_build_id_and_offset_the_same_in_every_process() -> None:
+    assert parse_eu_frames(EU_QUICK) == [
+        [
+            (("93ac61ec", "d3dd0"), "", "/usr/lib/x86_64-linux-gnu/libc.so.6"),
+            (("/srv/gproc/node3/p", "0000562d7223f162"), "", "/srv/gproc/node3/p"),  # no build id: its address
+        ]
+    ]
+
+
+class Counting(StackReader):
+    """A reader that counts its full (symbol-naming) unwinds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fulls = 0
+
+    def _full(self, pid: int) -> list[list[str]]:
+        self.fulls += 1
+        return super()._full(pid)
+
+
+@pytest.mark.skipif(not shutil.which("eu-stack"), reason="needs eu-stack")
+def test_the_reader_names_a_second_process_from_the_first() -> None:
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]  # Popen returns once sleep runs
+    try:
+        reader = Counting()
+        got = asyncio.run(reader.read([p.pid for p in procs]))
+        full = parse_eu_stack(
+            subprocess.run(["eu-stack", "-m", "-p", str(procs[0].pid)], capture_output=True, text=True).stdout
+        )
+        assert got[procs[0].pid] == got[procs[1].pid] == got[procs[2].pid] == full, got
+        assert len(full[0]) >= 3 and len(reader.names) >= len(full[0])  # the places of the first, named
+        assert reader.fulls == 1  # the other two named from what the first taught
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 def test_gdb_frames_outermost_first() -> None:

@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -51,7 +50,6 @@ MAX_GPIDS = 100_000  # gpids one request may name
 PARALLEL = 4  # unwinders a node runs at once
 
 Stacks = list[list[str]]  # a process: one stack per thread, frames outermost first
-Unwinder = Callable[[int], Awaitable[Stacks]]
 
 
 class UnwindError(Exception):
@@ -60,28 +58,48 @@ class UnwindError(Exception):
 
 # ---- reading one process's stack -------------------------------------------------------------------
 
-_EU_FRAME = re.compile(r"#\d+\s+0x[0-9a-f]+\s*(.*)$")
+_EU_FRAME = re.compile(r"#\d+\s+0x([0-9a-f]+)\s*(.*)$")
+_EU_BUILD = re.compile(r"\[([0-9a-f]*)\]@0x[0-9a-f]+\+0x([0-9a-f]+)$")
 _GDB_FRAME = re.compile(r"#\d+\s+(?:0x[0-9a-f]+ in )?(\S+)(?: \(.*?\))?(?: (?:at|from) (\S+))?")
 
+Place = tuple[str, str]  # where a frame is: (build id, offset in the module), else (module, address)
+Frames = list[list[tuple[Place, str, str]]]  # per thread, innermost first: (place, symbol or "", module)
 
-def parse_eu_stack(text: str) -> Stacks:
-    """``eu-stack -m`` output as stacks (innermost frame first there, outermost first here); a frame
-    without a symbol is ``?? (MODULE)``, the module's file name only (paths differ between nodes)."""
-    stacks: Stacks = []
+
+def parse_eu_frames(text: str) -> Frames:
+    """``eu-stack -b -m`` output (with ``-q``: no symbols) as frames per thread, innermost first. A
+    frame's place is its module's build id and its offset there, the same in every process that maps
+    the module (wherever), so a place named once is named for all."""
+    threads: Frames = []
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("TID "):
-            stacks.append([])
+            threads.append([])
+            continue
+        b = _EU_BUILD.match(line)
+        if b is not None and threads and threads[-1] and b.group(1):
+            _, name, module = threads[-1][-1]
+            threads[-1][-1] = ((b.group(1), b.group(2)), name, module)
             continue
         m = _EU_FRAME.match(line)
-        if m is None or not stacks:
+        if m is None or not threads:
             continue
-        name, _, module = m.group(1).partition(" - ")
-        name = name.strip()
-        if name.startswith("- "):  # no symbol, only the module
-            name, module = "", name[2:]
-        stacks[-1].append(name or f"?? ({os.path.basename(module.strip()) or '?'})")
-    return [s[::-1] for s in stacks if s]
+        rest = m.group(2)
+        name, _, module = rest.partition(" - ")
+        if rest.startswith("- "):  # no symbol, only the module
+            name, module = "", rest[2:]
+        threads[-1].append(((module.strip(), m.group(1)), name.strip(), module.strip()))
+    return [t for t in threads if t]
+
+
+def _label(name: str, module: str) -> str:
+    """A frame's name; without a symbol ``?? (MODULE)``, the file name only (paths differ between nodes)."""
+    return name or f"?? ({os.path.basename(module) or '?'})"
+
+
+def parse_eu_stack(text: str) -> Stacks:
+    """``eu-stack -m`` output as stacks, outermost frame first."""
+    return [[_label(n, mod) for _, n, mod in reversed(t)] for t in parse_eu_frames(text)]
 
 
 def parse_gdb(text: str) -> Stacks:
@@ -148,26 +166,95 @@ def _run(argv: list[str], what: str) -> str:
     return r.stdout
 
 
-def read_stacks(pid: int) -> Stacks:
-    """The stacks of process ``pid``: Python frames by py-spy for a Python process, else native
-    frames by eu-stack (gdb without elfutils). Blocks; run it in a thread."""
-    py_spy, eu_stack, gdb = shutil.which("py-spy"), shutil.which("eu-stack"), shutil.which("gdb")
-    if py_spy and is_python(pid):
-        return parse_py_spy(_run([py_spy, "dump", "--json", "--pid", str(pid)], "py-spy"))
-    if eu_stack:
-        stacks = parse_eu_stack(_run([eu_stack, "-m", "-p", str(pid)], "eu-stack"))
-    elif gdb:
-        stacks = parse_gdb(_run([gdb, "-nx", "-batch", "-p", str(pid), "-ex", "thread apply all bt"], "gdb"))
-    else:
-        raise UnwindError("no unwinder: install elfutils (eu-stack) or gdb")
+class Unnamed:
+    """A process's frames as ``eu-stack -q`` found them, to be named."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self, frames: Frames) -> None:
+        self.frames = frames
+
+
+def _some(stacks: Any) -> Any:
     if not stacks:
         raise UnwindError("no frames read (the process ended, or cannot be traced)")
     return stacks
 
 
-async def unwind(pid: int) -> Stacks:
-    """``read_stacks`` in a worker thread (the daemon's loop keeps serving)."""
-    return await asyncio.to_thread(read_stacks, pid)
+class StackReader:
+    """Reads the stacks of a node's processes: Python frames by py-spy for a Python process, native
+    frames by eu-stack (gdb without elfutils).
+
+    Naming the symbols is most of what eu-stack costs (``-q`` takes a fifth of the time), and the
+    processes of a job run the same program and libraries, mostly in the same few places. So every
+    process is unwound with ``-q``; only a process with a place not named before is unwound again
+    in full, and the names it gives are kept (by build id and offset) for the next ones."""
+
+    MAX_NAMES = 100_000  # places remembered (forgotten all at once beyond)
+
+    def __init__(self) -> None:
+        self.names: dict[Place, str] = {}
+
+    def _first(self, pid: int) -> Stacks | Unnamed:
+        py_spy, eu_stack, gdb = shutil.which("py-spy"), shutil.which("eu-stack"), shutil.which("gdb")
+        if py_spy and is_python(pid):
+            return _some(parse_py_spy(_run([py_spy, "dump", "--json", "--pid", str(pid)], "py-spy")))
+        if eu_stack:
+            return Unnamed(_some(parse_eu_frames(_run([eu_stack, "-q", "-b", "-m", "-p", str(pid)], "eu-stack"))))
+        if gdb:
+            return _some(parse_gdb(_run([gdb, "-nx", "-batch", "-p", str(pid), "-ex", "thread apply all bt"], "gdb")))
+        raise UnwindError("no unwinder: install elfutils (eu-stack) or gdb")
+
+    def _named(self, u: Unnamed) -> Stacks | None:
+        """The stacks, if every place is named already."""
+        out: Stacks = []
+        for t in u.frames:
+            names = [self.names.get(place) for place, _, _ in reversed(t)]
+            if None in names:
+                return None
+            out.append([n for n in names if n is not None])
+        return out
+
+    def _full(self, pid: int) -> Stacks:
+        eu_stack = shutil.which("eu-stack")
+        if eu_stack is None:
+            raise UnwindError("eu-stack has gone")
+        frames: Frames = _some(parse_eu_frames(_run([eu_stack, "-b", "-m", "-p", str(pid)], "eu-stack")))
+        if len(self.names) > self.MAX_NAMES:
+            self.names.clear()
+        for t in frames:
+            for place, name, module in t:
+                self.names[place] = _label(name, module)
+        return [[_label(n, mod) for _, n, mod in reversed(t)] for t in frames]
+
+    async def read(self, pids: list[int]) -> dict[int, Stacks | UnwindError]:
+        """Each process's stacks, or why they could not be read (blocking work in worker threads)."""
+        gate = asyncio.Semaphore(PARALLEL)
+        first: dict[int, Stacks | Unnamed | UnwindError] = {}
+        out: dict[int, Stacks | UnwindError] = {}
+
+        async def unwind(pid: int) -> None:
+            async with gate:
+                try:
+                    first[pid] = await asyncio.to_thread(self._first, pid)
+                except UnwindError as e:
+                    first[pid] = e
+
+        async def name(pid: int, u: Unnamed) -> None:
+            async with gate:
+                named = self._named(u)  # another process may have taught the names meanwhile
+                try:
+                    out[pid] = named if named is not None else await asyncio.to_thread(self._full, pid)
+                except UnwindError as e:
+                    out[pid] = e
+
+        await asyncio.gather(*(unwind(p) for p in pids))
+        unnamed = [(p, v) for p, v in first.items() if isinstance(v, Unnamed)]
+        out.update((p, v) for p, v in first.items() if not isinstance(v, Unnamed))
+        if unnamed:  # the first alone: in a hung job it names the places of most others
+            await name(*unnamed[0])
+            await asyncio.gather(*(name(p, u) for p, u in unnamed[1:]))
+        return out
 
 
 # ---- node side -------------------------------------------------------------------------------------
@@ -187,13 +274,12 @@ def _alive(p: Proc) -> bool:
 
 
 class StackService:
-    """On every node: the ``stack`` op. ``unwinder`` reads one process's stacks (``unwind``;
-    benchmarks give one that answers at once, to time the tree alone)."""
+    """On every node: the ``stack`` op."""
 
-    def __init__(self, node: Node, procs: ProcService, unwinder: Unwinder = unwind) -> None:
+    def __init__(self, node: Node, procs: ProcService) -> None:
         self.node = node
         self.procs = procs
-        self.unwinder = unwinder
+        self.reader = StackReader()
 
     def service(self) -> ServiceTable:
         return ServiceTable("stack", ops={"stack": self._stack}, reducers={"stack": CallTree()})
@@ -238,19 +324,13 @@ class StackService:
         if procs is None:
             return
         rank = self.node.rank or 0
-        gate = asyncio.Semaphore(PARALLEL)
-
-        async def one(p: Proc) -> None:
-            async with gate:
-                try:
-                    stacks = await self.unwinder(p.pid)
-                except UnwindError as e:
-                    op.emit(("f", str(e)))
-                    return
-            if _alive(p):  # the pid still names the process that was selected
+        got = await self.reader.read([p.pid for p in procs])
+        for p in procs:
+            stacks = got[p.pid]
+            if isinstance(stacks, UnwindError):
+                op.emit(("f", str(stacks)))
+            elif _alive(p):  # the pid still names the process that was selected
                 op.give((rank, stacks))
-
-        await asyncio.gather(*(one(p) for p in procs))
         op.emit(("s", 0, ""))
 
 
@@ -349,4 +429,7 @@ class MasterStack:
         }
 
 
-__all__ = ["MasterStack", "StackService", "UnwindError", "parse_eu_stack", "parse_gdb", "parse_py_spy", "read_stacks"]
+__all__ = [
+    "MasterStack", "StackReader", "StackService", "UnwindError",
+    "parse_eu_frames", "parse_eu_stack", "parse_gdb", "parse_py_spy",
+]  # fmt: skip
