@@ -81,6 +81,19 @@ async def wait_asleep(c: Cluster, job: int, n: int, timeout: float = 300.0) -> l
         await asyncio.sleep(0.5)
 
 
+async def wait_up(c: Cluster, timeout: float = 120.0) -> None:
+    """Until every node answers a ping (on a saturated machine nodes miss heartbeats and rejoin)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = (await c.ping())["counts"]
+        if set(counts) == {"ok"}:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nodes still not all up after {timeout:g} s: {counts}")
+        print(f"waiting for the nodes: {counts}", file=sys.stderr)
+        await asyncio.sleep(1.0)
+
+
 def eu_stack_alone(pids: list[int], workers: int, *flags: str) -> float:
     """Seconds for eu-stack run on every pid, ``workers`` at a time (the unwinder's own cost)."""
 
@@ -96,6 +109,7 @@ def eu_stack_alone(pids: list[int], workers: int, *flags: str) -> float:
 async def one_size(sock: str, exe: str, nodes: int, procs: int, paths: int, runs: int) -> dict[str, Any]:
     c = Cluster(sock, timeout=120)
     k = procs // nodes
+    await wait_up(c)
     names = [n["name"] for n in (await c.info())["nodes"]]
     job = await c.exec([exe, str(k), str(paths), str(nodes)], include=",".join(names), localbin=True)
     try:
@@ -103,11 +117,13 @@ async def one_size(sock: str, exe: str, nodes: int, procs: int, paths: int, runs
         pids = await wait_asleep(c, jid, procs)
         times, answers = [], []
         for _ in range(runs):
+            await wait_up(c)
             t0 = time.perf_counter()
             r = await c.stack(job=jid)
             times.append(time.perf_counter() - t0)
             answers.append(r)
         env = {**os.environ, "GPROC_MASTER": sock}
+        await wait_up(c)
         t0 = time.perf_counter()
         cli = subprocess.run([sys.executable, "-m", "gproc", "stack", f"%{jid}"], capture_output=True, env=env)
         cli_s = time.perf_counter() - t0
