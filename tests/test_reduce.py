@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gproc import reduce
+from gproc.calltree import Calls, CallTree
 from gproc.errors import ProtocolError
 from gproc.groups import Groups
 
@@ -19,6 +20,8 @@ N = 40  # nodes of a random tree
 
 ints = st.integers(-(10**12), 10**12)
 labels = st.text(max_size=8)
+frames = st.sampled_from(["_start", "main", "a", "b", "pause", "poll"])
+stacks = st.lists(st.lists(frames, max_size=5), max_size=3)  # a process: a stack per thread
 keys = st.tuples(st.sampled_from(["o", "s"]), st.integers(0, 3), st.sampled_from(["", "lost", "x"]))
 
 # (reducer, strategy of one node's sample)
@@ -33,6 +36,7 @@ CASES: list[tuple[reduce.Reducer[Any], st.SearchStrategy[Any]]] = [
         reduce.Each([reduce.Max(), reduce.Avg(), reduce.Hist([0, 10]), reduce.TopK(2)]),
         st.tuples(ints, ints, st.integers(-5, 20), st.tuples(st.integers(0, 9), labels)),
     ),
+    (CallTree(), st.tuples(st.integers(0, N - 1), stacks)),
     (reduce.GroupsReducer(), st.tuples(keys, st.sets(st.integers(0, N - 1), min_size=1, max_size=3))),
 ]
 
@@ -77,7 +81,17 @@ def tree(r: reduce.Reducer[Any], samples: list[tuple[int, Any]], rng: random.Ran
 
 
 def canonical(r: reduce.Reducer[Any], value: Any) -> Any:
-    return dict(value.items()) if isinstance(value, Groups) else r.encode(value)
+    if isinstance(value, Groups):
+        return dict(value.items())
+    if isinstance(value, Calls):  # every path in full (the encoding leaves out what a parent says)
+        out = {(): (sorted(value.ranks), value.count)}
+        todo = [((f,), c) for f, c in value.children.items()]
+        while todo:
+            path, c = todo.pop()
+            out[path] = (sorted(c.ranks), c.count)
+            todo.extend(((*path, f), d) for f, d in c.children.items())
+        return out
+    return r.encode(value)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0].name for c in CASES])
@@ -126,6 +140,11 @@ def test_values_read_as_expected() -> None:
         (["top", 2], [[1, "a"], [2, "b"], [3, "c"]]),
         (["top", 2], [["x", "a"]]),
         (["groups"], [[["s", 0, ""], [3, 1]]]),
+        (["calltree"], [[0, 0], 1]),
+        (["calltree"], [[0, 0], 1, [[0, "main", None, 1]]]),  # a parent not yet seen
+        (["calltree"], [[0, 0], 1, [[-1, "main", None, 1], [-1, "main", None, 1]]]),  # a frame twice
+        (["calltree"], [[0, 0], 1, [[-1, "main", [3], 1]]]),
+        (["calltree"], [[0, 0], -1, []]),
     ],
 )
 def test_malformed_values_are_protocol_errors(spec: list[Any], data: Any) -> None:

@@ -406,6 +406,17 @@ class Cluster:
             return dict(await self.request("wait", job=job))
         return dict(await self.request("wait", gpids=list(gpids or [])))
 
+    async def stack(self, gpids: list[int] | None = None, *, job: int | None = None) -> dict[str, Any]:
+        """The stacks of a job's processes (or of gpids), merged inside the tree into a prefix tree of
+        call paths: ``{"processes", "nodes", "tree": [[depth, frame, nodes, nnodes, processes]…]
+        (preorder, the outliers first among siblings), "classes": [{"nodes", "nnodes", "processes",
+        "path"}…] (the leaves, the outliers first), "errors": [{"nodes", "error"}], "no_such": [gpid…],
+        "denied": [gpid…], "bytes_in"}`` (``bytes_in``: reply bytes at the master). Only the caller's
+        own processes are read (root: any)."""
+        if job is not None:
+            return dict(await self.request("stack", job=job))
+        return dict(await self.request("stack", gpids=list(gpids or [])))
+
     async def gpids(self, *, blocks: bool = False, nodes_stats: bool = False) -> dict[str, Any]:
         """The master's block table: counters (``requests`` handled ever, ``free``, ``pool`` …), with
         ``blocks`` every block ``[start, size, node]``, with ``nodes_stats`` each node's allocator."""

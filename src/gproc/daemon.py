@@ -30,6 +30,7 @@ from gproc.services.metrics import MasterMetrics, MetricsService
 from gproc.services.procs import MasterProcs, ProcService
 from gproc.services.relay import MasterRelay, NodeSocket
 from gproc.services.ship import Shipper
+from gproc.services.stack import MasterStack, StackService
 from gproc.services.stage import StageService
 from gproc.services.stdin import StdinService
 
@@ -54,7 +55,7 @@ def node_services(node: Node, gate: SpawnGate | None = None) -> NodeServices:
     stage = StageService(node)
     execute = ExecService(node, gate or SpawnGate(), procs, stdin, stage)
     files = FileService(node, stage.store)
-    tables = (execute, procs, stdin, stage, files, MetricsService(node))
+    tables = (execute, procs, stdin, stage, files, MetricsService(node), StackService(node, procs))
     for table in (service.service() for service in tables):
         install(node, table)
     if node.cfg.socket and not node.is_master:
@@ -93,6 +94,7 @@ def build_master(
     procs = MasterProcs(master, pids or PidConfig(), master.state.db, jobs)
     for table in (jobs.service(), procs.service(), MasterRelay(master).service(), MasterMetrics(master).service()):
         install(master, table, master)
+    install(master, MasterStack(master, procs).service(), master)
     shipper = Shipper(master)
     master.equip(procs, store, shipper, stdin)
     install(master, MasterFiles(master, shipper).service(), master)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from itertools import pairwise
 from typing import Any, Generic, Protocol, TypeVar
 
+from gproc.calltree import CallTree
 from gproc.errors import ProtocolError
 from gproc.groups import Groups, Key
 
@@ -320,6 +321,7 @@ def from_spec(spec: Any) -> Reducer[Any]:
         "min": Min,
         "max": Max,
         "avg": Avg,
+        "calltree": CallTree,
     }
     if name in simple and not args:
         return simple[name]()

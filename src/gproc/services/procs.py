@@ -69,6 +69,11 @@ STAT = {
 }
 
 
+def permitted(uid: int, p: Proc) -> bool:
+    """May user ``uid`` act on process ``p`` (signal it, wait for it, read its stack)? Root, or its owner."""
+    return uid in (0, p.uid)
+
+
 def _user(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -256,7 +261,7 @@ class ProcService:
         op.emit(("s", 0, ""))
 
     def _signal(self, p: Proc, sig: int, uid: int) -> tuple[int, str]:
-        if uid not in (0, p.uid):
+        if not permitted(uid, p):
             return 2, "permission denied"
         if p.exited is not None and p.exited.done():
             return 1, "no such process"
@@ -725,4 +730,4 @@ class MasterProcs:
         )
 
 
-__all__ = ["DENIED", "NO_STATUS", "NO_SUCH", "MasterProcs", "NoGpidError", "ProcService"]
+__all__ = ["DENIED", "NO_STATUS", "NO_SUCH", "MasterProcs", "NoGpidError", "ProcService", "permitted"]
