@@ -121,6 +121,7 @@ async def serve_master(
     await master.start()
     loop = asyncio.get_running_loop()
     platform.install_shutdown_signals(loop, lambda: _forget(master.spawn(master.shutdown_tree())))
+    platform.install_reload_signal(loop, master.reload_revoked)
     if ready_file:
         _write_atomic(ready_file, str(master.listen_address))
     await master.stopped.wait()

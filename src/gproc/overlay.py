@@ -25,10 +25,10 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from gproc import merge, wire
+from gproc import certs, merge, wire
 from gproc import ranks as rankset
 from gproc.address import Address, parse_address
-from gproc.errors import GprocError, ProtocolError, RegistrationError
+from gproc.errors import AuthError, GprocError, ProtocolError, RegistrationError
 from gproc.groups import Groups, Key
 from gproc.messages import CallMsg, LateMsg, OpMsg, RepMsg, RetMsg
 from gproc.reduce import Reducer
@@ -58,7 +58,10 @@ class NodeConfig:
     id: str
     parents: list[Address] = field(default_factory=list)  # first the parent, then fallbacks
     listen: Address | None = None  # where children connect; None: accept no children
-    key: str = ""  # the cluster credential
+    key: str = ""  # the cluster credential, or with ``cert`` this node's private key
+    cert: str | None = None  # this node's certificate (gproc.certs); None: the shared credential
+    ca: str | None = None  # the cluster CA's certificate, with ``cert``
+    revoked: str | None = None  # the master: its revoked-serials file, read at start and on SIGHUP
     heartbeat: float = 1.0  # seconds between pings on an idle link
     dead_after: float = 3.5  # a link silent this long is dead
     window: float = 0.01  # how long a node's own results are gathered before going up
@@ -316,6 +319,14 @@ class TreeLink(asyncio.Protocol):
             self.transport.resume_reading()
 
     # -- gproc side
+    def peercert(self) -> dict[str, Any] | None:
+        """The peer's TLS certificate as verified (``SSLObject.getpeercert()``), None without TLS."""
+        return self.transport.get_extra_info("peercert") if self.transport is not None else None
+
+    def peercert_der(self) -> bytes | None:
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport is not None else None
+        return ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+
     def start(self, handler: Callable[[TreeLink, wire.Message], None], on_close: Callable[[TreeLink], None]) -> None:
         """Switch from the handshake to serving: queued messages go to the handler first."""
         self.handler = handler
@@ -772,8 +783,13 @@ class Node:
         from gproc import credential  # contexts are costly: many nodes of a process share them
 
         self.cfg = cfg
-        self.server_ssl = server_ssl or credential.server_context(cfg.key)
-        self.client_ssl = client_ssl or credential.client_context(cfg.key)
+        self.server_ssl = server_ssl or credential.server_context(cfg.key, cfg.cert, cfg.ca)
+        self.client_ssl = client_ssl or credential.client_context(cfg.key, cfg.cert, cfg.ca)
+        # with per-node certificates: this node's own (it signs its attach statements) and the
+        # serials this node refuses among its children (the master's list, sent down on a change)
+        self.identity = certs.node_identity(cfg.cert, cfg.key, cfg.ca or "", cfg.name) if cfg.cert else None
+        self.revoked: frozenset[int] = certs.read_revoked(cfg.revoked)
+        self.parent_name: str | None = None  # the name on the parent's certificate
         self.rank: int | None = None
         self.instance = secrets.token_hex(8)
         self.parent: TreeLink | None = None
@@ -918,9 +934,23 @@ class Node:
             )
         return link
 
+    def _proof(self, parent_name: str | None) -> dict[str, Any]:
+        """What proves this node's name to the master with certificates: its attach statement under
+        the parent named on the parent's certificate (the certificate itself goes up from the TLS
+        link, taken by the parent)."""
+        if self.identity is None or parent_name is None:
+            return {}
+        when, sig = self.identity.sign(self.cfg.id, self.instance, parent_name)
+        return {"when": when, "sig": sig}
+
     async def _join(self, addr: Address) -> TreeLink:
         link = await self._connect(addr)
         try:
+            parent_name = None
+            if self.identity is not None:
+                parent_name = certs.peer_name(link.peercert())
+                if parent_name is None:
+                    raise AuthError(f"parent {addr} presents a certificate that names no single node")
             link.send(
                 wire.hello(
                     "node",
@@ -929,10 +959,14 @@ class Node:
                     instance=self.instance,
                     rank=self.rank,
                     addr=str(self.listen_address) if self.listen_address else None,
+                    **self._proof(parent_name),
                 )
             )
             async with asyncio.timeout(ADMIT_WAIT + 15.0):
-                wire.check_hello(await link.receive(), "parent")
+                h = wire.check_hello(await link.receive(), "parent")
+                if parent_name is not None and h.get("name") != parent_name:
+                    said = str(h.get("name"))[:80]
+                    raise AuthError(f"parent {addr} presents the certificate of {parent_name} but says it is {said}")
                 reply = await link.receive()
         except BaseException:
             link.abort()
@@ -947,6 +981,7 @@ class Node:
         self.rank = reply["rank"]
         self.ancestors = [parse_address(a) for a in reply.get("ancestors", []) if isinstance(a, str)]
         self.parent_address = addr
+        self.parent_name = parent_name
         hb = reply.get("hb")
         if isinstance(hb, list) and len(hb) == 2:
             self.cfg.heartbeat, self.cfg.dead_after = float(hb[0]), float(hb[1])
@@ -997,6 +1032,8 @@ class Node:
             self.spawn(self._drain_and_stop())
         elif t == "reannounce":
             self.spawn(self._reannounce())
+        elif t == "revoked":
+            self.apply_revoked(frozenset(int(str(x), 16) for x in msg.get("s", [])))
         elif t in ("pong", "welcome"):
             pass
         elif t in self.down_messages:
@@ -1020,6 +1057,8 @@ class Node:
                     "instance": self.instance,
                     "rank": self.rank,
                     "addr": str(self.listen_address) if self.listen_address else None,
+                    **self._proof(self.parent_name),
+                    **({"cert": self.identity.cert_der} if self.identity is not None else {}),
                 },
             )
         except (GprocError, TimeoutError) as e:
@@ -1138,6 +1177,7 @@ class Node:
         if not isinstance(cid, str) or not ID_RE.match(cid):
             raise ProtocolError(f"bad node id {str(cid)[:80]!r}")
         link.peer = {"name": name, "id": cid, "instance": h.get("instance"), "addr": h.get("addr")}
+        proof = self._check_child_cert(link, name, h) if self.identity is not None else {}
         old = self.children.get(cid)
         if old is not None and not old.closed:
             if old.peer.get("name") != name:
@@ -1159,6 +1199,7 @@ class Node:
             "rank": h.get("rank"),
             "addr": h.get("addr"),
             "parent": self.rank,
+            **proof,
         }
         try:
             result = await self.call_up("attach", args)
@@ -1171,6 +1212,39 @@ class Node:
         self.children[cid] = link
         up = [str(self.parent_address)] + [str(a) for a in self.ancestors] if self.parent_address else []
         link.send({"t": "welcome", "rank": rank, "ancestors": up, "hb": [self.cfg.heartbeat, self.cfg.dead_after]})
+
+    def _check_child_cert(self, link: TreeLink, name: str, h: wire.Message) -> dict[str, Any]:
+        """A child registers only under the name on its certificate, and not with a revoked one; what
+        the master checks in turn (the certificate as TLS verified it, the child's attach statement)."""
+        peer = link.peercert() or {}
+        holder = certs.peer_name(peer)
+        try:
+            serial = int(str(peer.get("serialNumber")), 16)
+        except ValueError:
+            serial = -1
+        why = None
+        if holder != name:
+            why = f"node {name} presents the certificate of {holder or 'no single node'}"
+        elif serial in self.revoked:
+            why = f"node {name}: certificate {certs.serial_text(serial)} is revoked"
+        if why is not None:
+            self.log.warning("refused a child from %s: %s", _peer_address(link), why)
+            link.send({"t": "error", "msg": why})
+            raise AuthError(why)
+        link.peer["serial"] = serial
+        return {"cert": link.peercert_der(), "sig": h.get("sig"), "when": h.get("when")}
+
+    def apply_revoked(self, revoked: frozenset[int]) -> None:
+        """Take the master's revoked serials: close the links of children holding one, and pass the
+        list on to the others (each parent closes its own children's)."""
+        self.revoked = revoked
+        text = [certs.serial_text(s) for s in sorted(revoked)]
+        for child in list(self.children.values()):
+            if child.peer.get("serial") in revoked:
+                self.log.warning("closing the link of node %s: its certificate is revoked", child.peer.get("name"))
+                child.abort()  # it comes back, and its registration is refused: that says why
+            else:
+                child.send({"t": "revoked", "s": text})
 
     def _dispatch_up(self, link: TreeLink, msg: wire.Message) -> None:
         t = msg["t"]
@@ -1506,3 +1580,8 @@ class Node:
                 p.abort()
             elif p is not None:  # unasked: the parent's ping may be queued behind a stream of file chunks
                 p.send({"t": "pong"})
+
+
+def _peer_address(link: TreeLink) -> str:
+    peer = link.transport.get_extra_info("peername") if link.transport is not None else None
+    return str(Address(str(peer[0]), int(peer[1]))) if isinstance(peer, tuple) and len(peer) >= 2 else "?"
