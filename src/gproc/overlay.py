@@ -28,7 +28,7 @@ from typing import Any
 from gproc import certs, merge, wire
 from gproc import ranks as rankset
 from gproc.address import Address, parse_address
-from gproc.errors import AuthError, GprocError, ProtocolError, RegistrationError
+from gproc.errors import AuthError, GprocError, IdentityRefused, ProtocolError, RegistrationError
 from gproc.groups import Groups, Key
 from gproc.messages import CallMsg, LateMsg, OpMsg, RepMsg, RetMsg
 from gproc.reduce import Reducer
@@ -899,8 +899,9 @@ class Node:
             for addr in self._parent_candidates():
                 try:
                     link = await self._join(addr)
-                except RegistrationError as e:
-                    if (e.args and str(e.args[0]).startswith("retry:")) or self.rank is not None:
+                except (RegistrationError, IdentityRefused) as e:
+                    retry = isinstance(e, RegistrationError) and (str(e).startswith("retry:") or self.rank is not None)
+                    if retry:
                         # transient, or refused by a fallback while re-attaching: try the next one
                         self.log.warning("parent %s: %s", addr, e)
                         continue
@@ -972,8 +973,8 @@ class Node:
             link.abort()
             raise
         if reply.get("t") == "error":
-            link.abort()
-            raise RegistrationError(str(reply.get("msg", "refused"))[:500])
+            link.abort()  # a refused certificate is for good, wherever this node tries: it stops
+            raise (IdentityRefused if reply.get("auth") else RegistrationError)(str(reply.get("msg", "refused"))[:500])
         if reply.get("t") != "welcome" or not isinstance(reply.get("rank"), int):
             link.abort()
             raise ProtocolError("bad welcome")
@@ -1204,7 +1205,7 @@ class Node:
         try:
             result = await self.call_up("attach", args)
         except GprocError as e:
-            link.send({"t": "error", "msg": str(e)})
+            link.send({"t": "error", "msg": str(e), **({"auth": True} if isinstance(e, AuthError) else {})})
             raise
         rank = result["rank"]
         link.peer["rank"] = rank
@@ -1229,7 +1230,7 @@ class Node:
             why = f"node {name}: certificate {certs.serial_text(serial)} is revoked"
         if why is not None:
             self.log.warning("refused a child from %s: %s", _peer_address(link), why)
-            link.send({"t": "error", "msg": why})
+            link.send({"t": "error", "msg": why, "auth": True})
             raise AuthError(why)
         link.peer["serial"] = serial
         return {"cert": link.peercert_der(), "sig": h.get("sig"), "when": h.get("when")}
@@ -1582,6 +1583,9 @@ class Node:
                 p.send({"t": "pong"})
 
 
-def _peer_address(link: TreeLink) -> str:
-    peer = link.transport.get_extra_info("peername") if link.transport is not None else None
+def _address(peer: object) -> str:
     return str(Address(str(peer[0]), int(peer[1]))) if isinstance(peer, tuple) and len(peer) >= 2 else "?"
+
+
+def _peer_address(link: TreeLink) -> str:
+    return _address(link.transport.get_extra_info("peername") if link.transport is not None else None)
