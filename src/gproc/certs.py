@@ -189,11 +189,11 @@ def revoke(cert_path: str, revoked_path: str) -> int:
     return int(cert.serial_number)
 
 
-def load_cert(path: str) -> x509.Certificate:
+def load_cert(path: str, what: str = "certificate") -> x509.Certificate:
     from cryptography import x509
 
     try:
-        return x509.load_pem_x509_certificate(_read(path, "certificate"))
+        return x509.load_pem_x509_certificate(_read(path, what))
     except ValueError:
         raise AuthError(f"{path} holds no PEM certificate") from None
 
@@ -211,7 +211,7 @@ def load_key(path: str) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def _statement(name: str, nid: str, instance: str, parent: str, when: int) -> bytes:
+def statement(name: str, nid: str, instance: str, parent: str, when: int) -> bytes:
     return "\0".join(("gproc-attach-1", name, nid, instance, parent, str(when))).encode()
 
 
@@ -231,7 +231,7 @@ class NodeIdentity:
         from cryptography.hazmat.primitives.asymmetric import ec
 
         when = int(time.time())
-        return when, self.key.sign(_statement(self.name, nid, instance, parent, when), ec.ECDSA(hashes.SHA256()))
+        return when, self.key.sign(statement(self.name, nid, instance, parent, when), ec.ECDSA(hashes.SHA256()))
 
 
 def node_identity(cert_path: str, key_path: str, ca_path: str, name: str | None = None) -> NodeIdentity:
@@ -239,7 +239,7 @@ def node_identity(cert_path: str, key_path: str, ca_path: str, name: str | None 
     (when given) and matches the key. Each failure is one line (AuthError)."""
     from cryptography.hazmat.primitives import serialization
 
-    cert, key, ca = load_cert(cert_path), load_key(key_path), load_cert(ca_path)
+    cert, key, ca = load_cert(cert_path), load_key(key_path), load_cert(ca_path, "CA certificate")
     if cert.public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
         raise AuthError(f"the key {key_path} does not belong to the certificate {cert_path}")
     why = check_cert(cert, ca)
@@ -308,7 +308,7 @@ def check_attach(
         raise AuthError(f"node {name}: not an EC certificate")
     try:
         key.verify(
-            sig, _statement(str(name), str(nid), str(instance or ""), parent_name, when), ec.ECDSA(hashes.SHA256())
+            sig, statement(str(name), str(nid), str(instance or ""), parent_name, when), ec.ECDSA(hashes.SHA256())
         )
     except InvalidSignature:
         raise AuthError(f"node {name}: attach statement not signed by its key under parent {parent_name}") from None

@@ -783,11 +783,12 @@ class Node:
         from gproc import credential  # contexts are costly: many nodes of a process share them
 
         self.cfg = cfg
+        # with per-node certificates: this node's own (it signs its attach statements; checked first,
+        # for the clearer word on a bad file) and the serials this node refuses among its children (the
+        # master's list, sent down on a change)
+        self.identity = certs.node_identity(cfg.cert, cfg.key, cfg.ca or "", cfg.name) if cfg.cert else None
         self.server_ssl = server_ssl or credential.server_context(cfg.key, cfg.cert, cfg.ca)
         self.client_ssl = client_ssl or credential.client_context(cfg.key, cfg.cert, cfg.ca)
-        # with per-node certificates: this node's own (it signs its attach statements) and the
-        # serials this node refuses among its children (the master's list, sent down on a change)
-        self.identity = certs.node_identity(cfg.cert, cfg.key, cfg.ca or "", cfg.name) if cfg.cert else None
         self.revoked: frozenset[int] = certs.read_revoked(cfg.revoked)
         self.parent_name: str | None = None  # the name on the parent's certificate
         self.rank: int | None = None
