@@ -19,6 +19,7 @@ def _up_switches(p: Parser) -> None:
     p.add_argument("--prefix", default="node", help="node names: PREFIX0, PREFIX1 … (default node)")
     p.add_argument("--ipv6", action="store_true", help="link the nodes over ::1")
     add_key(p)
+    p.add_argument("--certs", action="store_true", help="give every node its own certificate (per-node identity)")
     add_liveness(p)
     p.add_argument("--timeout", type=float, metavar="S", help="give up when the nodes are not all up by then")
     add_debug(p)
@@ -52,6 +53,7 @@ def _up(opts: argparse.Namespace, pos: list[str]) -> int:
         debug=opts.debug,
         gpid_block=opts.gpid_block,
         collect_every=opts.collect_every,
+        certs=opts.certs,
     )
     print(
         f"{rec.nodes} nodes up in {time.monotonic() - t0:.1f}s "
