@@ -125,7 +125,9 @@ def issue(
     pem = serialization.Encoding.PEM
     _write_private(key_file, key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     _write_private(cert_file, cert.public_bytes(pem), 0o644)
-    _write_private(ca_file, ca_cert.public_bytes(pem), 0o644)
+    ca_pem = ca_cert.public_bytes(pem)
+    if not ca_file.exists() or ca_file.read_bytes() != ca_pem:  # many nodes' certificates share one
+        _write_private(ca_file, ca_pem, 0o644)
     return str(key_file), str(cert_file), str(ca_file)
 
 

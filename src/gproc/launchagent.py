@@ -10,8 +10,9 @@ host loses no subtree). ``"op": "stop"`` goes down the same tree and stops what 
 started on each host (the daemon recorded in the host's launch directory, by pid and start time).
 
 A request: ``{"op": "start"|"stop", "name", "id", "children": [{"host", "id", "children"}…], "key"
-(PEM), "parent" (address, or absent: the host this ssh session came from), "parent_port", "port",
-"ssh" (argv), "python", "bin_root", "debug", "hop_timeout"}``.
+(PEM), or with per-node certificates "ca" (the CA's certificate, PEM), "cert" and "node_key" (this
+host's, PEM; each child entry carries its own), "parent" (address, or absent: the host this ssh session
+came from), "parent_port", "port", "ssh" (argv), "python", "bin_root", "debug", "hop_timeout"}``.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def stop_daemon(name: str, grace: float = 5.0) -> dict[str, Any]:
         if _alive(rec["pid"], rec["created"]):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(rec["pid"], signal.SIGKILL)
-    for f in ("daemon.json", "ready", "cluster.key"):
+    for f in ("daemon.json", "ready", "cluster.key", "node.crt", "ca.crt"):
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(rundir, f))
     return {"host": name, "ok": True, "reached": True, "stopped": stopped}
@@ -139,7 +140,11 @@ def spawn_daemon(req: dict[str, Any]) -> Started | dict[str, Any]:
     stop_daemon(name)  # a host launched again runs one daemon, not two
     ready = os.path.join(rundir, "ready")
     log = os.path.join(rundir, "daemon.log")
-    fd, key = _key_handle(req["key"].encode(), rundir)
+    if req.get("cert"):  # its own certificate and key (the key kept as the credential is, below)
+        for file, pem in (("node.crt", req["cert"]), ("ca.crt", req["ca"])):
+            with open(os.path.join(rundir, file), "w") as f:
+                f.write(pem)
+    fd, key = _key_handle((req.get("node_key") or req["key"]).encode(), rundir)
     argv = [
         req.get("python") or sys.executable, "-m", "gproc", "s",
         "--parent", str(Address(parent_host, int(req["parent_port"]))),
@@ -147,6 +152,8 @@ def spawn_daemon(req: dict[str, Any]) -> Started | dict[str, Any]:
         "--name", name, "--id", str(req["id"]), "--key", key, "--ready-file", ready,
         "--debug", str(req.get("debug", 0)),
     ]  # fmt: skip
+    if req.get("cert"):
+        argv += ["--cert", os.path.join(rundir, "node.crt"), "--ca", os.path.join(rundir, "ca.crt")]
     if req.get("bin_root"):
         argv += ["--bin-root", req["bin_root"]]
     try:
@@ -205,6 +212,8 @@ async def _over_ssh(req: dict[str, Any], child: dict[str, Any], timeout: float) 
     host = child["host"]
     remote = shlex.join([req.get("python") or sys.executable, "-m", "gproc.launchagent"])
     sub = {**req, "name": host, "id": child["id"], "children": child.get("children", [])}
+    if child.get("cert"):  # the child's own, never its parent's
+        sub.update(cert=child["cert"], node_key=child["node_key"])
     try:
         proc = await asyncio.create_subprocess_exec(
             *req["ssh"],
