@@ -174,10 +174,7 @@ def refused_by_master(bed: Bed, cert: str, key: str) -> None:
     assert "intruder" not in bed.states()
 
 
-def test_nodes_with_their_certificates_join_through_an_interior_node(bed: Bed) -> None:
-    _, a1 = bed.node("n1", "1")
-    bed.node("n2", "2", parent=a1)  # under n1: n1 checks its certificate, the master its statement
-    wait_until(lambda: bed.states() == {"n1": "up", "n2": "up"}, 30, "n1 and n2 to register")
+def names(bed: Bed) -> list[str]:
     r = subprocess.run(
         [*GPROC, "e", "**", "sh", "-c", "echo $GPROC_NAME"],
         env={**os.environ, "GPROC_MASTER": bed.socket},
@@ -185,7 +182,29 @@ def test_nodes_with_their_certificates_join_through_an_interior_node(bed: Bed) -
         text=True,
         timeout=30,
     )
-    assert sorted(r.stdout.splitlines()) == ["n1: n1", "n2: n2"], r.stdout + r.stderr
+    return sorted(r.stdout.splitlines())
+
+
+def test_nodes_with_their_certificates_join_through_an_interior_node(bed: Bed) -> None:
+    n1, a1 = bed.node("n1", "1")
+    # n2 from the configuration file's keys (cert, ca); under n1, which checks its certificate
+    conf = os.path.join(bed.dir, "gproc.toml")
+    with open(conf, "w") as f:
+        f.write(f'cert = "{bed.cert("n2")}"\nca = "{bed.dir}/ca.crt"\n[node]\nkey = "{bed.dir}/n2.key"\n')
+    ready = os.path.join(bed.dir, "n2.ready")
+    bed.daemons.append(
+        Daemon(
+            *("s", "--config", conf, "--parent", a1, "--name", "n2", "--id", "2", "--node-socket", "none"),
+            *("--listen", "127.0.0.1:0", "--bin-root", os.path.join(bed.dir, "bin-n2"), "--ready-file", ready),
+            log=os.path.join(bed.dir, "n2.log"),
+        )
+    )
+    wait_until(lambda: bed.states() == {"n1": "up", "n2": "up"}, 30, "n1 and n2 to register")
+    assert names(bed) == ["n1: n1", "n2: n2"]
+    # n1 dies: n2 re-attaches to the master (its ancestor), with a statement signed for the master
+    n1.signal(signal.SIGKILL)
+    wait_until(lambda: names(bed) == ["n2: n2"], 30, "n2 to re-attach to the master")
+    assert "refused" not in bed.log("master")
 
 
 @pytest.mark.parametrize("under_interior", [False, True])
@@ -291,3 +310,20 @@ def test_a_garbled_revoked_list_keeps_the_old_one(bed: Bed) -> None:
     bed.master.signal(signal.SIGHUP)
     wait_until(lambda: "not reloaded" in bed.log("master"), 10, "the master to log the bad list")
     assert bed.master.alive() and n1.alive()
+
+
+def test_a_local_cluster_with_certificates(tmpdir_short: str) -> None:
+    sock = os.path.join(tmpdir_short, "g")
+    up = run("up", "--local", "6", "--fanout", "2", "--certs", "--socket", sock)
+    try:
+        assert up.returncode == 0, up.stderr
+        r = subprocess.run(
+            [*GPROC, "e", "**", "sh", "-c", "echo $GPROC_NAME"],
+            env={**os.environ, "GPROC_MASTER": sock},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert sorted(r.stdout.splitlines()) == sorted(f"node{i}: node{i}" for i in range(6)), r.stdout + r.stderr
+    finally:
+        assert run("down", "--socket", sock).returncode == 0
