@@ -787,7 +787,11 @@ class Node:
         # for the clearer word on a bad file) and the serials this node refuses among its children (the
         # master's list, sent down on a change)
         self.identity = certs.node_identity(cfg.cert, cfg.key, cfg.ca or "", cfg.name) if cfg.cert else None
-        self.server_ssl = server_ssl or credential.server_context(cfg.key, cfg.cert, cfg.ca)
+        # a node that accepts no children needs no server side (with a certificate of its own, its
+        # contexts are its own: a leaf of a local cluster then makes one, not two)
+        self.server_ssl = server_ssl
+        if server_ssl is None and (cfg.listen is not None or not cfg.cert):
+            self.server_ssl = self._server_context()
         self.client_ssl = client_ssl or credential.client_context(cfg.key, cfg.cert, cfg.ca)
         self.revoked: frozenset[int] = certs.read_revoked(cfg.revoked)
         self.parent_name: str | None = None  # the name on the parent's certificate
@@ -880,10 +884,21 @@ class Node:
     async def _listen(self, addr: Address) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._new_child_link, addr.host, addr.port, ssl=self.server_ssl, ssl_handshake_timeout=10, backlog=1024
+            self._new_child_link,
+            addr.host,
+            addr.port,
+            ssl=self.server_ssl or self._server_context(),  # never plain TCP
+            ssl_handshake_timeout=10,
+            backlog=1024,
         )
         sock = self._server.sockets[0].getsockname()
         self.listen_address = Address(addr.host, sock[1])
+
+    def _server_context(self) -> ssl.SSLContext:
+        from gproc import credential
+
+        self.server_ssl = credential.server_context(self.cfg.key, self.cfg.cert, self.cfg.ca)
+        return self.server_ssl
 
     def _parent_candidates(self) -> list[Address]:
         seen: list[Address] = []
