@@ -6,6 +6,7 @@ clients accept any server certificate, so a refusal they see is the master's."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import os
@@ -23,6 +24,7 @@ from tests.cluster.rawpeer import messages, read_to_close
 
 from gproc import certs, credential, wire
 from gproc.address import parse_address
+from gproc.overlay import Node, NodeConfig
 
 pytestmark = pytest.mark.cluster
 
@@ -327,3 +329,41 @@ def test_a_local_cluster_with_certificates(tmpdir_short: str) -> None:
         assert sorted(r.stdout.splitlines()) == sorted(f"node{i}: node{i}" for i in range(6)), r.stdout + r.stderr
     finally:
         assert run("down", "--socket", sock).returncode == 0
+
+
+def test_a_node_refuses_a_parent_of_another_ca(bed: Bed) -> None:
+    """The other way round: a parent (here a master) whose certificate is not of the node's CA is
+    refused by the node, which never sends it a hello."""
+    other = os.path.join(bed.dir, "other")
+    credential.keygen(os.path.join(other, "cluster.key"))
+    certs.issue(os.path.join(other, "cluster.key"), "master", other)
+    ready = os.path.join(other, "ready")
+    fake = Daemon(
+        *("m", "--cert", os.path.join(other, "master.crt"), "--listen", "127.0.0.1:0", "--ready-file", ready),
+        *("--socket", os.path.join(other, "m.sock"), "--state", os.path.join(other, "state")),
+        log=os.path.join(other, "master.log"),
+    )
+    bed.daemons.append(fake)
+    wait_until(lambda: os.path.exists(ready), 30, "the other master to listen")
+    with open(ready) as f:
+        where = f.read().strip()
+
+    async def join() -> None:
+        cfg = NodeConfig(name="n1", id="1", parents=[parse_address(where)], key=os.path.join(bed.dir, "n1.key"))
+        cfg.cert, cfg.ca = bed.cert("n1"), os.path.join(bed.dir, "ca.crt")
+        n = Node(cfg)
+        try:
+            with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
+                await n._join(cfg.parents[0])
+        finally:
+            await n.stop()
+
+    asyncio.run(join())
+    r = subprocess.run(
+        [*GPROC, "i", "--json"],
+        env={**os.environ, "GPROC_MASTER": os.path.join(other, "m.sock")},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0 and r.stdout == "", r.stdout + r.stderr  # nobody joined it
