@@ -68,9 +68,8 @@ def test_launch_gives_each_host_its_own_certificate_and_keeps_the_ca_key(bed: Ne
         with open(f"/proc/{pid}/root{cert}") as f:  # the host's own /run, seen through its mount namespace
             text = f.read()
         assert certs.cert_names(x509.load_pem_x509_certificate(text.encode())) == [h]
-        memfds = [
-            fd for fd in os.listdir(f"/proc/{pid}/fd") if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:")
-        ]
+        fds = [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
+        memfds = [fd for fd in fds if os.readlink(fd).startswith("/memfd:")]
         assert memfds, "no key in a memfd"
         for fd in memfds:  # what it holds is its own key, never the CA's
             with open(fd, "rb") as f:
