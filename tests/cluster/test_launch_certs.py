@@ -69,7 +69,7 @@ def test_launch_gives_each_host_its_own_certificate_and_keeps_the_ca_key(bed: Ne
             text = f.read()
         assert certs.cert_names(x509.load_pem_x509_certificate(text.encode())) == [h]
         fds = [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
-        memfds = [fd for fd in fds if os.readlink(fd).startswith("/memfd:")]
+        memfds = [fd for fd in fds if os.readlink(fd).startswith("/memfd:gproc-cluster-key")]
         assert memfds, "no key in a memfd"
         for fd in memfds:  # what it holds is its own key, never the CA's
             with open(fd, "rb") as f:
