@@ -119,6 +119,7 @@ def node(
     key: str | None = None,
     cert: str | None = None,
     ca: str | None = None,
+    parent_name: str | None = None,
     bin_root: str = "/tmp/xproc",
     node_socket: str | None = None,
     store_max: int | None = None,
@@ -135,6 +136,8 @@ def node(
     name = name or socket.gethostname()
     sock = node_socket or os.path.join(bin_root, f"{name}.sock")
     key, cert, ca = credential.identity_paths(key, cert, ca)
+    if parent_name and not cert:
+        raise UsageError("--parent-name needs per-node certificates (--cert)")
     cfg = NodeConfig(
         name=name,
         id=_eval(node_id) or _hostname_id(),
@@ -143,6 +146,7 @@ def node(
         key=key,
         cert=cert,
         ca=ca,
+        parent_names=[n for n in (parent_name or "").split(",") if n],
         bin_root=bin_root,
         store_max=store_max,
         socket=None if sock == "none" else sock,

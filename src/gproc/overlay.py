@@ -62,6 +62,9 @@ class NodeConfig:
     cert: str | None = None  # this node's certificate (gproc.certs); None: the shared credential
     ca: str | None = None  # the cluster CA's certificate, with ``cert``
     revoked: str | None = None  # the master: its revoked-serials file, read at start and on SIGHUP
+    # with ``cert``: the names a configured parent's certificate may hold (empty: any of the CA's), so
+    # that a node certificate holder at a parent's address cannot stand in for it (the master)
+    parent_names: list[str] = field(default_factory=list)
     heartbeat: float = 1.0  # seconds between pings on an idle link
     dead_after: float = 3.5  # a link silent this long is dead
     window: float = 0.01  # how long a node's own results are gathered before going up
@@ -925,6 +928,9 @@ class Node:
                     self.log.error("%s", e)
                     self.spawn(self.stop())
                     return
+                except AuthError as e:  # a parent not the one configured: say so, try again later
+                    self.log.warning("%s", e)
+                    continue
                 except (OSError, GprocError, TimeoutError, ssl.SSLError, EOFError) as e:
                     self.log.debug("cannot join %s: %s", addr, e)
                     continue
@@ -968,6 +974,9 @@ class Node:
                 parent_name = certs.peer_name(link.peercert())
                 if parent_name is None:
                     raise AuthError(f"parent {addr} presents a certificate that names no single node")
+                pinned = self.cfg.parent_names
+                if pinned and addr in self.cfg.parents and parent_name not in pinned:
+                    raise AuthError(f"parent {addr} presents the certificate of {parent_name}, not {'/'.join(pinned)}")
             link.send(
                 wire.hello(
                     "node",

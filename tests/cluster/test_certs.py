@@ -87,7 +87,9 @@ class Bed:
         with open(ready) as f:
             self.address = f.read().strip()
 
-    def node(self, name: str, nid: str, parent: str | None = None, cert: str | None = None) -> tuple[Daemon, str]:
+    def node(
+        self, name: str, nid: str, parent: str | None = None, cert: str | None = None, *more: str
+    ) -> tuple[Daemon, str]:
         """Start node ``name`` (with its own certificate unless told); (daemon, its listening address)."""
         ready = os.path.join(self.dir, f"{name}.ready")
         d = Daemon(
@@ -108,6 +110,7 @@ class Bed:
             "none",
             "--bin-root",
             os.path.join(self.dir, "bin-" + name),
+            *more,
             log=os.path.join(self.dir, f"{name}.log"),
         )
         self.daemons.append(d)
@@ -367,3 +370,14 @@ def test_a_node_refuses_a_parent_of_another_ca(bed: Bed) -> None:
         timeout=30,
     )
     assert r.returncode == 0 and r.stdout == "", r.stdout + r.stderr  # nobody joined it
+
+
+def test_a_node_pinned_to_the_master_refuses_another_node_at_its_address(bed: Bed) -> None:
+    """--parent-name: a node certificate holder at the address a node expects its master at (here n1,
+    an honest node, standing in) cannot stand in for the master."""
+    _, a1 = bed.node("n1", "1")
+    n2, _ = bed.node("n2", "2", a1, None, "--parent-name", "master")
+    bed.node("n3", "3", None, None, "--parent-name", "master")  # the real master: joins
+    wait_until(lambda: f"parent {a1} presents the certificate of n1, not master" in bed.log("n2"), 30, "n2 to refuse")
+    wait_until(lambda: bed.states().get("n3") == "up", 30, "n3 to join the master")
+    assert "n2" not in bed.states() and n2.alive()  # it keeps trying, and says why each time

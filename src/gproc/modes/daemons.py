@@ -76,6 +76,11 @@ def _master_switches(p: Parser) -> None:
 def _node_switches(p: Parser) -> None:
     p.add_argument("--parent", metavar="EXPR", help="-myParent: the parent's address(es), or a postfix expression")
     p.add_argument("--id", metavar="EXPR", help="-myId: the node's id (default: the host's number)")
+    p.add_argument(
+        "--parent-name",
+        metavar="NAME[,NAME]",
+        help="with --cert: the name(s) the configured parents' certificates must hold (e.g. master)",
+    )
     p.add_argument("--node-socket", metavar="PATH", help="the relayed client socket ('none': no socket)")
     p.add_argument(
         "--store-max",
@@ -148,6 +153,7 @@ def _node(opts: argparse.Namespace, pos: list[str]) -> int:
         key=opts.key,
         cert=opts.cert,
         ca=opts.ca,
+        parent_name=opts.parent_name,
         bin_root=opts.bin_root,
         node_socket=opts.node_socket,
         store_max=opts.store_max,
