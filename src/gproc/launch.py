@@ -210,8 +210,11 @@ def launch(
             raise GprocError(f"cannot read the cluster credential {keyfile}: {e.strerror}") from None
         rec.save()
         hosts_tree = tree(names, fanout)
+        pin = {}
         if with_certs:
             pem = _issue_all(keyfile, hosts_tree)
+            if rec.master:  # the master started here holds the certificate of "master"
+                pin = {"parent_name": "master"}
         req = {
             "op": "start",
             ("ca" if with_certs else "key"): pem,
@@ -223,6 +226,7 @@ def launch(
             "bin_root": bin_root,
             "debug": debug,
             "hop_timeout": hop_timeout,
+            **pin,
         }
         rows = asyncio.run(launchagent.fan_out(req, hosts_tree))
         rec.hosts = [r["host"] for r in rows if r["reached"]]  # where --stop has something to look at

@@ -12,7 +12,8 @@ started on each host (the daemon recorded in the host's launch directory, by pid
 A request: ``{"op": "start"|"stop", "name", "id", "children": [{"host", "id", "children"}…], "key"
 (PEM), or with per-node certificates "ca" (the CA's certificate, PEM), "cert" and "node_key" (this
 host's, PEM; each child entry carries its own), "parent" (address, or absent: the host this ssh session
-came from), "parent_port", "port", "ssh" (argv), "python", "bin_root", "debug", "hop_timeout"}``.
+came from), "parent_port", "parent_name" (with certificates: the name the parent's must hold), "port",
+"ssh" (argv), "python", "bin_root", "debug", "hop_timeout"}``.
 """
 
 from __future__ import annotations
@@ -154,6 +155,8 @@ def spawn_daemon(req: dict[str, Any]) -> Started | dict[str, Any]:
     ]  # fmt: skip
     if req.get("cert"):
         argv += ["--cert", os.path.join(rundir, "node.crt"), "--ca", os.path.join(rundir, "ca.crt")]
+        if req.get("parent_name"):  # the host (or master) it is started under, by its certificate
+            argv += ["--parent-name", req["parent_name"]]
     if req.get("bin_root"):
         argv += ["--bin-root", req["bin_root"]]
     try:
@@ -275,6 +278,7 @@ async def serve(req: dict[str, Any]) -> list[dict[str, Any]]:
     if req.get("op") == "stop":
         return [stop_daemon(req["name"]), *await fan_out({**req, "parent": None}, children)]
     hop = float(req.get("hop_timeout", DEFAULT_HOP_TIMEOUT))
+    name = req["name"]  # the parent its children pin (with certificates)
     started = spawn_daemon(req)
     if not isinstance(started, Started):
         return [started]  # the parent starts the children instead
@@ -284,8 +288,8 @@ async def serve(req: dict[str, Any]) -> list[dict[str, Any]]:
         if not me["ok"]:
             return [me]
         # children reach us at the address this ssh session came to (their SSH_CONNECTION's client)
-        return [me, *await fan_out({**req, "parent": None, "parent_port": me["port"]}, children)]
-    below = asyncio.ensure_future(fan_out({**req, "parent": None, "parent_port": port}, children))
+        return [me, *await fan_out({**req, "parent": None, "parent_port": me["port"], "parent_name": name}, children)]
+    below = asyncio.ensure_future(fan_out({**req, "parent": None, "parent_port": port, "parent_name": name}, children))
     me = await asyncio.to_thread(wait_listening, started, hop)
     rows = await below
     return [me, *rows] if me["ok"] else [me]

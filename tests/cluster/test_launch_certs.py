@@ -64,6 +64,8 @@ def test_launch_gives_each_host_its_own_certificate_and_keeps_the_ca_key(bed: Ne
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
         assert argv[argv.index(b"--key") + 1].startswith(b"/proc/self/fd/"), argv  # its key in a memfd
+        # it holds its parent to the name on the parent's certificate (the master's: "master")
+        assert argv[argv.index(b"--parent-name") + 1].decode() == tree[h]["parent"], argv
         cert = argv[argv.index(b"--cert") + 1].decode()
         with open(f"/proc/{pid}/root{cert}") as f:  # the host's own /run, seen through its mount namespace
             text = f.read()
