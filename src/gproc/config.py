@@ -34,6 +34,7 @@ SECTIONS = {"node": "node", "master": "master", "launch": "launch"}  # mode -> t
 SETTINGS: dict[str, tuple[str, type]] = {
     "parent": ("parent", str), "id": ("id", str), "address": ("address", str), "name": ("name", str),
     "port": ("port", int), "socket": ("socket", str), "bin_root": ("bin_root", str), "key": ("key", str),
+    "cert": ("cert", str), "ca": ("ca", str), "revoked": ("revoked", str), "parent_name": ("parent_name", str),
     "listen": ("listen", str), "state": ("state", str), "heartbeat": ("heartbeat", float),
     "dead_after": ("dead_after", float), "debug": ("debug", int), "fanout": ("fanout", int),
     "ssh": ("ssh", str), "ssh_command": ("ssh_command", str), "node_socket": ("node_socket", str),

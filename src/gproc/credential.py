@@ -2,6 +2,9 @@
 
 Links are TLS 1.3 with mutual authentication: each side presents the credential's certificate and
 trusts only that certificate, so a peer without the credential can neither register nor run anything.
+The credential is also the cluster's CA: with per-node certificates (``gproc.certs``) each daemon holds
+its own key and certificate and trusts the CA's certificate, and the shared key stays with the
+administrator.
 """
 
 from __future__ import annotations
@@ -21,6 +24,17 @@ DEFAULT_KEY = "/etc/gproc/cluster.key"
 def key_path(explicit: str | None = None) -> str:
     """The credential file: ``--key``, else ``$GPROC_KEY``, else /etc/gproc/cluster.key."""
     return explicit or os.environ.get("GPROC_KEY") or DEFAULT_KEY
+
+
+def identity_paths(key: str | None, cert: str | None, ca: str | None) -> tuple[str, str | None, str | None]:
+    """(key, cert, ca) as a daemon uses them. Without ``cert``: the shared credential (``key_path``).
+    With it: the node's key (``--key``, else NAME.key beside NAME.crt, as ``gproc keygen --node``
+    writes them) and the CA's certificate (``--ca``, else ca.crt beside it)."""
+    if not cert:
+        return key_path(key), None, None
+    base = os.path.dirname(cert)
+    stem = os.path.basename(cert).removesuffix(".crt").removesuffix(".pem")
+    return key or os.path.join(base, stem + ".key"), cert, ca or os.path.join(base, "ca.crt")
 
 
 def keygen(path: str, force: bool = False) -> str:
@@ -82,27 +96,44 @@ def _keep_from_children(path: str) -> None:
             os.set_inheritable(int(m[1]), False)
 
 
-def _context(path: str, purpose: ssl.Purpose) -> ssl.SSLContext:
-    _keep_from_children(path)
-    if not os.path.exists(path):
+def _context(path: str, purpose: ssl.Purpose, cert: str | None = None, ca: str | None = None) -> ssl.SSLContext:
+    """With ``cert``: this daemon's own certificate (key in ``path``) and trust in the CA ``ca`` only;
+    without: the shared credential in ``path``, trusted by everyone who holds it."""
+    for fd_path in (path, cert, ca):
+        if fd_path:
+            _keep_from_children(fd_path)
+    if cert is None and not os.path.exists(path):
         raise AuthError(f"no cluster credential at {path} (make one with 'gproc keygen', or set --key)")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if purpose is ssl.Purpose.CLIENT_AUTH else ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.check_hostname = False
+    ctx.check_hostname = False  # a peer's name is checked against the node it registers as (overlay)
     ctx.verify_mode = ssl.CERT_REQUIRED
+    what = f"cluster credential {path}"
     try:
-        ctx.load_cert_chain(path)
-        ctx.load_verify_locations(path)
+        if cert is None:
+            ctx.load_cert_chain(path)
+            ctx.load_verify_locations(path)
+        else:
+            if not ca:
+                raise AuthError("a node certificate (--cert) needs the cluster CA's certificate (--ca)")
+            what = f"certificate {cert} with key {path}"
+            ctx.load_cert_chain(cert, path)
+            what = f"CA certificate {ca}"
+            ctx.load_verify_locations(ca)
+    except OSError as e:
+        raise AuthError(f"cannot read the {what}: {e.strerror}") from None
     except (ssl.SSLError, ValueError) as e:
-        raise AuthError(f"cannot load cluster credential {path}: {e}") from None
+        raise AuthError(f"cannot load the {what}: {e}") from None
     return ctx
 
 
-def server_context(path: str) -> ssl.SSLContext:
-    """TLS context for a daemon's listening side: requires the peer to present the credential."""
-    return _context(path, ssl.Purpose.CLIENT_AUTH)
+def server_context(path: str, cert: str | None = None, ca: str | None = None) -> ssl.SSLContext:
+    """TLS context for a daemon's listening side: requires the peer to present the credential (or a
+    certificate of the cluster's CA)."""
+    return _context(path, ssl.Purpose.CLIENT_AUTH, cert, ca)
 
 
-def client_context(path: str) -> ssl.SSLContext:
-    """TLS context for connecting to a parent: verifies the parent holds the credential."""
-    return _context(path, ssl.Purpose.SERVER_AUTH)
+def client_context(path: str, cert: str | None = None, ca: str | None = None) -> ssl.SSLContext:
+    """TLS context for connecting to a parent: verifies the parent holds the credential (or a
+    certificate of the cluster's CA)."""
+    return _context(path, ssl.Purpose.SERVER_AUTH, cert, ca)

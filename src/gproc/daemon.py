@@ -123,6 +123,7 @@ async def serve_master(
     await master.start()
     loop = asyncio.get_running_loop()
     platform.install_shutdown_signals(loop, lambda: _forget(master.spawn(master.shutdown_tree())))
+    platform.install_reload_signal(loop, master.reload_revoked)
     if ready_file:
         _write_atomic(ready_file, str(master.listen_address))
     await master.stopped.wait()
@@ -158,6 +159,7 @@ async def serve_many(spec: dict[str, Any]) -> int:
     come before their children; each node stages under ``bin_root/<name>``.
     """
     platform.raise_fd_limit()
+    # shared by the nodes of this process, except with per-node certificates (each its own)
     server_ssl = credential.server_context(spec["key"])
     client_ssl = credential.client_context(spec["key"])
     master_addr = parse_address(spec["master"])
@@ -181,7 +183,7 @@ async def serve_many(spec: dict[str, Any]) -> int:
             id=entry["id"],
             parents=parents,
             listen=Address(host, 0) if entry.get("listen") else None,
-            key=spec["key"],
+            **({"key": spec["key"]} | _identity(entry.get("cert"))),
             heartbeat=spec.get("heartbeat", 1.0),
             dead_after=spec.get("dead_after", 3.5),
             bin_root=os.path.join(spec["bin_root"], entry["name"]) if "bin_root" in spec else "/tmp/xproc",
@@ -190,7 +192,8 @@ async def serve_many(spec: dict[str, Any]) -> int:
         )
         if parent_idx >= 0:  # start a node once its parent here is attached: no refused handshakes
             await _registered(nodes[parent_idx])
-        node = build_node(cfg, server_ssl=server_ssl, client_ssl=client_ssl, gate=gate)
+        shared = {} if cfg.cert else {"server_ssl": server_ssl, "client_ssl": client_ssl}
+        node = build_node(cfg, gate=gate, **shared)
         await node.start()
         nodes[entry["index"]] = node
         joining.append(node)
@@ -211,6 +214,14 @@ async def serve_many(spec: dict[str, Any]) -> int:
     await asyncio.gather(*(n.stop() for n in nodes.values()), return_exceptions=True)
     gate.spawner.close()
     return 0
+
+
+def _identity(cert: str | None) -> dict[str, Any]:
+    """NodeConfig fields of a node with its own certificate (key and CA beside it), else none."""
+    if not cert:
+        return {}
+    key, cert, ca = credential.identity_paths(None, cert, None)
+    return {"key": key, "cert": cert, "ca": ca}
 
 
 async def _registered(node: Node, timeout: float = 120.0) -> None:

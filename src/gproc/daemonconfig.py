@@ -74,6 +74,9 @@ def master(
     name: str | None = None,
     state: str | None = None,
     key: str | None = None,
+    cert: str | None = None,
+    ca: str | None = None,
+    revoked: str | None = None,
     bin_root: str = "/tmp/xproc",
     ready_file: str | None = None,
     timing: Timing | None = None,
@@ -89,7 +92,12 @@ def master(
     where = parse_address(listen, port) if listen else Address(_eval(address) or "", port)
     if state is None:
         state = "/var/lib/gproc" if os.geteuid() == 0 else os.path.expanduser("~/.local/state/gproc")
-    cfg = NodeConfig(name=name or "master", id="0", listen=where, key=credential.key_path(key), bin_root=bin_root)
+    key, cert, ca = credential.identity_paths(key, cert, ca)
+    if revoked and not cert:
+        raise UsageError("--revoked needs per-node certificates (--cert)")
+    cfg = NodeConfig(
+        name=name or "master", id="0", listen=where, key=key, cert=cert, ca=ca, revoked=revoked, bin_root=bin_root
+    )
     (timing or Timing()).apply(cfg)
     pids = PidConfig()
     if gpid_block is not None:
@@ -109,6 +117,9 @@ def node(
     port: int | None = None,
     name: str | None = None,
     key: str | None = None,
+    cert: str | None = None,
+    ca: str | None = None,
+    parent_name: str | None = None,
     bin_root: str = "/tmp/xproc",
     node_socket: str | None = None,
     store_max: int | None = None,
@@ -124,12 +135,18 @@ def node(
     where = parse_address(listen, port) if listen else Address(_eval(address) or socket.gethostname(), port)
     name = name or socket.gethostname()
     sock = node_socket or os.path.join(bin_root, f"{name}.sock")
+    key, cert, ca = credential.identity_paths(key, cert, ca)
+    if parent_name and not cert:
+        raise UsageError("--parent-name needs per-node certificates (--cert)")
     cfg = NodeConfig(
         name=name,
         id=_eval(node_id) or _hostname_id(),
         parents=parse_address_list(parent_addr, port),
         listen=where,
-        key=credential.key_path(key),
+        key=key,
+        cert=cert,
+        ca=ca,
+        parent_names=[n for n in (parent_name or "").split(",") if n],
         bin_root=bin_root,
         store_max=store_max,
         socket=None if sock == "none" else sock,

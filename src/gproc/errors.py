@@ -37,6 +37,10 @@ class AuthError(GprocError):
     """A peer that could not prove it holds the cluster credential."""
 
 
+class IdentityRefused(AuthError):
+    """A parent or the master refused this node's certificate (another node's, revoked): for good."""
+
+
 class ConnectError(GprocError):
     """The master or a node could not be reached."""
 

@@ -4,6 +4,9 @@ Uses the master at the client socket, or starts one here. The hosts are laid out
 wide (``local.layout``); this process starts the first level over ssh, and the launch agent on each
 host starts its own daemon, then its children, the same way (``launchagent``), so the launch takes a
 time that grows with the tree's depth. The cluster credential travels in each ssh session's stdin.
+With ``--certs`` the credential (the CA) stays here: each host gets its own key and certificate, issued
+here, in the stdin of the ssh session that starts it (which, in a tree launch, an interior host's agent
+relays to its subtree), and the master started here gets one too.
 
 What a launch started is recorded next to the master's socket (``<socket>.launch``) so that
 ``gproc launch --stop`` (or ``gproc down``) can stop exactly that: every host's daemon, by the record
@@ -29,7 +32,7 @@ from typing import Any
 import psutil
 from ClusterShell.NodeSet import NodeSet, NodeSetException
 
-from gproc import credential, launchagent, runtime
+from gproc import certs, credential, launchagent, runtime
 from gproc.client import Cluster, socket_path
 from gproc.errors import GprocError, UsageError
 from gproc.local import layout
@@ -131,11 +134,16 @@ async def _master_stats(sock: str) -> dict[str, Any] | None:
         return None
 
 
-def _start_master(rec: LaunchRecord, key: str, listen: str | None, port: int, debug: int) -> str:
+def _start_master(
+    rec: LaunchRecord, key: str, listen: str | None, port: int, debug: int, with_certs: bool = False
+) -> str:
     """Start a master here for this launch; return the address it listens on."""
     ready = os.path.join(rec.rundir, "master.addr")
-    argv = [sys.executable, "-m", "gproc", "m", "--socket", rec.socket, "--key", key, "--ready-file", ready,
-            "--state", os.path.join(rec.rundir, "state"), "--debug", str(debug)]  # fmt: skip
+    identity = ["--cert", certs.issue(key, "master", os.path.join(rec.rundir, "certs"))[1]] if with_certs else []
+    argv = [sys.executable, "-m", "gproc", "m", "--socket", rec.socket, "--key", key, *identity,
+            "--ready-file", ready, "--state", os.path.join(rec.rundir, "state"), "--debug", str(debug)]  # fmt: skip
+    if with_certs:  # the master's own key beside its certificate, not the credential
+        argv[argv.index("--key") : argv.index("--key") + 2] = []
     argv += ["--listen", listen] if listen else ["--port", str(port)]
     log = os.path.join(rec.rundir, "master.log")
     with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
@@ -169,6 +177,7 @@ def launch(
     join_timeout: float = 30.0,
     ship: str = "auto",
     runtime_dir: str | None = None,
+    with_certs: bool = False,
 ) -> Outcome:
     """Start a daemon on every host of ``hosts`` and wait until those that started joined the master.
 
@@ -177,7 +186,9 @@ def launch(
     session came from); ``port``: the port the nodes listen on (and a new master's). ``ship``:
     ``auto`` runs gproc on a host's ``python`` when it has gproc, else ships gproc's runtime there
     (``gproc.runtime``) into ``runtime_dir`` (default ``~/.cache/gproc/runtime``); ``always`` ships it
-    to every host; ``never`` reports a host without gproc."""
+    to every host; ``never`` reports a host without gproc. ``with_certs``: every host its own
+    certificate, issued here by the credential (the running master must use certificates of the
+    same CA)."""
     t0 = time.monotonic()
     names = expand_hosts(hosts)
     if fanout < 1:
@@ -198,7 +209,7 @@ def launch(
             rec.rundir = tempfile.mkdtemp(prefix="gproc-launch-")
             if not os.path.exists(keyfile):
                 keyfile = credential.keygen(os.path.join(rec.rundir, "cluster.key"))
-            master_addr = _start_master(rec, keyfile, listen, port, debug)
+            master_addr = _start_master(rec, keyfile, listen, port, debug, with_certs)
         elif not stats.get("listen"):
             raise GprocError(f"the master at {sock} does not listen on TCP: nodes cannot join it")
         else:
@@ -209,9 +220,15 @@ def launch(
         except OSError as e:
             raise GprocError(f"cannot read the cluster credential {keyfile}: {e.strerror}") from None
         rec.save()
+        hosts_tree = tree(names, fanout)
+        pin = {}
+        if with_certs:
+            pem = _issue_all(keyfile, hosts_tree)
+            if rec.master:  # the master started here holds the certificate of "master"
+                pin = {"parent_name": "master"}
         req = {
             "op": "start",
-            "key": pem,
+            ("ca" if with_certs else "key"): pem,
             "parent": address,
             "parent_port": int(master_addr.rpartition(":")[2]),
             "port": port,
@@ -221,8 +238,9 @@ def launch(
             "debug": debug,
             "hop_timeout": hop_timeout,
             "runtime": rec.runtime,
+            **pin,
         }
-        rows = asyncio.run(launchagent.fan_out(req, tree(names, fanout)))
+        rows = asyncio.run(launchagent.fan_out(req, hosts_tree))
         rec.hosts = [r["host"] for r in rows if r["reached"]]  # where --stop has something to look at
         rec.save()
         _wait_joined(sock, rows, join_timeout)
@@ -233,6 +251,23 @@ def launch(
     order = {h: i for i, h in enumerate(names)}
     rows.sort(key=lambda r: order.get(r["host"], len(order)))
     return Outcome(rows, sock, time.monotonic() - t0, bool(rec.master))
+
+
+def _issue_all(ca: str, subtrees: list[dict[str, Any]]) -> str:
+    """Give every host of the tree its certificate and key (``cert``, ``node_key``: PEM); the CA's
+    certificate (PEM). Nothing issued stays on this machine's disk."""
+    with tempfile.TemporaryDirectory(prefix="gproc-launch-certs-") as d:
+        todo = list(subtrees)
+        while todo:
+            t = todo.pop()
+            todo.extend(t["children"])
+            key, cert, _ = certs.issue(ca, t["host"], d)
+            for field_, path in (("node_key", key), ("cert", cert)):
+                with open(path) as f:
+                    t[field_] = f.read()
+                os.unlink(path)
+        with open(os.path.join(d, "ca.crt")) as f:
+            return f.read()
 
 
 def _wait_joined(sock: str, rows: list[dict[str, Any]], timeout: float) -> None:

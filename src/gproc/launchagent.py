@@ -19,7 +19,9 @@ renames into place and runs. A host that received the runtime ships that same ru
 children, so the launching machine sends it once per first-level host, not once per host.
 
 A request: ``{"op": "start"|"stop", "name", "id", "children": [{"host", "id", "children"}…], "key"
-(PEM), "parent" (address, or absent: the host this ssh session came from), "parent_port", "port",
+(PEM), or with per-node certificates "ca" (the CA's certificate, PEM), "cert" and "node_key" (this
+host's, PEM; each child entry carries its own), "parent" (address, or absent: the host this ssh session
+came from), "parent_port", "parent_name" (with certificates: the name the parent's must hold), "port",
 "ssh" (argv), "python", "bin_root", "debug", "hop_timeout", "runtime": {"id", "base", "mode":
 "auto"|"always"|"never"}}``.
 """
@@ -125,7 +127,7 @@ def stop_daemon(name: str, grace: float = 5.0) -> dict[str, Any]:
         if _alive(rec["pid"], rec["created"]):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(rec["pid"], signal.SIGKILL)
-    for f in ("daemon.json", "ready", "cluster.key"):
+    for f in ("daemon.json", "ready", "cluster.key", "node.crt", "ca.crt"):
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(rundir, f))
     return {"host": name, "ok": True, "reached": True, "stopped": stopped}
@@ -155,7 +157,11 @@ def spawn_daemon(req: dict[str, Any]) -> Started | dict[str, Any]:
     stop_daemon(name)  # a host launched again runs one daemon, not two
     ready = os.path.join(rundir, "ready")
     log = os.path.join(rundir, "daemon.log")
-    fd, key = _key_handle(req["key"].encode(), rundir)
+    if req.get("cert"):  # its own certificate and key (the key kept as the credential is, below)
+        for file, pem in (("node.crt", req["cert"]), ("ca.crt", req["ca"])):
+            with open(os.path.join(rundir, file), "w") as f:
+                f.write(pem)
+    fd, key = _key_handle((req.get("node_key") or req["key"]).encode(), rundir)
     argv = [
         sys.executable, "-m", "gproc", "s",  # the agent runs on the interpreter the daemon should
         "--parent", str(Address(parent_host, int(req["parent_port"]))),
@@ -163,6 +169,10 @@ def spawn_daemon(req: dict[str, Any]) -> Started | dict[str, Any]:
         "--name", name, "--id", str(req["id"]), "--key", key, "--ready-file", ready,
         "--debug", str(req.get("debug", 0)),
     ]  # fmt: skip
+    if req.get("cert"):
+        argv += ["--cert", os.path.join(rundir, "node.crt"), "--ca", os.path.join(rundir, "ca.crt")]
+        if req.get("parent_name"):  # the host (or master) it is started under, by its certificate
+            argv += ["--parent-name", req["parent_name"]]
     if req.get("bin_root"):
         argv += ["--bin-root", req["bin_root"]]
     try:
@@ -334,6 +344,8 @@ async def _over_ssh(
     """Run the agent on ``child``'s host for its subtree: (outcomes, whether the child itself came up)."""
     host = child["host"]
     sub = {**req, "name": host, "id": child["id"], "children": child.get("children", [])}
+    if child.get("cert"):  # the child's own, never its parent's
+        sub.update(cert=child["cert"], node_key=child["node_key"])
     line = json.dumps(sub).encode() + b"\n"
     shipped = 0
     try:
@@ -403,6 +415,7 @@ async def serve(req: dict[str, Any]) -> list[dict[str, Any]]:
     if req.get("op") == "stop":
         return [stop_daemon(req["name"]), *await fan_out({**req, "parent": None}, children)]
     hop = float(req.get("hop_timeout", DEFAULT_HOP_TIMEOUT))
+    name = req["name"]  # the parent its children pin (with certificates)
     started = spawn_daemon(req)
     if not isinstance(started, Started):
         return [started]  # the parent starts the children instead
@@ -412,8 +425,8 @@ async def serve(req: dict[str, Any]) -> list[dict[str, Any]]:
         if not me["ok"]:
             return [me]
         # children reach us at the address this ssh session came to (their SSH_CONNECTION's client)
-        return [me, *await fan_out({**req, "parent": None, "parent_port": me["port"]}, children)]
-    below = asyncio.ensure_future(fan_out({**req, "parent": None, "parent_port": port}, children))
+        return [me, *await fan_out({**req, "parent": None, "parent_port": me["port"], "parent_name": name}, children)]
+    below = asyncio.ensure_future(fan_out({**req, "parent": None, "parent_port": port, "parent_name": name}, children))
     me = await asyncio.to_thread(wait_listening, started, hop)
     rows = await below
     return [me, *rows] if me["ok"] else [me]

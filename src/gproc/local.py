@@ -136,6 +136,7 @@ def up(
     master_args: list[str] | None = None,
     node_config: dict[str, Any] | None = None,
     starter_above: int | None = None,
+    certs: bool = False,
 ) -> UpRecord:
     """Start a master and ``n`` nodes on loopback; return once every node is registered.
 
@@ -143,7 +144,8 @@ def up(
     ``master_args`` are extra switches for the master (``["--keep-jobs", "10"]``); ``node_config``
     sets ``NodeConfig`` fields of every node (``{"hold": 1.0, "edits": False}``); ``starter_above``:
     open descriptors from which a worker process starts programs through ``platform.Starter``
-    (default ``platform.STARTER_ABOVE``; -1: never)."""
+    (default ``platform.STARTER_ABOVE``; -1: never); ``certs``: every node and the master get their own
+    certificate from the cluster credential (per-node identity, ``gproc.certs``) instead of sharing it."""
     if n < 1:
         raise UsageError("a local cluster needs at least one node")
     if fanout < 1:
@@ -168,6 +170,10 @@ def up(
     rec = UpRecord(sock, rundir, [], n)
     try:
         keyfile = key or credential.keygen(os.path.join(rundir, "cluster.key"))
+        certdir = os.path.join(rundir, "certs")
+        identity = ["--key", keyfile]
+        if certs:
+            identity = ["--cert", _issue(keyfile, "master", certdir), "--revoked", os.path.join(rundir, "revoked")]
         host = "::1" if ipv6 else "127.0.0.1"
         hb, dead = liveness(n, heartbeat, dead_after)
         py = [sys.executable, "-m", "gproc"]
@@ -179,8 +185,7 @@ def up(
             sock,
             "--state",
             os.path.join(rundir, "state"),
-            "--key",
-            keyfile,
+            *identity,
             "--ready-file",
             ready,
             "--debug",
@@ -226,6 +231,7 @@ def up(
                         "parent": parents[i],
                         "listen": i in has_kids,
                         "socket": os.path.join(rundir, "n", f"{i}.sock"),
+                        **({"cert": _issue(keyfile, f"{prefix}{i}", certdir)} if certs else {}),
                     }
                     for i in range(n)
                     if owner[i] == w
@@ -249,6 +255,12 @@ def up(
         if isinstance(kept, str) and isinstance(e, GprocError):
             raise GprocError(f"{str(e).replace(rundir, kept)}; logs kept in {kept}") from None
         raise
+
+
+def _issue(ca: str, name: str, out: str) -> str:
+    from gproc import certs
+
+    return certs.issue(ca, name, out)[1]
 
 
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL

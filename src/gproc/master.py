@@ -17,9 +17,9 @@ from typing import Any
 
 from ClusterShell.NodeSet import NodeSet
 
-from gproc import errors, nodespec, peers, platform, wire
+from gproc import certs, errors, nodespec, peers, platform, wire
 from gproc import ranks as rankset
-from gproc.errors import GprocError, ProtocolError, RegistrationError, UsageError
+from gproc.errors import AuthError, GprocError, ProtocolError, RegistrationError, UsageError
 from gproc.messages import LateMsg
 from gproc.overlay import ID_RE, NAME_RE, Link, Node, NodeConfig, TreeLink
 from gproc.platform import PeerCred, peer_credentials
@@ -85,6 +85,7 @@ class Master(Node):
         self.topo: dict[int, NodeRow] = {}
         self._op_next = self._op_end = 0
         self.root_children: dict[str, int] = {}
+        self.serials: dict[int, int] = {}  # rank -> its certificate's serial (with certificates)
         self._unix: asyncio.Server | None = None
         self._clients = peers.ClientLimit()
         self._fold_cache: dict[tuple[int, ...], str] = {}
@@ -153,6 +154,7 @@ class Master(Node):
             raise RegistrationError("retry: unknown parent")
         instance = args.get("instance") if isinstance(args.get("instance"), str) else None
         addr = args.get("addr") if isinstance(args.get("addr"), str) else None
+        serial = self._check_identity(args, parent) if self.identity is not None else None
         rank = self.state.rank_for(name)
         if rank == parent:
             raise RegistrationError(f"node {name} cannot be its own parent")
@@ -166,8 +168,38 @@ class Master(Node):
         else:
             row = self.topo[rank] = NodeRow(rank, name, nid, parent, addr, instance)
         self._kids(parent)[nid] = rank
+        if serial is not None:
+            self.serials[rank] = serial
         self._select_cache.clear()
         return {"rank": rank}
+
+    def _check_identity(self, args: dict[str, Any], parent: int) -> int:
+        """With certificates, a name registers only with a valid certificate for it and a statement
+        signed with its key; one line in the log for each refusal."""
+        assert self.identity is not None
+        parent_name = self.identity.name if parent == 0 else self.topo[parent].name
+        try:
+            return certs.check_attach(self.identity.ca, self.revoked, args, parent_name)
+        except AuthError as e:
+            self.log.warning("refused a registration under %s: %s", parent_name, e)
+            raise
+
+    def reload_revoked(self) -> None:
+        """SIGHUP: read the revoked-serials file again; nodes holding a revoked certificate are
+        disconnected by their parents, and refused when they come back."""
+        try:
+            revoked = certs.read_revoked(self.cfg.revoked)
+        except AuthError as e:
+            self.log.error("revoked serials not reloaded (the old list stays): %s", e)
+            return
+        for rank, serial in self.serials.items():
+            row = self.topo.get(rank)
+            if serial in revoked and serial not in self.revoked and row is not None and row.state == "up":
+                self.log.warning(
+                    "node %s: certificate %s revoked, disconnecting it", row.name, certs.serial_text(serial)
+                )
+        self.log.info("revoked serials reloaded from %s: %d", self.cfg.revoked, len(revoked))
+        self.apply_revoked(revoked)
 
     def next_op_id(self) -> int:
         """Op ids are their own series, apart from gpids and job ids, kept in the state database."""

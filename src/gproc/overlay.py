@@ -25,10 +25,10 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from gproc import merge, wire
+from gproc import certs, merge, wire
 from gproc import ranks as rankset
 from gproc.address import Address, parse_address
-from gproc.errors import GprocError, ProtocolError, RegistrationError
+from gproc.errors import AuthError, GprocError, IdentityRefused, ProtocolError, RegistrationError
 from gproc.groups import Groups, Key
 from gproc.messages import CallMsg, LateMsg, OpMsg, RepMsg, RetMsg
 from gproc.reduce import Reducer
@@ -62,7 +62,13 @@ class NodeConfig:
     id: str
     parents: list[Address] = field(default_factory=list)  # first the parent, then fallbacks
     listen: Address | None = None  # where children connect; None: accept no children
-    key: str = ""  # the cluster credential
+    key: str = ""  # the cluster credential, or with ``cert`` this node's private key
+    cert: str | None = None  # this node's certificate (gproc.certs); None: the shared credential
+    ca: str | None = None  # the cluster CA's certificate, with ``cert``
+    revoked: str | None = None  # the master: its revoked-serials file, read at start and on SIGHUP
+    # with ``cert``: the names a configured parent's certificate may hold (empty: any of the CA's), so
+    # that a node certificate holder at a parent's address cannot stand in for it (the master)
+    parent_names: list[str] = field(default_factory=list)
     heartbeat: float = 1.0  # seconds between pings on an idle link
     dead_after: float = 3.5  # a link silent this long is dead
     window: float = 0.01  # how long a node's own results are gathered before going up
@@ -320,6 +326,14 @@ class TreeLink(asyncio.Protocol):
             self.transport.resume_reading()
 
     # -- gproc side
+    def peercert(self) -> dict[str, Any] | None:
+        """The peer's TLS certificate as verified (``SSLObject.getpeercert()``), None without TLS."""
+        return self.transport.get_extra_info("peercert") if self.transport is not None else None
+
+    def peercert_der(self) -> bytes | None:
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport is not None else None
+        return ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+
     def start(self, handler: Callable[[TreeLink, wire.Message], None], on_close: Callable[[TreeLink], None]) -> None:
         """Switch from the handshake to serving: queued messages go to the handler first."""
         self.handler = handler
@@ -776,8 +790,18 @@ class Node:
         from gproc import credential  # contexts are costly: many nodes of a process share them
 
         self.cfg = cfg
-        self.server_ssl = server_ssl or credential.server_context(cfg.key)
-        self.client_ssl = client_ssl or credential.client_context(cfg.key)
+        # with per-node certificates: this node's own (it signs its attach statements; checked first,
+        # for the clearer word on a bad file) and the serials this node refuses among its children (the
+        # master's list, sent down on a change)
+        self.identity = certs.node_identity(cfg.cert, cfg.key, cfg.ca or "", cfg.name) if cfg.cert else None
+        # a node that accepts no children needs no server side (with a certificate of its own, its
+        # contexts are its own: a leaf of a local cluster then makes one, not two)
+        self.server_ssl = server_ssl
+        if server_ssl is None and (cfg.listen is not None or not cfg.cert):
+            self.server_ssl = self._server_context()
+        self.client_ssl = client_ssl or credential.client_context(cfg.key, cfg.cert, cfg.ca)
+        self.revoked: frozenset[int] = certs.read_revoked(cfg.revoked)
+        self.parent_name: str | None = None  # the name on the parent's certificate
         self.rank: int | None = None
         self.instance = secrets.token_hex(8)
         self.parent: TreeLink | None = None
@@ -869,10 +893,21 @@ class Node:
     async def _listen(self, addr: Address) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._new_child_link, addr.host, addr.port, ssl=self.server_ssl, ssl_handshake_timeout=10, backlog=1024
+            self._new_child_link,
+            addr.host,
+            addr.port,
+            ssl=self.server_ssl or self._server_context(),  # never plain TCP
+            ssl_handshake_timeout=10,
+            backlog=1024,
         )
         sock = self._server.sockets[0].getsockname()
         self.listen_address = Address(addr.host, sock[1])
+
+    def _server_context(self) -> ssl.SSLContext:
+        from gproc import credential
+
+        self.server_ssl = credential.server_context(self.cfg.key, self.cfg.cert, self.cfg.ca)
+        return self.server_ssl
 
     def _parent_candidates(self) -> list[Address]:
         seen: list[Address] = []
@@ -889,8 +924,9 @@ class Node:
             for addr in self._parent_candidates():
                 try:
                     link = await self._join(addr)
-                except RegistrationError as e:
-                    if (e.args and str(e.args[0]).startswith("retry:")) or self.rank is not None:
+                except (RegistrationError, IdentityRefused) as e:
+                    retry = isinstance(e, RegistrationError) and (str(e).startswith("retry:") or self.rank is not None)
+                    if retry:
                         # transient, or refused by a fallback while re-attaching: try the next one
                         self.log.warning("parent %s: %s", addr, e)
                         continue
@@ -898,6 +934,9 @@ class Node:
                     self.log.error("%s", e)
                     self.spawn(self.stop())
                     return
+                except AuthError as e:  # a parent not the one configured: say so, try again later
+                    self.log.warning("%s", e)
+                    continue
                 except (OSError, GprocError, TimeoutError, ssl.SSLError, EOFError) as e:
                     self.log.debug("cannot join %s: %s", addr, e)
                     continue
@@ -924,9 +963,26 @@ class Node:
             )
         return link
 
+    def _proof(self, parent_name: str | None) -> dict[str, Any]:
+        """What proves this node's name to the master with certificates: its attach statement under
+        the parent named on the parent's certificate (the certificate itself goes up from the TLS
+        link, taken by the parent)."""
+        if self.identity is None or parent_name is None:
+            return {}
+        when, sig = self.identity.sign(self.cfg.id, self.instance, parent_name)
+        return {"when": when, "sig": sig}
+
     async def _join(self, addr: Address) -> TreeLink:
         link = await self._connect(addr)
         try:
+            parent_name = None
+            if self.identity is not None:
+                parent_name = certs.peer_name(link.peercert())
+                if parent_name is None:
+                    raise AuthError(f"parent {addr} presents a certificate that names no single node")
+                pinned = self.cfg.parent_names
+                if pinned and addr in self.cfg.parents and parent_name not in pinned:
+                    raise AuthError(f"parent {addr} presents the certificate of {parent_name}, not {'/'.join(pinned)}")
             link.send(
                 wire.hello(
                     "node",
@@ -935,17 +991,21 @@ class Node:
                     instance=self.instance,
                     rank=self.rank,
                     addr=str(self.listen_address) if self.listen_address else None,
+                    **self._proof(parent_name),
                 )
             )
             async with asyncio.timeout(ADMIT_WAIT + 15.0):
-                wire.check_hello(await link.receive(), "parent")
+                h = wire.check_hello(await link.receive(), "parent")
+                if parent_name is not None and h.get("name") != parent_name:
+                    said = str(h.get("name"))[:80]
+                    raise AuthError(f"parent {addr} presents the certificate of {parent_name} but says it is {said}")
                 reply = await link.receive()
         except BaseException:
             link.abort()
             raise
         if reply.get("t") == "error":
-            link.abort()
-            raise RegistrationError(str(reply.get("msg", "refused"))[:500])
+            link.abort()  # a refused certificate is for good, wherever this node tries: it stops
+            raise (IdentityRefused if reply.get("auth") else RegistrationError)(str(reply.get("msg", "refused"))[:500])
         if reply.get("t") != "welcome" or not isinstance(reply.get("rank"), int):
             link.abort()
             raise ProtocolError("bad welcome")
@@ -953,6 +1013,7 @@ class Node:
         self.rank = reply["rank"]
         self.ancestors = [parse_address(a) for a in reply.get("ancestors", []) if isinstance(a, str)]
         self.parent_address = addr
+        self.parent_name = parent_name
         hb = reply.get("hb")
         if isinstance(hb, list) and len(hb) == 2:
             self.cfg.heartbeat, self.cfg.dead_after = float(hb[0]), float(hb[1])
@@ -1003,6 +1064,8 @@ class Node:
             self.spawn(self._drain_and_stop())
         elif t == "reannounce":
             self.spawn(self._reannounce())
+        elif t == "revoked":
+            self.apply_revoked(frozenset(int(str(x), 16) for x in msg.get("s", [])))
         elif t in ("pong", "welcome"):
             pass
         elif t in self.down_messages:
@@ -1034,6 +1097,8 @@ class Node:
                         "instance": self.instance,
                         "rank": self.rank,
                         "addr": str(self.listen_address) if self.listen_address else None,
+                        **self._proof(self.parent_name),
+                        **({"cert": self.identity.cert_der} if self.identity is not None else {}),
                     },
                 )
                 break
@@ -1160,6 +1225,7 @@ class Node:
         if not isinstance(cid, str) or not ID_RE.match(cid):
             raise ProtocolError(f"bad node id {str(cid)[:80]!r}")
         link.peer = {"name": name, "id": cid, "instance": h.get("instance"), "addr": h.get("addr")}
+        proof = self._check_child_cert(link, name, h) if self.identity is not None else {}
         old = self.children.get(cid)
         if old is not None and not old.closed:
             if old.peer.get("name") != name:
@@ -1181,11 +1247,12 @@ class Node:
             "rank": h.get("rank"),
             "addr": h.get("addr"),
             "parent": self.rank,
+            **proof,
         }
         try:
             result = await self.call_up("attach", args)
         except GprocError as e:
-            link.send({"t": "error", "msg": str(e)})
+            link.send({"t": "error", "msg": str(e), **({"auth": True} if isinstance(e, AuthError) else {})})
             raise
         rank = result["rank"]
         link.peer["rank"] = rank
@@ -1193,6 +1260,39 @@ class Node:
         self.children[cid] = link
         up = [str(self.parent_address)] + [str(a) for a in self.ancestors] if self.parent_address else []
         link.send({"t": "welcome", "rank": rank, "ancestors": up, "hb": [self.cfg.heartbeat, self.cfg.dead_after]})
+
+    def _check_child_cert(self, link: TreeLink, name: str, h: wire.Message) -> dict[str, Any]:
+        """A child registers only under the name on its certificate, and not with a revoked one; what
+        the master checks in turn (the certificate as TLS verified it, the child's attach statement)."""
+        peer = link.peercert() or {}
+        holder = certs.peer_name(peer)
+        try:
+            serial = int(str(peer.get("serialNumber")), 16)
+        except ValueError:
+            serial = -1
+        why = None
+        if holder != name:
+            why = f"node {name} presents the certificate of {holder or 'no single node'}"
+        elif serial in self.revoked:
+            why = f"node {name}: certificate {certs.serial_text(serial)} is revoked"
+        if why is not None:
+            self.log.warning("refused a child from %s: %s", _peer_address(link), why)
+            link.send({"t": "error", "msg": why, "auth": True})
+            raise AuthError(why)
+        link.peer["serial"] = serial
+        return {"cert": link.peercert_der(), "sig": h.get("sig"), "when": h.get("when")}
+
+    def apply_revoked(self, revoked: frozenset[int]) -> None:
+        """Take the master's revoked serials: close the links of children holding one, and pass the
+        list on to the others (each parent closes its own children's)."""
+        self.revoked = revoked
+        text = [certs.serial_text(s) for s in sorted(revoked)]
+        for child in list(self.children.values()):
+            if child.peer.get("serial") in revoked:
+                self.log.warning("closing the link of node %s: its certificate is revoked", child.peer.get("name"))
+                child.abort()  # it comes back, and its registration is refused: that says why
+            else:
+                child.send({"t": "revoked", "s": text})
 
     def _dispatch_up(self, link: TreeLink, msg: wire.Message) -> None:
         t = msg["t"]
@@ -1543,3 +1643,11 @@ class Node:
                 p.abort()
             elif p is not None:  # unasked: the parent's ping may be queued behind a stream of file chunks
                 p.send({"t": "pong"})
+
+
+def _address(peer: object) -> str:
+    return str(Address(str(peer[0]), int(peer[1]))) if isinstance(peer, tuple) and len(peer) >= 2 else "?"
+
+
+def _peer_address(link: TreeLink) -> str:
+    return _address(link.transport.get_extra_info("peername") if link.transport is not None else None)

@@ -690,6 +690,12 @@ async def _in_thread(work: Callable[[], Started], name: str) -> Process:
     return _process(await fut, loop)
 
 
+def install_reload_signal(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """Call ``callback`` on SIGHUP (a daemon reads its revoked serials again)."""
+    with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, callback)
+
+
 def install_shutdown_signals(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
     """Call ``callback`` on SIGINT and SIGTERM (a daemon's clean shutdown)."""
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -156,6 +156,16 @@ def add_key(p: Parser) -> None:
     p.add_argument("--key", metavar="FILE", help="the cluster credential (default ~/.config/gproc/cluster.key)")
 
 
+def add_identity(p: Parser) -> None:
+    p.add_argument(
+        "--cert",
+        metavar="FILE",
+        help="this daemon's certificate (gproc keygen --node NAME): per-node identity; --key is then its key"
+        " (default NAME.key beside it)",
+    )
+    p.add_argument("--ca", metavar="FILE", help="the cluster CA's certificate, with --cert (default ca.crt beside it)")
+
+
 def add_liveness(p: Parser) -> None:
     p.add_argument("--heartbeat", type=float, metavar="S", help="seconds between heartbeats")
     p.add_argument("--dead-after", type=float, metavar="S", help="a silent link is lost after S seconds")

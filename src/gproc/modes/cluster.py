@@ -19,6 +19,7 @@ def _up_switches(p: Parser) -> None:
     p.add_argument("--prefix", default="node", help="node names: PREFIX0, PREFIX1 … (default node)")
     p.add_argument("--ipv6", action="store_true", help="link the nodes over ::1")
     add_key(p)
+    p.add_argument("--certs", action="store_true", help="give every node its own certificate (per-node identity)")
     add_liveness(p)
     p.add_argument("--timeout", type=float, metavar="S", help="give up when the nodes are not all up by then")
     add_debug(p)
@@ -52,6 +53,7 @@ def _up(opts: argparse.Namespace, pos: list[str]) -> int:
         debug=opts.debug,
         gpid_block=opts.gpid_block,
         collect_every=opts.collect_every,
+        certs=opts.certs,
     )
     print(
         f"{rec.nodes} nodes up in {time.monotonic() - t0:.1f}s "
@@ -75,15 +77,42 @@ def _down(opts: argparse.Namespace, pos: list[str]) -> int:
 
 def _keygen_switches(p: Parser) -> None:
     add_key(p)
-    p.add_argument("--force", action="store_true", help="replace an existing credential")
+    p.add_argument("--force", action="store_true", help="replace an existing credential or certificate")
+    p.add_argument(
+        "--node", metavar="NAME", help="issue a certificate for node NAME, signed by the credential (the CA)"
+    )
+    p.add_argument(
+        "--out", default=".", metavar="DIR", help="where --node writes NAME.key, NAME.crt, ca.crt (default .)"
+    )
+    p.add_argument("--days", type=float, default=825, metavar="N", help="a node certificate's life (default 825)")
+    p.add_argument("--ca", metavar="FILE", help="also write the CA's certificate (public) to FILE")
+    p.add_argument("--revoke", metavar="CERT", help="add CERT's serial to the revoked-serials file")
+    p.add_argument(
+        "--revoked",
+        default="/etc/gproc/revoked",
+        metavar="FILE",
+        help="the revoked-serials file (default /etc/gproc/revoked)",
+    )
 
 
 def _keygen(opts: argparse.Namespace, pos: list[str]) -> int:
-    from gproc import credential
+    from gproc import certs, credential
 
     _no_args("keygen", pos)
-    path = credential.keygen(credential.key_path(opts.key), force=opts.force)
-    print(f"cluster credential written to {path}")
+    ca = credential.key_path(opts.key)
+    if opts.revoke:
+        serial = certs.revoke(opts.revoke, opts.revoked)
+        print(f"serial {certs.serial_text(serial)} added to {opts.revoked}; send the master SIGHUP")
+        return 0
+    if opts.node:
+        if opts.days <= 0:
+            raise UsageError("--days must be positive")
+        key, cert, _ = certs.issue(ca, opts.node, opts.out, days=opts.days, force=opts.force)
+        print(f"certificate for {opts.node} written to {cert}, its key to {key}")
+    else:
+        print(f"cluster credential written to {credential.keygen(ca, force=opts.force)}")
+    if opts.ca:
+        print(f"CA certificate written to {certs.export_ca(ca, opts.ca)}")
     return 0
 
 
@@ -100,9 +129,10 @@ MODES = (
     Mode(("down",), ("down                            stop the local cluster",), add_socket, _down),
     Mode(
         ("keygen",),
-        ("keygen [--key FILE]             make the cluster credential",),
+        ("keygen [--key FILE]             make the cluster credential (the CA); --node NAME: a node certificate",),
         _keygen_switches,
         _keygen,
-        usage="gproc keygen [--key FILE] [--force]",
+        usage="gproc keygen [--key FILE] [--force] [--node NAME [--out DIR] [--days N]] [--ca FILE]\n"
+        "       gproc keygen --revoke CERT [--revoked FILE]",
     ),
 )

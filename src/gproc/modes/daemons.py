@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from gproc import client, eventloop
 from gproc.errors import GprocError, UsageError
-from gproc.switches import Mode, Parser, add_debug, add_key, add_liveness, add_socket, size
+from gproc.switches import Mode, Parser, add_debug, add_identity, add_key, add_liveness, add_socket, size
 
 if TYPE_CHECKING:  # the daemon code loads only in daemon modes: client commands start faster
     from gproc.daemonconfig import Timing
@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the daemon code loads only in daemon modes: client commands
 
 def _common(p: Parser) -> None:
     add_key(p)
+    add_identity(p)
     add_debug(p)
     p.add_argument("--port", type=int, metavar="PORT", help="-cmdport: the TCP port (default 6666)")
     p.add_argument("--listen", metavar="HOST:PORT", help="listen here (instead of -myAddress and -cmdport)")
@@ -60,6 +61,11 @@ def _master_switches(p: Parser) -> None:
     add_socket(p)
     _common(p)
     p.add_argument("--state", metavar="DIR", help="the master's state (ranks, jobs)")
+    p.add_argument(
+        "--revoked",
+        metavar="FILE",
+        help="revoked certificate serials (gproc keygen --revoke), read at start and on SIGHUP",
+    )
     _ready_file(p)
     p.add_argument("--gpid-block", type=int, metavar="N", help="gpids per block (default 64)")
     p.add_argument("--collect-every", type=float, metavar="S", help="seconds between block collections")
@@ -70,6 +76,11 @@ def _master_switches(p: Parser) -> None:
 def _node_switches(p: Parser) -> None:
     p.add_argument("--parent", metavar="EXPR", help="-myParent: the parent's address(es), or a postfix expression")
     p.add_argument("--id", metavar="EXPR", help="-myId: the node's id (default: the host's number)")
+    p.add_argument(
+        "--parent-name",
+        metavar="NAME[,NAME]",
+        help="with --cert: the name(s) the configured parents' certificates must hold (e.g. master)",
+    )
     p.add_argument("--node-socket", metavar="PATH", help="the relayed client socket ('none': no socket)")
     p.add_argument(
         "--store-max",
@@ -107,6 +118,9 @@ def _master(opts: argparse.Namespace, pos: list[str]) -> int:
         name=opts.name,
         state=opts.state,
         key=opts.key,
+        cert=opts.cert,
+        ca=opts.ca,
+        revoked=opts.revoked,
         bin_root=opts.bin_root,
         ready_file=opts.ready_file,
         timing=_timing(opts),
@@ -137,6 +151,9 @@ def _node(opts: argparse.Namespace, pos: list[str]) -> int:
         port=opts.port,
         name=opts.name,
         key=opts.key,
+        cert=opts.cert,
+        ca=opts.ca,
+        parent_name=opts.parent_name,
         bin_root=opts.bin_root,
         node_socket=opts.node_socket,
         store_max=opts.store_max,

@@ -29,6 +29,11 @@ def _switches(p: Parser) -> None:
     add_json(p, "one JSON object per host")
     add_socket(p)
     add_key(p)
+    p.add_argument(
+        "--certs",
+        action="store_true",
+        help="each host its own certificate, issued by the credential (the CA), which stays here",
+    )
     p.add_argument("--listen", metavar="HOST:PORT", help="the master listens here (instead of --address/--port)")
     p.add_argument("--address", metavar="EXPR", help="the master's address the hosts reach (a postfix expression)")
     p.add_argument("--port", type=int, metavar="PORT", help="the daemons' TCP port (default 6666)")
@@ -73,6 +78,7 @@ def _launch(opts: argparse.Namespace, pos: list[str]) -> int:
         join_timeout=opts.timeout if opts.timeout is not None else 30.0,
         ship=opts.ship,
         runtime_dir=opts.runtime_dir,
+        with_certs=opts.certs,
     )
     return _report(opts, out)
 
