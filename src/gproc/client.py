@@ -550,6 +550,33 @@ class FileResult:
 STAT_KEYS = ("type", "size", "mtime", "mode", "owner", "group", "sha256", "target")
 
 
+@dataclass(frozen=True)
+class DirEntry:
+    """A name in a listing, with the attributes of one node that has it (a directory where any node
+    has one): ``kind`` ``"file"``, ``"dir"``, ``"link"`` or ``"other"``, ``mtime`` in nanoseconds."""
+
+    name: str
+    kind: str
+    size: int
+    mode: int
+    mtime: int
+    uid: int
+    gid: int
+    target: str = ""
+
+
+@dataclass
+class Listing:
+    """``Group.list``: ``entries`` by name (``"."`` is the path itself; it is a directory where any
+    node's is), ``truncated`` when the union held more names than a listing carries, ``errors``
+    for the nodes that could not list it."""
+
+    entries: dict[str, DirEntry]
+    truncated: bool
+    errors: list[FileAnswer]
+    rep_bytes: int = 0
+
+
 class Group:
     """A node selection for group file operations (``Cluster.group``). Paths on nodes are absolute
     and may hold ``%h``, the node's name."""
@@ -601,6 +628,21 @@ class Group:
                     answers.append(FileAnswer("", nodes, count, "error", error=str(key[2]), status=int(key[1]) or 1))
             out.append(FileResult(list(res["paths"]), answers, res["value"], res["rep_bytes"]))
         return out
+
+    async def listdir(self, path: str) -> Listing:
+        """The directory ``path`` on every node, as the union of their names (reduced inside the
+        tree: a name many nodes hold reaches the master once)."""
+        from gproc.services.fileio import check_paths
+
+        check_paths([path])
+        r = await self.cluster.request("list", paths=[path], **self.selection)
+        self.absent = list(r["absent"])
+        entries = {e[0]: DirEntry(*e) for e in r["entries"]}
+        errors = [FileAnswer(str(key[1]), nodes, count, "error", error=str(key[2]), status=1)
+                  for key, nodes, count in r["groups"] if key[0] == "e"]  # fmt: skip
+        errors += [FileAnswer(path, nodes, count, "error", error=str(key[2]), status=int(key[1]))
+                   for key, nodes, count in r["groups"] if key[0] == "s" and len(key) == 3 and key[1]]  # fmt: skip
+        return Listing(entries, bool(r["truncated"]), errors, int(r.get("rep_bytes", 0)))
 
     async def grep(
         self, pattern: str, paths: list[str] | str, *, ignore_case: bool = False, invert: bool = False
