@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("services", ("services", "services.")),
     ("master/daemon", ("master", "daemon", "daemonconfig", "config", "launchagent")),
     ("client", ("client", "local", "launch", "display", "__init__")),
-    ("front ends", ("cli", "interactive", "__main__", "switches", "modes", "modes.", "web.", "web")),
+    ("front ends", ("cli", "interactive", "__main__", "switches", "modes", "modes.", "web.", "web", "fs", "fs.")),
 ]  # fmt: skip
 
 

@@ -605,6 +605,22 @@ def _check(ret: int, what: str, error: type[OSError] = OSError) -> None:
         raise error(err, f"{what}: {os.strerror(err)}")
 
 
+def signal_pending(pid: int) -> bool:
+    """Has process ``pid`` a signal waiting to be delivered? (A FUSE server that cannot see the
+    kernel's interrupt requests asks this while a read waits, so that a reader killed meanwhile is not
+    held until data comes; False where it cannot be told.)"""
+    if not IS_LINUX or pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith((b"SigPnd:", b"ShdPnd:")) and int(line.split()[1], 16):
+                    return True
+    except (OSError, ValueError, IndexError):
+        return True  # gone: no one waits any more
+    return False
+
+
 def private_mounts_possible() -> bool:
     """Can jobs get a private mount namespace here (Linux, and root)?"""
     return IS_LINUX and os.geteuid() == 0
