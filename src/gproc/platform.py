@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import pwd
+import re
 import resource
 import select
 import shutil
@@ -619,6 +620,29 @@ def signal_pending(pid: int) -> bool:
     except (OSError, ValueError, IndexError):
         return True  # gone: no one waits any more
     return False
+
+
+def is_mounted(path: str) -> bool:
+    """Is something mounted at ``path`` in this process's mount namespace? Read from the kernel's
+    table, never by a call on ``path`` (a FUSE server asking about its own mount would wait on
+    itself). True where it cannot be told."""
+    if not IS_LINUX:
+        return True
+    target = os.path.abspath(path)  # not realpath: it would stat the mount itself
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and _unescape(fields[4]) == target:
+                    return True
+    except OSError:
+        return True
+    return False
+
+
+def _unescape(field: bytes) -> str:
+    """A mountinfo path: spaces, tabs, newlines and backslashes are octal escapes there."""
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field))
 
 
 def private_mounts_possible() -> bool:

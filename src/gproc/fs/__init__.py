@@ -10,6 +10,7 @@ import os
 import signal
 from collections.abc import Callable
 
+from gproc import platform
 from gproc.errors import ConnectError, GprocError, UsageError
 
 WATCH_EVERY = 1.0  # seconds between looks at the master
@@ -27,8 +28,11 @@ def serve(
 ) -> int:
     """Mount the cluster at ``mountpoint`` and serve it; ``ready()`` once mounted. Root's mount is
     shared with every user (``allow_other``), each seeing what the master lets that user see."""
-    import pyfuse3
-    import pyfuse3.asyncio
+    try:
+        import pyfuse3
+        import pyfuse3.asyncio
+    except ImportError:
+        raise UsageError("gproc mount needs pyfuse3: pip install 'gproc[mount]' (and libfuse3 with fuse3)") from None
 
     from gproc.client import Cluster
     from gproc.fs.sources import Sources
@@ -44,10 +48,14 @@ def serve(
     options = {"fsname=gproc", "subtype=gproc", "default_permissions"} | ({"allow_other"} if shared else set())
 
     async def watch() -> None:
-        """End the mount once the master has been unreachable for a few looks in a row."""
+        """End the mount once it was unmounted here or the master has been unreachable for a few
+        looks in a row. (The kernel does not end it on unmount while a process that unshared its
+        mount namespace meanwhile, a private job, still holds a copy: closing the device does.)"""
         misses = 0
         while misses < WATCH_MISSES:
             await asyncio.sleep(WATCH_EVERY)
+            if not platform.is_mounted(mountpoint):
+                break
             try:
                 conn = await Cluster(socket, timeout=WATCH_EVERY * 2).connect()
                 conn.close()
@@ -73,7 +81,7 @@ def serve(
             watcher.cancel()
             with contextlib.suppress(BaseException):
                 await watcher
-            pyfuse3.close(unmount=True)
+            pyfuse3.close(unmount=platform.is_mounted(mountpoint))
 
     try:
         asyncio.run(main())

@@ -262,8 +262,10 @@ class ClusterFS(pyfuse3.Operations):
                 if data is None:
                     raise _fail(errno.ENOENT)
                 return Node("file", len(data), 0o444)
-            if rest[-1] not in (await self._listing(who, None, parent)).entries or rest[-1] == ".":
-                raise _fail(errno.ENOENT)
+            if rest[-1] == "." or (
+                "%h" not in rest[-1] and rest[-1] not in (await self._listing(who, None, parent)).entries
+            ):
+                raise _fail(errno.ENOENT)  # (a name with %h is a different name on each node: no parent knows it)
             await self._merged_is_dir(who, rest)  # there on some node, readable or not
             return DIR
         if top == "proc":
