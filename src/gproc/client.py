@@ -642,13 +642,14 @@ class Group:
             out.append(FileResult(list(res["paths"]), answers, res["value"], res["rep_bytes"]))
         return out
 
-    async def listdir(self, path: str) -> Listing:
+    async def listdir(self, path: str, names: bool = True) -> Listing:
         """The directory ``path`` on every node, as the union of their names (reduced inside the
-        tree: a name many nodes hold reaches the master once)."""
+        tree: a name many nodes hold reaches the master once); without ``names`` only ``"."``, what
+        ``path`` itself is."""
         from gproc.services.fileio import check_paths
 
         check_paths([path])
-        r = await self.cluster.request("list", paths=[path], **self.selection)
+        r = await self.cluster.request("list", paths=[path], names=names, **self.selection)
         self.absent = list(r["absent"])
         entries = {e[0]: DirEntry(*e) for e in r["entries"]}
         errors = [FileAnswer(str(key[1]), nodes, count, "error", error=str(key[2]), status=1)

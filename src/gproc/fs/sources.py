@@ -91,6 +91,13 @@ class Sources:
                     del self._cache[key]  # a failure is asked again, not remembered
             raise
 
+    def _cache_get(self, key: tuple[Any, ...]) -> Awaitable[Any] | None:
+        """The answer for ``key`` if it is cached and fresh (None otherwise)."""
+        hit = self._cache.get(key)
+        if hit is None or hit[0] < time.monotonic() or (hit[1].done() and hit[1].exception() is not None):
+            return None
+        return asyncio.shield(hit[1])
+
     def _key(self, who: User, *what: Any) -> tuple[Any, ...]:
         return (who[0] if self.shared else self.owner[0], *what)
 
@@ -103,14 +110,19 @@ class Sources:
 
         return await self._cached(self._key(who, "names"), make)
 
-    async def listing(self, who: User, node: str | None, path: str) -> Listing:
-        """``path`` listed on one node (its own ``%`` literal) or merged over the selection."""
+    async def listing(self, who: User, node: str | None, path: str, names: bool = True) -> Listing:
+        """``path`` listed on one node (its own ``%`` literal) or merged over the selection; without
+        ``names`` only what ``path`` itself is (``"."``)."""
         c = self.cluster(who)
         if node is None:
             group, template = c.group(**self._group_args()), merged_template(path)
         else:
             group, template = c.group(include=node), node_template(path)
-        return await self._cached(self._key(who, "list", node, path), lambda: group.listdir(template))
+        whole = self._cache_get(self._key(who, "list", node, path))
+        if whole is not None:  # a full listing answers the smaller question too
+            return await whole
+        key = self._key(who, "list" if names else "self", node, path)
+        return await self._cached(key, lambda: group.listdir(template, names))
 
     async def classes(self, who: User, path: str) -> tuple[dict[str, bytes], list[FileAnswer]]:
         """``path``'s contents over the selection: one name per set of nodes with identical contents
@@ -133,6 +145,10 @@ class Sources:
         """One node's file (read when opened, never cached: an open sees the file as it is)."""
         (res,) = await self.cluster(who).group(include=node).cat(node_template(path))
         return res.answers[0] if res.answers else FileAnswer(path, node, 1, "error", error="no answer", status=255)
+
+    def forget(self, who: User, what: str) -> None:
+        """Ask again next time (``ps``, ``jobs``: a name not known yet may be a new one)."""
+        self._cache.pop(self._key(who, what), None)
 
     async def procs(self, who: User) -> dict[int, dict[str, Any]]:
         """The processes of the space that ``who`` may see: its own (every one for root)."""

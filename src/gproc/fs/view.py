@@ -185,9 +185,9 @@ class ClusterFS(pyfuse3.Operations):
     def _remote(parts: Path) -> str:
         return "/" + "/".join(parts)
 
-    async def _listing(self, who: User, node: str | None, parts: Path) -> Listing:
+    async def _listing(self, who: User, node: str | None, parts: Path, names: bool = True) -> Listing:
         try:
-            return await self.src.listing(who, node, self._remote(parts))
+            return await self.src.listing(who, node, self._remote(parts), names)
         except ConnectError:
             raise _fail(errno.ENOTCONN) from None
         except GprocError:
@@ -195,7 +195,7 @@ class ClusterFS(pyfuse3.Operations):
 
     async def _merged_is_dir(self, who: User, parts: Path) -> bool:
         """Is ``all/PARTS`` a directory (the union view) rather than a file (its classes)?"""
-        listing = await self._listing(who, None, parts)
+        listing = await self._listing(who, None, parts, names=False)
         me = listing.entries.get(".")
         if me is None:
             raise _errors(listing.errors)
@@ -225,13 +225,23 @@ class ClusterFS(pyfuse3.Operations):
             raise _fail(errno.EIO) from None
 
     async def _proc(self, who: User, name: str) -> dict[str, Any]:
-        row = (await self._procs(who)).get(int(name)) if name.isdigit() else None
+        if not name.isdigit():
+            raise _fail(errno.ENOENT)
+        row = (await self._procs(who)).get(int(name))
+        if row is None:  # started since the cached answer?
+            self.src.forget(who, "ps")
+            row = (await self._procs(who)).get(int(name))
         if row is None:
             raise _fail(errno.ENOENT)
         return row
 
     async def _job(self, who: User, name: str) -> dict[str, Any]:
-        rec = (await self._jobs(who)).get(int(name)) if name.isdigit() else None
+        if not name.isdigit():
+            raise _fail(errno.ENOENT)
+        rec = (await self._jobs(who)).get(int(name))
+        if rec is None:
+            self.src.forget(who, "jobs")
+            rec = (await self._jobs(who)).get(int(name))
         if rec is None:
             raise _fail(errno.ENOENT)
         return rec
@@ -262,11 +272,9 @@ class ClusterFS(pyfuse3.Operations):
                 if data is None:
                     raise _fail(errno.ENOENT)
                 return Node("file", len(data), 0o444)
-            if rest[-1] == "." or (
-                "%h" not in rest[-1] and rest[-1] not in (await self._listing(who, None, parent)).entries
-            ):
-                raise _fail(errno.ENOENT)  # (a name with %h is a different name on each node: no parent knows it)
-            await self._merged_is_dir(who, rest)  # there on some node, readable or not
+            if rest[-1] == ".":
+                raise _fail(errno.ENOENT)
+            await self._merged_is_dir(who, rest)  # there on some node (else ENOENT, or why not)
             return DIR
         if top == "proc":
             row = await self._proc(who, rest[0])

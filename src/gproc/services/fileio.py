@@ -313,13 +313,13 @@ MAX_LIST = 65536  # names of one directory a node answers (the first ones in cod
 
 
 def listdir(args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
-    """``{"path"}`` -> ``{"entries": [[name, kind, size, mode, mtime_ns, uid, gid, link target]…]}``:
-    ``"."`` for the path itself (a symbolic link followed), then, for a directory, each name in it
-    (not followed; at most ``MAX_LIST``); or ``{"err"}``."""
+    """``{"path", "names"}`` -> ``{"entries": [[name, kind, size, mode, mtime_ns, uid, gid, link
+    target]…]}``: ``"."`` for the path itself (a symbolic link followed), then, for a directory and
+    unless ``names`` is false, each name in it (not followed; at most ``MAX_LIST``); or ``{"err"}``."""
     path = args["path"]
     try:
         out = [_attrs(".", os.stat(path))]
-        if out[0][1] != "dir":
+        if out[0][1] != "dir" or args.get("names") is False:
             return {"entries": out}
         with os.scandir(path) as it:
             names = sorted(e.name for e in it)[:MAX_LIST]

@@ -258,7 +258,7 @@ class FileService:
         path = self._where(op, paths[0])
         if path is None:
             return
-        r = await as_user(uid, gid, "list", {"path": path})
+        r = await as_user(uid, gid, "list", {"path": path, "names": op.body.get("names") is not False})
         if "err" in r:
             op.emit(("e", paths[0], str(r["err"]).replace(path, paths[0], 1)))
         else:
@@ -439,13 +439,14 @@ class MasterFiles:
         except fileio.PathError as e:
             raise UsageError(str(e)) from None
         targets, absent = self.m.selection(req)
-        body = {"uid": cred.uid, "gid": cred.gid, "paths": paths, "gather": True}
+        names = req.get("names") is not False
+        body = {"uid": cred.uid, "gid": cred.gid, "paths": paths, "names": names, "gather": True}
         r = self.m.request("flist", body, targets, Names())
         whole = await with_ticks(link, r.wait())
         assert whole is not None
-        names, truncated = whole.value
+        found, truncated = whole.value
         groups = [[key, self.m.fold_intervals(enc), rankset.count(enc)] for key, enc in whole.groups]
-        entries = [[n, *a] for n, a in sorted(names.items())]
+        entries = [[n, *a] for n, a in sorted(found.items())]
         link.send({"t": "ret", "r": {"entries": entries, "truncated": truncated, "groups": groups,
                                      "absent": sorted(absent), "rep_bytes": r.op.bytes_in}})  # fmt: skip
 
