@@ -112,7 +112,8 @@ def one(n: int, runs: int) -> list[str]:
                 time.sleep(CACHE + 0.5)
                 dt, out = timed(["sh", "-c", f"cat '{merged}/f{run}'/*"])
                 if sorted(out.decode().splitlines()) != ["1.5 2.0 1.8 3/512 4242", "odd"]:
-                    raise SystemExit(f"cat gave {out[:200]!r}")
+                    why = timed(["sh", "-c", f"ls -a '{merged}/f{run}'; cat '{merged}/f{run}/.errors'"])[1]
+                    raise SystemExit(f"cat gave {out[:200]!r}; the class directory: {why[:2000]!r}")
                 cat.append(dt)
                 api.append(asyncio.run(api_cat(rec.socket, os.path.join(data, "%h", f"f{run}"))))
                 time.sleep(CACHE + 0.5)

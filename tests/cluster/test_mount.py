@@ -131,6 +131,12 @@ def test_a_file_that_differs_is_one_entry_per_class(mnt: Mount) -> None:
             assert f.read() == "same\n"
         with open(os.path.join(classes, "node3")) as f:
             assert f.read() == "odd\n"
+        assert not os.path.exists(os.path.join(classes, ".errors"))
+        os.unlink(os.path.join(d, "node1", "conf"))
+        time.sleep(2.5)  # the mount's cache time
+        assert sorted(os.listdir(classes)) == [".errors", "node3", "node[0,2]"]
+        with open(os.path.join(classes, ".errors")) as f:
+            assert f.read() == f"node1: {d}/%h/conf: No such file or directory\n"
     finally:
         shutil.rmtree(d)
 

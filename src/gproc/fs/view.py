@@ -4,6 +4,7 @@
 DIR/nodes/NAME/PATH        PATH on node NAME (listed and read through the tree when asked)
 DIR/all/PATH               a directory on any node: the union of the names in it
 DIR/all/PATH/NODESET       a file: one entry per set of nodes with identical contents
+DIR/all/PATH/.errors       … and the nodes that could not read it, with why
 DIR/proc/GPID/status|cmdline|stdout|ctl      processes of the single process space
 DIR/jobs/ID/status|output  jobs the master keeps
 ```
@@ -35,6 +36,7 @@ from gproc.fs.sources import Sources, User, user_id
 Path = tuple[str, ...]
 TOP = ("nodes", "all", "proc", "jobs")
 STREAM_LIMIT = 64 << 20  # bytes of a followed output one open file keeps (older bytes are dropped)
+ERRORS = ".errors"  # in a file's class directory: the nodes that could not read it
 INTERRUPT_POLL = 0.5  # seconds between looks for a signal to a reader that waits for output
 
 
@@ -210,6 +212,8 @@ class ClusterFS(pyfuse3.Operations):
             raise _fail(errno.EIO) from None
         if not classes and errors:
             raise _errors(errors)
+        if errors:  # the nodes left out, and why (hidden from a shell's *)
+            classes = {**classes, ERRORS: b"".join(f"{a.nodes}: {a.error}\n".encode() for a in errors)}
         return classes
 
     async def _procs(self, who: User) -> dict[int, dict[str, Any]]:
