@@ -78,7 +78,13 @@ class Sources:
         hit = self._cache.get(key)
         if hit is None or hit[0] < now:
             fut: asyncio.Future[Any] = asyncio.ensure_future(make())
-            self._cache[key] = (now + self.ttl, fut)
+            self._cache[key] = (float("inf"), fut)  # the time counts from the answer, not the question
+
+            def answered(f: asyncio.Future[Any]) -> None:
+                if self._cache.get(key, (0.0, None))[1] is f:
+                    self._cache[key] = (time.monotonic() + self.ttl, f)
+
+            fut.add_done_callback(answered)
             if len(self._cache) > 4096:
                 self._cache = {k: v for k, v in self._cache.items() if v[0] >= now}
         else:
