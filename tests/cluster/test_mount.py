@@ -132,6 +132,11 @@ def test_a_file_that_differs_is_one_entry_per_class(mnt: Mount) -> None:
         with open(os.path.join(classes, "node3")) as f:
             assert f.read() == "odd\n"
         assert not os.path.exists(os.path.join(classes, ".errors"))
+        for nowhere in (mnt.path("all", d.lstrip("/"), "nope"), os.path.join(classes, "nope"), mnt.path("all", "nope")):
+            with pytest.raises(FileNotFoundError):
+                os.stat(nowhere)
+            with pytest.raises(FileNotFoundError):
+                os.listdir(nowhere)
         os.unlink(os.path.join(d, "node1", "conf"))
         time.sleep(2.5)  # the mount's cache time
         assert sorted(os.listdir(classes)) == [".errors", "node3", "node[0,2]"]

@@ -45,7 +45,9 @@ def serve(
     owner = (os.geteuid(), os.getegid())
     sources = Sources(socket, nodes, include, exclude, ttl, shared, owner)
     ops = ClusterFS(sources, 0.0 if shared else min(ttl, 1.0))
-    options = {"fsname=gproc", "subtype=gproc", "default_permissions"} | ({"allow_other"} if shared else set())
+    # no default_permissions: the nodes and the master check each request as its user, and the kernel
+    # would otherwise ask for attributes at every step of a path walk (a round trip through the tree)
+    options = {"fsname=gproc", "subtype=gproc"} | ({"allow_other"} if shared else set())
 
     async def watch() -> None:
         """End the mount once it was unmounted here or the master has been unreachable for a few

@@ -9,7 +9,6 @@ its owner, whose connections are the mount process's own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import pwd
 import time
 from collections.abc import Awaitable, Callable
@@ -72,37 +71,52 @@ class Sources:
         if self.dialers is not None:
             self.dialers.close()
 
-    async def _cached(self, key: tuple[Any, ...], make: Callable[[], Awaitable[T]]) -> T:
-        """One answer per key and ttl: callers that ask meanwhile share the request in flight."""
+    def _start(self, key: tuple[Any, ...], make: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
+        """The answer for ``key``: the cached one while fresh, else a new request (the cache owns it)."""
         now = time.monotonic()
         hit = self._cache.get(key)
-        if hit is None or hit[0] < now:
-            fut: asyncio.Future[Any] = asyncio.ensure_future(make())
-            self._cache[key] = (float("inf"), fut)  # the time counts from the answer, not the question
+        if hit is not None and hit[0] >= now:
+            return hit[1]
+        fut: asyncio.Future[Any] = asyncio.ensure_future(make())
+        self._cache[key] = (float("inf"), fut)  # the time counts from the answer, not the question
 
-            def answered(f: asyncio.Future[Any]) -> None:
-                if self._cache.get(key, (0.0, None))[1] is f:
+        def answered(f: asyncio.Future[Any]) -> None:
+            if self._cache.get(key, (0.0, None))[1] is f:
+                if f.cancelled() or f.exception() is not None:
+                    del self._cache[key]  # a failure is asked again, not remembered
+                else:
                     self._cache[key] = (time.monotonic() + self.ttl, f)
 
-            fut.add_done_callback(answered)
-            if len(self._cache) > 4096:
-                self._cache = {k: v for k, v in self._cache.items() if v[0] >= now}
-        else:
-            fut = hit[1]
-        try:
-            return await asyncio.shield(fut)
-        except Exception:
-            with contextlib.suppress(KeyError):
-                if self._cache[key][1] is fut:
-                    del self._cache[key]  # a failure is asked again, not remembered
-            raise
+        fut.add_done_callback(answered)
+        if len(self._cache) > 4096:
+            self._cache = {k: v for k, v in self._cache.items() if v[0] >= now}
+        return fut
+
+    async def _cached(self, key: tuple[Any, ...], make: Callable[[], Awaitable[T]]) -> T:
+        """One answer per key and ttl: callers that ask meanwhile share the request in flight."""
+        return await asyncio.shield(self._start(key, make))
 
     def _cache_get(self, key: tuple[Any, ...]) -> Awaitable[Any] | None:
         """The answer for ``key`` if it is cached and fresh (None otherwise)."""
         hit = self._cache.get(key)
-        if hit is None or hit[0] < time.monotonic() or (hit[1].done() and hit[1].exception() is not None):
+        if hit is None or hit[0] < time.monotonic():
             return None
         return asyncio.shield(hit[1])
+
+    def known(self, who: User, path: str) -> Listing | None:
+        """What the merged view's ``path`` is, if an answer is here already (None: not yet)."""
+        for what in ("list", "self"):
+            hit = self._cache.get(self._key(who, what, None, path))
+            fresh = hit is not None and hit[0] >= time.monotonic() and hit[1].done() and not hit[1].cancelled()
+            if fresh and hit is not None and hit[1].exception() is None:
+                return hit[1].result()
+        return None
+
+    def prefetch(self, who: User, path: str) -> None:
+        """Ask now what the merged view's ``path`` is (a path walk goes on meanwhile)."""
+        if self._cache_get(self._key(who, "list", None, path)) is None:
+            group = self.cluster(who).group(**self._group_args())
+            self._start(self._key(who, "self", None, path), lambda: group.listdir(merged_template(path), False))
 
     def _key(self, who: User, *what: Any) -> tuple[Any, ...]:
         return (who[0] if self.shared else self.owner[0], *what)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyfuse3
+from ClusterShell.NodeSet import NodeSet, NodeSetParseError
 
 from gproc import platform
 from gproc.client import DirEntry, FileAnswer, Listing, Output
@@ -358,9 +359,33 @@ class ClusterFS(pyfuse3.Operations):
             path = parent[:-1]
         else:
             path = (*parent, text)
-        attrs = self._attrs(path, await self.node(path, who), who)
+        if await self._surely_a_directory(path, who):
+            attrs = self._attrs(path, DIR, who)
+            attrs.attr_timeout = 0  # whether it exists at all: getattr asks (stat, test -e are exact)
+        else:
+            attrs = self._attrs(path, await self.node(path, who), who)
         self._looked_up(attrs.st_ino)
         return attrs
+
+    async def _surely_a_directory(self, path: Path, who: User) -> bool:
+        """Can a lookup of ``all/…`` answer "a directory" before the nodes said what it is? Every
+        name of the merged view is a directory (of names, or of classes) except a class of a file,
+        and a class is named by a node set: a name that cannot be one of the selected nodes' sets
+        under a parent not yet known to be a file is a directory if it is anything. Its question goes
+        out now, and the path walk goes on without waiting a round trip per level; ``getattr``,
+        ``opendir`` and ``open`` wait for the answer."""
+        if len(path) < 2 or path[0] != "all" or path[-1] in (".", ERRORS) or "~" in path[-1]:
+            return False
+        parent = self._remote(path[1:-1])
+        if len(path) > 2:
+            known = self.src.known(who, parent)
+            if known is not None:
+                return False  # the exact answer costs nothing now
+            with contextlib.suppress(ValueError, NodeSetParseError):
+                if set(NodeSet(path[-1])) <= await self._node_names(who):
+                    return False  # may be a class: wait for what the parent is
+        self.src.prefetch(who, self._remote(path[1:]))
+        return True
 
     async def readlink(self, inode: int, ctx: Any) -> bytes:
         node = await self.node(self._path(inode), self._who(ctx))
