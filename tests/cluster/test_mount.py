@@ -172,7 +172,7 @@ def test_bad_writes_to_ctl_get_einval(c4: LocalCluster, mnt: Mount) -> None:
 
 
 def test_stdout_follows_the_output_to_the_end(c4: LocalCluster, mnt: Mount) -> None:
-    job, gpid = batch(c4, "node0", "echo one; sleep 1; echo two; sleep 1")
+    job, gpid = batch(c4, "node0", "echo one; sleep 3; echo two; sleep 2")  # alive while a loaded machine looks
     with open(mnt.path("proc", str(gpid), "stdout"), "rb") as f:
         assert f.read() == b"one\ntwo\n"  # returns only once the job has ended
     with open(mnt.path("jobs", str(job), "output"), "rb") as f:

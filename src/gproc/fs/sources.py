@@ -103,21 +103,6 @@ class Sources:
             return None
         return asyncio.shield(hit[1])
 
-    def known(self, who: User, path: str) -> Listing | None:
-        """What the merged view's ``path`` is, if an answer is here already (None: not yet)."""
-        for what in ("list", "self"):
-            hit = self._cache.get(self._key(who, what, None, path))
-            fresh = hit is not None and hit[0] >= time.monotonic() and hit[1].done() and not hit[1].cancelled()
-            if fresh and hit is not None and hit[1].exception() is None:
-                return hit[1].result()
-        return None
-
-    def prefetch(self, who: User, path: str) -> None:
-        """Ask now what the merged view's ``path`` is (a path walk goes on meanwhile)."""
-        if self._cache_get(self._key(who, "list", None, path)) is None:
-            group = self.cluster(who).group(**self._group_args())
-            self._start(self._key(who, "self", None, path), lambda: group.listdir(merged_template(path), False))
-
     def _key(self, who: User, *what: Any) -> tuple[Any, ...]:
         return (who[0] if self.shared else self.owner[0], *what)
 

@@ -201,7 +201,10 @@ class ClusterFS(pyfuse3.Operations):
         listing = await self._listing(who, None, parts, names=False)
         me = listing.entries.get(".")
         if me is None:
-            raise _errors(listing.errors)
+            e = _errors(listing.errors)
+            # a name under a file's path: on the nodes "not a directory", here a name that a
+            # directory (of classes) does not hold
+            raise _fail(errno.ENOENT) if e.errno == errno.ENOTDIR else e
         return me.kind == "dir"
 
     async def _classes(self, who: User, parts: Path) -> dict[str, bytes]:
@@ -272,7 +275,7 @@ class ClusterFS(pyfuse3.Operations):
             return _entry_node(e)
         if top == "all":
             parent = rest[:-1]
-            if parent and not await self._merged_is_dir(who, parent):
+            if parent and await self._may_be_class(rest[-1], who) and not await self._merged_is_dir(who, parent):
                 data = (await self._classes(who, parent)).get(rest[-1])
                 if data is None:
                     raise _fail(errno.ENOENT)
@@ -368,24 +371,21 @@ class ClusterFS(pyfuse3.Operations):
         return attrs
 
     async def _surely_a_directory(self, path: Path, who: User) -> bool:
-        """Can a lookup of ``all/…`` answer "a directory" before the nodes said what it is? Every
-        name of the merged view is a directory (of names, or of classes) except a class of a file,
-        and a class is named by a node set: a name that cannot be one of the selected nodes' sets
-        under a parent not yet known to be a file is a directory if it is anything. Its question goes
-        out now, and the path walk goes on without waiting a round trip per level; ``getattr``,
-        ``opendir`` and ``open`` wait for the answer."""
-        if len(path) < 2 or path[0] != "all" or path[-1] in (".", ERRORS) or "~" in path[-1]:
+        """Can a lookup of ``all/…`` answer "a directory" without asking the nodes? Every name of the
+        merged view is a directory (of names, or of a file's classes) except a class, and a class is
+        named by a node set: a name that cannot be one is a directory if it is anything, and whether
+        it is anything is asked by ``getattr``, ``opendir`` and ``open`` (``stat``, ``test -e``, ``ls``
+        stay exact) but not at every level of a path walk."""
+        return len(path) >= 2 and path[0] == "all" and not await self._may_be_class(path[-1], who)
+
+    async def _may_be_class(self, name: str, who: User) -> bool:
+        """Could ``name`` be a class of a file in the merged view (a node set of the selection)?"""
+        if name in (".", "..", ERRORS) or "~" in name:
+            return True
+        try:
+            return set(NodeSet(name)) <= await self._node_names(who)
+        except (ValueError, NodeSetParseError):
             return False
-        parent = self._remote(path[1:-1])
-        if len(path) > 2:
-            known = self.src.known(who, parent)
-            if known is not None:
-                return False  # the exact answer costs nothing now
-            with contextlib.suppress(ValueError, NodeSetParseError):
-                if set(NodeSet(path[-1])) <= await self._node_names(who):
-                    return False  # may be a class: wait for what the parent is
-        self.src.prefetch(who, self._remote(path[1:]))
-        return True
 
     async def readlink(self, inode: int, ctx: Any) -> bytes:
         node = await self.node(self._path(inode), self._who(ctx))
