@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "wire",
         (
             "errors", "ranks", "groups", "merge", "reduce", "wire", "messages", "address", "credential", "platform",
-            "spawnd", "peers", "calltree", "certs",
+            "spawnd", "peers", "calltree", "certs", "runtime",
             "pids", "nodespec", "postfix", "store", "state", "elf", "bundle", "psview", "filefacts", "eventloop",
         ),
     ),
@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("services", ("services", "services.")),
     ("master/daemon", ("master", "daemon", "daemonconfig", "config", "launchagent", "slurmagent")),
     ("client", ("client", "local", "launch", "slurmlaunch", "display", "__init__")),
-    ("front ends", ("cli", "interactive", "__main__", "switches", "modes", "modes.", "web.", "web")),
+    ("front ends", ("cli", "interactive", "__main__", "switches", "modes", "modes.", "web.", "web", "fs", "fs.")),
 ]  # fmt: skip
 
 

@@ -38,6 +38,18 @@ CASES: list[tuple[reduce.Reducer[Any], st.SearchStrategy[Any]]] = [
     ),
     (CallTree(), st.tuples(st.integers(0, N - 1), stacks)),
     (reduce.GroupsReducer(), st.tuples(keys, st.sets(st.integers(0, N - 1), min_size=1, max_size=3))),
+    (
+        reduce.Names(),
+        st.lists(
+            st.tuples(
+                st.sampled_from(["a", "b", "c", "dd", "é"]),
+                st.sampled_from(list(reduce.KINDS)),
+                *[st.integers(0, 3)] * 5,
+                st.sampled_from(["", "x"]),
+            ),
+            max_size=6,
+        ),
+    ),
 ]
 
 
@@ -158,3 +170,31 @@ def test_malformed_values_are_protocol_errors(spec: list[Any], data: Any) -> Non
 def test_malformed_specs_are_protocol_errors(spec: Any) -> None:
     with pytest.raises(ProtocolError):
         reduce.from_spec(spec)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    samples=st.lists(st.tuples(st.integers(0, N - 1), st.lists(st.sampled_from("abcdefg"), max_size=4)), max_size=30),
+    seed=st.integers(0, 2**32),
+)
+def test_a_bounded_listing_keeps_the_first_names_and_says_so_exactly(
+    samples: list[tuple[int, list[str]]], seed: int
+) -> None:
+    old, reduce.MAX_NAMES = reduce.MAX_NAMES, 3
+    try:
+        r = reduce.Names()
+        entries = [(node, [[n, "file", 0, 0, 0, 0, 0, ""] for n in names]) for node, names in samples]
+        got = tree(r, entries, random.Random(seed))
+        assert canonical(r, got) == canonical(r, flat(r, entries))
+        union = sorted({n for _, names in samples for n in names})
+        assert sorted(got[0]) == union[:3] and got[1] == (len(union) > 3)
+    finally:
+        reduce.MAX_NAMES = old
+
+
+def test_a_name_that_is_a_directory_somewhere_is_one() -> None:
+    r = reduce.Names()
+    a = r.lift([["x", "file", 9, 0o644, 5, 0, 0, ""]])
+    b = r.lift([["x", "dir", 0, 0o755, 1, 0, 0, ""], ["y", "link", 0, 0o777, 1, 0, 0, "x"]])
+    names, truncated = r.merge(a, b)
+    assert names["x"][0] == "dir" and names["y"] == ("link", 0, 0o777, 1, 0, 0, "x") and not truncated

@@ -11,14 +11,14 @@ import sys
 from collections.abc import Sequence
 
 from gproc.errors import GprocError, UsageError
-from gproc.modes import cluster, daemons, files, jobs, launch, procs, stack, tree, watch
+from gproc.modes import cluster, daemons, files, jobs, launch, mount, procs, stack, tree, watch
 from gproc.modes import exec as exec_mode
 from gproc.switches import CommandLine, Mode
 from gproc.switches import split_argv as _split
 
 MODE_TABLE: dict[str, Mode] = {
     name: mode
-    for family in (daemons, exec_mode, jobs, tree, procs, stack, files, watch, cluster, launch)
+    for family in (daemons, exec_mode, jobs, tree, procs, stack, files, mount, watch, cluster, launch)
     for mode in family.MODES
     for name in mode.names
 }
@@ -27,7 +27,7 @@ MODE_TABLE: dict[str, Mode] = {
 def usage() -> str:
     """The summary ``gproc -h`` prints: every mode in one line or two."""
     lines = ["usage: gproc MODE [switches] [args]     (gproc MODE --help: that mode's switches)"]
-    for family in (daemons, exec_mode, jobs, tree, procs, stack, files, watch, cluster, launch):
+    for family in (daemons, exec_mode, jobs, tree, procs, stack, files, mount, watch, cluster, launch):
         for mode in family.MODES:
             lines.extend("  " + s for s in mode.summary)
     lines.append(

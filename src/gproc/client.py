@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from signal import SIGINT, SIGKILL, Signals
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,7 @@ class Status:
 
 
 Event = Output | Status
+Dialer = Callable[[str], Awaitable[socket.socket]]
 STREAMS = {1: "stdout", 2: "stderr"}
 
 
@@ -82,7 +84,9 @@ class Connection:
         self.bytes_in = 0
 
     @classmethod
-    async def open(cls, path: str, timeout: float = 10.0) -> Connection:
+    async def open(cls, path: str, timeout: float = 10.0, dial: Dialer | None = None) -> Connection:
+        """Connect and say hello; ``dial(path)``, when given, makes the connected socket (the mount
+        has a process of the requesting user make it, so that the master sees that user)."""
         # Nothing (the request carries the whole environment) goes to a socket that another user could
         # have put there while the master was down: the path and its directories must be root's or
         # ours, and so must the process that listens on it.
@@ -92,7 +96,10 @@ class Connection:
             raise ConnectError(refused)
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_unix_connection(path, limit=READ_AHEAD)
+                if dial is None:
+                    reader, writer = await asyncio.open_unix_connection(path, limit=READ_AHEAD)
+                else:
+                    reader, writer = await asyncio.open_unix_connection(sock=await dial(path), limit=READ_AHEAD)
         except (OSError, TimeoutError) as e:
             raise ConnectError(f"cannot reach the master at {path}: {getattr(e, 'strerror', None) or e}") from None
         refused = peers.untrusted_peer(writer.get_extra_info("socket"), path, trusted)
@@ -293,11 +300,17 @@ class Job:
 
 
 class Cluster:
-    """A handle on a gproc master (or node) socket."""
+    """A handle on a gproc master (or node) socket. ``dial``: how to make a connected socket to it
+    (default: connect from this process, as its user)."""
 
-    def __init__(self, socket: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, socket: str | None = None, timeout: float = 10.0, dial: Dialer | None = None) -> None:
         self.socket = socket_path(socket)
         self.timeout = timeout
+        self.dial = dial
+
+    async def connect(self) -> Connection:
+        """A new connection to the master, hello said."""
+        return await Connection.open(self.socket, self.timeout, self.dial)
 
     async def __aenter__(self) -> Cluster:
         return self
@@ -307,7 +320,7 @@ class Cluster:
 
     async def request(self, fn: str, **args: Any) -> Any:
         """One request, one answer (``tick`` keep-alives while the master works are skipped)."""
-        conn = await Connection.open(self.socket, self.timeout)
+        conn = await self.connect()
         try:
             conn.send({"t": "req", "fn": fn, **args})
             while True:
@@ -372,7 +385,7 @@ class Cluster:
         ``cmd``. ``errors``: ``{"nodes", "error"}`` for nodes that did not answer."""
         if nodes or include or exclude:
             check_selection(nodes, include, exclude)
-        conn = await Connection.open(self.socket, self.timeout)
+        conn = await self.connect()
         rows: list[dict[str, Any]] = []
         try:
             conn.send({"t": "req", "fn": "ps", "nodes": nodes, "w": include, "x": exclude})
@@ -480,7 +493,7 @@ class Cluster:
             localbin=localbin,
             private=private,
         )
-        conn = await Connection.open(self.socket, self.timeout)
+        conn = await self.connect()
         req: wire.Message = {
             "t": "req",
             "fn": "exec",
@@ -525,7 +538,7 @@ class Cluster:
     async def output(self, job: int) -> Job:
         """A job's merged output as events, replayed from the master's store (followed to its end
         if the job still runs)."""
-        conn = await Connection.open(self.socket, self.timeout)
+        conn = await self.connect()
         conn.send({"t": "req", "fn": "output", "job": job})
         try:
             header = await conn.receive()
@@ -575,6 +588,33 @@ class FileResult:
 
 
 STAT_KEYS = ("type", "size", "mtime", "mode", "owner", "group", "sha256", "target")
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    """A name in a listing, with the attributes of one node that has it (a directory where any node
+    has one): ``kind`` ``"file"``, ``"dir"``, ``"link"`` or ``"other"``, ``mtime`` in nanoseconds."""
+
+    name: str
+    kind: str
+    size: int
+    mode: int
+    mtime: int
+    uid: int
+    gid: int
+    target: str = ""
+
+
+@dataclass
+class Listing:
+    """``Group.list``: ``entries`` by name (``"."`` is the path itself; it is a directory where any
+    node's is), ``truncated`` when the union held more names than a listing carries, ``errors``
+    for the nodes that could not list it."""
+
+    entries: dict[str, DirEntry]
+    truncated: bool
+    errors: list[FileAnswer]
+    rep_bytes: int = 0
 
 
 class Group:
@@ -629,6 +669,22 @@ class Group:
             out.append(FileResult(list(res["paths"]), answers, res["value"], res["rep_bytes"]))
         return out
 
+    async def listdir(self, path: str, names: bool = True) -> Listing:
+        """The directory ``path`` on every node, as the union of their names (reduced inside the
+        tree: a name many nodes hold reaches the master once); without ``names`` only ``"."``, what
+        ``path`` itself is."""
+        from gproc.services.fileio import check_paths
+
+        check_paths([path])
+        r = await self.cluster.request("list", paths=[path], names=names, **self.selection)
+        self.absent = list(r["absent"])
+        entries = {e[0]: DirEntry(*e) for e in r["entries"]}
+        errors = [FileAnswer(str(key[1]), nodes, count, "error", error=str(key[2]), status=1)
+                  for key, nodes, count in r["groups"] if key[0] == "e"]  # fmt: skip
+        errors += [FileAnswer(path, nodes, count, "error", error=str(key[2]), status=int(key[1]))
+                   for key, nodes, count in r["groups"] if key[0] == "s" and len(key) == 3 and key[1]]  # fmt: skip
+        return Listing(entries, bool(r["truncated"]), errors, int(r.get("rep_bytes", 0)))
+
     async def grep(
         self, pattern: str, paths: list[str] | str, *, ignore_case: bool = False, invert: bool = False
     ) -> list[FileAnswer]:
@@ -650,7 +706,7 @@ class Group:
         from gproc.services.fileio import check_paths
 
         check_paths([path])
-        conn = await Connection.open(self.cluster.socket, self.cluster.timeout)
+        conn = await self.cluster.connect()
         ended = False
         try:
             conn.send({"t": "req", "fn": "follow", "paths": [path], "last": lines, **self.selection})
@@ -720,7 +776,7 @@ class Group:
         except OSError as e:
             raise UsageError(f"cannot write in {destdir}: {e.strerror}") from None
         try:
-            conn = await Connection.open(self.cluster.socket, self.cluster.timeout)
+            conn = await self.cluster.connect()
             hashes: dict[str, Any] = {}
             try:
                 conn.send({"t": "req", "fn": "gather", "paths": sources, "recursive": recursive, **self.selection})
@@ -773,7 +829,7 @@ class Group:
         sources = [sources] if isinstance(sources, str) else list(sources)
         check_paths([dest])
         ship, meta = copy_tree(sources, recursive)
-        conn = await Connection.open(self.cluster.socket, self.cluster.timeout)
+        conn = await self.cluster.connect()
         try:
             conn.send({"t": "req", "fn": "cp", "tree": [e.to_wire() for e in ship.entries.values()], "meta": meta,
                        "dest": dest, "owner": preserve, **self.selection})  # fmt: skip

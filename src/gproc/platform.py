@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import pwd
+import re
 import resource
 import select
 import shutil
@@ -603,6 +604,45 @@ def _check(ret: int, what: str, error: type[OSError] = OSError) -> None:
     if ret != 0:
         err = ctypes.get_errno()
         raise error(err, f"{what}: {os.strerror(err)}")
+
+
+def signal_pending(pid: int) -> bool:
+    """Has process ``pid`` a signal waiting to be delivered? (A FUSE server that cannot see the
+    kernel's interrupt requests asks this while a read waits, so that a reader killed meanwhile is not
+    held until data comes; False where it cannot be told.)"""
+    if not IS_LINUX or pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith((b"SigPnd:", b"ShdPnd:")) and int(line.split()[1], 16):
+                    return True
+    except (OSError, ValueError, IndexError):
+        return True  # gone: no one waits any more
+    return False
+
+
+def is_mounted(path: str) -> bool:
+    """Is something mounted at ``path`` in this process's mount namespace? Read from the kernel's
+    table, never by a call on ``path`` (a FUSE server asking about its own mount would wait on
+    itself). True where it cannot be told."""
+    if not IS_LINUX:
+        return True
+    target = os.path.abspath(path)  # not realpath: it would stat the mount itself
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and _unescape(fields[4]) == target:
+                    return True
+    except OSError:
+        return True
+    return False
+
+
+def _unescape(field: bytes) -> str:
+    """A mountinfo path: spaces, tabs, newlines and backslashes are octal escapes there."""
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field))
 
 
 def private_mounts_possible() -> bool:

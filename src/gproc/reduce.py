@@ -33,6 +33,9 @@ MAX_BUCKETS = 4096  # a histogram's edges, bounded: its counts travel in every r
 MAX_TOP = 1024  # a top-k's k, bounded for the same reason
 MAX_LABEL = 256  # bytes of a top-k entry's label
 MAX_PARTS = 256  # an each-reducer's parts (not nested)
+MAX_NAMES = 65536  # a directory listing's names (the first ones in byte order are kept)
+MAX_NAME = 1024  # bytes of a name in a listing (Linux allows 255)
+MAX_TARGET = 4096  # bytes of a symbolic link's target in a listing
 
 
 class Reducer(Protocol[T]):
@@ -310,6 +313,80 @@ class Each:
         return [self.name, [r.spec() for r in self.parts]]
 
 
+KINDS = {"dir": 3, "file": 2, "link": 1, "other": 0}  # which kind a name shown by several nodes takes
+
+Attrs = tuple[str, int, int, int, int, int, str]  # kind, size, mode, mtime, uid, gid, link target
+Listing = tuple[dict[str, Attrs], bool]  # names -> attributes; truncated
+
+
+class Names:
+    """The union of directory listings (``gproc mount``'s merged view): each name once, with the
+    attributes of one node that has it, chosen by an order (a directory first, then the greatest
+    attributes) so that any tree gives the same; at most ``MAX_NAMES`` names, the first in code
+    point order, and a flag that says some were left out (exact: set iff the union is larger).
+
+    A sample is a list of ``[name, kind, size, mode, mtime, uid, gid, target]``."""
+
+    name = "names"
+
+    def identity(self) -> Listing:
+        return ({}, False)
+
+    @staticmethod
+    def _entry(x: Any) -> tuple[str, Attrs]:
+        if not (isinstance(x, (list, tuple)) and len(x) == 8):
+            raise ProtocolError("a listing entry is [name, kind, size, mode, mtime, uid, gid, target]")
+        name, kind, *nums, target = x
+        if not (isinstance(name, str) and 0 < len(name) <= MAX_NAME and kind in KINDS):
+            raise ProtocolError(f"bad name or kind in a listing: {str(name)[:40]!r}")
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in nums):
+            raise ProtocolError("listing attributes are integers")
+        if not (isinstance(target, str) and len(target) <= MAX_TARGET):
+            raise ProtocolError("bad link target in a listing")
+        return name, (kind, *nums, target)
+
+    @staticmethod
+    def _order(a: Attrs) -> tuple[int, Attrs]:
+        return (KINDS[a[0]], a)
+
+    def _bounded(self, names: dict[str, Attrs], truncated: bool) -> Listing:
+        if len(names) <= MAX_NAMES:
+            return (names, truncated)
+        keep = sorted(names)[:MAX_NAMES]
+        return ({n: names[n] for n in keep}, True)
+
+    def lift(self, sample: Any) -> Listing:
+        if not isinstance(sample, (list, tuple)):
+            raise ProtocolError("a listing is a list of entries")
+        names: dict[str, Attrs] = {}
+        for x in sample:
+            name, attrs = self._entry(x)
+            old = names.get(name)
+            names[name] = attrs if old is None else max(old, attrs, key=self._order)
+        return self._bounded(names, False)
+
+    def merge(self, a: Listing, b: Listing) -> Listing:
+        names = a[0]
+        for name, attrs in b[0].items():
+            old = names.get(name)
+            names[name] = attrs if old is None else max(old, attrs, key=self._order)
+        return self._bounded(names, a[1] or b[1])
+
+    def encode(self, value: Listing) -> Any:
+        return [[[n, *a] for n, a in sorted(value[0].items())], value[1]]
+
+    def decode(self, data: Any) -> Listing:
+        if not (isinstance(data, list) and len(data) == 2 and isinstance(data[1], bool) and isinstance(data[0], list)):
+            raise ProtocolError("a listing value is [entries, truncated]")
+        if len(data[0]) > MAX_NAMES:
+            raise ProtocolError(f"a listing has at most {MAX_NAMES} names")
+        names, truncated = self.lift(data[0])
+        return (names, truncated or data[1])
+
+    def spec(self) -> list[Any]:
+        return [self.name]
+
+
 def from_spec(spec: Any) -> Reducer[Any]:
     """The reducer an op names (ProtocolError for an unknown or malformed one)."""
     if not isinstance(spec, list) or not spec or not isinstance(spec[0], str):
@@ -322,6 +399,7 @@ def from_spec(spec: Any) -> Reducer[Any]:
         "max": Max,
         "avg": Avg,
         "calltree": CallTree,
+        "names": Names,
     }
     if name in simple and not args:
         return simple[name]()
@@ -336,4 +414,4 @@ def from_spec(spec: Any) -> Reducer[Any]:
     raise ProtocolError(f"unknown reducer {str(spec)[:60]}")
 
 
-__all__ = ["Avg", "Each", "GroupsReducer", "Hist", "Key", "Max", "Min", "Reducer", "Sum", "TopK", "from_spec"]
+__all__ = ["Avg", "Each", "GroupsReducer", "Hist", "Key", "Max", "Min", "Names", "Reducer", "Sum", "TopK", "from_spec"]

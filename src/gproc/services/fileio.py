@@ -301,6 +301,40 @@ def walk(args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
     return {"entries": out}
 
 
+def _kind(mode: int) -> str:
+    return {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "link"}.get(stat.S_IFMT(mode), "other")
+
+
+def _attrs(name: str, st: os.stat_result, target: str = "") -> list[Any]:
+    return [name, _kind(st.st_mode), st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_uid, st.st_gid, target]
+
+
+MAX_LIST = 65536  # names of one directory a node answers (the first ones in code point order)
+
+
+def listdir(args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+    """``{"path", "names"}`` -> ``{"entries": [[name, kind, size, mode, mtime_ns, uid, gid, link
+    target]…]}``: ``"."`` for the path itself (a symbolic link followed), then, for a directory and
+    unless ``names`` is false, each name in it (not followed; at most ``MAX_LIST``); or ``{"err"}``."""
+    path = args["path"]
+    try:
+        out = [_attrs(".", os.stat(path))]
+        if out[0][1] != "dir" or args.get("names") is False:
+            return {"entries": out}
+        with os.scandir(path) as it:
+            names = sorted(e.name for e in it)[:MAX_LIST]
+        for name in names:
+            p = os.path.join(path, name)
+            try:
+                st = os.lstat(p)
+                out.append(_attrs(name, st, os.readlink(p) if stat.S_ISLNK(st.st_mode) else ""))
+            except OSError:
+                continue  # gone since the listing
+    except OSError as e:
+        return _err(e, path)
+    return {"entries": out}
+
+
 MAX_LINES = 10_000  # lines one node answers for one path (grep, tail)
 
 
@@ -335,6 +369,7 @@ OPERATIONS: dict[str, Callable[[dict[str, Any], list[int]], dict[str, Any]]] = {
     "read_range": read_range,
     "lines": lines,
     "walk": walk,
+    "list": listdir,
 }
 
 

@@ -2,8 +2,9 @@
 
 On each node (``FileService``): ``fread``, ``fstat`` and ``flines`` answer for each path, ``ffollow``
 streams appended lines until ``funfollow``, ``finstall`` writes a copied tree from the node's store,
-``fwalk`` and ``fget`` list and read what ``gather`` fetches. All of them act with the caller's rights
-(``fileio``) and expand ``%h`` in paths to the node's name.
+``fwalk`` and ``fget`` list and read what ``gather`` fetches, ``flist`` lists a directory (``gproc
+mount``; the listings of many nodes reduce to the union of their names, ``reduce.Names``). All of
+them act with the caller's rights (``fileio``) and expand ``%h`` in paths to the node's name.
 
 Answers reduce inside the tree. With ``equiv`` (the default) every distinct answer is a group key
 (``("c", path, data)``, ``("t", path, type, size, mtime, mode, owner, group, sha256, target)``,
@@ -14,7 +15,7 @@ child link, whatever the number of nodes; a node whose answer is not a number sa
 ``("e", path, reason)``, so errors still arrive per node set.
 
 At the master (``MasterFiles``): the client requests ``files`` (cat/stat), ``lines`` (grep, tail),
-``follow`` (tail -f), ``cp`` and ``gather``. ``cp`` ships the bytes with the exec's machinery
+``follow`` (tail -f), ``list``, ``cp`` and ``gather``. ``cp`` ships the bytes with the exec's machinery
 (``Shipper``: content-addressed, chunks pipelined down the tree, hash-verified, each link carries a
 file at most once), then one ``finstall`` op writes them. ``gather`` fetches each distinct file once,
 from one node that holds it.
@@ -37,7 +38,7 @@ from gproc import ranks as rankset
 from gproc.bundle import CHUNK
 from gproc.errors import GprocError, StagingError, UsageError
 from gproc.groups import freeze
-from gproc.reduce import Avg, Hist, Max, Min, Reducer, Sum
+from gproc.reduce import Avg, Hist, Max, Min, Names, Reducer, Sum
 from gproc.services import fileio
 from gproc.services.base import ClientRequest, MasterApi, ServiceTable, with_ticks
 from gproc.store import Store, parse_manifest
@@ -136,6 +137,7 @@ class FileService:
             "flines": self.flines,
             "ffollow": self.ffollow,
             "funfollow": self.funfollow,
+            "flist": self.flist,
         }
         return ServiceTable("files", ops=ops)
 
@@ -245,6 +247,22 @@ class FileService:
         if isinstance(target, int) and target in self.node.ops:
             self.unfollowed.add(target)
         op.emit(("s", 0, ""))
+
+    async def flist(self, op: Op) -> None:
+        """A directory's names with their attributes (``"."``: the path itself) to the op's reducer
+        (``Names``: the union of every node's names); an error as ``("e", path, reason)``."""
+        uid, gid = _creds(op)
+        paths = _paths(op)
+        if len(paths) != 1 or op.reducer is None:
+            raise StagingError("flist lists one path into a reducer")
+        path = self._where(op, paths[0])
+        if path is None:
+            return
+        r = await as_user(uid, gid, "list", {"path": path, "names": op.body.get("names") is not False})
+        if "err" in r:
+            op.emit(("e", paths[0], str(r["err"]).replace(path, paths[0], 1)))
+        else:
+            op.give(r["entries"])
 
     async def fwalk(self, op: Op) -> None:
         """What ``gather`` will fetch: each path's tree with a SHA-256 per file; nodes holding the
@@ -365,6 +383,7 @@ class MasterFiles:
                 "gather": ClientRequest(self.gather),
                 "lines": ClientRequest(self.lines),
                 "follow": ClientRequest(self.follow),
+                "list": ClientRequest(self.listdir),
             },
         )
 
@@ -408,6 +427,28 @@ class MasterFiles:
 
         results = await with_ticks(link, asyncio.gather(*(one(b) for b in batches)))
         link.send({"t": "ret", "r": {"results": results, "absent": sorted(absent), "targets": len(targets)}})
+
+    async def listdir(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+        """A directory on the selected nodes: the union of their names (``Names``), and the nodes
+        that could not list it, grouped by reason."""
+        paths = req.get("paths")
+        if not isinstance(paths, list) or len(paths) != 1 or not isinstance(paths[0], str):
+            raise UsageError("list takes one path")
+        try:
+            fileio.check_template(paths[0])
+        except fileio.PathError as e:
+            raise UsageError(str(e)) from None
+        targets, absent = self.m.selection(req)
+        names = req.get("names") is not False
+        body = {"uid": cred.uid, "gid": cred.gid, "paths": paths, "names": names, "gather": True}
+        r = self.m.request("flist", body, targets, Names())
+        whole = await with_ticks(link, r.wait())
+        assert whole is not None
+        found, truncated = whole.value
+        groups = [[key, self.m.fold_intervals(enc), rankset.count(enc)] for key, enc in whole.groups]
+        entries = [[n, *a] for n, a in sorted(found.items())]
+        link.send({"t": "ret", "r": {"entries": entries, "truncated": truncated, "groups": groups,
+                                     "absent": sorted(absent), "rep_bytes": r.op.bytes_in}})  # fmt: skip
 
     async def lines(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
         """``grep`` (``pattern``) or ``tail -n`` (``last``) on the selected nodes, lines merged."""
