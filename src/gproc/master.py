@@ -20,11 +20,12 @@ from ClusterShell.NodeSet import NodeSet
 from gproc import errors, nodespec, peers, platform, wire
 from gproc import ranks as rankset
 from gproc.errors import GprocError, ProtocolError, RegistrationError, UsageError
-from gproc.messages import LateMsg
+from gproc.messages import Body, LateMsg, Selected, convert
 from gproc.overlay import ID_RE, NAME_RE, Link, Node, NodeConfig, TreeLink
 from gproc.platform import PeerCred, peer_credentials
 from gproc.services.base import TICK, Call, ClientRequest, Role, allowed, socket_alive, with_ticks
 from gproc.services.collect import Collector
+from gproc.services.execute import ExecBody, HoldBody, SignalBody
 from gproc.services.jobs import JobStore
 from gproc.services.procs import MasterProcs
 from gproc.services.ship import Shipper
@@ -47,6 +48,25 @@ class NodeRow:
     state: str = "up"
     since: float = field(default_factory=time.time)
     children: dict[str, int] = field(default_factory=dict)
+
+
+class StatsRequest(Body):
+    """``stats``: the master's link counters; ``links``: per tree link too."""
+
+    links: bool = False
+
+
+class ExecRequest(Selected, kw_only=True):
+    """``exec``: run ``argv`` on the selected nodes (§6)."""
+
+    argv: list[str]
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    timeout: float | None = None
+    batch: bool = False  # the client leaves once it has the job id; the output is kept
+    gather: bool = False  # one merged reply at the end (-b)
+    stdin: bool = False  # the client streams input (``in``)
+    bundle: dict[str, Any] | None = None  # files to ship first (checked by ``Shipper.check``)
 
 
 class _TreeView:
@@ -297,7 +317,7 @@ class Master(Node):
             if entry is None:
                 raise UsageError(f"unknown request {fn[:40]!r}")
             allowed(entry.role, cred, entry.what or f"make the {fn} request")
-            await entry.handler(link, req, cred)
+            await entry.handler(link, entry.decode(fn, req), cred)
         except GprocError as e:
             link.send({"t": "error", **errors.to_wire(e)})
         except (EOFError, OSError, TimeoutError) as e:
@@ -309,31 +329,31 @@ class Master(Node):
     def _register_requests(self) -> None:
         """Client requests by name; services add theirs to ``self.requests``."""
 
-        async def info(link: Link, req: wire.Message, cred: PeerCred) -> None:
+        async def info(link: Link, req: Body, cred: PeerCred) -> None:
             link.send({"t": "ret", "r": {"master": self.cfg.name, "nodes": self.info_rows()}})
 
-        async def select(link: Link, req: wire.Message, cred: PeerCred) -> None:
+        async def select(link: Link, req: Selected, cred: PeerCred) -> None:
             sel, absent = self.selection(req)
             names = sorted(self.topo[r].name for r in sel)
             link.send({"t": "ret", "r": {"names": names, "absent": sorted(absent)}})
 
-        async def stats(link: Link, req: wire.Message, cred: PeerCred) -> None:
+        async def stats(link: Link, req: StatsRequest, cred: PeerCred) -> None:
             r = self.stats()
-            if req.get("links"):
+            if req.links:
                 r["links"] = await self.link_counters()
             link.send({"t": "ret", "r": r})
 
-        async def shutdown(link: Link, req: wire.Message, cred: PeerCred) -> None:
+        async def shutdown(link: Link, req: Body, cred: PeerCred) -> None:
             link.send({"t": "ret", "r": {"ok": True}})
             self.spawn(self.shutdown_tree())
 
         self.requests.update(
-            info=ClientRequest(info),
-            select=ClientRequest(select),
-            stats=ClientRequest(stats),
-            shutdown=ClientRequest(shutdown, Role.OWNER, "shut the tree down"),
-            ping=ClientRequest(self._ping),
-            exec=ClientRequest(self._exec),
+            info=ClientRequest(info, body=Body),
+            select=ClientRequest(select, body=Selected),
+            stats=ClientRequest(stats, body=StatsRequest),
+            shutdown=ClientRequest(shutdown, Role.OWNER, "shut the tree down", body=Body),
+            ping=ClientRequest(self._ping, body=Selected),
+            exec=ClientRequest(self._exec, body=ExecRequest),
         )
 
     def stats(self) -> dict[str, Any]:
@@ -377,16 +397,15 @@ class Master(Node):
                     )  # fmt: skip
         return rows
 
-    def selection(self, req: wire.Message) -> tuple[set[int], set[str]]:
-        spec, inc, exc = req.get("nodes"), req.get("w"), req.get("x")
-        for v in (spec, inc, exc):
-            if v is not None and not isinstance(v, str):
-                raise UsageError("node selection must be a string")
-        return self.select(spec, inc, exc)
+    def selection(self, req: Selected | wire.Message) -> tuple[set[int], set[str]]:
+        """The ranks a request selects (and the names it asks for that are absent)."""
+        if not isinstance(req, Selected):
+            req = convert(req, Selected, "node selection", UsageError)
+        return self.select(req.nodes, req.w, req.x)
 
-    async def _ping(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+    async def _ping(self, link: Link, req: Selected, cred: PeerCred) -> None:
         """A no-op through the tree to every selected node (all nodes by default)."""
-        if req.get("nodes") or req.get("w"):
+        if req.nodes or req.w:
             targets, _ = self.selection(req)
         else:
             targets = self.up_ranks()
@@ -403,32 +422,28 @@ class Master(Node):
             }
         )
 
-    async def _exec(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
-        argv, env, cwd = req.get("argv"), req.get("env", {}), req.get("cwd")
-        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+    async def _exec(self, link: Link, req: ExecRequest, cred: PeerCred) -> None:
+        argv, batch, bundle = req.argv, req.batch, req.bundle
+        if not argv:
             raise UsageError("no command given")
-        if not isinstance(env, dict):
-            raise UsageError("bad environment")
-        timeout = req.get("timeout")
-        batch = req.get("batch") is True
         targets, absent = self.selection(req)
-        bundle = req.get("bundle")
         entries = self.shipper.check(bundle) if bundle is not None else []
         job = self.pids.next_id()
-        body = {
-            "argv": argv,
-            "env": env,
-            "cwd": cwd if isinstance(cwd, str) else None,
-            "uid": cred.uid,
-            "gid": cred.gid,
-            "timeout": timeout if isinstance(timeout, (int, float)) else None,
-            "job": job,
-            "nnodes": len(targets),
-            "gather": req.get("gather") is True,
-            "pgpid": link.peer.get("pgpid", 0),  # the gpid of the process that asked (relayed from a job)
-            "stdin": req.get("stdin") is True and not batch,  # a batch job's input is empty
-            "redeliver": True,  # nodes keep what they send up, to send it again after re-attaching
-        }
+        pgpid = link.peer.get("pgpid", 0)  # the gpid of the process that asked (relayed from a job)
+        body = ExecBody(
+            argv=argv,
+            env=req.env,
+            cwd=req.cwd,
+            uid=cred.uid,
+            gid=cred.gid,
+            timeout=req.timeout,
+            job=job,
+            nnodes=len(targets),
+            gather=req.gather,
+            pgpid=pgpid if isinstance(pgpid, int) else 0,
+            stdin=req.stdin and not batch,  # a batch job's input is empty
+            redeliver=True,  # nodes keep what they send up, to send it again after re-attaching
+        )
         absent_set = str(NodeSet.fromlist(sorted(absent)))
         record = self.jobs.start(job, cred.uid, argv, self.fold(targets), len(targets), batch, absent_set)
         link.send({"t": "job", "job": job, "n": len(targets), "absent": absent_set})
@@ -472,13 +487,13 @@ class Master(Node):
             shipped = await with_ticks(link, self.shipper.distribute(link, job, entries, targets))
             assert shipped is not None  # None only when a client leaving is watched for
             targets, failed = shipped
-            body["bundle"] = bundle
+            body.bundle = bundle
             if failed:
                 sink(failed.to_wire(), not targets)
             if not targets:
                 return
         self.collectors[op_id] = results
-        ops.append(self.start_op(op_id, "exec", body, targets, sink))
+        ops.append(self.start_op(op_id, "exec", body.wire(), targets, sink))
         if batch:
             return  # the client has its job id and leaves; the job runs on, its output is kept
         await self._attend(link, job, ops[0].id, targets, done)
@@ -533,7 +548,7 @@ class Master(Node):
 
     def signal_job(self, job: int, targets: set[int], sig: int) -> None:
         """Send a signal to every process of a job, on every node that runs it."""
-        self.start_op(self.next_op_id(), "signal", {"job": job, "sig": sig}, targets, lambda *_: None)
+        self.start_op(self.next_op_id(), "signal", SignalBody(job=job, sig=sig).wire(), targets, lambda *_: None)
 
 
 def _record_order(item: list[Any]) -> tuple[int, int, int]:
@@ -567,7 +582,7 @@ class _Flow:
             self.m.spawn(self._release(targets))
 
     def _hold(self, targets: set[int], on: bool) -> None:
-        body = {"job": self.job, "on": on}
+        body = HoldBody(job=self.job, on=on).wire()
         self.m.start_op(self.m.next_op_id(), "hold", body, targets, lambda *_: None)
 
     async def _release(self, targets: set[int]) -> None:
