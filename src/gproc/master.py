@@ -21,7 +21,7 @@ from gproc import errors, nodespec, peers, platform, wire
 from gproc import ranks as rankset
 from gproc.errors import GprocError, ProtocolError, RegistrationError, UsageError
 from gproc.messages import Body, LateMsg, Selected, convert
-from gproc.overlay import ID_RE, NAME_RE, Link, Node, NodeConfig, TreeLink
+from gproc.overlay import ID_RE, NAME_RE, Link, Node, NodeConfig, Request, TreeLink
 from gproc.platform import PeerCred, peer_credentials
 from gproc.services.base import TICK, Call, ClientRequest, Role, allowed, socket_alive, with_ticks
 from gproc.services.collect import Collector
@@ -448,7 +448,7 @@ class Master(Node):
         record = self.jobs.start(job, cred.uid, argv, self.fold(targets), len(targets), batch, absent_set)
         link.send({"t": "job", "job": job, "n": len(targets), "absent": absent_set})
         done = asyncio.Event()
-        ops: list[Any] = []
+        requests: list[Request] = []
         flow = _Flow(self, link, job)
 
         def emit(groups: list[list[Any]]) -> None:
@@ -460,11 +460,11 @@ class Master(Node):
             link.send({"t": "out", "g": out})
             flow.check(targets)
 
-        op_id = self.next_op_id()
-
         def finish() -> None:
-            self.collectors.pop(op_id, None)
-            record.finish(ops[0].bytes_in if ops else 0, ops[0].frames_in if ops else 0)
+            op = requests[0].op if requests else None
+            if op is not None:
+                self.collectors.pop(op.id, None)
+            record.finish(op.bytes_in if op else 0, op.frames_in if op else 0)
             link.send({"t": "end"})
             done.set()
 
@@ -478,10 +478,6 @@ class Master(Node):
             return back | {r for r in lost if r in rows and rows[r].parent in lost}
 
         results = Collector(emit, finish, self.cfg.reattach_grace, may_return)
-
-        def sink(groups: list[list[Any]], end: bool) -> None:
-            results.add(groups, end)
-
         self.pids.job_started(job, targets)
         if bundle is not None:  # ticks keep the client patient while files go down (minutes on a big tree)
             shipped = await with_ticks(link, self.shipper.distribute(link, job, entries, targets))
@@ -489,14 +485,22 @@ class Master(Node):
             targets, failed = shipped
             body.bundle = bundle
             if failed:
-                sink(failed.to_wire(), not targets)
+                results.add(failed.to_wire(), not targets)
             if not targets:
                 return
-        self.collectors[op_id] = results
-        ops.append(self.start_op(op_id, "exec", body.wire(), targets, sink))
+        request = self.request("exec", body.wire(), targets)
+        requests.append(request)
+        self.collectors[request.op.id] = results
+        # the replies go to the collector whether the client stays or not (a batch job runs on)
+        self.spawn(self._collect(request, results))
         if batch:
             return  # the client has its job id and leaves; the job runs on, its output is kept
-        await self._attend(link, job, ops[0].id, targets, done)
+        await self._attend(link, job, request.op.id, targets, done)
+
+    @staticmethod
+    async def _collect(request: Request, results: Collector) -> None:
+        async for part in request:
+            results.add(part.groups, part.end)
 
     async def _attend(self, link: Link, job: int, op_id: int, targets: set[int], done: asyncio.Event) -> None:
         """While a job runs: forward the client's signals and input, keep the client alive, end with it.
