@@ -50,6 +50,17 @@ class NodeRow:
     children: dict[str, int] = field(default_factory=dict)
 
 
+class AttachCall(Body):
+    """The ``attach`` upward call: node ``name`` (daemon ``instance``, listening at ``addr``) joins
+    under rank ``parent`` through its link ``id`` there (§2, §4)."""
+
+    name: str
+    id: str
+    parent: int
+    instance: str | None = None
+    addr: str | None = None
+
+
 class StatsRequest(Body):
     """``stats``: the master's link counters; ``links``: per tree link too."""
 
@@ -166,13 +177,12 @@ class Master(Node):
             if call is None:
                 raise RegistrationError(f"unknown call {fn[:40]!r}")
             return await call(args)
-        name, nid, parent = args.get("name"), args.get("id"), args.get("parent")
-        if not isinstance(name, str) or not NAME_RE.match(name) or not isinstance(nid, str) or not ID_RE.match(nid):
+        att = convert(args, AttachCall, "attach", RegistrationError)
+        name, nid, parent, instance, addr = att.name, att.id, att.parent, att.instance, att.addr
+        if not NAME_RE.match(name) or not ID_RE.match(nid):
             raise RegistrationError("bad name or id")
-        if not isinstance(parent, int) or (parent != 0 and parent not in self.topo):
+        if parent != 0 and parent not in self.topo:
             raise RegistrationError("retry: unknown parent")
-        instance = args.get("instance") if isinstance(args.get("instance"), str) else None
-        addr = args.get("addr") if isinstance(args.get("addr"), str) else None
         rank = self.state.rank_for(name)
         if rank == parent:
             raise RegistrationError(f"node {name} cannot be its own parent")

@@ -47,7 +47,8 @@ RequestHandler = Callable[[Link, Any, PeerCred], Awaitable[None]]
 declares none) and answers on the link (``ret``, or a stream ending in ``end``)."""
 
 Call = Callable[[dict[str, Any]], Awaitable[Any]]
-"""An upward-call handler (``call`` from a node): returns the result, raises GprocError to refuse."""
+"""An upward-call handler (``call`` from a node): returns the result, raises GprocError to refuse.
+Declare one with its arguments' type: ``typed_call``."""
 
 MessageHandler = Callable[[TreeLink, wire.Message], None]
 
@@ -66,6 +67,18 @@ class ClientRequest(Generic[B]):
 
     def decode(self, fn: str, req: wire.Message) -> B:
         return req if self.body is None else convert(req, self.body, f"{fn} request", UsageError)  # type: ignore[return-value]
+
+
+def typed_call(args: type[B], handler: Callable[[B], Awaitable[Any]]) -> Call:
+    """An upward-call handler that gets the call's arguments as an ``args`` (``messages.Body``),
+    converted where the call reaches the master; arguments that are not one refuse the call with a
+    ProtocolError naming the field (the calling node gets it with its kind, ``errors.from_wire``)."""
+
+    async def call(raw: dict[str, Any]) -> Any:
+        return await handler(convert(raw, args, "call arguments"))
+
+    call.body = args  # type: ignore[attr-defined]
+    return call
 
 
 def typed(body: type[B], handler: Callable[[Op, B], Awaitable[None] | None]) -> Handler:

@@ -46,7 +46,7 @@ from gproc import ranks as rankset
 from gproc.errors import GprocError, RegistrationError, UsageError
 from gproc.messages import Body, Selected
 from gproc.pids import MAX_WANT, BlockTable, GpidSource, NoGpidError, PidConfig, Proc, ProcTable
-from gproc.services.base import ClientRequest, MasterApi, Role, ServiceTable, typed, with_ticks
+from gproc.services.base import ClientRequest, MasterApi, Role, ServiceTable, typed, typed_call, with_ticks
 from gproc.services.jobs import JobService
 
 if TYPE_CHECKING:
@@ -124,6 +124,13 @@ class PsRow(msgspec.Struct, array_like=True):
     time: float
     job: int
     cmd: str
+
+
+class BlocksCall(Body):
+    """The ``blocks`` upward call: gpid blocks for ``rank``, about ``want`` of them."""
+
+    rank: int
+    want: int = 1
 
 
 class KillRequest(Body):
@@ -527,7 +534,7 @@ class MasterProcs:
     def service(self) -> ServiceTable:
         return ServiceTable(
             "procs (master)",
-            calls={"blocks": self._blocks},
+            calls={"blocks": typed_call(BlocksCall, self._blocks)},
             requests={
                 "ps": ClientRequest(self._ps, body=Selected),
                 "kill": ClientRequest(self._kill, body=KillRequest),
@@ -563,9 +570,9 @@ class MasterProcs:
 
     # -- blocks --
 
-    async def _blocks(self, args: dict[str, Any]) -> dict[str, Any]:
-        rank, want = args.get("rank"), args.get("want", 1)
-        if not isinstance(rank, int) or rank not in self.m.topo or not isinstance(want, int):
+    async def _blocks(self, args: BlocksCall) -> dict[str, Any]:
+        rank, want = args.rank, args.want
+        if rank not in self.m.topo:
             raise RegistrationError("bad block request")
         if self._loop is None and self.cfg.collect_every > 0:
             self._loop = self.m.spawn(self._collect_loop())
