@@ -133,6 +133,19 @@ class BlocksCall(Body):
     want: int = 1
 
 
+class PidStat(msgspec.Struct, array_like=True):
+    """One node's allocator in a ``pidstat`` reply: the key ``["n", TAKEN, REQUESTS, WAITED, RESERVE,
+    LIVE, ROUTED]`` (nodes with equal counts merge)."""
+
+    tag: str
+    taken: int
+    requests: int
+    waited: int
+    reserve: int
+    live: int
+    routed: int
+
+
 class KillRequest(Body):
     """``kill``: ``sig`` to the processes ``gpids``, or to every process of ``job`` (§8)."""
 
@@ -464,7 +477,8 @@ class ProcService:
 
     def _pidstat(self, op: Op, b: Body) -> None:
         g = self.gpids
-        op.emit(("n", g.alloc.taken, g.requests, g.waited, g.alloc.reserve, len(self.table.live), self.routed))
+        row = PidStat("n", g.alloc.taken, g.requests, g.waited, g.alloc.reserve, len(self.table.live), self.routed)
+        op.emit(msgspec.structs.astuple(row))
         op.emit(("s", 0, ""))
 
 
@@ -778,10 +792,14 @@ class MasterProcs:
             def on_groups(groups: list[list[Any]]) -> None:
                 for key, enc in groups:
                     if key[0] == "n":
+                        try:
+                            n = msgspec.convert(key, PidStat)
+                        except msgspec.ValidationError:
+                            continue  # a node's malformed row: not counted
                         per.append(
-                            {"nodes": self._name(enc), "count": rankset.count(enc), "taken": key[1],
-                             "requests": key[2], "waited": key[3], "reserve": key[4], "live": key[5],
-                             "routed": key[6]}
+                            {"nodes": self._name(enc), "count": rankset.count(enc), "taken": n.taken,
+                             "requests": n.requests, "waited": n.waited, "reserve": n.reserve, "live": n.live,
+                             "routed": n.routed}
                         )  # fmt: skip
 
             await self._run_op("pidstat", {}, self.m.up_ranks(), on_groups)
