@@ -562,7 +562,7 @@ class Master(Node):
 
     def signal_job(self, job: int, targets: set[int], sig: int) -> None:
         """Send a signal to every process of a job, on every node that runs it."""
-        self.start_op(self.next_op_id(), "signal", SignalBody(job=job, sig=sig).wire(), targets, lambda *_: None)
+        self.request("signal", SignalBody(job=job, sig=sig).wire(), targets)  # its answers are not awaited
 
 
 def _record_order(item: list[Any]) -> tuple[int, int, int]:
@@ -597,7 +597,7 @@ class _Flow:
 
     def _hold(self, targets: set[int], on: bool) -> None:
         body = HoldBody(job=self.job, on=on).wire()
-        self.m.start_op(self.m.next_op_id(), "hold", body, targets, lambda *_: None)
+        self.m.request("hold", body, targets)  # its answers are not awaited
 
     async def _release(self, targets: set[int]) -> None:
         link = self.link
