@@ -1,11 +1,17 @@
 """docs/protocol.md is the contract: every message type, op kind, client request and upward call the
-code names is in its index (§0), and its version is the code's."""
+code names is in its index (§0), so is every typed body, request and reply (``messages.Body`` and the
+other msgspec Structs of gproc), and its version is the code's."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 from pathlib import Path
 
+import msgspec
+
+import gproc
 from gproc import wire
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +36,7 @@ def names_in_code() -> dict[str, set[str]]:
     code = _code()
     requests: set[str] = set()
     for args in re.findall(r"requests\.update\(([^)]*)\)", code):
-        requests |= _named(r"(\w+)=", args)
+        requests |= _named(r"(\w+)=ClientRequest", args)
     calls = _named(r'calls\["([\w.]+)"\]', code) | _named(r'call_up\(\s*"([\w.]+)"', code)
     for args in re.findall(r"calls\.update\(([^)]*)\)", code):
         calls |= _named(r'"([\w.]+)":', args)
@@ -67,6 +73,30 @@ def test_every_name_the_code_uses_is_in_the_index() -> None:
     index = _index()
     missing = {what: sorted(n for n in names if f"`{n}`" not in index) for what, names in names_in_code().items()}
     assert not any(missing.values()), f"not in docs/protocol.md §0: {missing}"
+
+
+def message_types() -> set[type]:
+    """Every msgspec Struct gproc defines (op bodies, client requests, reply rows), every module imported."""
+    for mod in pkgutil.walk_packages(gproc.__path__, "gproc."):
+        if not mod.name.endswith("__main__"):
+            importlib.import_module(mod.name)
+    out: set[type] = set()
+    todo: list[type] = [msgspec.Struct]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            todo.append(sub)
+            if sub.__module__.startswith("gproc."):
+                out.add(sub)
+    return out
+
+
+def test_every_message_type_is_in_the_index() -> None:
+    types = message_types()
+    assert {"ExecBody", "ExecRequest", "PsRow", "KillBody", "Selected"} <= {t.__name__ for t in types}
+    index = _index()
+    missing = sorted(t.__name__ for t in types if f"`{t.__name__}`" not in index)
+    assert not missing, f"types not in docs/protocol.md §0: {missing}"
 
 
 def test_the_document_speaks_the_code_s_version() -> None:

@@ -20,11 +20,12 @@ from ClusterShell.NodeSet import NodeSet
 from gproc import certs, errors, nodespec, peers, platform, wire
 from gproc import ranks as rankset
 from gproc.errors import AuthError, GprocError, ProtocolError, RegistrationError, UsageError
-from gproc.messages import LateMsg
-from gproc.overlay import ID_RE, NAME_RE, Link, Node, NodeConfig, TreeLink
+from gproc.messages import Body, LateMsg, Selected, convert
+from gproc.overlay import ID_RE, NAME_RE, Link, Node, NodeConfig, Request, TreeLink
 from gproc.platform import PeerCred, peer_credentials
 from gproc.services.base import TICK, Call, ClientRequest, Role, allowed, socket_alive, with_ticks
 from gproc.services.collect import Collector
+from gproc.services.execute import ExecBody, HoldBody, SignalBody
 from gproc.services.jobs import JobStore
 from gproc.services.procs import MasterProcs
 from gproc.services.ship import Shipper
@@ -47,6 +48,36 @@ class NodeRow:
     state: str = "up"
     since: float = field(default_factory=time.time)
     children: dict[str, int] = field(default_factory=dict)
+
+
+class AttachCall(Body):
+    """The ``attach`` upward call: node ``name`` (daemon ``instance``, listening at ``addr``) joins
+    under rank ``parent`` through its link ``id`` there (§2, §4)."""
+
+    name: str
+    id: str
+    parent: int
+    instance: str | None = None
+    addr: str | None = None
+
+
+class StatsRequest(Body):
+    """``stats``: the master's link counters; ``links``: per tree link too."""
+
+    links: bool = False
+
+
+class ExecRequest(Selected, kw_only=True):
+    """``exec``: run ``argv`` on the selected nodes (§6)."""
+
+    argv: list[str]
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    timeout: float | None = None
+    batch: bool = False  # the client leaves once it has the job id; the output is kept
+    gather: bool = False  # one merged reply at the end (-b)
+    stdin: bool = False  # the client streams input (``in``)
+    bundle: dict[str, Any] | None = None  # files to ship first (checked by ``Shipper.check``)
 
 
 class _TreeView:
@@ -147,13 +178,12 @@ class Master(Node):
             if call is None:
                 raise RegistrationError(f"unknown call {fn[:40]!r}")
             return await call(args)
-        name, nid, parent = args.get("name"), args.get("id"), args.get("parent")
-        if not isinstance(name, str) or not NAME_RE.match(name) or not isinstance(nid, str) or not ID_RE.match(nid):
+        att = convert(args, AttachCall, "attach", RegistrationError)
+        name, nid, parent, instance, addr = att.name, att.id, att.parent, att.instance, att.addr
+        if not NAME_RE.match(name) or not ID_RE.match(nid):
             raise RegistrationError("bad name or id")
-        if not isinstance(parent, int) or (parent != 0 and parent not in self.topo):
+        if parent != 0 and parent not in self.topo:
             raise RegistrationError("retry: unknown parent")
-        instance = args.get("instance") if isinstance(args.get("instance"), str) else None
-        addr = args.get("addr") if isinstance(args.get("addr"), str) else None
         serial = self._check_identity(args, parent) if self.identity is not None else None
         rank = self.state.rank_for(name)
         if rank == parent:
@@ -329,7 +359,7 @@ class Master(Node):
             if entry is None:
                 raise UsageError(f"unknown request {fn[:40]!r}")
             allowed(entry.role, cred, entry.what or f"make the {fn} request")
-            await entry.handler(link, req, cred)
+            await entry.handler(link, entry.decode(fn, req), cred)
         except GprocError as e:
             link.send({"t": "error", **errors.to_wire(e)})
         except (EOFError, OSError, TimeoutError) as e:
@@ -341,31 +371,31 @@ class Master(Node):
     def _register_requests(self) -> None:
         """Client requests by name; services add theirs to ``self.requests``."""
 
-        async def info(link: Link, req: wire.Message, cred: PeerCred) -> None:
+        async def info(link: Link, req: Body, cred: PeerCred) -> None:
             link.send({"t": "ret", "r": {"master": self.cfg.name, "nodes": self.info_rows()}})
 
-        async def select(link: Link, req: wire.Message, cred: PeerCred) -> None:
+        async def select(link: Link, req: Selected, cred: PeerCred) -> None:
             sel, absent = self.selection(req)
             names = sorted(self.topo[r].name for r in sel)
             link.send({"t": "ret", "r": {"names": names, "absent": sorted(absent)}})
 
-        async def stats(link: Link, req: wire.Message, cred: PeerCred) -> None:
+        async def stats(link: Link, req: StatsRequest, cred: PeerCred) -> None:
             r = self.stats()
-            if req.get("links"):
+            if req.links:
                 r["links"] = await self.link_counters()
             link.send({"t": "ret", "r": r})
 
-        async def shutdown(link: Link, req: wire.Message, cred: PeerCred) -> None:
+        async def shutdown(link: Link, req: Body, cred: PeerCred) -> None:
             link.send({"t": "ret", "r": {"ok": True}})
             self.spawn(self.shutdown_tree())
 
         self.requests.update(
-            info=ClientRequest(info),
-            select=ClientRequest(select),
-            stats=ClientRequest(stats),
-            shutdown=ClientRequest(shutdown, Role.OWNER, "shut the tree down"),
-            ping=ClientRequest(self._ping),
-            exec=ClientRequest(self._exec),
+            info=ClientRequest(info, body=Body),
+            select=ClientRequest(select, body=Selected),
+            stats=ClientRequest(stats, body=StatsRequest),
+            shutdown=ClientRequest(shutdown, Role.OWNER, "shut the tree down", body=Body),
+            ping=ClientRequest(self._ping, body=Selected),
+            exec=ClientRequest(self._exec, body=ExecRequest),
         )
 
     def stats(self) -> dict[str, Any]:
@@ -409,16 +439,15 @@ class Master(Node):
                     )  # fmt: skip
         return rows
 
-    def selection(self, req: wire.Message) -> tuple[set[int], set[str]]:
-        spec, inc, exc = req.get("nodes"), req.get("w"), req.get("x")
-        for v in (spec, inc, exc):
-            if v is not None and not isinstance(v, str):
-                raise UsageError("node selection must be a string")
-        return self.select(spec, inc, exc)
+    def selection(self, req: Selected | wire.Message) -> tuple[set[int], set[str]]:
+        """The ranks a request selects (and the names it asks for that are absent)."""
+        if not isinstance(req, Selected):
+            req = convert(req, Selected, "node selection", UsageError)
+        return self.select(req.nodes, req.w, req.x)
 
-    async def _ping(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+    async def _ping(self, link: Link, req: Selected, cred: PeerCred) -> None:
         """A no-op through the tree to every selected node (all nodes by default)."""
-        if req.get("nodes") or req.get("w"):
+        if req.nodes or req.w:
             targets, _ = self.selection(req)
         else:
             targets = self.up_ranks()
@@ -435,37 +464,33 @@ class Master(Node):
             }
         )
 
-    async def _exec(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
-        argv, env, cwd = req.get("argv"), req.get("env", {}), req.get("cwd")
-        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+    async def _exec(self, link: Link, req: ExecRequest, cred: PeerCred) -> None:
+        argv, batch, bundle = req.argv, req.batch, req.bundle
+        if not argv:
             raise UsageError("no command given")
-        if not isinstance(env, dict):
-            raise UsageError("bad environment")
-        timeout = req.get("timeout")
-        batch = req.get("batch") is True
         targets, absent = self.selection(req)
-        bundle = req.get("bundle")
         entries = self.shipper.check(bundle) if bundle is not None else []
         job = self.pids.next_id()
-        body = {
-            "argv": argv,
-            "env": env,
-            "cwd": cwd if isinstance(cwd, str) else None,
-            "uid": cred.uid,
-            "gid": cred.gid,
-            "timeout": timeout if isinstance(timeout, (int, float)) else None,
-            "job": job,
-            "nnodes": len(targets),
-            "gather": req.get("gather") is True,
-            "pgpid": link.peer.get("pgpid", 0),  # the gpid of the process that asked (relayed from a job)
-            "stdin": req.get("stdin") is True and not batch,  # a batch job's input is empty
-            "redeliver": True,  # nodes keep what they send up, to send it again after re-attaching
-        }
+        pgpid = link.peer.get("pgpid", 0)  # the gpid of the process that asked (relayed from a job)
+        body = ExecBody(
+            argv=argv,
+            env=req.env,
+            cwd=req.cwd,
+            uid=cred.uid,
+            gid=cred.gid,
+            timeout=req.timeout,
+            job=job,
+            nnodes=len(targets),
+            gather=req.gather,
+            pgpid=pgpid if isinstance(pgpid, int) else 0,
+            stdin=req.stdin and not batch,  # a batch job's input is empty
+            redeliver=True,  # nodes keep what they send up, to send it again after re-attaching
+        )
         absent_set = str(NodeSet.fromlist(sorted(absent)))
         record = self.jobs.start(job, cred.uid, argv, self.fold(targets), len(targets), batch, absent_set)
         link.send({"t": "job", "job": job, "n": len(targets), "absent": absent_set})
         done = asyncio.Event()
-        ops: list[Any] = []
+        requests: list[Request] = []
         flow = _Flow(self, link, job)
 
         def emit(groups: list[list[Any]]) -> None:
@@ -477,11 +502,11 @@ class Master(Node):
             link.send({"t": "out", "g": out})
             flow.check(targets)
 
-        op_id = self.next_op_id()
-
         def finish() -> None:
-            self.collectors.pop(op_id, None)
-            record.finish(ops[0].bytes_in if ops else 0, ops[0].frames_in if ops else 0)
+            op = requests[0].op if requests else None
+            if op is not None:
+                self.collectors.pop(op.id, None)
+            record.finish(op.bytes_in if op else 0, op.frames_in if op else 0)
             link.send({"t": "end"})
             done.set()
 
@@ -495,25 +520,29 @@ class Master(Node):
             return back | {r for r in lost if r in rows and rows[r].parent in lost}
 
         results = Collector(emit, finish, self.cfg.reattach_grace, may_return)
-
-        def sink(groups: list[list[Any]], end: bool) -> None:
-            results.add(groups, end)
-
         self.pids.job_started(job, targets)
         if bundle is not None:  # ticks keep the client patient while files go down (minutes on a big tree)
             shipped = await with_ticks(link, self.shipper.distribute(link, job, entries, targets))
             assert shipped is not None  # None only when a client leaving is watched for
             targets, failed = shipped
-            body["bundle"] = bundle
+            body.bundle = bundle
             if failed:
-                sink(failed.to_wire(), not targets)
+                results.add(failed.to_wire(), not targets)
             if not targets:
                 return
-        self.collectors[op_id] = results
-        ops.append(self.start_op(op_id, "exec", body, targets, sink))
+        request = self.request("exec", body.wire(), targets)
+        requests.append(request)
+        self.collectors[request.op.id] = results
+        # the replies go to the collector whether the client stays or not (a batch job runs on)
+        self.spawn(self._collect(request, results))
         if batch:
             return  # the client has its job id and leaves; the job runs on, its output is kept
-        await self._attend(link, job, ops[0].id, targets, done)
+        await self._attend(link, job, request.op.id, targets, done)
+
+    @staticmethod
+    async def _collect(request: Request, results: Collector) -> None:
+        async for part in request:
+            results.add(part.groups, part.end)
 
     async def _attend(self, link: Link, job: int, op_id: int, targets: set[int], done: asyncio.Event) -> None:
         """While a job runs: forward the client's signals and input, keep the client alive, end with it.
@@ -565,7 +594,7 @@ class Master(Node):
 
     def signal_job(self, job: int, targets: set[int], sig: int) -> None:
         """Send a signal to every process of a job, on every node that runs it."""
-        self.start_op(self.next_op_id(), "signal", {"job": job, "sig": sig}, targets, lambda *_: None)
+        self.request("signal", SignalBody(job=job, sig=sig).wire(), targets)  # its answers are not awaited
 
 
 def _record_order(item: list[Any]) -> tuple[int, int, int]:
@@ -599,8 +628,8 @@ class _Flow:
             self.m.spawn(self._release(targets))
 
     def _hold(self, targets: set[int], on: bool) -> None:
-        body = {"job": self.job, "on": on}
-        self.m.start_op(self.m.next_op_id(), "hold", body, targets, lambda *_: None)
+        body = HoldBody(job=self.job, on=on).wire()
+        self.m.request("hold", body, targets)  # its answers are not awaited
 
     async def _release(self, targets: set[int]) -> None:
         link = self.link

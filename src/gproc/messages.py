@@ -13,17 +13,61 @@ so the overlay's handlers work on fields that are known to be right. See docs/se
   its kind (``errors.from_wire``).
 
 Malformed messages raise ProtocolError, which closes that one link.
+
+What travels inside them, an op's body (``b``) and a client's request (``req``), is typed too: one
+``Body`` subclass per op kind and per client request, declared by the service that handles it next to
+its handler and decoded at the one point where the message enters (``services.base.typed`` for ops,
+``Master.serve_client`` for requests, both through ``convert``). msgspec Structs, not dataclasses:
+converting an ``exec`` body (80 environment variables) costs 2.6-3.0 µs, checking it by hand with
+``.get``/``isinstance`` 3.7-6.3 µs, a dataclass built after those checks 6.4-7.6 µs
+(bench/typed_decode.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
 
 from gproc import errors, wire
 from gproc import ranks as rankset
 from gproc.errors import GprocError, ProtocolError
 from gproc.reduce import Reducer, from_spec
+
+B = TypeVar("B", bound="Body")
+
+
+class Body(msgspec.Struct, kw_only=True):
+    """An op body or a client request: fields by name, each of the type it is declared with.
+
+    Fields a receiver does not know are ignored (a request's ``t`` and ``fn``, a newer peer's
+    additions); a missing field without a default, or one of another type, makes ``convert`` fail."""
+
+    def wire(self) -> dict[str, Any]:
+        """The body as the map that travels (shallow: nested values are plain data already)."""
+        return msgspec.structs.asdict(self)
+
+
+class Selected(Body):
+    """A request that selects nodes: a tree path (``nodes``), node sets included (``w``) and
+    excluded (``x``), resolved against the live tree by the master (``Master.select``)."""
+
+    nodes: str | None = None
+    w: str | None = None
+    x: str | None = None
+
+    @property
+    def selects(self) -> bool:
+        return bool(self.nodes or self.w or self.x)
+
+
+def convert(raw: Any, kind: type[B], what: str, error: type[GprocError] = ProtocolError) -> B:
+    """``raw`` (a decoded map) as a ``kind``; ``error`` naming ``what`` and the bad field if it is not one."""
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as e:
+        raise error(f"bad {what}: {e}") from None
 
 
 @dataclass(slots=True)

@@ -815,6 +815,7 @@ class Node:
         self.upward: dict[int, Upward] = {}  # op id -> what went up for it, oldest first (``_journal``)
         self.relayed: collections.deque[tuple[float, int, wire.Message]] = collections.deque()  # (when, size, late)
         self.relayed_bytes = 0
+        self._journal_swept = 0.0  # when ``_journal`` last let expired entries go
         self.handlers: dict[str, Handler] = {}
         self.reducers: dict[str, Reducer[Any]] = {}  # op kind -> the reducer its requests use by default
         # messages that services handle: from the parent (down) and from children (up)
@@ -1363,9 +1364,11 @@ class Node:
         """A new ``Upward`` for an op; the oldest are let go beyond ``JOURNAL_OPS`` or ``JOURNAL_KEEP``
         (ended ones first; a running one evicted keeps only its statuses)."""
         now = time.monotonic()
-        for k, old in list(self.upward.items()):
-            if old.ended and now - old.ended_at > JOURNAL_KEEP:
-                del self.upward[k]
+        if now >= self._journal_swept + 1.0:  # not per op: ops come by the thousand on a busy node
+            self._journal_swept = now
+            for k, old in list(self.upward.items()):
+                if old.ended and now - old.ended_at > JOURNAL_KEEP:
+                    del self.upward[k]
         while len(self.upward) >= JOURNAL_OPS:
             k = next((k for k, u in self.upward.items() if u.ended), next(iter(self.upward)))
             self.upward.pop(k).evict()

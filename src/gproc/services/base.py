@@ -19,15 +19,17 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from gproc import wire
 from gproc.errors import UsageError
-from gproc.overlay import Handler, Link, Node, Request, TreeLink
+from gproc.messages import Body, Selected, convert
+from gproc.overlay import Handler, Link, Node, Op, Request, TreeLink
 from gproc.platform import PeerCred
 from gproc.reduce import Reducer
 
 T = TypeVar("T")
+B = TypeVar("B", bound=Body)
 
 TICK = 5.0  # keep-alive sent to a waiting client while the tree has nothing to say
 
@@ -40,20 +42,55 @@ class Role(enum.Enum):
     ROOT = "root"
 
 
-RequestHandler = Callable[[Link, wire.Message, PeerCred], Awaitable[None]]
-"""A client request handler: answers on the link (``ret``, or a stream ending in ``end``)."""
+RequestHandler = Callable[[Link, Any, PeerCred], Awaitable[None]]
+"""A client request handler: gets the request as its ``ClientRequest.body`` type (the raw map when it
+declares none) and answers on the link (``ret``, or a stream ending in ``end``)."""
 
 Call = Callable[[dict[str, Any]], Awaitable[Any]]
-"""An upward-call handler (``call`` from a node): returns the result, raises GprocError to refuse."""
+"""An upward-call handler (``call`` from a node): returns the result, raises GprocError to refuse.
+Declare one with its arguments' type: ``typed_call``."""
 
 MessageHandler = Callable[[TreeLink, wire.Message], None]
 
 
 @dataclass(frozen=True)
-class ClientRequest:
-    handler: RequestHandler
+class ClientRequest(Generic[B]):
+    """A client request: its handler, who may make it, and its type (``messages.Body``), into which
+    ``Master.serve_client`` converts the request before the handler sees it; a request that is not
+    one is answered with a UsageError naming the bad field. ``body`` None: the handler gets the map
+    (for services not yet typed)."""
+
+    handler: Callable[[Link, B, PeerCred], Awaitable[None]]
     role: Role = Role.ANY
     what: str = ""  # what a refused caller is told they may not do ("shut the tree down")
+    body: type[B] | None = None
+
+    def decode(self, fn: str, req: wire.Message) -> B:
+        return req if self.body is None else convert(req, self.body, f"{fn} request", UsageError)  # type: ignore[return-value]
+
+
+def typed_call(args: type[B], handler: Callable[[B], Awaitable[Any]]) -> Call:
+    """An upward-call handler that gets the call's arguments as an ``args`` (``messages.Body``),
+    converted where the call reaches the master; arguments that are not one refuse the call with a
+    ProtocolError naming the field (the calling node gets it with its kind, ``errors.from_wire``)."""
+
+    async def call(raw: dict[str, Any]) -> Any:
+        return await handler(convert(raw, args, "call arguments"))
+
+    call.body = args  # type: ignore[attr-defined]
+    return call
+
+
+def typed(body: type[B], handler: Callable[[Op, B], Awaitable[None] | None]) -> Handler:
+    """An op handler that gets the op's body as a ``body`` (``messages.Body``): the one point where an
+    op's body is decoded on a node. A body that is not one fails the op on this node with the status
+    ``("s", 255, "bad KIND body: …")`` (``Node._run_local``); the node carries on."""
+
+    def run(op: Op) -> Awaitable[None] | None:
+        return handler(op, convert(op.body, body, f"{op.kind[:40]} body"))
+
+    run.body = body  # type: ignore[attr-defined]  # for docs and tests: which type the op takes
+    return run
 
 
 @dataclass
@@ -154,7 +191,7 @@ class MasterApi(Protocol):
 
     def fold_intervals(self, enc: list[int]) -> str: ...
 
-    def selection(self, req: wire.Message) -> tuple[set[int], set[str]]: ...
+    def selection(self, req: Selected | wire.Message) -> tuple[set[int], set[str]]: ...
 
     async def serve_client(self, link: Link, req: wire.Message, cred: PeerCred) -> None: ...
 

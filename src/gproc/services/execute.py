@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from gproc import platform
 from gproc.errors import StagingError
-from gproc.services.base import ServiceTable
+from gproc.messages import Body
+from gproc.services.base import ServiceTable, typed
 
 if TYPE_CHECKING:
     from gproc.overlay import Node, Op
@@ -35,6 +36,38 @@ MAX_LINE = 1 << 20  # a line longer than this goes up in pieces (frames stay far
 HELD_POLL = 0.05  # how often a held job looks whether its client caught up
 EXIT_GRACE = 2.0  # how long output pipes are read after the command exited (background children)
 CANNOT_RUN = (errno.EACCES, errno.EISDIR, errno.ENOEXEC, errno.EPERM, errno.ENOTDIR)  # exit 126, as a shell
+
+
+class ExecBody(Body):
+    """The ``exec`` op: run ``argv`` as ``uid``/``gid`` (§5, §6)."""
+
+    argv: list[str]
+    env: dict[str, str]
+    uid: int
+    gid: int
+    job: int  # the job id (not the op's id): ``signal`` and ``hold`` name the job by it
+    cwd: str | None = None
+    timeout: float | None = None
+    nnodes: int = 1
+    gather: bool = False
+    pgpid: int = 0  # the gpid of the process that started the job (0: a client)
+    stdin: bool = False
+    redeliver: bool = False
+    bundle: dict[str, Any] | None = None  # what to stage (None: the node's own program, -localbin)
+
+
+class SignalBody(Body):
+    """The ``signal`` op: ``sig`` to every process of ``job`` on this node."""
+
+    job: int
+    sig: int
+
+
+class HoldBody(Body):
+    """The ``hold`` op: stop (``on``) or resume reading ``job``'s output."""
+
+    job: int
+    on: bool
 
 
 class SpawnGate:
@@ -85,68 +118,58 @@ class ExecService:
 
     def service(self) -> ServiceTable:
         return ServiceTable(
-            "exec", ops={"exec": self.run, "signal": self.signal, "hold": self.hold}, stop=self.kill_all
-        )
+            "exec",
+            ops={"exec": typed(ExecBody, self.run), "signal": typed(SignalBody, self.signal),
+                 "hold": typed(HoldBody, self.hold)},
+            stop=self.kill_all,
+        )  # fmt: skip
 
     def kill_all(self) -> None:
         for proc in self.jobs.values():
             proc.signal_group(signal.SIGKILL)
 
-    async def signal(self, op: Op) -> None:
-        job, sig = op.body.get("job"), op.body.get("sig")
-        if not isinstance(job, int) or not isinstance(sig, int) or not 0 <= sig < 65:
+    def signal(self, op: Op, b: SignalBody) -> None:
+        if not 0 <= b.sig < 65:
             op.emit(("s", 2, "bad signal request"))
             return
-        proc = self.jobs.get(job)
-        op.emit(("s", 0 if proc is not None and proc.signal_group(sig) else 1, ""))
+        proc = self.jobs.get(b.job)
+        op.emit(("s", 0 if proc is not None and proc.signal_group(b.sig) else 1, ""))
 
-    def hold(self, op: Op) -> None:
+    def hold(self, op: Op, b: HoldBody) -> None:
         """Stop (``on``) or resume reading a job's output: the master holds a job whose client does not
         keep up, so the programs block on their full pipes instead of output piling up anywhere."""
-        job, on = op.body.get("job"), op.body.get("on")
-        if not isinstance(job, int) or not isinstance(on, bool):
-            op.emit(("s", 2, "bad hold request"))
-            return
-        if on:  # even before the job's program started here; the master always releases what it held
+        job = b.job
+        if b.on:  # even before the job's program started here; the master always releases what it held
             self.held.add(job)
         else:
             self.held.discard(job)
         op.emit(("s", 0, ""))
 
-    async def run(self, op: Op) -> None:
-        b = op.body
-        argv, cwd, env = b.get("argv"), b.get("cwd"), b.get("env")
-        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+    async def run(self, op: Op, b: ExecBody) -> None:
+        argv, cwd, env, uid, gid = b.argv, b.cwd, b.env, b.uid, b.gid
+        if not argv:
             op.emit(("s", 255, "bad command"))
-            return
-        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            op.emit(("s", 255, "bad environment"))
-            return
-        uid, gid = b.get("uid"), b.get("gid")
-        if not isinstance(uid, int) or not isinstance(gid, int):
-            op.emit(("s", 255, "request carries no user"))
             return
         euid = os.geteuid()
         if euid != 0 and uid != euid:
             op.emit(("s", 255, f"node daemon runs as uid {euid} and cannot run jobs for uid {uid}"))
             return
         node = self.node
-        job = b["job"] if isinstance(b.get("job"), int) else op.id  # a job id, not the op's
-        parent = b["pgpid"] if isinstance(b.get("pgpid"), int) else 0
+        job, parent = b.job, b.pgpid
         gpid = await self.procs.allocate()  # from the node's block: waits only if it holds none
         env = {
             **env,
             "GPROC_NAME": node.cfg.name,
             "GPROC_RANK": str(node.rank),
             "GPROC_JOBID": str(job),
-            "GPROC_NNODES": str(b.get("nnodes", 1)),
+            "GPROC_NNODES": str(b.nnodes),
             **self.procs.job_env(gpid, parent),
         }
-        want_stdin = b.get("stdin") is True
+        want_stdin = b.stdin
         await self.gate.wait()
         try:
-            if b.get("bundle") is None:  # -localbin without files: the node's own program, as the seed
-                workdir = cwd if isinstance(cwd, str) and cwd.startswith("/") else None
+            if b.bundle is None:  # -localbin without files: the node's own program, as the seed
+                workdir = cwd if cwd is not None and cwd.startswith("/") else None
                 groups = platform.user_groups(uid, gid)
                 proc = platform.spawn(
                     argv,
@@ -160,14 +183,14 @@ class ExecService:
                     make_cwd=True,  # the client's directory, made as the job's user when missing
                 )
             else:
-                proc = await self.stage.start(job, b["bundle"], argv, env, uid, gid, stdin=want_stdin)
+                proc = await self.stage.start(job, b.bundle, argv, env, uid, gid, stdin=want_stdin)
         except StagingError as e:
             op.emit(("s", 255, f"staging failed: {e}"))
             return
         except OSError as e:
             # the node's own program (-localbin) that cannot start ends as in a shell (127 not found,
             # 126 cannot run); a shipped one that cannot start is the node's failure (255)
-            own = b.get("bundle") is None
+            own = b.bundle is None
             code = 255 if not own else 127 if e.errno == errno.ENOENT else 126 if e.errno in CANNOT_RUN else 255
             op.emit(("s", code, f"cannot run {argv[0]}: {e.strerror or e}"))
             return
@@ -181,7 +204,7 @@ class ExecService:
         output: OutputReader | None = None
         try:
             output = OutputReader(op, [(proc.stdout, STDOUT), (proc.stderr, STDERR)], lambda: job in self.held)
-            status, error = await self._wait(proc, b.get("timeout"))
+            status, error = await self._wait(proc, b.timeout)
             self.stdin.detach(op.id)
             await output.finished(EXIT_GRACE)
             output.stop()  # a background child may still hold a pipe: what it said so far goes first

@@ -31,16 +31,19 @@ import itertools
 import os
 import pwd
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from gproc import platform, wire
+import msgspec
+
+from gproc import platform
 from gproc import ranks as rankset
 from gproc.bundle import CHUNK
 from gproc.errors import GprocError, StagingError, UsageError
 from gproc.groups import freeze
+from gproc.messages import Body, Selected
 from gproc.reduce import Avg, Hist, Max, Min, Names, Reducer, Sum
 from gproc.services import fileio
-from gproc.services.base import ClientRequest, MasterApi, ServiceTable, with_ticks
+from gproc.services.base import ClientRequest, MasterApi, ServiceTable, typed, with_ticks
 from gproc.store import Store, parse_manifest
 
 if TYPE_CHECKING:
@@ -105,18 +108,132 @@ async def as_user(
     return answer
 
 
-def _creds(op: Op) -> tuple[int, int]:
-    uid, gid = op.body.get("uid"), op.body.get("gid")
-    if not isinstance(uid, int) or not isinstance(gid, int) or uid < 0 or gid < 0:
-        raise StagingError("bad credentials in a file operation")
-    return uid, gid
+# ---- op bodies and client requests ------------------------------------------------------------------
+
+Id = Annotated[int, msgspec.Meta(ge=0)]
+Paths = Annotated[list[str], msgspec.Meta(min_length=1)]
 
 
-def _paths(op: Op) -> list[str]:
-    paths = op.body.get("paths")
-    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
-        raise StagingError("bad paths in a file operation")
-    return paths
+class AsUser(Body):
+    """What every files op carries: the caller, whose rights the node acts with."""
+
+    uid: Id
+    gid: Id
+
+
+class ReadBody(AsUser, kw_only=True):
+    """The ``fread`` op: each path's content (a number each, with a numeric reducer)."""
+
+    paths: Paths
+
+
+class StatBody(ReadBody, kw_only=True):
+    """The ``fstat`` op: each path's facts (its ``field``, with a numeric reducer)."""
+
+    field: str = "size"
+
+
+class LinesBody(ReadBody, kw_only=True):
+    """The ``flines`` op: lines matching ``pattern`` (grep), or the ``last`` lines (tail -n)."""
+
+    pattern: str | None = None
+    last: int | None = None
+    ignore_case: bool = False
+    invert: bool = False
+
+
+class FollowBody(ReadBody, kw_only=True):
+    """The ``ffollow`` op: the ``last`` lines of the first path, then those appended (tail -f)."""
+
+    last: int = 10
+
+
+class UnfollowBody(Body):
+    """The ``funfollow`` op: end the ``ffollow`` op ``op`` here."""
+
+    op: int
+
+
+class WalkBody(ReadBody, kw_only=True):
+    """The ``fwalk`` op: each path's tree (``recursive``) with a SHA-256 per file."""
+
+    recursive: bool = False
+
+
+class ListBody(ReadBody, kw_only=True):
+    """The ``flist`` op: one path's names with their attributes (``names``: false, only the path's
+    own), into the ``names`` reducer."""
+
+    names: bool = True
+
+
+class GetBody(AsUser, kw_only=True):
+    """The ``fget`` op: ``n`` bytes at offset ``o`` of ``rel`` under ``path``."""
+
+    path: str
+    rel: str
+    o: int
+    n: int
+
+
+class InstallBody(AsUser, kw_only=True):
+    """The ``finstall`` op: write the shipped ``tree`` (a manifest, ``store.parse_manifest``) at
+    ``dest``, with each entry's ``meta`` (``[mtime, uid, gid]``); ``owner``: keep those owners."""
+
+    dest: str
+    tree: list[Any]
+    meta: dict[str, Any]
+    owner: bool = False
+
+
+class FilesRequest(Selected, kw_only=True):
+    """``files``: ``cat`` or ``stat`` (``what``) of paths, reduced with ``agg`` (§10.1)."""
+
+    what: str
+    paths: list[str]
+    agg: str = "equiv"
+    edges: list[int | float] | None = None
+    field: str = "size"
+
+
+class ListRequest(Selected, kw_only=True):
+    """``list``: one directory on the selected nodes, the union of their names (§10.1)."""
+
+    paths: list[str]
+    names: bool = True
+
+
+class LinesRequest(Selected, kw_only=True):
+    """``lines``: grep (``pattern``) or tail -n (``last``) on the selected nodes."""
+
+    paths: list[str]
+    pattern: str | None = None
+    last: int | None = None
+    ignore_case: bool = False
+    invert: bool = False
+
+
+class FollowRequest(Selected, kw_only=True):
+    """``follow``: tail -f of one path on the selected nodes."""
+
+    paths: list[str]
+    last: int = 10
+
+
+class GatherRequest(Selected, kw_only=True):
+    """``gather``: the selected nodes' copies of paths, to the client."""
+
+    paths: list[str]
+    recursive: bool = False
+
+
+class CpRequest(Selected, kw_only=True):
+    """``cp``: ship ``tree`` (with ``meta``) to the selected nodes and install it at ``dest``."""
+
+    tree: list[Any]
+    meta: dict[str, Any]
+    dest: str
+    owner: bool = False
 
 
 class FileService:
@@ -129,15 +246,15 @@ class FileService:
 
     def service(self) -> ServiceTable:
         ops: dict[str, Handler] = {
-            "fread": self.fread,
-            "fstat": self.fstat,
-            "finstall": self.finstall,
-            "fwalk": self.fwalk,
-            "fget": self.fget,
-            "flines": self.flines,
-            "ffollow": self.ffollow,
-            "funfollow": self.funfollow,
-            "flist": self.flist,
+            "fread": typed(ReadBody, self.fread),
+            "fstat": typed(StatBody, self.fstat),
+            "finstall": typed(InstallBody, self.finstall),
+            "fwalk": typed(WalkBody, self.fwalk),
+            "fget": typed(GetBody, self.fget),
+            "flines": typed(LinesBody, self.flines),
+            "ffollow": typed(FollowBody, self.ffollow),
+            "funfollow": typed(UnfollowBody, self.funfollow),
+            "flist": typed(ListBody, self.flist),
         }
         return ServiceTable("files", ops=ops)
 
@@ -148,10 +265,10 @@ class FileService:
             op.emit(("e", template, str(e)))
             return None
 
-    async def fread(self, op: Op) -> None:
-        uid, gid = _creds(op)
+    async def fread(self, op: Op, b: ReadBody) -> None:
+        uid, gid = b.uid, b.gid
         numeric = op.reducer is not None
-        for template in _paths(op):
+        for template in b.paths:
             path = self._where(op, template)
             if path is None:
                 continue
@@ -166,10 +283,9 @@ class FileService:
                 except (ValueError, UnicodeDecodeError):
                     op.emit(("e", template, f"{template}: not a number: {r['data'][:40]!r}"))
 
-    async def fstat(self, op: Op) -> None:
-        uid, gid = _creds(op)
-        field = op.body.get("field", "size")
-        for template in _paths(op):
+    async def fstat(self, op: Op, b: StatBody) -> None:
+        uid, gid, field = b.uid, b.gid, b.field
+        for template in b.paths:
             path = self._where(op, template)
             if path is None:
                 continue
@@ -183,17 +299,14 @@ class FileService:
                 keys = ("type", "size", "mtime", "mode", "owner", "group", "sha256", "target")
                 op.emit(("t", template, *(r[k] for k in keys)))
 
-    async def flines(self, op: Op) -> None:
+    async def flines(self, op: Op, b: LinesBody) -> None:
         """``grep`` and ``tail -n``: each selected line as ``("g", path, number, line)``, so the same
         line at the same place on many nodes is one group."""
-        uid, gid = _creds(op)
-        b = op.body
-        args = {"pattern": b.get("pattern"), "ignore_case": b.get("ignore_case") is True,
-                "invert": b.get("invert") is True, "last": b.get("last")}  # fmt: skip
-        last = args["last"]
-        if not (isinstance(args["pattern"], str) or (isinstance(last, int) and 0 <= last <= fileio.MAX_LINES)):
+        uid, gid, last = b.uid, b.gid, b.last
+        args = {"pattern": b.pattern, "ignore_case": b.ignore_case, "invert": b.invert, "last": last}
+        if not (b.pattern is not None or (last is not None and 0 <= last <= fileio.MAX_LINES)):
             raise StagingError("bad lines request")
-        for template in _paths(op):
+        for template in b.paths:
             path = self._where(op, template)
             if path is None:
                 continue
@@ -206,17 +319,16 @@ class FileService:
             if not r["lines"]:
                 op.emit(("z", template))  # answered, nothing selected (grep's exit status 1)
 
-    async def ffollow(self, op: Op) -> None:
+    async def ffollow(self, op: Op, b: FollowBody) -> None:
         """``tail -f``: the last lines, then lines as they are appended (``("g", path, 0, line)``: the
         same new line on many nodes in one flush window is one group) until ``funfollow`` names this
         op or ``FOLLOW_LIMIT`` passes."""
-        uid, gid = _creds(op)
-        (template,) = _paths(op)[:1]
+        uid, gid = b.uid, b.gid
+        template = b.paths[0]
         path = self._where(op, template)
         if path is None:
             return
-        last = op.body.get("last")
-        first = await as_user(uid, gid, "lines", {"path": path, "last": last if isinstance(last, int) else 10})
+        first = await as_user(uid, gid, "lines", {"path": path, "last": b.last})
         st = await as_user(uid, gid, "stat", {"path": path})
         if "err" in first or "err" in st:
             op.emit(("e", template, str(first.get("err") or st.get("err")).replace(path, template, 1)))
@@ -241,49 +353,44 @@ class FileService:
         finally:
             self.unfollowed.discard(op.id)
 
-    def funfollow(self, op: Op) -> None:
+    def funfollow(self, op: Op, b: UnfollowBody) -> None:
         """End a ``tail -f`` op here (its client left)."""
-        target = op.body.get("op")
-        if isinstance(target, int) and target in self.node.ops:
+        target = b.op
+        if target in self.node.ops:
             self.unfollowed.add(target)
         op.emit(("s", 0, ""))
 
-    async def flist(self, op: Op) -> None:
+    async def flist(self, op: Op, b: ListBody) -> None:
         """A directory's names with their attributes (``"."``: the path itself) to the op's reducer
         (``Names``: the union of every node's names); an error as ``("e", path, reason)``."""
-        uid, gid = _creds(op)
-        paths = _paths(op)
-        if len(paths) != 1 or op.reducer is None:
+        if len(b.paths) != 1 or op.reducer is None:
             raise StagingError("flist lists one path into a reducer")
-        path = self._where(op, paths[0])
+        path = self._where(op, b.paths[0])
         if path is None:
             return
-        r = await as_user(uid, gid, "list", {"path": path, "names": op.body.get("names") is not False})
+        r = await as_user(b.uid, b.gid, "list", {"path": path, "names": b.names})
         if "err" in r:
-            op.emit(("e", paths[0], str(r["err"]).replace(path, paths[0], 1)))
+            op.emit(("e", b.paths[0], str(r["err"]).replace(path, b.paths[0], 1)))
         else:
             op.give(r["entries"])
 
-    async def fwalk(self, op: Op) -> None:
+    async def fwalk(self, op: Op, b: WalkBody) -> None:
         """What ``gather`` will fetch: each path's tree with a SHA-256 per file; nodes holding the
         same tree merge into one group ``("m", path, entries)``."""
-        uid, gid = _creds(op)
-        for template in _paths(op):
+        uid, gid = b.uid, b.gid
+        for template in b.paths:
             path = self._where(op, template)
             if path is None:
                 continue
-            r = await as_user(uid, gid, "walk", {"path": path, "recursive": op.body.get("recursive") is True})
+            r = await as_user(uid, gid, "walk", {"path": path, "recursive": b.recursive})
             if "err" in r:
                 op.emit(("e", template, str(r["err"]).replace(path, template, 1)))
             else:
                 op.emit(("m", template, freeze(r["entries"])))
 
-    async def fget(self, op: Op) -> None:
+    async def fget(self, op: Op, b: GetBody) -> None:
         """One chunk of one file for ``gather`` (sent to one node holding that content)."""
-        uid, gid = _creds(op)
-        template, rel, offset, n = op.body.get("path"), op.body.get("rel"), op.body.get("o"), op.body.get("n")
-        if not (isinstance(template, str) and isinstance(rel, str) and isinstance(offset, int) and isinstance(n, int)):
-            raise StagingError("bad gather request")
+        uid, gid, template, rel, offset, n = b.uid, b.gid, b.path, b.rel, b.o, b.n
         path = self._where(op, template)
         if path is None:
             return
@@ -295,13 +402,9 @@ class FileService:
         # "b", not "d": a reply key starting with "d" is a line edit (merge.py)
         op.emit(("e", template, str(r["err"])) if "err" in r else ("b", r["data"]))
 
-    async def finstall(self, op: Op) -> None:
+    async def finstall(self, op: Op, b: InstallBody) -> None:
         """Write a shipped tree at DEST (``%h`` expanded) from this node's store, as the caller."""
-        uid, gid = _creds(op)
-        b = op.body
-        dest, tree, meta, keep_owner = b.get("dest"), b.get("tree"), b.get("meta"), b.get("owner") is True
-        if not isinstance(dest, str) or not isinstance(meta, dict) or not isinstance(tree, list):
-            raise StagingError("bad install request")
+        uid, gid, dest, tree, meta, keep_owner = b.uid, b.gid, b.dest, b.tree, b.meta, b.owner
         entries = parse_manifest(tree)  # validates paths and kinds (link targets are taken verbatim below)
         raw_links = {i[1]: i[2] for i in tree if isinstance(i, list) and i and i[0] == "l"}
         path = self._where(op, dest)
@@ -378,44 +481,39 @@ class MasterFiles:
         return ServiceTable(
             "files-master",
             requests={
-                "files": ClientRequest(self.files),
-                "cp": ClientRequest(self.cp),
-                "gather": ClientRequest(self.gather),
-                "lines": ClientRequest(self.lines),
-                "follow": ClientRequest(self.follow),
-                "list": ClientRequest(self.listdir),
+                "files": ClientRequest(self.files, body=FilesRequest),
+                "cp": ClientRequest(self.cp, body=CpRequest),
+                "gather": ClientRequest(self.gather, body=GatherRequest),
+                "lines": ClientRequest(self.lines, body=LinesRequest),
+                "follow": ClientRequest(self.follow, body=FollowRequest),
+                "list": ClientRequest(self.listdir, body=ListRequest),
             },
         )
 
-    async def files(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+    async def files(self, link: Link, req: FilesRequest, cred: PeerCred) -> None:
         """``cat`` or ``stat`` of paths on the selected nodes, reduced with ``agg``."""
-        what, agg, paths = req.get("what"), req.get("agg", "equiv"), req.get("paths")
+        what, paths = req.what, req.paths
         if what not in ("cat", "stat"):
             raise UsageError("files: what must be cat or stat")
-        if not isinstance(agg, str):
-            raise UsageError("bad aggregation")
-        edges = req.get("edges")
-        if edges is not None and not (isinstance(edges, list) and all(isinstance(x, (int, float)) for x in edges)):
-            raise UsageError("bad histogram edges")
-        reducer = reducer_for(agg, edges)
-        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+        reducer = reducer_for(req.agg, req.edges)
+        if not paths:
             raise UsageError("no paths given")
         try:
             for p in paths:
                 fileio.check_template(p)
         except fileio.PathError as e:
             raise UsageError(str(e)) from None
-        field = req.get("field", "size")
+        field = req.field
         if field not in STAT_FIELDS:
             raise UsageError(f"stat field must be one of {', '.join(STAT_FIELDS)}")
         targets, absent = self.m.selection(req)
         kind = {"cat": "fread", "stat": "fstat"}[what]
-        base = {"uid": cred.uid, "gid": cred.gid, "field": field, "gather": True}
         # numeric answers: one op per path, so each path gets its own value
         batches = [[p] for p in paths] if reducer is not None else [paths]
 
         async def one(batch: list[str]) -> dict[str, Any]:
-            r = self.m.request(kind, {**base, "paths": batch}, targets, reducer)
+            body = StatBody(uid=cred.uid, gid=cred.gid, paths=batch, field=field)
+            r = self.m.request(kind, {**body.wire(), "gather": True}, targets, reducer)
             whole = await r.wait()
             value = whole.value
             if isinstance(reducer, Avg):
@@ -428,20 +526,18 @@ class MasterFiles:
         results = await with_ticks(link, asyncio.gather(*(one(b) for b in batches)))
         link.send({"t": "ret", "r": {"results": results, "absent": sorted(absent), "targets": len(targets)}})
 
-    async def listdir(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+    async def listdir(self, link: Link, req: ListRequest, cred: PeerCred) -> None:
         """A directory on the selected nodes: the union of their names (``Names``), and the nodes
         that could not list it, grouped by reason."""
-        paths = req.get("paths")
-        if not isinstance(paths, list) or len(paths) != 1 or not isinstance(paths[0], str):
+        if len(req.paths) != 1:
             raise UsageError("list takes one path")
         try:
-            fileio.check_template(paths[0])
+            fileio.check_template(req.paths[0])
         except fileio.PathError as e:
             raise UsageError(str(e)) from None
         targets, absent = self.m.selection(req)
-        names = req.get("names") is not False
-        body = {"uid": cred.uid, "gid": cred.gid, "paths": paths, "names": names, "gather": True}
-        r = self.m.request("flist", body, targets, Names())
+        body = ListBody(uid=cred.uid, gid=cred.gid, paths=req.paths, names=req.names)
+        r = self.m.request("flist", {**body.wire(), "gather": True}, targets, Names())
         whole = await with_ticks(link, r.wait())
         assert whole is not None
         found, truncated = whole.value
@@ -450,14 +546,14 @@ class MasterFiles:
         link.send({"t": "ret", "r": {"entries": entries, "truncated": truncated, "groups": groups,
                                      "absent": sorted(absent), "rep_bytes": r.op.bytes_in}})  # fmt: skip
 
-    async def lines(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+    async def lines(self, link: Link, req: LinesRequest, cred: PeerCred) -> None:
         """``grep`` (``pattern``) or ``tail -n`` (``last``) on the selected nodes, lines merged."""
-        paths, pattern, last = req.get("paths"), req.get("pattern"), req.get("last")
-        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+        paths, pattern, last = req.paths, req.pattern, req.last
+        if not paths:
             raise UsageError("no paths given")
-        if not (isinstance(pattern, str) or (isinstance(last, int) and last >= 0)):
+        if not (pattern is not None or (last is not None and last >= 0)):
             raise UsageError("give a pattern or a number of lines")
-        if isinstance(pattern, str):
+        if pattern is not None:
             import re
 
             try:
@@ -470,21 +566,20 @@ class MasterFiles:
         except fileio.PathError as e:
             raise UsageError(str(e)) from None
         targets, absent = self.m.selection(req)
-        body = {"uid": cred.uid, "gid": cred.gid, "paths": paths, "pattern": pattern, "last": last,
-                "ignore_case": req.get("ignore_case") is True, "invert": req.get("invert") is True,
-                "gather": True}  # fmt: skip
-        whole = await with_ticks(link, self.m.request("flines", body, targets).wait())
+        body = LinesBody(uid=cred.uid, gid=cred.gid, paths=paths, pattern=pattern, last=last,
+                         ignore_case=req.ignore_case, invert=req.invert)  # fmt: skip
+        whole = await with_ticks(link, self.m.request("flines", {**body.wire(), "gather": True}, targets).wait())
         assert whole is not None
         groups = [[key, self.m.fold_intervals(enc), rankset.count(enc)] for key, enc in whole.groups]
         link.send({"t": "ret", "r": {"groups": groups, "absent": sorted(absent)}})
 
-    async def follow(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+    async def follow(self, link: Link, req: FollowRequest, cred: PeerCred) -> None:
         """``tail -f``: lines streamed to the client (``out`` frames) until it leaves (Ctrl-C), then
         every node is told to stop and the op ends."""
-        paths, last = req.get("paths"), req.get("last", 10)
-        if not isinstance(paths, list) or len(paths) != 1 or not isinstance(paths[0], str):
+        paths, last = req.paths, req.last
+        if len(paths) != 1:
             raise UsageError("tail -f follows one path")
-        if not isinstance(last, int) or not 0 <= last <= fileio.MAX_LINES:
+        if not 0 <= last <= fileio.MAX_LINES:
             raise UsageError(f"tail: lines must be 0 to {fileio.MAX_LINES}")
         try:
             fileio.check_template(paths[0])
@@ -492,14 +587,13 @@ class MasterFiles:
             raise UsageError(str(e)) from None
         targets, absent = self.m.selection(req)
         link.send({"t": "job", "job": 0, "n": len(targets), "absent": ",".join(sorted(absent))})
-        body = {"uid": cred.uid, "gid": cred.gid, "paths": paths, "last": last}
-        r = self.m.request("ffollow", body, targets)
+        r = self.m.request("ffollow", FollowBody(uid=cred.uid, gid=cred.gid, paths=paths, last=last).wire(), targets)
         gone = asyncio.ensure_future(link.receive())  # "stop", or the client closing, ends it
         try:
             stream = asyncio.ensure_future(self._stream(link, r))
             await asyncio.wait({gone, stream}, return_when=asyncio.FIRST_COMPLETED)
             if not stream.done():
-                await self.m.request("funfollow", {"op": r.op.id}, targets).wait(timeout=30.0)
+                await self.m.request("funfollow", UnfollowBody(op=r.op.id).wire(), targets).wait(timeout=30.0)
                 await asyncio.wait_for(stream, 30.0)
         finally:
             gone.cancel()
@@ -511,12 +605,12 @@ class MasterFiles:
                 out = [[key, self.m.fold_intervals(enc), rankset.count(enc)] for key, enc in part.groups]
                 link.send({"t": "out", "g": out})
 
-    async def gather(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+    async def gather(self, link: Link, req: GatherRequest, cred: PeerCred) -> None:
         """Bring the selected nodes' copies of paths to the client: the trees first (identical trees
         as one group), then each distinct file's bytes once, read from one node that holds it (so
         they cross each tree link at most once), as ``data`` frames; ``ret`` ends with the trees."""
-        paths = req.get("paths")
-        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+        paths = req.paths
+        if not paths:
             raise UsageError("no paths given")
         try:
             for p in paths:
@@ -524,9 +618,8 @@ class MasterFiles:
         except fileio.PathError as e:
             raise UsageError(str(e)) from None
         targets, absent = self.m.selection(req)
-        body = {"uid": cred.uid, "gid": cred.gid, "paths": paths, "recursive": req.get("recursive") is True,
-                "gather": True}  # fmt: skip
-        walked = await with_ticks(link, self.m.request("fwalk", body, targets).wait())
+        body = WalkBody(uid=cred.uid, gid=cred.gid, paths=paths, recursive=req.recursive)
+        walked = await with_ticks(link, self.m.request("fwalk", {**body.wire(), "gather": True}, targets).wait())
         assert walked is not None
         trees: list[list[Any]] = []
         errors: list[list[Any]] = []
@@ -557,8 +650,8 @@ class MasterFiles:
 
         def ask(h: str, o: int) -> asyncio.Future[Any]:
             rank, path, rel, _size = sources[h]
-            body = {"uid": cred.uid, "gid": cred.gid, "path": path, "rel": rel, "o": o, "n": CHUNK}
-            return asyncio.ensure_future(self.m.request("fget", body, {rank}).wait())
+            body = GetBody(uid=cred.uid, gid=cred.gid, path=path, rel=rel, o=o, n=CHUNK)
+            return asyncio.ensure_future(self.m.request("fget", body.wire(), {rank}).wait())
 
         it = iter(chunks)
         for h, o in itertools.islice(it, FETCH_WINDOW):
@@ -581,17 +674,13 @@ class MasterFiles:
             await link.drain()
         return errors
 
-    async def cp(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+    async def cp(self, link: Link, req: CpRequest, cred: PeerCred) -> None:
         """Ship a tree to the selected nodes, then install it at DEST on each (as the caller)."""
-        tree, meta, dest = req.get("tree"), req.get("meta"), req.get("dest")
-        if not isinstance(dest, str):
-            raise UsageError("no destination given")
+        tree, meta, dest = req.tree, req.meta, req.dest
         try:
             fileio.check_template(dest)
         except fileio.PathError as e:
             raise UsageError(str(e)) from None
-        if not isinstance(meta, dict):
-            raise UsageError("bad copy metadata")
         entries = parse_manifest(tree)
         if not entries:
             raise UsageError("nothing to copy")
@@ -603,9 +692,8 @@ class MasterFiles:
         ready, failed = shipped
         groups = [[list(key), self.m.fold(ranks), len(ranks)] for key, ranks in failed.items()]
         if ready:
-            body = {"uid": cred.uid, "gid": cred.gid, "dest": dest, "tree": tree, "meta": meta,
-                    "owner": req.get("owner") is True, "gather": True}  # fmt: skip
-            whole = await with_ticks(link, self.m.request("finstall", body, ready).wait())
+            body = InstallBody(uid=cred.uid, gid=cred.gid, dest=dest, tree=tree, meta=meta, owner=req.owner)
+            whole = await with_ticks(link, self.m.request("finstall", {**body.wire(), "gather": True}, ready).wait())
             assert whole is not None
             groups += [[key, self.m.fold_intervals(enc), rankset.count(enc)] for key, enc in whole.groups]
         link.send({"t": "ret", "r": {"groups": groups, "absent": sorted(absent), "targets": len(targets)}})

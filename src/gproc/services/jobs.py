@@ -26,7 +26,8 @@ import msgpack
 from ClusterShell.NodeSet import NodeSet
 
 from gproc import wire
-from gproc.errors import GprocError, UsageError
+from gproc.errors import GprocError
+from gproc.messages import Body
 from gproc.services.base import TICK, ClientRequest, Role, ServiceTable, has_role
 
 if TYPE_CHECKING:
@@ -249,6 +250,12 @@ def _row(row: tuple[Any, ...]) -> dict[str, Any]:
     return d
 
 
+class JobRequest(Body):
+    """``output``: a job's output, replayed (and followed while it runs)."""
+
+    job: int
+
+
 class JobService:
     """The master's ``jobs``, ``output`` and ``wait`` requests."""
 
@@ -257,16 +264,19 @@ class JobService:
 
     def service(self) -> ServiceTable:
         # `wait` comes through MasterProcs (a gpid or a job id)
-        return ServiceTable("jobs", requests={"jobs": ClientRequest(self._jobs), "output": ClientRequest(self._output)})
+        return ServiceTable(
+            "jobs",
+            requests={
+                "jobs": ClientRequest(self._jobs, body=Body),
+                "output": ClientRequest(self._output, body=JobRequest),
+            },
+        )
 
     def _visible(self, cred: PeerCred) -> int | None:
         """Whose jobs a caller may see: everyone's for root and the master's owner, else their own."""
         return None if has_role(Role.OWNER, cred) else cred.uid
 
-    def _job(self, req: wire.Message, cred: PeerCred) -> dict[str, Any]:
-        job = req.get("job")
-        if not isinstance(job, int) or isinstance(job, bool):
-            raise UsageError("a job id is a number")
+    def _job(self, job: int, cred: PeerCred) -> dict[str, Any]:
         if not 0 <= job < 1 << 63:  # SQLite's integers: a larger one would fail the query itself
             raise GprocError(f"no job {job}")
         row = self.store.get(job)
@@ -275,17 +285,17 @@ class JobService:
             raise GprocError(f"no job {job} (finished jobs are kept up to the retention limit)")
         return row
 
-    async def _jobs(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+    async def _jobs(self, link: Link, req: Body, cred: PeerCred) -> None:
         link.send({"t": "ret", "r": {"jobs": self.store.list(self._visible(cred))}})
 
-    async def _output(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+    async def _output(self, link: Link, req: JobRequest, cred: PeerCred) -> None:
         """Replay a job's output; for a running job, follow it to its end.
 
         The job's file is the only source: a follower is woken when records are added and reads on
         from where it stopped, so a client that does not read holds nothing here but its place in
         the file (a queue of the records added meanwhile would grow with the job's output). Past
         ``keep_bytes`` a follower sees what a later replay sees: the statuses without the output."""
-        row = self._job(req, cred)
+        row = self._job(req.job, cred)
         link.send({"t": "job", "job": row["id"], "n": row["n"], "absent": "", "state": row["state"]})
         rec = self.store.running.get(row["id"])
         wake = asyncio.Event()
@@ -323,7 +333,7 @@ class JobService:
 
     async def wait(self, link: Link, job: int, cred: PeerCred) -> None:
         """The job's exit status, once it ended (ticks keep the client patient meanwhile)."""
-        row = self._job({"job": job}, cred)
+        row = self._job(job, cred)
         rec = self.store.running.get(row["id"])
         state, status = row["state"], row["status"]
         if rec is not None:

@@ -16,12 +16,12 @@ from typing import Any
 import psutil
 
 from gproc import ranks as rankset
-from gproc import wire
 from gproc.errors import UsageError
+from gproc.messages import Body, Selected
 from gproc.overlay import Link, Node, Op
 from gproc.platform import PeerCred
 from gproc.reduce import Avg, Each, Hist, Max, Min, Reducer, TopK
-from gproc.services.base import ClientRequest, MasterApi, ServiceTable
+from gproc.services.base import ClientRequest, MasterApi, ServiceTable, typed
 
 TOP = 3  # outliers named per metric
 PCT: list[int | float] = [10, 20, 30, 40, 50, 60, 70, 80, 90, 95]
@@ -101,6 +101,30 @@ def summary(value: list[Any]) -> dict[str, Any]:
 MAX_PROCS = 50  # the busiest processes a ``proctop`` asks for
 
 
+class MetricsBody(Body):
+    """The ``metrics`` op: this node's figures, the disk ones of the filesystem holding ``path``."""
+
+    path: str = "/"
+
+
+class ProctopBody(Body):
+    """The ``proctop`` op: this node's ``k`` busiest processes."""
+
+    k: int = 10
+
+
+class MetricsRequest(Selected):
+    """``metrics``: every figure reduced over the selected nodes (all by default)."""
+
+    path: str | None = None
+
+
+class ProctopRequest(Selected):
+    """``proctop``: the ``k`` busiest processes of the selected nodes (all by default)."""
+
+    k: int = 10
+
+
 class MetricsService:
     """On every node: the ``metrics`` op, and ``proctop`` (its busiest processes)."""
 
@@ -112,15 +136,15 @@ class MetricsService:
     def service(self) -> ServiceTable:
         return ServiceTable(
             "metrics",
-            ops={"metrics": self.metrics, "proctop": self.proctop},
+            ops={"metrics": typed(MetricsBody, self.metrics), "proctop": typed(ProctopBody, self.proctop)},
             reducers={"metrics": reducer(), "proctop": TopK(MAX_PROCS)},
         )
 
-    def proctop(self, op: Op) -> None:
+    def proctop(self, op: Op, b: ProctopBody) -> None:
         """The ``k`` busiest processes of this node by CPU % since the last ``proctop`` here (since each
         one started, the first time), labelled ``NODE PID USER NAME``."""
-        k = op.body.get("k", 10)
-        if not isinstance(k, int) or isinstance(k, bool) or not 0 < k <= MAX_PROCS:
+        k = b.k
+        if not 0 < k <= MAX_PROCS:
             op.emit(("s", 2, f"k must be 1 to {MAX_PROCS}"))
             return
         now = time.time()
@@ -144,9 +168,9 @@ class MetricsService:
             op.give(row)
         op.emit(("s", 0, ""))
 
-    def metrics(self, op: Op) -> None:
-        path = op.body.get("path", "/")
-        if not isinstance(path, str) or not path.startswith("/"):
+    def metrics(self, op: Op, b: MetricsBody) -> None:
+        path = b.path
+        if not path.startswith("/"):
             op.emit(("s", 2, "the disk path must be absolute"))
             return
         try:
@@ -167,29 +191,33 @@ class MasterMetrics:
     def service(self) -> ServiceTable:
         return ServiceTable(
             "metrics (master)",
-            requests={"metrics": ClientRequest(self._metrics), "proctop": ClientRequest(self._proctop)},
+            requests={
+                "metrics": ClientRequest(self._metrics, body=MetricsRequest),
+                "proctop": ClientRequest(self._proctop, body=ProctopRequest),
+            },
         )
 
-    def _targets(self, req: wire.Message) -> set[int]:
-        if req.get("nodes") or req.get("w") or req.get("x"):
+    def _targets(self, req: Selected) -> set[int]:
+        if req.selects:
             return self.m.selection(req)[0]
         return self.m.up_ranks()
 
-    async def _proctop(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
-        k = req.get("k", 10)
-        if not isinstance(k, int) or isinstance(k, bool) or not 0 < k <= MAX_PROCS:
+    async def _proctop(self, link: Link, req: ProctopRequest, cred: PeerCred) -> None:
+        k = req.k
+        if not 0 < k <= MAX_PROCS:
             raise UsageError(f"the number of processes must be 1 to {MAX_PROCS}")
-        request = self.m.request("proctop", {"k": k, "gather": True}, self._targets(req), TopK(k))
+        body = {**ProctopBody(k=k).wire(), "gather": True}
+        request = self.m.request("proctop", body, self._targets(req), TopK(k))
         whole = await request
         procs = [[score, label] for score, label in (whole.value or [])]
         link.send({"t": "ret", "r": {"procs": procs, "bytes_in": request.op.bytes_in}})
 
-    async def _metrics(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
-        path = req.get("path") or "/"
-        if not isinstance(path, str) or not path.startswith("/"):
+    async def _metrics(self, link: Link, req: MetricsRequest, cred: PeerCred) -> None:
+        path = req.path or "/"
+        if not path.startswith("/"):
             raise UsageError("the disk path must be absolute")
         targets = self._targets(req)
-        request = self.m.request("metrics", {"path": path, "gather": True}, targets)
+        request = self.m.request("metrics", {**MetricsBody(path=path).wire(), "gather": True}, targets)
         whole = await request
         errors = [
             {"nodes": self.m.fold_intervals(enc), "count": rankset.count(enc), "error": str(key[2])}

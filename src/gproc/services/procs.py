@@ -38,13 +38,15 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import psutil
 
-from gproc import platform, wire
+from gproc import platform
 from gproc import ranks as rankset
 from gproc.errors import GprocError, RegistrationError, UsageError
+from gproc.messages import Body, Selected
 from gproc.pids import MAX_WANT, BlockTable, GpidSource, NoGpidError, PidConfig, Proc, ProcTable
-from gproc.services.base import ClientRequest, MasterApi, Role, ServiceTable, with_ticks
+from gproc.services.base import ClientRequest, MasterApi, Role, ServiceTable, typed, typed_call, with_ticks
 from gproc.services.jobs import JobService
 
 if TYPE_CHECKING:
@@ -74,6 +76,116 @@ def permitted(uid: int, p: Proc) -> bool:
     return uid in (0, p.uid)
 
 
+# ---- op bodies, replies and client requests ---------------------------------------------------------
+
+
+class PsBody(Body):
+    """The ``ps`` op: the processes of the space on this node, as ``uid`` may see them."""
+
+    uid: int
+
+
+class KillBody(Body):
+    """The ``kill`` op: ``sig`` to ``gpids`` of this node, or to every process of ``job``."""
+
+    sig: int
+    uid: int
+    job: int | None = None
+    gpids: list[int] = []
+
+
+class WaitBody(Body):
+    """The ``wait`` op: the exit statuses of ``gpids`` of this node, once they ended."""
+
+    uid: int
+    gpids: list[int]
+
+
+class CollectBody(Body):
+    """The ``collect`` op: give back the gpid blocks held beyond ``keep`` (if idle since last time)."""
+
+    keep: int = 8
+
+
+class AllocateBody(Body):
+    """The ``allocate`` op: hand out ``n`` gpids, ``interval`` seconds apart (drills)."""
+
+    n: int
+    interval: float = 0.0
+
+
+class PsRow(msgspec.Struct, array_like=True):
+    """One process in a ``ps`` reply: the key ``["p", GPID, PARENT, PID, USER, STAT, CPU, RSS, TIME,
+    JOB, CMD]`` (an array, so that identical rows of many nodes merge as one group)."""
+
+    tag: str
+    gpid: int
+    parent: int
+    pid: int
+    user: str
+    stat: str
+    cpu: float
+    rss: int
+    time: float
+    job: int
+    cmd: str
+
+
+class BlocksCall(Body):
+    """The ``blocks`` upward call: gpid blocks for ``rank``, about ``want`` of them."""
+
+    rank: int
+    want: int = 1
+
+
+class PidStat(msgspec.Struct, array_like=True):
+    """One node's allocator in a ``pidstat`` reply: the key ``["n", TAKEN, REQUESTS, WAITED, RESERVE,
+    LIVE, ROUTED]`` (nodes with equal counts merge)."""
+
+    tag: str
+    taken: int
+    requests: int
+    waited: int
+    reserve: int
+    live: int
+    routed: int
+
+
+class KillRequest(Body):
+    """``kill``: ``sig`` to the processes ``gpids``, or to every process of ``job`` (§8)."""
+
+    sig: int = 15
+    job: int | None = None
+    gpids: list[int] | None = None
+
+
+class WaitRequest(Body):
+    """``wait``: the exit statuses of ``gpids``, or of ``job`` (§8)."""
+
+    job: int | None = None
+    gpids: list[int] | None = None
+
+
+class GpidsRequest(Body):
+    """``gpids``: the block table's counters; ``blocks``: every block; ``nodes_stats``: each node's."""
+
+    blocks: bool = False
+    nodes_stats: bool = False
+
+
+class CollectRequest(Selected):
+    """``collect``: a collection round now on the selected nodes (all by default)."""
+
+    keep: int | None = None
+
+
+class AllocateRequest(Selected, kw_only=True):
+    """``allocate``: each selected node hands out ``n`` gpids (stress tests, benchmarks)."""
+
+    n: int
+    interval: float = 0.0
+
+
 def _user(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -97,12 +209,12 @@ class ProcService:
 
     def service(self) -> ServiceTable:
         ops: dict[str, Handler] = {
-            "ps": self._ps,
-            "kill": self._kill,
-            "wait": self._wait,
-            "collect": self._collect,
-            "allocate": self._allocate,
-            "pidstat": self._pidstat,
+            "ps": typed(PsBody, self._ps),
+            "kill": typed(KillBody, self._kill),
+            "wait": typed(WaitBody, self._wait),
+            "collect": typed(CollectBody, self._collect),
+            "allocate": typed(AllocateBody, self._allocate),
+            "pidstat": typed(Body, self._pidstat),
         }
         return ServiceTable("procs", ops=ops, start=self.start)
 
@@ -246,13 +358,11 @@ class ProcService:
         cmd = " ".join(argv) if argv and uid in (0, puid) else f"[{name}]"
         elapsed = max(time.time() - created, 1e-6)
         cpu = round(min(100.0 * cpu_s / elapsed, 100.0 * (os.cpu_count() or 1)), 1)
-        return ("p", p.gpid, p.parent, p.pid, _user(puid), stat, cpu, rss, round(cpu_s, 2), p.job, cmd[:MAX_CMD])
+        row = PsRow("p", p.gpid, p.parent, p.pid, _user(puid), stat, cpu, rss, round(cpu_s, 2), p.job, cmd[:MAX_CMD])
+        return msgspec.structs.astuple(row)
 
-    def _ps(self, op: Op) -> None:
-        uid = op.body.get("uid")
-        if not isinstance(uid, int):
-            op.emit(("s", 2, "request carries no user"))
-            return
+    def _ps(self, op: Op, b: PsBody) -> None:
+        uid = b.uid
         self.scan()
         for p in sorted(self.table.live.values(), key=lambda q: q.gpid):
             row = self._row(p, uid)
@@ -277,21 +387,15 @@ class ProcService:
             return 2, "permission denied"
         return 0, ""
 
-    def _kill(self, op: Op) -> Awaitable[None] | None:
+    def _kill(self, op: Op, b: KillBody) -> Awaitable[None] | None:
         self.routed += 1
-        b = op.body
-        sig, uid = b.get("sig"), b.get("uid")
-        if not isinstance(sig, int) or not 0 <= sig < 65 or not isinstance(uid, int):
+        sig, uid = b.sig, b.uid
+        if not 0 <= sig < 65:
             op.emit(("s", 2, "bad kill request"))
             return None
-        job = b.get("job")
-        if isinstance(job, int):
-            return self._kill_job(op, job, sig, uid)
-        gpids = b.get("gpids")
-        if not isinstance(gpids, list) or not all(isinstance(g, int) for g in gpids):
-            op.emit(("s", 2, "bad kill request"))
-            return None
-        for g in gpids:
+        if b.job is not None:
+            return self._kill_job(op, b.job, sig, uid)
+        for g in b.gpids:
             q = self.table.live.get(g)
             code, text = (1, "no such process") if q is None else self._signal(q, sig, uid)
             op.emit(("g", g, code, text))
@@ -348,33 +452,24 @@ class ProcService:
         self.table.end(gpid, None)
         return NO_STATUS, "exit status unknown (not started by gproc)"
 
-    async def _wait(self, op: Op) -> None:
+    async def _wait(self, op: Op, b: WaitBody) -> None:
         self.routed += 1
-        b = op.body
-        uid = b.get("uid")
-        if not isinstance(uid, int):
-            op.emit(("s", 2, "bad wait request"))
-            return
-        gpids = b.get("gpids")
-        if not isinstance(gpids, list) or not all(isinstance(g, int) for g in gpids):
-            op.emit(("s", 2, "bad wait request"))
-            return
+        uid, gpids = b.uid, b.gpids
         for g, (status, text) in zip(
             gpids, await asyncio.gather(*(self._wait_for(g, uid) for g in gpids)), strict=True
         ):
             op.emit(("w", g, status, text))
         op.emit(("s", 0, ""))
 
-    def _collect(self, op: Op) -> None:
-        keep = op.body.get("keep", 8)
-        for start, end in self.gpids.collect(keep if isinstance(keep, int) and keep >= 0 else 8):
+    def _collect(self, op: Op, b: CollectBody) -> None:
+        for start, end in self.gpids.collect(b.keep if b.keep >= 0 else 8):
             op.emit(("c", start, end))
         op.emit(("s", 0, ""))
 
-    async def _allocate(self, op: Op) -> None:
+    async def _allocate(self, op: Op, b: AllocateBody) -> None:
         """Hand out ``n`` gpids through the allocator exactly as ``n`` process starts would."""
-        n, interval = op.body.get("n"), op.body.get("interval", 0.0)
-        if not isinstance(n, int) or not 0 <= n <= 10_000_000 or not isinstance(interval, (int, float)):
+        n, interval = b.n, b.interval
+        if not 0 <= n <= 10_000_000:
             op.emit(("s", 2, "bad allocate request"))
             return
         got: list[int] = []
@@ -385,9 +480,10 @@ class ProcService:
         op.emit(("a", tuple(rankset.encode(got)), self.gpids.waited - waited))
         op.emit(("s", 0, ""))
 
-    def _pidstat(self, op: Op) -> None:
+    def _pidstat(self, op: Op, b: Body) -> None:
         g = self.gpids
-        op.emit(("n", g.alloc.taken, g.requests, g.waited, g.alloc.reserve, len(self.table.live), self.routed))
+        row = PidStat("n", g.alloc.taken, g.requests, g.waited, g.alloc.reserve, len(self.table.live), self.routed)
+        op.emit(msgspec.structs.astuple(row))
         op.emit(("s", 0, ""))
 
 
@@ -457,14 +553,14 @@ class MasterProcs:
     def service(self) -> ServiceTable:
         return ServiceTable(
             "procs (master)",
-            calls={"blocks": self._blocks},
+            calls={"blocks": typed_call(BlocksCall, self._blocks)},
             requests={
-                "ps": ClientRequest(self._ps),
-                "kill": ClientRequest(self._kill),
-                "wait": ClientRequest(self._wait),
-                "gpids": ClientRequest(self._gpids),
-                "collect": ClientRequest(self._collect, Role.OWNER, "collect gpid blocks"),
-                "allocate": ClientRequest(self._allocate, Role.OWNER, "drill the gpid allocator"),
+                "ps": ClientRequest(self._ps, body=Selected),
+                "kill": ClientRequest(self._kill, body=KillRequest),
+                "wait": ClientRequest(self._wait, body=WaitRequest),
+                "gpids": ClientRequest(self._gpids, body=GpidsRequest),
+                "collect": ClientRequest(self._collect, Role.OWNER, "collect gpid blocks", CollectRequest),
+                "allocate": ClientRequest(self._allocate, Role.OWNER, "drill the gpid allocator", AllocateRequest),
             },
         )
 
@@ -493,9 +589,9 @@ class MasterProcs:
 
     # -- blocks --
 
-    async def _blocks(self, args: dict[str, Any]) -> dict[str, Any]:
-        rank, want = args.get("rank"), args.get("want", 1)
-        if not isinstance(rank, int) or rank not in self.m.topo or not isinstance(want, int):
+    async def _blocks(self, args: BlocksCall) -> dict[str, Any]:
+        rank, want = args.rank, args.want
+        if rank not in self.m.topo:
             raise RegistrationError("bad block request")
         if self._loop is None and self.cfg.collect_every > 0:
             self._loop = self.m.spawn(self._collect_loop())
@@ -531,7 +627,8 @@ class MasterProcs:
                     released[0] += int(key[2]) - int(key[1])
                     released[1] += 1
 
-        await self._run_op("collect", {"keep": self.cfg.keep if keep is None else keep}, targets, on_groups)
+        body = CollectBody(keep=self.cfg.keep if keep is None else keep)
+        await self._run_op("collect", body.wire(), targets, on_groups)
         return {"nodes": len(targets), "released": released[0], "ranges": released[1]}
 
     async def _run_op(
@@ -544,15 +641,15 @@ class MasterProcs:
 
     # -- client requests --
 
-    def _targets(self, req: wire.Message) -> set[int]:
-        if req.get("nodes") or req.get("w") or req.get("x"):
+    def _targets(self, req: Selected) -> set[int]:
+        if req.selects:
             return self.m.selection(req)[0]
         return self.m.up_ranks()
 
     def _name(self, enc: list[int]) -> str:
         return self.m.fold_intervals(enc)
 
-    async def _ps(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+    async def _ps(self, link: Link, req: Selected, cred: PeerCred) -> None:
         """Every process in the space on the selected nodes, streamed as ``rows`` then ``end``."""
         targets = self._targets(req)
         errors: dict[str, set[int]] = {}
@@ -561,11 +658,16 @@ class MasterProcs:
         def on_groups(groups: list[list[Any]]) -> None:
             for key, enc in groups:
                 if key[0] == "p":
-                    _, gpid, parent, pid, user, stat, cpu, rss, t, job, cmd = key
+                    try:
+                        p = msgspec.convert(key, PsRow)
+                    except msgspec.ValidationError as e:
+                        errors.setdefault(f"malformed ps row: {e}", set()).update(rankset.decode(enc))
+                        continue
                     batch.append(
                         {
-                            "gpid": gpid, "parent_gpid": parent, "name": self._name(enc), "pid": pid,
-                            "user": user, "stat": stat, "cpu": cpu, "rss": rss, "time": t, "job": job, "cmd": cmd,
+                            "gpid": p.gpid, "parent_gpid": p.parent, "name": self._name(enc), "pid": p.pid,
+                            "user": p.user, "stat": p.stat, "cpu": p.cpu, "rss": p.rss, "time": p.time,
+                            "job": p.job, "cmd": p.cmd,
                         }
                     )  # fmt: skip
                 elif key[0] == "s" and key[1] != 0:
@@ -574,15 +676,15 @@ class MasterProcs:
                 link.send({"t": "rows", "rows": batch[:]})
                 batch.clear()
 
-        await self._run_op("ps", {"uid": cred.uid}, targets, on_groups)
+        await self._run_op("ps", PsBody(uid=cred.uid).wire(), targets, on_groups)
         if batch:
             link.send({"t": "rows", "rows": batch})
         link.send({"t": "end", "errors": [{"nodes": self.m.fold(r), "error": e} for e, r in errors.items()]})
 
     @staticmethod
-    def _gpid_list(req: wire.Message) -> list[int]:
-        gpids = req.get("gpids")
-        if not isinstance(gpids, list) or not gpids or not all(isinstance(g, int) and g > 0 for g in gpids):
+    def _gpid_list(req: KillRequest | WaitRequest) -> list[int]:
+        gpids = req.gpids
+        if not gpids or not all(g > 0 for g in gpids):
             raise UsageError("give gpids (positive integers) or a job id")
         return list(dict.fromkeys(gpids))
 
@@ -598,7 +700,7 @@ class MasterProcs:
         return owners, unknown
 
     async def _per_gpid(
-        self, kind: str, body: dict[str, Any], gpids: list[int], tag: str, missing: int
+        self, kind: str, body: KillBody | WaitBody, gpids: list[int], tag: str, missing: int
     ) -> dict[int, dict[str, Any]]:
         """Send ``kind`` to the owner of each gpid (one op per owner rank, in parallel); a gpid in no
         block gets ``missing`` ("no such process") without any message."""
@@ -616,22 +718,21 @@ class MasterProcs:
                         for g in gs:
                             out.setdefault(g, {"gpid": g, "code": 255, "error": str(key[2]), "name": node})
 
-            await self._run_op(kind, {**body, "gpids": gs}, {rank}, on_groups)
+            await self._run_op(kind, msgspec.structs.replace(body, gpids=gs).wire(), {rank}, on_groups)
 
         await asyncio.gather(*(one(r, gs) for r, gs in owners.items()))
         return out
 
-    async def _kill(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
-        sig = req.get("sig", 15)
-        if not isinstance(sig, int) or not 0 <= sig < 65:
+    async def _kill(self, link: Link, req: KillRequest, cred: PeerCred) -> None:
+        sig, job = req.sig, req.job
+        if not 0 <= sig < 65:
             raise UsageError(f"bad signal {sig!r}")
-        job = req.get("job")
-        if isinstance(job, int):
+        if job is not None:
             link.send({"t": "ret", "r": await self._kill_job(job, sig, cred.uid)})
             return
         gpids = self._gpid_list(req)
         procs = [g for g in gpids if not self.is_job_id(g)]
-        out = await self._per_gpid("kill", {"sig": sig, "uid": cred.uid}, procs, "g", 1) if procs else {}
+        out = await self._per_gpid("kill", KillBody(sig=sig, uid=cred.uid), procs, "g", 1) if procs else {}
         for g in gpids:
             if g not in out:  # a job id given where a gpid goes: signal the job
                 try:
@@ -652,63 +753,68 @@ class MasterProcs:
                 if key[0] == "s":
                     res.setdefault((int(key[1]), str(key[2])), set()).update(rankset.decode(enc))
 
-        await self._run_op("kill", {"job": job, "sig": sig, "uid": uid}, ranks, on_groups)
+        await self._run_op("kill", KillBody(job=job, sig=sig, uid=uid).wire(), ranks, on_groups)
         hit = res.get((0, ""), set())
         other = [{"nodes": self.m.fold(r), "error": e} for (c, e), r in res.items() if c not in (0, 1)]
         if not hit and not other:
             raise GprocError(f"job {job}: no such job (or nothing of it is running)")
         return {"job": job, "nodes": self.m.fold(hit), "signalled": len(hit), "errors": other}
 
-    async def _wait(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+    async def _wait(self, link: Link, req: WaitRequest, cred: PeerCred) -> None:
         """Exit statuses once the processes have ended; ticks while waiting; abandoned if the client goes."""
-        job = req.get("job")
-        gpids: list[int] = [] if isinstance(job, int) else self._gpid_list(req)
+        job = req.job
+        gpids: list[int] = [] if job is not None else self._gpid_list(req)
         jobs = [g for g in gpids if self.is_job_id(g)]
         if jobs and len(gpids) > 1:
             raise UsageError(f"{jobs[0]} is a job id: wait for one job, or for gpids")
-        if isinstance(job, int) or jobs:  # the job's exit status as `gproc e` gives it, from the job store
-            await self.jobs.wait(link, job if isinstance(job, int) else jobs[0], cred)
+        if job is not None or jobs:  # the job's exit status as `gproc e` gives it, from the job store
+            await self.jobs.wait(link, job if job is not None else jobs[0], cred)
             return
         gone = asyncio.ensure_future(link.receive())
         try:
-            result = await with_ticks(link, self._per_gpid("wait", {"uid": cred.uid}, gpids, "w", NO_SUCH), gone)
+            waiting = self._per_gpid("wait", WaitBody(uid=cred.uid, gpids=[]), gpids, "w", NO_SUCH)
+            result = await with_ticks(link, waiting, gone)
         finally:
             gone.cancel()
         if result is None:
             return  # the client left (or sent something it should not): stop waiting for it
         link.send({"t": "ret", "r": {"results": [result[g] for g in gpids]}})
 
-    async def _collect(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
-        keep = req.get("keep")
-        r = await self.collect(self._targets(req), keep if isinstance(keep, int) and keep >= 0 else None)
+    async def _collect(self, link: Link, req: CollectRequest, cred: PeerCred) -> None:
+        keep = req.keep
+        r = await self.collect(self._targets(req), keep if keep is not None and keep >= 0 else None)
         link.send({"t": "ret", "r": r})
 
-    async def _gpids(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+    async def _gpids(self, link: Link, req: GpidsRequest, cred: PeerCred) -> None:
         """The block table: counters, and with ``blocks`` every block and its owner's name."""
         r: dict[str, Any] = self.table.stats()
-        if req.get("blocks"):
+        if req.blocks:
             names = {rank: row.name for rank, row in self.m.topo.items()}
             r["table"] = [[s, n, names.get(o, str(o))] for s, n, o in self.table.blocks()]
-        if req.get("nodes_stats"):
+        if req.nodes_stats:
             per: list[dict[str, Any]] = []
 
             def on_groups(groups: list[list[Any]]) -> None:
                 for key, enc in groups:
                     if key[0] == "n":
+                        try:
+                            n = msgspec.convert(key, PidStat)
+                        except msgspec.ValidationError:
+                            continue  # a node's malformed row: not counted
                         per.append(
-                            {"nodes": self._name(enc), "count": rankset.count(enc), "taken": key[1],
-                             "requests": key[2], "waited": key[3], "reserve": key[4], "live": key[5],
-                             "routed": key[6]}
+                            {"nodes": self._name(enc), "count": rankset.count(enc), "taken": n.taken,
+                             "requests": n.requests, "waited": n.waited, "reserve": n.reserve, "live": n.live,
+                             "routed": n.routed}
                         )  # fmt: skip
 
             await self._run_op("pidstat", {}, self.m.up_ranks(), on_groups)
             r["nodes"] = per
         link.send({"t": "ret", "r": r})
 
-    async def _allocate(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
+    async def _allocate(self, link: Link, req: AllocateRequest, cred: PeerCred) -> None:
         """Make each selected node hand out ``n`` gpids as process starts would (stress tests, bench)."""
-        n, interval = req.get("n"), req.get("interval", 0.0)
-        if not isinstance(n, int) or n < 0 or not isinstance(interval, (int, float)):
+        n, interval = req.n, req.interval
+        if n < 0:
             raise UsageError("allocate needs a count n")
         targets = self._targets(req)
         got: list[dict[str, Any]] = []
@@ -721,7 +827,7 @@ class MasterProcs:
                 elif key[0] == "s" and key[1] != 0:
                     errors.setdefault(str(key[2]), set()).update(rankset.decode(enc))
 
-        await self._run_op("allocate", {"n": n, "interval": float(interval)}, targets, on_groups)
+        await self._run_op("allocate", AllocateBody(n=n, interval=interval).wire(), targets, on_groups)
         link.send(
             {
                 "t": "ret",

@@ -27,11 +27,14 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from gproc import errors, peers, wire
 from gproc.errors import ConnectError, GprocError, ProtocolError, RegistrationError
+from gproc.messages import Body
 from gproc.overlay import Link
 from gproc.platform import PeerCred, peer_credentials
-from gproc.services.base import Call, MasterApi, ServiceTable, socket_alive
+from gproc.services.base import Call, MasterApi, ServiceTable, socket_alive, typed_call
 
 if TYPE_CHECKING:
     from gproc.overlay import Node
@@ -258,6 +261,29 @@ class Session:
         self.task: asyncio.Task[Any] | None = None
 
 
+class RelayOpen(Body):
+    """``relay.open``: serve ``req`` for a client of rank ``from``'s socket, as ``uid``/``gid``."""
+
+    req: dict[str, Any]
+    uid: int
+    gid: int
+    pid: int = 0
+    pgpid: int = 0  # the gpid of the client process, for an exec from inside a job
+    from_: int | None = msgspec.field(default=None, name="from")
+
+
+class RelaySession(Body):
+    """``relay.pull`` and ``relay.close``: the session ``rid``."""
+
+    rid: int
+
+
+class RelayPush(RelaySession):
+    """``relay.push``: the client's message ``m`` for session ``rid``."""
+
+    m: dict[str, Any]
+
+
 class MasterRelay:
     """The master's relay sessions, one per client of a node socket."""
 
@@ -269,29 +295,24 @@ class MasterRelay:
 
     def service(self) -> ServiceTable:
         calls: dict[str, Call] = {
-            "relay.open": self._open,
-            "relay.pull": self._pull,
-            "relay.push": self._push,
-            "relay.close": self._close,
+            "relay.open": typed_call(RelayOpen, self._open),
+            "relay.pull": typed_call(RelaySession, self._pull),
+            "relay.push": typed_call(RelayPush, self._push),
+            "relay.close": typed_call(RelaySession, self._close),
         }
         return ServiceTable("relay", calls=calls)
 
-    def _session(self, args: dict[str, Any]) -> Session:
-        s = self.sessions.get(args.get("rid"))  # type: ignore[arg-type]
+    def _session(self, args: RelaySession) -> Session:
+        s = self.sessions.get(args.rid)
         if s is None:
             raise GprocError("unknown relay session (the master may have restarted)")
         return s
 
-    async def _open(self, args: dict[str, Any]) -> dict[str, Any]:
-        req, uid, gid = args.get("req"), args.get("uid"), args.get("gid")
-        if not isinstance(req, dict) or not isinstance(uid, int) or not isinstance(gid, int):
-            raise ProtocolError("bad relay.open")
-        pid = args.get("pid") if isinstance(args.get("pid"), int) else 0
-        pgpid = args.get("pgpid") if isinstance(args.get("pgpid"), int) else 0
+    async def _open(self, args: RelayOpen) -> dict[str, Any]:
         rid = next(self._ids)
-        link = RelayLink({"name": f"client via rank {args.get('from')}", "pgpid": pgpid})
+        link = RelayLink({"name": f"client via rank {args.from_}", "pgpid": args.pgpid})
         s = self.sessions[rid] = Session(link)
-        s.task = self.m.spawn(self._serve(s, req, PeerCred(int(pid or 0), uid, gid)))
+        s.task = self.m.spawn(self._serve(s, args.req, PeerCred(args.pid, args.uid, args.gid)))
         if self._sweeper is None:
             self._sweeper = self.m.spawn(self._sweep())
         return {"rid": rid}
@@ -305,28 +326,26 @@ class MasterRelay:
             s.done = True
             link._ready.set()
 
-    async def _pull(self, args: dict[str, Any]) -> dict[str, Any]:
+    async def _pull(self, args: RelaySession) -> dict[str, Any]:
         s = self._session(args)
         s.last = time.monotonic()
         msgs = await s.link.take(0 if s.done else PULL_WAIT)
         s.last = time.monotonic()
         end = s.done and not s.link.outbox
         if end:
-            self.sessions.pop(args["rid"], None)
+            self.sessions.pop(args.rid, None)
         return {"m": msgs, "end": end}
 
-    async def _push(self, args: dict[str, Any]) -> dict[str, Any]:
-        msg = args.get("m")
-        if not isinstance(msg, dict):
-            raise ProtocolError("bad relay.push")
+    async def _push(self, args: RelayPush) -> dict[str, Any]:
+        msg = args.m
         link = self._session(args).link
         if link.waiting() >= INBOX_MAX:
             raise ProtocolError("the client sent past its input window")
         link.push(msg)
         return {}
 
-    async def _close(self, args: dict[str, Any]) -> dict[str, Any]:
-        s = self.sessions.pop(args.get("rid"), None)  # type: ignore[arg-type]
+    async def _close(self, args: RelaySession) -> dict[str, Any]:
+        s = self.sessions.pop(args.rid, None)
         if s is not None:
             s.link.abort()
         return {}

@@ -25,6 +25,7 @@ from gproc import wire
 from gproc.errors import GprocError, ProtocolError, StagingError
 from gproc.groups import Groups
 from gproc.services.base import MasterApi
+from gproc.services.stage import HaveBody, PutBody
 from gproc.store import Entry, parse_manifest
 
 if TYPE_CHECKING:
@@ -85,8 +86,8 @@ class Shipper:
         self, files: dict[str, tuple[int, bool]], targets: set[int], failed: Groups, job: int
     ) -> dict[str, set[int]]:
         need: dict[str, set[int]] = {}
-        body = {"h": [[h, size, x] for h, (size, x) in files.items()], "j": job}  # j: the files stay for it
-        async for part in self.m.request("have", body, targets):
+        body = HaveBody(h=[(h, size, x) for h, (size, x) in files.items()], j=job)  # j: the files stay for it
+        async for part in self.m.request("have", body.wire(), targets):
             for key, enc in part.groups:
                 ranks = rankset.decode(enc)
                 if key[0] == "n":
@@ -129,7 +130,7 @@ class Shipper:
                         await window.acquire()
                         for child in list(self.m.children.values()):
                             await child.drain()
-                        body = {"h": h, "o": off, "d": data, "z": size, "x": x, "j": job}
+                        body = PutBody(h=h, o=off, d=data, z=size, x=x, j=job)
                         pending.append(asyncio.ensure_future(self._put(body, tg, failed, window.release)))
                     sent += len(data)
                     offset += len(data)
@@ -143,9 +144,9 @@ class Shipper:
                 put.cancel()
         return sent
 
-    async def _put(self, body: dict[str, Any], targets: set[int], failed: Groups, release: Callable[[], None]) -> None:
+    async def _put(self, body: PutBody, targets: set[int], failed: Groups, release: Callable[[], None]) -> None:
         try:
-            async for part in self.m.request("put", body, targets):
+            async for part in self.m.request("put", body.wire(), targets):
                 for key, enc in part.groups:
                     if key[0] == "s" and key[1] != 0:
                         failed.add(tuple(key), rankset.decode(enc))

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from gproc import platform, wire
 from gproc.errors import StagingError
-from gproc.services.base import ServiceTable
+from gproc.messages import Body
+from gproc.services.base import ServiceTable, typed
 from gproc.store import (
     HASH_RE,
     MAX_SIZE,
@@ -60,6 +61,26 @@ class Launch:
     gid: int
 
 
+class HaveBody(Body):
+    """The ``have`` op: which of these files (``[hash, size, executable]``) does this node lack; the
+    ones it has stay for job ``j`` until it starts."""
+
+    h: list[tuple[str, int, bool]]
+    j: int | None = None
+
+
+class PutBody(Body):
+    """The ``put`` op: ``d``, the bytes at offset ``o`` of the file with hash ``h`` (``z`` bytes,
+    executable ``x``), shipped for job ``j``."""
+
+    h: str
+    o: int
+    d: bytes
+    z: int
+    x: bool
+    j: int
+
+
 class StageService:
     """One node's store, its ``have``/``put`` handlers, and job views."""
 
@@ -75,10 +96,16 @@ class StageService:
 
     def service(self) -> ServiceTable:
         return ServiceTable(
-            "stage", ops={"have": self.have, "put": self.put, "counters": self.counters}, stop=self.close
+            "stage",
+            ops={
+                "have": typed(HaveBody, self.have),
+                "put": typed(PutBody, self.put),
+                "counters": typed(Body, self.counters),
+            },
+            stop=self.close,
         )
 
-    def counters(self, op: Op) -> None:
+    def counters(self, op: Op, b: Body) -> None:
         """Bytes and frames this node received over its parent link, file bytes it stored, and when
         (monotonic clock) it stored the last one."""
         parent = self.node.parent
@@ -97,28 +124,25 @@ class StageService:
 
     # ---- filling the store ----
 
-    def have(self, op: Op) -> None:
-        items = op.body.get("h")
-        if not isinstance(items, list) or not all(_need_item(i) for i in items):
+    def have(self, op: Op, b: HaveBody) -> None:
+        if not all(_need_item(h, size) for h, size, _ in b.h):
             op.emit(("s", 255, "bad have request"))
             return
         self.store.ensure()
-        job = op.body.get("j")
-        for h, size, x in items:
+        job = b.j
+        for h, size, x in b.h:
             if not self.store.has(h, size):
                 op.emit(("n", h))
-            elif self.store.max_bytes is not None and isinstance(job, int):  # kept for the job until it starts
+            elif self.store.max_bytes is not None and job is not None:  # kept for the job until it starts
                 self.store.pin(("put", job), [self.store.name(h, x), self.store.name(h, not x)])
                 self.put_pins[job] = time.monotonic()
         op.emit(("s", 0, ""))
 
-    def put(self, op: Op) -> None:
-        b = op.body
-        h, off, data, size, x, job = b.get("h"), b.get("o"), b.get("d"), b.get("z"), b.get("x"), b.get("j")
-        if not (_need_item([h, size, x]) and isinstance(data, bytes) and isinstance(off, int) and isinstance(job, int)):
+    def put(self, op: Op, b: PutBody) -> None:
+        h, off, data, size, x, job = b.h, b.o, b.d, b.z, b.x, b.j
+        if not _need_item(h, size):
             op.emit(("s", 255, "bad file chunk"))
             return
-        assert isinstance(h, str) and isinstance(size, int) and isinstance(x, bool)
         key = (job, h)
         inc = self.incoming.get(key)
         if inc is None:
@@ -271,17 +295,9 @@ class StageService:
         self.job_dirs.discard(root)
 
 
-def _need_item(item: Any) -> bool:
-    """A ``[hash, size, executable]`` triple as ``have`` and ``put`` carry them."""
-    return (
-        isinstance(item, list)
-        and len(item) == 3
-        and isinstance(item[0], str)
-        and HASH_RE.match(item[0]) is not None
-        and isinstance(item[1], int)
-        and 0 <= item[1] <= MAX_SIZE
-        and isinstance(item[2], bool)
-    )
+def _need_item(h: str, size: int) -> bool:
+    """A file's hash and size as ``have`` and ``put`` carry them (their types checked already)."""
+    return HASH_RE.match(h) is not None and 0 <= size <= MAX_SIZE
 
 
 def _in(view: str, path: str) -> str:
