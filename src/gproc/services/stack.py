@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from gproc import ranks as rankset
-from gproc import wire
 from gproc.calltree import Calls, CallTree, classes, walk
 from gproc.errors import GprocError, UsageError
-from gproc.services.base import ClientRequest, MasterApi, ServiceTable, with_ticks
+from gproc.messages import Body
+from gproc.services.base import ClientRequest, MasterApi, ServiceTable, typed, with_ticks
 from gproc.services.procs import MasterProcs, ProcService, permitted
 
 if TYPE_CHECKING:
@@ -257,6 +257,24 @@ class StackReader:
         return out
 
 
+# ---- op body and client request --------------------------------------------------------------------
+
+
+class StackBody(Body):
+    """The ``stack`` op: the processes of ``job``, or each node's own ``gpids`` (by rank), as ``uid``."""
+
+    uid: int
+    job: int | None = None
+    gpids: dict[int, list[int]] | None = None
+
+
+class StackRequest(Body):
+    """``stack``: the stacks of ``job``'s processes, or of ``gpids`` (§8)."""
+
+    job: int | None = None
+    gpids: list[int] | None = None
+
+
 # ---- node side -------------------------------------------------------------------------------------
 
 
@@ -282,14 +300,14 @@ class StackService:
         self.reader = StackReader()
 
     def service(self) -> ServiceTable:
-        return ServiceTable("stack", ops={"stack": self._stack}, reducers={"stack": CallTree()})
+        return ServiceTable("stack", ops={"stack": typed(StackBody, self._stack)}, reducers={"stack": CallTree()})
 
-    def _select(self, op: Op, uid: int) -> list[Proc] | None:
+    def _select(self, op: Op, b: StackBody) -> list[Proc] | None:
         """The processes to read (None: the answer is given already)."""
-        b = op.body
+        uid = b.uid
         self.procs.scan()
-        job = b.get("job")
-        if isinstance(job, int) and not isinstance(job, bool):
+        job = b.job
+        if job is not None:
             procs = [p for p in self.procs.table.of_job(job) if _alive(p)]
             if not procs:
                 op.emit(("s", 1, "no such job"))
@@ -299,9 +317,8 @@ class StackService:
                 op.emit(("s", 2, "permission denied"))
                 return None
             return mine
-        per_rank = b.get("gpids")
-        gpids = per_rank.get(self.node.rank) if isinstance(per_rank, dict) else None
-        if not isinstance(gpids, list) or not all(isinstance(g, int) for g in gpids):
+        gpids = (b.gpids or {}).get(self.node.rank or 0)
+        if gpids is None:
             op.emit(("s", 2, "bad stack request"))
             return None
         out: list[Proc] = []
@@ -315,12 +332,8 @@ class StackService:
                 out.append(p)
         return out
 
-    async def _stack(self, op: Op) -> None:
-        uid = op.body.get("uid")
-        if not isinstance(uid, int) or isinstance(uid, bool):
-            op.emit(("s", 2, "request carries no user"))
-            return
-        procs = self._select(op, uid)
+    async def _stack(self, op: Op, b: StackBody) -> None:
+        procs = self._select(op, b)
         if procs is None:
             return
         rank = self.node.rank or 0
@@ -345,7 +358,7 @@ class MasterStack:
         self.procs = procs
 
     def service(self) -> ServiceTable:
-        return ServiceTable("stack (master)", requests={"stack": ClientRequest(self._stack)})
+        return ServiceTable("stack (master)", requests={"stack": ClientRequest(self._stack, body=StackRequest)})
 
     def _job(self, job: int, cred: PeerCred) -> set[int]:
         """The nodes a job runs on (GprocError for a job that does not exist or is another user's)."""
@@ -356,14 +369,14 @@ class MasterStack:
             raise GprocError(f"job {job}: permission denied (another user's job)")
         return self.procs.job_ranks.get(job) or self.m.up_ranks()
 
-    async def _stack(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
-        job, gpids = req.get("job"), req.get("gpids")
+    async def _stack(self, link: Link, req: StackRequest, cred: PeerCred) -> None:
+        job, gpids = req.job, req.gpids
         errors: dict[str, set[int]] = {}
         unknown: list[int] = []
         if gpids is not None:
-            if not (isinstance(gpids, list) and 0 < len(gpids) <= MAX_GPIDS):
+            if not 0 < len(gpids) <= MAX_GPIDS:
                 raise UsageError("give a job id or gpids")
-            if not all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in gpids):
+            if not all(g > 0 for g in gpids):
                 raise UsageError("gpids are positive integers")
             gpids = list(dict.fromkeys(gpids))
             jobs = [g for g in gpids if self.procs.is_job_id(g)]
@@ -371,7 +384,7 @@ class MasterStack:
                 raise UsageError(f"{jobs[0]} is a job id: give one job, or gpids")
             if jobs:
                 job = jobs[0]
-        if isinstance(job, int) and not isinstance(job, bool):
+        if job is not None:
             targets = self._job(job, cred)
             body: dict[str, Any] = {"uid": cred.uid, "job": job}
         elif gpids is not None:
