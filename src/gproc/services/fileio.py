@@ -338,8 +338,11 @@ OPERATIONS: dict[str, Callable[[dict[str, Any], list[int]], dict[str, Any]]] = {
 }
 
 
+Operation = Callable[[dict[str, Any], list[int]], dict[str, Any]]
+
+
 def forked(
-    uid: int, gid: int, groups: list[int], fn: str, args: dict[str, Any], fds: list[int], timeout: float
+    uid: int, gid: int, groups: list[int], fn: str | Operation, args: dict[str, Any], fds: list[int], timeout: float
 ) -> dict[str, Any] | None:
     """Run an operation in a child of this process that switched to ``uid``/``gid``/``groups``
     (a fork, not an exec: the user need not be able to read the Python that runs the daemon). The
@@ -355,7 +358,8 @@ def forked(
                 os.setgroups(groups)
                 os.setresgid(gid, gid, gid)
                 os.setresuid(uid, uid, uid)
-            data = memoryview(msgpack.packb(OPERATIONS[fn](args, fds), use_bin_type=True))
+            run = OPERATIONS[fn] if isinstance(fn, str) else fn
+            data = memoryview(msgpack.packb(run(args, fds), use_bin_type=True))
             while data:
                 data = data[os.write(w, data) :]
             code = 0

@@ -85,7 +85,12 @@ def parse_number(data: bytes) -> int | float:
 
 
 async def as_user(
-    uid: int, gid: int, fn: str, args: dict[str, Any], fds: list[int] | None = None, limit: float | None = None
+    uid: int,
+    gid: int,
+    fn: str | fileio.Operation,
+    args: dict[str, Any],
+    fds: list[int] | None = None,
+    limit: float | None = None,
 ) -> dict[str, Any]:
     """Run a ``fileio`` operation with the rights of ``uid``/``gid``: in a thread when the daemon
     already is that user, else in a forked child that became that user (only a root daemon can).
@@ -93,14 +98,16 @@ async def as_user(
     caller controls (a regular expression) must not hold a daemon thread."""
     euid = os.geteuid()
     if uid == euid and limit is None:
-        return await asyncio.to_thread(fileio.OPERATIONS[fn], args, list(fds or []))
+        run = fileio.OPERATIONS[fn] if isinstance(fn, str) else fn
+        return await asyncio.to_thread(run, args, list(fds or []))
     if uid != euid and euid != 0:
         raise StagingError(f"node daemon runs as uid {euid} and cannot act for uid {uid}")
     groups = platform.user_groups(uid, gid)
     seconds = WORKER_TIMEOUT if limit is None else limit
     answer = await asyncio.to_thread(fileio.forked, uid, gid, groups, fn, args, list(fds or []), seconds)
     if answer is None:
-        raise StagingError(f"{fn} failed or took longer than {seconds:.0f} s")
+        name = fn if isinstance(fn, str) else fn.__name__
+        raise StagingError(f"{name} failed or took longer than {seconds:.0f} s")
     return answer
 
 
