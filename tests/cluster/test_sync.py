@@ -1,0 +1,218 @@
+"""gproc sync on a real local cluster (issue 21): each node's DEST (``%h``) made a copy of SRC with
+only what changed crossing the tree links, counted by each link's own byte counter."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from ClusterShell.NodeSet import NodeSet
+from tests.conftest import LocalCluster, start_cluster, stop_cluster
+
+from gproc import Cluster
+
+NODES = [f"node{i}" for i in range(8)]
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def c8() -> Iterator[LocalCluster]:
+    c, d = start_cluster(8, 2)
+    try:
+        yield c
+    finally:
+        stop_cluster(c, d)
+
+
+@pytest.fixture
+def work() -> Iterator[str]:
+    d = tempfile.mkdtemp(prefix="gps-", dir="/tmp")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def links(c: LocalCluster) -> dict[str, tuple[int, int]]:
+    """Per node: (bytes its parent link carried down, file bytes it stored), so far."""
+
+    async def go() -> dict[str, Any]:
+        return dict(await Cluster(c.socket).request("stats", links=True))
+
+    rows = asyncio.run(go())["links"]
+    return {n: (row["bytes_in"], row["file_bytes"]) for row in rows for n in NodeSet(row["nodes"])}
+
+
+def carried(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    return {n: (after[n][0] - before[n][0], after[n][1] - before[n][1]) for n in after}
+
+
+def sync(c: LocalCluster, *args: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    r = c.gproc("sync", "--json", *args)
+    recs = [json.loads(x) for x in r.stdout.splitlines()]
+    assert r.returncode == max([s["status"] for s in recs[:-1]] + [0]), r.stderr
+    return recs[:-1], recs[-1]
+
+
+def tree(top: str) -> dict[str, Any]:
+    """Everything under ``top``: type, mode, mtime and contents (or link target) per path."""
+    out: dict[str, Any] = {}
+    for here, dirs, files in os.walk(top):
+        for name in dirs + files:
+            p = os.path.join(here, name)
+            st = os.lstat(p)
+            rel = os.path.relpath(p, top)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("l", os.readlink(p), st.st_mtime_ns)
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("d", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+            else:
+                with open(p, "rb") as f:
+                    out[rel] = ("f", stat.S_IMODE(st.st_mode), st.st_mtime_ns, f.read())
+    return out
+
+
+def make_src(work: str, big: int = 16 * MiB) -> str:
+    src = os.path.join(work, "src")
+    os.makedirs(os.path.join(src, "etc", "deep"))
+    with open(os.path.join(src, "big"), "wb") as f:
+        f.write(os.urandom(big))
+    with open(os.path.join(src, "etc", "conf"), "w") as f:
+        f.write("a = 1\n")
+    with open(os.path.join(src, "etc", "deep", "run.sh"), "w") as f:
+        f.write("#!/bin/sh\necho hi\n")
+    os.chmod(os.path.join(src, "etc", "deep", "run.sh"), 0o750)
+    os.chmod(os.path.join(src, "etc"), 0o711)
+    os.symlink("etc/conf", os.path.join(src, "conf"))
+    os.utime(os.path.join(src, "etc", "conf"), ns=(1_000_000_000, 1_000_000_000))
+    return src
+
+
+def overwrite(path: str, offset: int, data: bytes, mtime: int) -> None:
+    """Change a file in place and give it an mtime of its own (writes within one clock tick of the
+    file system would share one, and the quick check would take them for the same)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+    os.utime(path, ns=(mtime, mtime))
+
+
+def test_sync_copies_a_tree_then_moves_nothing_when_unchanged(c8: LocalCluster, work: str) -> None:
+    src = make_src(work)
+    dest = os.path.join(work, "out", "%h")
+    os.makedirs(os.path.join(work, "out"))
+    statuses, _ = sync(c8, "**", src, dest)
+    assert statuses == [{"nodes": "node[0-7]", "count": 8, "status": 0, "error": ""}]
+    want = tree(src)
+    for n in NODES:
+        assert tree(os.path.join(work, "out", n)) == want
+    before = links(c8)
+    statuses, again = sync(c8, "**", src, dest)
+    moved = carried(before, links(c8))
+    assert statuses == [{"nodes": "node[0-7]", "count": 8, "status": 0, "error": ""}]
+    assert again["versions"] == 0 and again["pieces"] == 0 and again["shipped"].get("link_bytes", 0) == 0
+    assert all(down < 16 * 1024 and stored == 0 for down, stored in moved.values()), moved  # op frames only
+    for n in NODES:
+        assert tree(os.path.join(work, "out", n)) == want
+
+
+def test_a_one_mib_change_moves_about_one_mib_per_link(c8: LocalCluster, work: str) -> None:
+    src = make_src(work)
+    dest = os.path.join(work, "out", "%h")
+    os.makedirs(os.path.join(work, "out"))
+    sync(c8, "**", src, dest)
+    overwrite(os.path.join(src, "big"), 5 * MiB + 1000, os.urandom(MiB), 3 * 10**18)  # unaligned: 9 blocks of 128 KiB
+    before = links(c8)
+    statuses, info = sync(c8, "**", src, dest)
+    moved = carried(before, links(c8))
+    assert statuses == [{"nodes": "node[0-7]", "count": 8, "status": 0, "error": ""}]
+    assert info["versions"] == 1 and info["piece_bytes"] == 9 * 128 * 1024
+    sig_set = 16 * 128 + 64  # a 16 MiB file's signatures: 128 blocks of 16 bytes, and the group's frame
+    assert 2 * sig_set - 512 < info["sig_bytes"] < 2 * sig_set + 512, info  # one set per master link
+    for n, (down, stored) in moved.items():
+        assert stored == 9 * 128 * 1024, (n, moved)
+        assert MiB <= down <= 2 * MiB, (n, moved)  # the blocks, the block list, the ops' frames
+    want = tree(src)
+    for n in NODES:
+        assert tree(os.path.join(work, "out", n)) == want
+
+
+def test_two_old_versions_send_two_signature_sets_and_both_end_as_src(c8: LocalCluster, work: str) -> None:
+    src = make_src(work)
+    os.makedirs(os.path.join(work, "out"))
+    sync(c8, "**", src, os.path.join(work, "out", "%h"))
+    for i, n in enumerate(NODES):  # nodes 0-3 hold one old version, 4-7 another
+        overwrite(os.path.join(work, "out", n, "big"), (1 if i < 4 else 9) * MiB, b"old %d" % (i < 4), 2 * 10**18)
+    overwrite(os.path.join(src, "big"), 12 * MiB, b"new", 3 * 10**18)
+    statuses, info = sync(c8, "**", src, os.path.join(work, "out", "%h"))
+    assert statuses == [{"nodes": "node[0-7]", "count": 8, "status": 0, "error": ""}]
+    assert info["versions"] == 2 and info["pieces"] == 3  # each side's spoilt block, and the new one
+    sig_set = 16 * 128 + 64  # a 16 MiB file's signatures: 128 blocks of 16 bytes, and the group's frame
+    # each of the master's two links carries one set per version its subtree holds: four, not eight
+    assert 4 * sig_set - 1024 < info["sig_bytes"] < 4 * sig_set + 1024, info
+    want = tree(src)
+    for n in NODES:
+        assert tree(os.path.join(work, "out", n)) == want
+
+
+def test_delete_removes_what_src_does_not_hold(c8: LocalCluster, work: str) -> None:
+    src = make_src(work, big=1000)
+    os.makedirs(os.path.join(work, "out"))
+    dest = os.path.join(work, "out", "%h")
+    sync(c8, "**", src, dest)
+    for n in NODES:
+        os.makedirs(os.path.join(work, "out", n, "extra", "sub"))
+        with open(os.path.join(work, "out", n, "extra", "sub", "x"), "w") as f:
+            f.write("x")
+        os.symlink("/etc", os.path.join(work, "out", n, "etc", "stray"))
+    os.unlink(os.path.join(src, "etc", "deep", "run.sh"))
+    sync(c8, "**", src, dest)
+    assert all(os.path.exists(os.path.join(work, "out", n, "extra", "sub", "x")) for n in NODES)
+    assert all(os.path.exists(os.path.join(work, "out", n, "etc", "deep", "run.sh")) for n in NODES)
+    statuses, _ = sync(c8, "**", "--delete", src, dest)
+    assert statuses == [{"nodes": "node[0-7]", "count": 8, "status": 0, "error": ""}]
+    want = tree(src)
+    for n in NODES:
+        assert tree(os.path.join(work, "out", n)) == want
+    assert os.path.isdir("/etc")  # the stray link was removed, not followed
+
+
+def test_nodes_that_cannot_write_say_why_and_the_rest_sync(c8: LocalCluster, work: str) -> None:
+    src = make_src(work, big=1000)
+    for n in NODES:
+        os.makedirs(os.path.join(work, "out", n))
+    os.rmdir(os.path.join(work, "out", "node5"))
+    with open(os.path.join(work, "out", "node5"), "w") as f:  # node5's DEST lies inside a file
+        f.write("in the way\n")
+    r = c8.gproc("sync", "**", src, os.path.join(work, "out", "%h", "copy"))
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [f"gproc: node5: {work}/out/%h/copy: Not a directory"]
+    want = tree(src)
+    for n in NODES:
+        if n != "node5":
+            assert tree(os.path.join(work, "out", n, "copy")) == want
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sync", "**", "/nonexistent/src", "/tmp/gproc-dest"], "cannot copy /nonexistent/src: No such file"),
+        (["sync", "**", "/etc/hostname"], "usage: gproc sync"),
+        (["sync", "**", "/etc/hostname", "/etc/passwd", "/tmp/x"], "one source"),
+        (["sync", "**", "/etc/hostname", "/tmp/%h/../x"], "'..' in a node path"),
+        (["sync", "**", "/etc/hostname", "relative"], "node paths must be absolute"),
+        (["sync", "-w", "nosuch[1-2]", "/etc/hostname", "/tmp/x"], "matched no node"),
+    ],
+)
+def test_bad_input_is_one_line(c8: LocalCluster, args: list[str], message: str) -> None:
+    r = c8.gproc(*args)
+    assert r.returncode in (1, 2), (r.returncode, r.stderr)
+    assert len(r.stderr.splitlines()) == 1 and message in r.stderr, r.stderr
+    assert r.stdout == ""
+    assert c8.gproc("ping").returncode == 0
