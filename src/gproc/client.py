@@ -957,7 +957,7 @@ def copy_tree(sources: list[str], recursive: bool) -> tuple[Bundle, dict[str, li
                 raise UsageError(f"{src} is a directory (use -r)")
             ship.add(Entry("d", top, mode=st_.S_IMODE(st.st_mode)))
             note(top, st)
-            for here, dirs, names in os.walk(src):
+            for here, dirs, names in os.walk(src, onerror=_unreadable):  # a directory it cannot list
                 for n in sorted(dirs + names):
                     p = os.path.join(here, n)
                     rel = top + "/" + os.path.relpath(p, src)
@@ -973,7 +973,13 @@ def copy_tree(sources: list[str], recursive: bool) -> tuple[Bundle, dict[str, li
                     note(rel, lst)
         except StagingError as e:
             raise UsageError(str(e)) from None
+        except OSError as e:
+            raise UsageError(f"cannot copy {e.filename}: {e.strerror}") from None
     return ship, meta
+
+
+def _unreadable(e: OSError) -> None:
+    raise e
 
 
 def check_selection(nodes: str | None, include: str | None, exclude: str | None) -> None:

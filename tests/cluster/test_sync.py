@@ -14,12 +14,16 @@ from typing import Any
 
 import pytest
 from ClusterShell.NodeSet import NodeSet
+from tests.cluster.users import as_user
 from tests.conftest import LocalCluster, start_cluster, stop_cluster
 
-from gproc import Cluster
+from gproc import Cluster, blocks, bundle, store  # noqa: F401  (loaded before a test drops to nobody)
+from gproc.errors import UsageError
+from gproc.services import fileio, syncio  # noqa: F401
 
 NODES = [f"node{i}" for i in range(8)]
 MiB = 1 << 20
+NOBODY = 65534
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +201,56 @@ def test_nodes_that_cannot_write_say_why_and_the_rest_sync(c8: LocalCluster, wor
     for n in NODES:
         if n != "node5":
             assert tree(os.path.join(work, "out", n, "copy")) == want
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_sync_through_the_api_writes_as_the_caller(c8: LocalCluster, work: str) -> None:
+    """As nobody, through ``Cluster.group().sync``: files written are nobody's; a node whose DEST
+    nobody may not write says why; an old version nobody cannot read is not read for it."""
+    os.chmod(os.path.dirname(c8.socket), 0o755)  # let another user reach the master's socket
+    try:
+        src = make_src(work, big=3 * MiB)
+        for n in NODES:
+            os.makedirs(os.path.join(work, "out", n, "copy"))
+            if n != "node6":
+                os.chown(os.path.join(work, "out", n, "copy"), NOBODY, NOBODY)
+        secret = os.path.join(work, "out", "node2", "copy", "big")
+        with open(secret, "wb") as f:  # root's old version, unreadable to nobody
+            f.write(b"root only")
+        os.chmod(secret, 0o600)
+
+        def other_user() -> Any:
+            async def go() -> Any:
+                g = Cluster(c8.socket).group("**")
+                got = await g.sync(src, os.path.join(work, "out", "%h", "copy"))
+                return [[s.nodes, s.status, s.error] for s in got]
+
+            return asyncio.run(go())
+
+        os.chmod(os.path.join(src, "etc"), 0o700)
+        got = as_user(NOBODY, other_user)
+        assert got == {"exception": repr(UsageError(f"cannot copy {src}/etc: Permission denied"))}  # before sending
+        os.chmod(os.path.join(src, "etc"), 0o755)
+        os.chmod(os.path.join(src, "etc", "deep", "run.sh"), 0o755)
+        got = as_user(NOBODY, other_user)
+        assert "exception" not in got, got
+        assert sorted(got, key=lambda s: s[0]) == [
+            ["node2", 1, f"{work}/out/%h/copy/big: Permission denied"],
+            ["node6", 1, f"{work}/out/%h/copy/etc: Permission denied"],
+            ["node[0-1,3-5,7]", 0, ""],
+        ]
+        want = tree(src)
+        for n in NODES:
+            out = os.path.join(work, "out", n, "copy")
+            if n not in ("node2", "node6"):
+                assert tree(out) == want
+                assert {os.lstat(os.path.join(here, x)).st_uid for here, ds, fs in os.walk(out) for x in ds + fs} == {
+                    NOBODY
+                }
+        with open(secret, "rb") as f:
+            assert f.read() == b"root only"
+    finally:
+        os.chmod(os.path.dirname(c8.socket), 0o700)
 
 
 @pytest.mark.parametrize(
