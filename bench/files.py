@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from ClusterShell.NodeSet import NodeSet
@@ -266,6 +267,14 @@ def gather_rows(c: Case, size: int) -> list[str]:
     return [f"| {c.n} | {size // MiB} MiB | {crossed / MiB:.2f} MiB ({crossed / size:.3f} x) | {dt:.2f} s |"]
 
 
+def attempt(rows: Callable[[], list[str]], n: int, what: str) -> list[str]:
+    """The rows of one measurement, or one row saying why it failed (the run goes on)."""
+    try:
+        return rows()
+    except SystemExit as e:
+        return [f"| {n} | {what} | failed: {str(e)[:200]} |"]
+
+
 def pairs(text: str) -> list[tuple[int, int]]:
     return [(int(n), int(m)) for n, m in (x.split(":") for x in text.split(",") if x)]
 
@@ -299,29 +308,30 @@ def main() -> None:
             for mib in sizes:
                 src = os.path.join(c.work, "src")
                 random_file(src, mib * MiB)
-                cp_rows += copy_rows(c, src, f"{mib} MiB file", a, recursive=False)
+                cp_rows += attempt(partial(copy_rows, c, src, f"{mib} MiB file", a, False), n, f"{mib} MiB")
                 print(cp_rows[-1], flush=True)
                 os.unlink(src)
             if n == tree_n and a.tree_files:
                 top = os.path.join(c.work, "tree")
                 make_tree(top, a.tree_files)
-                cp_rows += copy_rows(c, top, f"{a.tree_files} files of 1 KiB", a, recursive=True)
+                label = f"{a.tree_files} files of 1 KiB"
+                cp_rows += attempt(partial(copy_rows, c, top, label, a, True), n, label)
                 print(cp_rows[-1], flush=True)
                 shutil.rmtree(top)
-            agg += agg_rows(c, a.runs)
+            agg += attempt(partial(agg_rows, c, a.runs), n, "stat/cat --agg")
             print(*agg[-2:], sep="\n", flush=True)
         finally:
             c.close()
     for n, mib in pairs(a.sync):
         c = Case(n, peers=False)
         try:
-            sync += sync_rows(c, mib * MiB, a.runs)
+            sync += attempt(partial(sync_rows, c, mib * MiB, a.runs), n, f"{mib} MiB")
         finally:
             c.close()
     for n, mib in pairs(a.gather):
         c = Case(n, peers=False)
         try:
-            gather += gather_rows(c, mib * MiB)
+            gather += attempt(partial(gather_rows, c, mib * MiB), n, f"{mib} MiB")
             print(gather[-1], flush=True)
         finally:
             c.close()
