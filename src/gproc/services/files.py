@@ -30,6 +30,7 @@ import itertools
 import os
 import pwd
 import secrets
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from gproc import platform, wire
@@ -153,35 +154,34 @@ class FileService:
             op.emit(("e", template, str(e)))
             return None
 
-    async def fread(self, op: Op) -> None:
+    async def _answers(self, op: Op, fn: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """For each path of ``op``: ``fn``'s answer on this node, as the caller; a path that cannot
+        be expanded or answered is emitted as an error group instead."""
         uid, gid = _creds(op)
-        numeric = op.reducer is not None
         for template in _paths(op):
             path = self._where(op, template)
             if path is None:
                 continue
-            r = await as_user(uid, gid, "read", {"path": path})
+            r = await as_user(uid, gid, fn, {"path": path})
             if "err" in r:  # said of the template, so that nodes failing alike merge into one group
                 op.emit(("e", template, str(r["err"]).replace(path, template, 1)))
-            elif not numeric:
-                op.emit(("c", template, r["data"]))
             else:
-                try:
-                    op.give(parse_number(r["data"]))
-                except (ValueError, UnicodeDecodeError):
-                    op.emit(("e", template, f"{template}: not a number: {r['data'][:40]!r}"))
+                yield template, r
+
+    async def fread(self, op: Op) -> None:
+        async for template, r in self._answers(op, "read"):
+            if op.reducer is None:
+                op.emit(("c", template, r["data"]))
+                continue
+            try:
+                op.give(parse_number(r["data"]))
+            except (ValueError, UnicodeDecodeError):
+                op.emit(("e", template, f"{template}: not a number: {r['data'][:40]!r}"))
 
     async def fstat(self, op: Op) -> None:
-        uid, gid = _creds(op)
         field = op.body.get("field", "size")
-        for template in _paths(op):
-            path = self._where(op, template)
-            if path is None:
-                continue
-            r = await as_user(uid, gid, "stat", {"path": path})
-            if "err" in r:  # said of the template, so that nodes failing alike merge into one group
-                op.emit(("e", template, str(r["err"]).replace(path, template, 1)))
-            elif op.reducer is not None:
+        async for template, r in self._answers(op, "stat"):
+            if op.reducer is not None:
                 op.give(r[field] if field in STAT_FIELDS else r["size"])
             else:
                 r["owner"], r["group"] = _user_name(r["owner"]), _group_name(r["group"])
