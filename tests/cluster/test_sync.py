@@ -187,6 +187,19 @@ def test_delete_removes_what_src_does_not_hold(c8: LocalCluster, work: str) -> N
     assert os.path.isdir("/etc")  # the stray link was removed, not followed
 
 
+def test_a_file_never_replaces_a_directory_dest(c8: LocalCluster, work: str) -> None:
+    """DEST is what SRC becomes: a file synced onto a directory is refused, even with --delete, and
+    the directory stays whole."""
+    src = os.path.join(work, "f")
+    with open(src, "w") as f:
+        f.write("file\n")
+    os.makedirs(os.path.join(work, "home", "keep"))
+    r = c8.gproc("sync", "--delete", "-w", "node1", src, os.path.join(work, "home"))
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [f"gproc: node1: {work}/home: is a directory (sync makes DEST a copy of SRC)"]
+    assert os.path.isdir(os.path.join(work, "home", "keep"))
+
+
 def test_nodes_that_cannot_write_say_why_and_the_rest_sync(c8: LocalCluster, work: str) -> None:
     src = make_src(work, big=1000)
     for n in NODES:

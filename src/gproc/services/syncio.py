@@ -89,7 +89,7 @@ def patch(args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
                 _make_dir(target, force)
                 dirs.append((target, mode, mtime))
                 continue
-            _clear_dir(target, force)
+            _clear_dir(target, force and rel != "")  # DEST itself, a directory, is never removed for a file
             if kind == "l":
                 with contextlib.suppress(OSError):
                     if os.readlink(target) == how:
@@ -141,7 +141,7 @@ def _clear_dir(target: str, force: bool) -> None:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISDIR(os.lstat(target).st_mode):
             if not force:
-                raise IsADirectoryError(errno.EISDIR, "is a directory (use --delete)")
+                raise IsADirectoryError(errno.EISDIR, "is a directory (sync makes DEST a copy of SRC)")
             shutil.rmtree(target)
 
 
