@@ -105,7 +105,12 @@ class Case:
         self.dirs = [os.path.join(self.work, "d", name) for name in self.names]
         for d in self.dirs:
             os.makedirs(d)
-        self.peers = Peers(self.names, dict(zip(self.names, self.dirs, strict=True))).start() if peers else None
+        try:
+            self.peers = Peers(self.names, dict(zip(self.names, self.dirs, strict=True))).start() if peers else None
+        except BaseException:
+            local.down(self.rec.socket, quiet=True)
+            shutil.rmtree(self.work, ignore_errors=True)
+            raise
 
     def close(self) -> None:
         try:

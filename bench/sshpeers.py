@@ -1,11 +1,12 @@
 """pdcp and ``clush --copy`` as peers on one machine: an sshd of the benchmark's own on loopback.
 
-One sshd (its own host and client keys, made here) listens on one loopback address per node
-(127.1.X.Y, port ``PORT``); ``Match LocalAddress`` gives each address a forced command that enters
+sshds (their own host and client keys, made here; one per ``PER_SSHD`` nodes, sshd's limit of
+listening sockets) listen on one loopback address per node (127.1.X.Y, port ``PORT``);
+``Match LocalAddress`` gives each address a forced command that enters
 that node's directory before running what the client asked (pdcp's remote ``pdcp -z``, scp, or the
 sftp server), so a relative destination lands in ``DIR/NODE/``: each node its own DEST, as ``%h``
 gives gproc. It runs in a mount namespace of its own with a private ``/run`` (sshd's privilege
-separation directory). ``stop`` kills it by its pid and removes the directory.
+separation directory). ``stop`` kills them by their pids and removes the directory.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 SSHD = "/usr/sbin/sshd"
 SFTP = "/usr/lib/openssh/sftp-server"
 PORT = 2222
+PER_SSHD = 16  # OpenSSH's MAX_LISTEN_SOCKS
 
 
 def address(i: int) -> str:
@@ -36,7 +38,7 @@ class Peers:
         self.names = names
         self.dirs = dirs
         self.dir = tempfile.mkdtemp(prefix="gbench-ssh-", dir="/tmp")
-        self.sshd: subprocess.Popen[bytes] | None = None
+        self.sshds: list[subprocess.Popen[bytes]] = []
 
     @property
     def config(self) -> str:
@@ -51,18 +53,12 @@ class Peers:
         with open(enter, "w") as f:  # the forced command: the node's directory, then what was asked
             f.write('#!/bin/sh\ncd "$1" || exit 1\nexec /bin/sh -c "${SSH_ORIGINAL_COMMAND:-' + SFTP + '}"\n')
         os.chmod(enter, 0o755)
-        lines = [
-            f"HostKey {self.dir}/host_key\nPidFile {self.dir}/sshd.pid\n"
-            f"AuthorizedKeysFile {self.dir}/authorized_keys\nPermitRootLogin prohibit-password\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-            f"LogLevel ERROR\nPrintMotd no\nMaxStartups 2000\nMaxSessions 100\nSubsystem sftp {SFTP}\n"
-        ]
-        lines += [f"ListenAddress {address(i)}:{PORT}\n" for i in range(len(self.names))]
-        for i, n in enumerate(self.names):
-            lines.append(f"Match LocalAddress {address(i)}\n  ForceCommand {enter} {self.dirs[n]}\n")
-        cfg = os.path.join(self.dir, "sshd_config")
-        with open(cfg, "w") as f:
-            f.write("".join(lines))
+        common = (
+            f"HostKey {self.dir}/host_key\nAuthorizedKeysFile {self.dir}/authorized_keys\n"
+            "PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            f"UsePAM no\nStrictModes no\nLogLevel ERROR\nPrintMotd no\nMaxStartups 2000\nMaxSessions 100\n"
+            f"Subsystem sftp {SFTP}\n"
+        )
         with open(self.config, "w") as f:
             f.writelines(f"Host {n}\n  HostName {address(i)}\n" for i, n in enumerate(self.names))
             f.write(
@@ -70,25 +66,42 @@ class Peers:
                 "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  GlobalKnownHostsFile /dev/null\n"
                 "  BatchMode yes\n  ConnectTimeout 10\n  LogLevel ERROR\n"
             )
+        try:
+            for first in range(0, len(self.names), PER_SSHD):
+                self._start_one(first, common, enter)
+            deadline = time.monotonic() + timeout
+            for first, sshd in zip(range(0, len(self.names), PER_SSHD), self.sshds, strict=True):
+                self._wait(sshd, address(min(first + PER_SSHD, len(self.names)) - 1), deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_one(self, first: int, common: str, enter: str) -> None:
+        mine = list(enumerate(self.names))[first : first + PER_SSHD]
+        lines = [common, f"PidFile {self.dir}/sshd{first}.pid\n"]
+        lines += [f"ListenAddress {address(i)}:{PORT}\n" for i, _n in mine]
+        lines += [f"Match LocalAddress {address(i)}\n  ForceCommand {enter} {self.dirs[n]}\n" for i, n in mine]
+        cfg = os.path.join(self.dir, f"sshd{first}.conf")
+        with open(cfg, "w") as f:
+            f.write("".join(lines))
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount -t tmpfs -o mode=755 tmpfs /run && mkdir -p /run/sshd && exec "$@"', "sh",
+                SSHD, "-D", "-e", "-f", cfg]  # fmt: skip
         with open(os.path.join(self.dir, "sshd.log"), "ab") as log:
-            self.sshd = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                 'mount -t tmpfs -o mode=755 tmpfs /run && mkdir -p /run/sshd && exec "$@"', "sh",
-                 SSHD, "-D", "-e", "-f", cfg],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        last = address(len(self.names) - 1)
+            sshd = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        self.sshds.append(sshd)
+
+    def _wait(self, sshd: subprocess.Popen[bytes], last: str, deadline: float) -> None:
         while time.monotonic() < deadline:
-            if self.sshd.poll() is not None:
+            if sshd.poll() is not None:
                 with open(os.path.join(self.dir, "sshd.log"), errors="replace") as f:
                     raise RuntimeError(f"sshd exited: {f.read()[-2000:]}")
             try:
                 with socket.create_connection((last, PORT), timeout=1):
-                    return self
+                    return
             except OSError:
                 time.sleep(0.1)
-        self.stop()
         raise RuntimeError("sshd not listening in time")
 
     def env(self) -> dict[str, str]:
@@ -96,11 +109,13 @@ class Peers:
         return {**os.environ, "PDSH_RCMD_TYPE": "ssh", "PDSH_SSH_ARGS_APPEND": f"-F {self.config}"}
 
     def stop(self) -> None:
-        if self.sshd is not None and self.sshd.poll() is None:
-            os.killpg(self.sshd.pid, signal.SIGTERM)
+        for sshd in self.sshds:
+            if sshd.poll() is None:
+                os.killpg(sshd.pid, signal.SIGTERM)
+        for sshd in self.sshds:
             try:
-                self.sshd.wait(10)
+                sshd.wait(10)
             except subprocess.TimeoutExpired:
-                os.killpg(self.sshd.pid, signal.SIGKILL)
-                self.sshd.wait(10)
+                os.killpg(sshd.pid, signal.SIGKILL)
+                sshd.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
