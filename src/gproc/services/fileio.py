@@ -125,13 +125,14 @@ def read(args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
 
 
 def stat_path(args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
-    """``{"path"}`` -> ``{"type", "size", "mtime", "mode", "owner", "group", "sha256", "target"}``."""
+    """``{"path", "hash"}`` -> ``{"type", "size", "mtime", "mode", "owner", "group", "sha256", "target"}``
+    (``sha256`` empty when ``hash`` is false)."""
     path = args["path"]
     try:
         st = os.lstat(path)
         kind = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "link"}.get(stat.S_IFMT(st.st_mode), "other")
         digest, target = "", ""
-        if kind == "file":
+        if kind == "file" and args.get("hash", True):
             h = hashlib.sha256()
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             with open(fd, "rb") as f:

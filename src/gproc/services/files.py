@@ -154,7 +154,7 @@ class FileService:
             op.emit(("e", template, str(e)))
             return None
 
-    async def _answers(self, op: Op, fn: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    async def _answers(self, op: Op, fn: str, **args: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """For each path of ``op``: ``fn``'s answer on this node, as the caller; a path that cannot
         be expanded or answered is emitted as an error group instead."""
         uid, gid = _creds(op)
@@ -162,7 +162,7 @@ class FileService:
             path = self._where(op, template)
             if path is None:
                 continue
-            r = await as_user(uid, gid, fn, {"path": path})
+            r = await as_user(uid, gid, fn, {**args, "path": path})
             if "err" in r:  # said of the template, so that nodes failing alike merge into one group
                 op.emit(("e", template, str(r["err"]).replace(path, template, 1)))
             else:
@@ -180,7 +180,8 @@ class FileService:
 
     async def fstat(self, op: Op) -> None:
         field = op.body.get("field", "size")
-        async for template, r in self._answers(op, "stat"):
+        # reduced to a size or mtime: no SHA-256 (it would read every byte for nothing)
+        async for template, r in self._answers(op, "stat", hash=op.reducer is None):
             if op.reducer is not None:
                 op.give(r[field] if field in STAT_FIELDS else r["size"])
             else:
