@@ -111,6 +111,7 @@ class SyncService:
                 op.emit(("v", rel, sigs))
             elif state == "n":
                 op.emit(("n", rel))
+        op.emit(("s", 0, ""))
 
     async def fpatch(self, op: Op) -> None:
         uid, gid = _creds(op)
