@@ -627,6 +627,7 @@ class Group:
         self.selection = {"nodes": nodes, "w": include, "x": exclude}
         self.absent: list[str] = []
         self.shipped: dict[str, Any] = {}  # cp: what shipping cost (files, bytes, link_bytes, seconds)
+        self.synced: dict[str, Any] = {}  # sync: signature bytes at the master, old versions, pieces
 
     async def cat(
         self, paths: list[str] | str, agg: str = "equiv", edges: list[float] | None = None
@@ -851,6 +852,41 @@ class Group:
         out += [Status(nodes, count, int(key[1]), str(key[2])) for key, nodes, count in r["groups"]]
         return out
 
+    async def sync(self, source: str, dest: str, *, delete: bool = False) -> list[Status]:
+        """Make ``dest`` on every node a copy of the local file or directory ``source`` (``rsync -a
+        SOURCE/ DEST``: mode, mtime and symbolic links kept, written atomically, as you), moving only
+        what changed: nodes holding the same old version send its block signatures up once per link,
+        and each missing block goes down once per link. ``delete``: what ``dest`` holds beyond
+        ``source`` is removed. Returns a status per node set, like ``cp``; ``shipped`` and ``synced``
+        (``sig_bytes`` at the master, distinct old ``versions``, ``pieces``, ``piece_bytes``) say
+        what it cost."""
+        from gproc.services.fileio import check_paths
+
+        check_paths([dest])
+        ship, meta, pieces, block_lists = sync_source(source)
+        conn = await Connection.open(self.cluster.socket, self.cluster.timeout)
+        try:
+            conn.send({"t": "req", "fn": "sync", "tree": [e.to_wire() for e in ship.entries.values()], "meta": meta,
+                       "dest": dest, "blocks": block_lists, "delete": delete, **self.selection})  # fmt: skip
+            while True:
+                msg = await conn.receive()
+                t = msg.get("t")
+                if t == "want":
+                    await _send_pieces(conn, pieces, msg.get("h", []))
+                elif t == "ship":
+                    self.shipped = {k: msg.get(k, 0) for k in ("files", "bytes", "link_bytes", "seconds")}
+                elif t == "job":
+                    self.absent = [a for a in str(msg.get("absent", "")).split(",") if a]
+                elif t == "ret":
+                    break
+        finally:
+            conn.close()
+        r = msg["r"]
+        self.synced = {k: r.get(k, 0) for k in ("sig_bytes", "versions", "pieces", "piece_bytes")}
+        out = [Status(a, 1, 255, "absent") for a in r["absent"]]
+        out += [Status(nodes, count, int(key[1]), str(key[2])) for key, nodes, count in r["groups"]]
+        return out
+
 
 async def _send_wanted(
     conn: Connection, ship: Bundle, hashes: list[str], progress: Callable[[int, int], None] | None
@@ -870,6 +906,62 @@ async def _send_wanted(
                     progress(sent, total)
         except (OSError, StagingError) as e:
             conn.send({"t": "data", "h": h, "err": str(getattr(e, "strerror", None) or e)})
+
+
+async def _send_pieces(conn: Connection, pieces: dict[str, tuple[str, int, int]], hashes: list[str]) -> None:
+    """Stream the pieces (whole files or blocks) the master asked for, chunk by chunk."""
+    from gproc.bundle import CHUNK
+
+    for h in hashes:
+        if h not in pieces:
+            raise ProtocolError(f"the master asked for an unknown piece {str(h)[:16]}")
+        path, offset, size = pieces[h]
+        try:
+            with open(path, "rb") as f:
+                done = 0
+                while True:
+                    data = os.pread(f.fileno(), min(CHUNK, size - done), offset + done)
+                    conn.send({"t": "data", "h": h, "o": done, "d": data})
+                    await conn.writer.drain()
+                    done += len(data)
+                    if not data or done >= size:
+                        break
+        except OSError as e:
+            conn.send({"t": "data", "h": h, "err": str(e.strerror or e)})
+
+
+def sync_source(
+    source: str,
+) -> tuple[Bundle, dict[str, list[int]], dict[str, tuple[str, int, int]], dict[str, list[str]]]:
+    """What ``sync`` offers: the tree of ``source`` (as ``cp -r``), its metadata, every piece it may
+    send (hash -> (local path, offset, size): whole files and their blocks), and the block hashes of
+    files of more than one block. UsageError for a missing source, before anything is sent."""
+    import functools
+
+    from gproc import blocks
+
+    ship, meta = copy_tree([source], recursive=True)
+    pieces: dict[str, tuple[str, int, int]] = {}
+    block_lists: dict[str, list[str]] = {}
+    for e in ship.entries.values():
+        if e.kind != "f" or e.hash in pieces:
+            continue
+        path = ship.sources[e.hash]
+        pieces[e.hash] = (path, 0, e.size)
+        if blocks.block_count(e.size) <= 1:
+            continue
+        b = blocks.block_size(e.size)
+        try:
+            with open(path, "rb") as f:
+                hashes = blocks.block_hashes(iter(functools.partial(f.read, b), b""))
+        except OSError as err:
+            raise UsageError(f"cannot read {path}: {err.strerror}") from None
+        if len(hashes) != blocks.block_count(e.size):
+            raise UsageError(f"{path} changed while it was read")
+        block_lists[e.hash] = hashes
+        for i, h in enumerate(hashes):
+            pieces.setdefault(h, (path, i * b, min(b, e.size - i * b)))
+    return ship, meta, pieces, block_lists
 
 
 def _lay_out(top: str, entries: list[list[Any]], spool: str) -> None:
@@ -948,7 +1040,7 @@ def copy_tree(sources: list[str], recursive: bool) -> tuple[Bundle, dict[str, li
                 raise UsageError(f"{src} is a directory (use -r)")
             ship.add(Entry("d", top, mode=st_.S_IMODE(st.st_mode)))
             note(top, st)
-            for here, dirs, names in os.walk(src):
+            for here, dirs, names in os.walk(src, onerror=_unreadable):  # a directory it cannot list
                 for n in sorted(dirs + names):
                     p = os.path.join(here, n)
                     rel = top + "/" + os.path.relpath(p, src)
@@ -964,7 +1056,13 @@ def copy_tree(sources: list[str], recursive: bool) -> tuple[Bundle, dict[str, li
                     note(rel, lst)
         except StagingError as e:
             raise UsageError(str(e)) from None
+        except OSError as e:
+            raise UsageError(f"cannot copy {e.filename}: {e.strerror}") from None
     return ship, meta
+
+
+def _unreadable(e: OSError) -> None:
+    raise e
 
 
 def check_selection(nodes: str | None, include: str | None, exclude: str | None) -> None:

@@ -33,6 +33,7 @@ from gproc.services.ship import Shipper
 from gproc.services.stack import MasterStack, StackService
 from gproc.services.stage import StageService
 from gproc.services.stdin import StdinService
+from gproc.services.sync import MasterSync, SyncService
 
 JOIN_WINDOW = 64  # nodes of one process joining at once
 
@@ -55,7 +56,16 @@ def node_services(node: Node, gate: SpawnGate | None = None) -> NodeServices:
     stage = StageService(node)
     execute = ExecService(node, gate or SpawnGate(), procs, stdin, stage)
     files = FileService(node, stage.store)
-    tables = (execute, procs, stdin, stage, files, MetricsService(node), StackService(node, procs))
+    tables = (
+        execute,
+        procs,
+        stdin,
+        stage,
+        files,
+        SyncService(node, stage.store),
+        MetricsService(node),
+        StackService(node, procs),
+    )
     for table in (service.service() for service in tables):
         install(node, table)
     if node.cfg.socket and not node.is_master:
@@ -98,6 +108,7 @@ def build_master(
     shipper = Shipper(master)
     master.equip(procs, store, shipper, stdin)
     install(master, MasterFiles(master, shipper).service(), master)
+    install(master, MasterSync(master, shipper).service(), master)
     return master
 
 

@@ -59,6 +59,11 @@ def _cp_switches(p: Parser) -> None:
     p.add_argument("--preserve", action="store_true", help="-p: keep the owner too (mode, mtime and links always)")
 
 
+def _sync_switches(p: Parser) -> None:
+    _common(p)
+    p.add_argument("--delete", action="store_true", help="remove what DEST holds beyond SRC")
+
+
 def _gather_switches(p: Parser) -> None:
     _common(p)
     p.add_argument("--recursive", action="store_true", help="-r, -R: copy directories and what they hold")
@@ -192,6 +197,24 @@ async def _cp(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
     return worst
 
 
+async def _sync(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
+    nodes, rest = _file_nodes(opts, pos, 2, "gproc sync [--delete] NODES SRC DEST")
+    if len(rest) != 2:
+        raise UsageError("usage: gproc sync [--delete] NODES SRC DEST (one source)")
+    g = _group(opts, nodes)
+    statuses = await g.sync(rest[0], rest[1], delete=opts.delete)
+    worst = 0
+    for st in statuses:
+        worst = max(worst, st.status)
+        if opts.json:
+            print(json.dumps({"nodes": st.nodes, "count": st.count, "status": st.status, "error": st.error}))
+        elif st.status:
+            print(f"gproc: {st.nodes}: {st.error}", file=sys.stderr)
+    if opts.json:
+        print(json.dumps({"shipped": g.shipped, **g.synced}))
+    return worst
+
+
 async def _grep_tail(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
     """grep's exit status: 0 a line was selected on every node, 1 on some node none, 2 an error
     (255 a node absent or unreachable)."""
@@ -314,6 +337,17 @@ MODES = (
         description="Copy files from here to NODES through the tree; each node's file appears whole or not at all.",
         epilog=PATHS,
         short=(*RECURSIVE, ("p", "--preserve")),
+    ),
+    Mode(
+        ("sync",),
+        ("sync [--delete] NODES SRC DEST  make DEST on NODES a copy of SRC (rsync -a SRC/ DEST), moving what changed",),
+        _sync_switches,
+        _runner("sync", _sync),
+        usage="gproc sync [--delete] [--json] NODES SRC DEST",
+        description="Make DEST on each of NODES a copy of the local file or directory SRC (mode, mtime and "
+        "links kept, each file written atomically, as you). Only changed blocks travel, once per tree link; "
+        "nodes holding the same old version send its signatures up once.",
+        epilog=PATHS,
     ),
     Mode(
         ("gather", "rcp"),

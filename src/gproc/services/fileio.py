@@ -125,13 +125,14 @@ def read(args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
 
 
 def stat_path(args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
-    """``{"path"}`` -> ``{"type", "size", "mtime", "mode", "owner", "group", "sha256", "target"}``."""
+    """``{"path", "hash"}`` -> ``{"type", "size", "mtime", "mode", "owner", "group", "sha256", "target"}``
+    (``sha256`` empty when ``hash`` is false)."""
     path = args["path"]
     try:
         st = os.lstat(path)
         kind = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "link"}.get(stat.S_IFMT(st.st_mode), "other")
         digest, target = "", ""
-        if kind == "file":
+        if kind == "file" and args.get("hash", True):
             h = hashlib.sha256()
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             with open(fd, "rb") as f:
@@ -373,8 +374,11 @@ OPERATIONS: dict[str, Callable[[dict[str, Any], list[int]], dict[str, Any]]] = {
 }
 
 
+Operation = Callable[[dict[str, Any], list[int]], dict[str, Any]]
+
+
 def forked(
-    uid: int, gid: int, groups: list[int], fn: str, args: dict[str, Any], fds: list[int], timeout: float
+    uid: int, gid: int, groups: list[int], fn: str | Operation, args: dict[str, Any], fds: list[int], timeout: float
 ) -> dict[str, Any] | None:
     """Run an operation in a child of this process that switched to ``uid``/``gid``/``groups``
     (a fork, not an exec: the user need not be able to read the Python that runs the daemon). The
@@ -390,7 +394,8 @@ def forked(
                 os.setgroups(groups)
                 os.setresgid(gid, gid, gid)
                 os.setresuid(uid, uid, uid)
-            data = memoryview(msgpack.packb(OPERATIONS[fn](args, fds), use_bin_type=True))
+            run = OPERATIONS[fn] if isinstance(fn, str) else fn
+            data = memoryview(msgpack.packb(run(args, fds), use_bin_type=True))
             while data:
                 data = data[os.write(w, data) :]
             code = 0

@@ -31,6 +31,7 @@ import itertools
 import os
 import pwd
 import secrets
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
@@ -89,7 +90,12 @@ def parse_number(data: bytes) -> int | float:
 
 
 async def as_user(
-    uid: int, gid: int, fn: str, args: dict[str, Any], fds: list[int] | None = None, limit: float | None = None
+    uid: int,
+    gid: int,
+    fn: str | fileio.Operation,
+    args: dict[str, Any],
+    fds: list[int] | None = None,
+    limit: float | None = None,
 ) -> dict[str, Any]:
     """Run a ``fileio`` operation with the rights of ``uid``/``gid``: in a thread when the daemon
     already is that user, else in a forked child that became that user (only a root daemon can).
@@ -97,14 +103,16 @@ async def as_user(
     caller controls (a regular expression) must not hold a daemon thread."""
     euid = os.geteuid()
     if uid == euid and limit is None:
-        return await asyncio.to_thread(fileio.OPERATIONS[fn], args, list(fds or []))
+        run = fileio.OPERATIONS[fn] if isinstance(fn, str) else fn
+        return await asyncio.to_thread(run, args, list(fds or []))
     if uid != euid and euid != 0:
         raise StagingError(f"node daemon runs as uid {euid} and cannot act for uid {uid}")
     groups = platform.user_groups(uid, gid)
     seconds = WORKER_TIMEOUT if limit is None else limit
     answer = await asyncio.to_thread(fileio.forked, uid, gid, groups, fn, args, list(fds or []), seconds)
     if answer is None:
-        raise StagingError(f"{fn} failed or took longer than {seconds:.0f} s")
+        name = fn if isinstance(fn, str) else fn.__name__
+        raise StagingError(f"{name} failed or took longer than {seconds:.0f} s")
     return answer
 
 
@@ -265,34 +273,35 @@ class FileService:
             op.emit(("e", template, str(e)))
             return None
 
-    async def fread(self, op: Op, b: ReadBody) -> None:
+    async def _answers(self, op: Op, b: ReadBody, fn: str, **args: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """For each path of ``b``: ``fn``'s answer on this node, as the caller; a path that cannot
+        be expanded or answered is emitted as an error group instead."""
         uid, gid = b.uid, b.gid
-        numeric = op.reducer is not None
         for template in b.paths:
             path = self._where(op, template)
             if path is None:
                 continue
-            r = await as_user(uid, gid, "read", {"path": path})
+            r = await as_user(uid, gid, fn, {**args, "path": path})
             if "err" in r:  # said of the template, so that nodes failing alike merge into one group
                 op.emit(("e", template, str(r["err"]).replace(path, template, 1)))
-            elif not numeric:
-                op.emit(("c", template, r["data"]))
             else:
-                try:
-                    op.give(parse_number(r["data"]))
-                except (ValueError, UnicodeDecodeError):
-                    op.emit(("e", template, f"{template}: not a number: {r['data'][:40]!r}"))
+                yield template, r
+
+    async def fread(self, op: Op, b: ReadBody) -> None:
+        async for template, r in self._answers(op, b, "read"):
+            if op.reducer is None:
+                op.emit(("c", template, r["data"]))
+                continue
+            try:
+                op.give(parse_number(r["data"]))
+            except (ValueError, UnicodeDecodeError):
+                op.emit(("e", template, f"{template}: not a number: {r['data'][:40]!r}"))
 
     async def fstat(self, op: Op, b: StatBody) -> None:
-        uid, gid, field = b.uid, b.gid, b.field
-        for template in b.paths:
-            path = self._where(op, template)
-            if path is None:
-                continue
-            r = await as_user(uid, gid, "stat", {"path": path})
-            if "err" in r:  # said of the template, so that nodes failing alike merge into one group
-                op.emit(("e", template, str(r["err"]).replace(path, template, 1)))
-            elif op.reducer is not None:
+        field = b.field
+        # reduced to a size or mtime: no SHA-256 (it would read every byte for nothing)
+        async for template, r in self._answers(op, b, "stat", hash=op.reducer is None):
+            if op.reducer is not None:
                 op.give(r[field] if field in STAT_FIELDS else r["size"])
             else:
                 r["owner"], r["group"] = _user_name(r["owner"]), _group_name(r["group"])

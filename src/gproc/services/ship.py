@@ -54,9 +54,10 @@ class Shipper:
         return parse_manifest(bundle.get("files"))
 
     async def distribute(
-        self, link: Link, job: int, entries: list[Entry], targets: set[int]
+        self, link: Link, job: int, entries: list[Entry], targets: set[int], only: dict[str, set[int]] | None = None
     ) -> tuple[set[int], Groups]:
-        """Ship what the targets lack; returns (ranks ready to run, statuses of ranks that are not)."""
+        """Ship what the targets lack; returns (ranks ready to run, statuses of ranks that are not).
+        ``only``: a file goes to these of its hash's ranks at most (``sync``: those lacking a block)."""
         files: dict[str, tuple[int, bool]] = {}
         for e in entries:
             if e.kind == "f":
@@ -67,6 +68,8 @@ class Shipper:
             return targets, failed
         t0 = time.monotonic()
         need = await self._have(files, targets, failed, job)
+        if only is not None:
+            need = {h: ranks & only.get(h, set()) for h, ranks in need.items()}
         ok = targets - _ranks(failed)
         wanted = [h for h in files if need.get(h, set()) & ok]
         sent = 0
