@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.cluster.daemons import node
 from tests.cluster.users import NOBODY, as_user, needs_root
 from tests.conftest import LocalCluster, start_cluster, stop_cluster
 
@@ -637,3 +638,38 @@ def test_processes_page_shows_the_masters_refusal_for_another_users_process(brow
     assert buttons == 0, "no signal buttons on another user's process"
     assert answer["error"] == text and re.fullmatch(r"gproc: kill \d+: permission denied", text), (answer, text)
     assert rc == "0", "root's own sleep was still running after nobody's signal"
+
+
+def test_tree_page_in_chromium_shows_a_frozen_node_lost_within_5s(
+    browser: tuple[Chromium, str], tmpdir_short: str
+) -> None:
+    """64 nodes: 63 of a local cluster and one daemon this test started; SIGSTOP on that one (by its
+    process group) and the tree page marks it lost within the 5 s the liveness rule promises."""
+    c, d = start_cluster(63, 4)
+    victim = w = None
+    try:
+        victim = node("victim", "100", c.master_address, c.key, os.path.join(tmpdir_short, "victim.log"))
+        w = Web(c)
+
+        async def go() -> str:
+            async with tab(browser[0], w.url, browser[1], "tree-frozen") as t:
+                state = "document.querySelector('#tree-body tr[data-node=victim] td:last-child')?.textContent"
+                await t.wait_for(f"{state} === 'up'", "the victim up")
+                summary = await t.wait_for(
+                    "document.getElementById('tree-summary').textContent.includes('64 nodes up')"
+                    " && document.getElementById('tree-summary').textContent",
+                    "64 nodes up",
+                )
+                assert victim is not None
+                victim.signal(signal.SIGSTOP)
+                await t.wait_for(f"{state} === 'lost'", "the frozen victim lost", deadline=5.0)
+                return str(summary)
+
+        summary = asyncio.run(go())
+    finally:
+        if victim is not None:
+            victim.end()  # SIGCONT, then SIGKILL: nothing of it is left stopped
+        if w is not None:
+            w.stop()
+        stop_cluster(c, d)
+    assert "64 nodes up, 0 lost" in summary, summary
