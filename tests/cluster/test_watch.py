@@ -673,3 +673,58 @@ def test_tree_page_in_chromium_shows_a_frozen_node_lost_within_5s(
             w.stop()
         stop_cluster(c, d)
     assert "64 nodes up, 0 lost" in summary, summary
+
+
+ODD_ONE = 'echo same; if [ "$GPROC_NAME" = node5 ]; then echo odd; exit 1; fi; echo even'
+
+
+def test_job_page_in_chromium_shows_the_b_and_diff_views_as_gproc_output_does(
+    cluster16: LocalCluster, web16: Web, browser: tuple[Chromium, str]
+) -> None:
+    async def go() -> tuple[int, dict[str, tuple[str, str]]]:
+        k = client.Cluster(cluster16.socket)
+        job = await k.exec(["sh", "-c", ODD_ONE], "./**", batch=True, timeout=60, localbin=True)
+        await k.wait(job=job.id)
+        views = {}
+        async with tab(browser[0], web16.url, browser[1], "job-views") as t:
+            await t.js("document.querySelector('a[data-tab=jobs]').click(); true")
+            link = f"document.querySelector('#jobs-table a[data-job=\"{job.id}\"]')"
+            await t.wait_for(f"!!{link}", f"job {job.id} in the list")
+            await t.js(f"{link}.click(); true")
+            for view in ("b", "diff"):
+                await t.js(f"document.querySelector('#job-views a[data-view={view}]').click(); true")
+                await t.wait_for(f"document.getElementById('job-output').dataset.view === '{view}'", f"the {view} view")
+                views[view] = (
+                    str(await t.js("document.getElementById('job-output').textContent")),
+                    str(await t.js("document.getElementById('job-stderr').textContent")),
+                )
+        return job.id, views
+
+    job, views = asyncio.run(go())
+    for view, switch in (("b", "-b"), ("diff", "--diff")):
+        cli = cluster16.gproc("output", switch, str(job))
+        assert cli.returncode == 1, cli.stderr
+        assert views[view] == (cli.stdout, cli.stderr), (view, views[view], cli.stdout, cli.stderr)
+    assert "node[0-4,6-15] (15)" in views["b"][0] and "node5 (1)" in views["b"][0], views["b"]
+    assert "-even\n+odd\n" in views["diff"][0] and "node5: exit 1" in views["diff"][1], views["diff"]
+
+
+def test_web_signal_and_view_requests_refuse_bad_input_in_one_line(web16: Web) -> None:
+    async def go() -> list[tuple[int, str]]:
+        got = []
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
+            for form in ({"gpid": "7", "sig": "TERM"}, {"gpid": 7, "sig": "HUP"}, {"gpid": 999999, "sig": "TERM"}):
+                async with s.post(web16.base + "api/kill", json=form) as r:
+                    got.append((r.status, (await r.json())["error"]))
+            async with s.post(web16.base + "api/kill", data="gpid=7&sig=TERM") as r:
+                got.append((r.status, (await r.json())["error"]))
+            for path in ("api/output/1?view=tree", "api/output/x?view=b", "api/output/999999?view=b"):
+                async with s.get(web16.base + path) as r:
+                    got.append((r.status, (await r.json())["error"]))
+        return got
+
+    got = asyncio.run(go())
+    assert [status for status, _ in got] == [400, 400, 404, 415, 400, 400, 404], got
+    assert all(msg.startswith("gproc: ") and "\n" not in msg for _, msg in got), got
+    assert "not a gpid" in got[0][1] and "unknown signal 'HUP'" in got[1][1], got
+    assert got[2][1] == "gproc: kill 999999: no such process", got
