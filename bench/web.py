@@ -31,12 +31,12 @@ import aiohttp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository: tests' drivers
 
-from launch import int_list  # noqa: E402
-from results import machine, write_section  # noqa: E402
-from tests.cluster.test_watch import Chromium, Web, tab  # noqa: E402
-from tests.conftest import LocalCluster, start_cluster, stop_cluster  # noqa: E402
+from tests.cluster.test_watch import Chromium, Web, tab
+from tests.conftest import LocalCluster, start_cluster, stop_cluster
 
-from gproc import client  # noqa: E402
+from gproc import client
+from launch import int_list
+from results import machine, write_section
 
 
 async def scrape(c: LocalCluster, base: str) -> tuple[int, float, int]:
