@@ -27,6 +27,7 @@ from aiohttp import web
 
 from gproc import client, psview
 from gproc.address import parse_address
+from gproc.display import Display
 from gproc.errors import GprocError, UsageError
 from gproc.web import exposition
 
@@ -270,8 +271,6 @@ class App:
     async def grouped(self, request: web.Request) -> web.StreamResponse:
         """A job's output as ``gproc output -b`` (``?view=b``) or ``--diff`` (``?view=diff``) prints
         it, by the CLI's own Display, once the job has ended: ``{"stdout", "stderr", "status"}``."""
-        from gproc.display import Display
-
         view = request.query.get("view", "b")
         if view not in ("b", "diff"):
             return error(400, f"unknown view {view!r} (b or diff)")
