@@ -32,6 +32,7 @@ from gproc.errors import GprocError, UsageError
 from gproc.web import exposition
 
 REFRESH = 1.0  # seconds between live updates of the tree, the jobs and the metrics
+TREE_REFRESH = 0.5  # the tree is asked more often: a lost node shows within the liveness rule's 5 s
 COMPACT_ABOVE = 256  # nodes: beyond this the tree page shows counts per level, not every node
 COOKIE = "gproc_token"
 SIGNALS = ("TERM", "KILL", "STOP", "CONT")  # the processes page's buttons
@@ -171,7 +172,7 @@ class App:
         app.router.add_post("/api/run", self.run)
         app.router.add_post("/api/kill", self.kill)
         app.router.add_get("/events/ps", self.live(self._ps))
-        app.router.add_get("/events/tree", self.live(self._tree))
+        app.router.add_get("/events/tree", self.live(self._tree, TREE_REFRESH))
         app.router.add_get("/events/jobs", self.live(self._jobs))
         app.router.add_get("/events/metrics", self.live(self._metrics))
         app.router.add_get("/events/output/{job}", self.output)
@@ -216,18 +217,23 @@ class App:
         except GprocError as e:
             return error(400 if isinstance(e, UsageError) else 502, str(e))
 
-    def live(self, get: Callable[[], Awaitable[dict[str, Any]]]) -> Handler:
-        """Server-sent events: ``get()`` every REFRESH seconds until the browser leaves."""
+    def live(self, get: Callable[[], Awaitable[dict[str, Any]]], every: float = REFRESH) -> Handler:
+        """Server-sent events: ``get()`` every ``every`` seconds until the browser leaves, sent when
+        it differs from the last one sent (the page redraws only what changed)."""
 
         async def stream(request: web.Request) -> web.StreamResponse:
             out = sse(request)
+            last = None
             async with out as send:
                 while True:
                     try:
-                        await send(await get())
+                        now = await get()
                     except GprocError as e:
-                        await send({"error": f"gproc: {e}"})
-                    await asyncio.sleep(REFRESH)
+                        now = {"error": f"gproc: {e}"}
+                    if now != last:
+                        await send(now)
+                        last = now
+                    await asyncio.sleep(every)
             return out.resp  # the loop ends when the browser leaves
 
         return stream
