@@ -5,10 +5,12 @@ page in a real headless chromium driven over the DevTools protocol."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
 import re
+import select
 import shutil
 import signal
 import socket
@@ -16,16 +18,18 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.cluster.daemons import node
 from tests.cluster.users import NOBODY, as_user, needs_root
 from tests.conftest import LocalCluster, start_cluster, stop_cluster
 
 from gproc import client
+from gproc.errors import GprocError
 from gproc.services.metrics import METRICS, TOP
 
 pytestmark = pytest.mark.cluster
@@ -454,3 +458,273 @@ def test_web_on_loopback_answers_only_the_user_who_started_it(web16: Web) -> Non
 
     assert as_user(NOBODY, status) == 403
     assert status() == 200
+
+
+class Tab:
+    """One page of the browser, over its DevTools WebSocket: run JavaScript, wait for the page to
+    show something (with a deadline), screenshot into ``shots`` when a wait fails."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, shots: str, name: str) -> None:
+        self.ws, self.shots, self.name, self.n = ws, shots, name, 0
+
+    async def cdp(self, method: str, **params: Any) -> dict[str, Any]:
+        self.n += 1
+        await self.ws.send_json({"id": self.n, "method": method, "params": params})
+        while True:
+            msg = await self.ws.receive_json(timeout=30)
+            if msg.get("id") == self.n:
+                assert "error" not in msg, msg
+                return dict(msg.get("result", {}))
+
+    async def js(self, expr: str) -> Any:
+        r = await self.cdp("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
+        assert "exceptionDetails" not in r, r["exceptionDetails"]
+        return r["result"].get("value")
+
+    async def screenshot(self) -> str:
+        import base64
+
+        shot = await self.cdp("Page.captureScreenshot")
+        path = os.path.join(self.shots, f"{self.name}.png")
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(shot["data"]))
+        return path
+
+    async def wait_for(self, expr: str, what: str, deadline: float = 60.0) -> Any:
+        """The first truthy value of ``expr`` within ``deadline`` seconds; else a screenshot and failure."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+        while loop.time() < end:
+            v = await self.js(expr)
+            if v:
+                return v
+            await asyncio.sleep(0.1)
+        path = await self.screenshot()
+        raise AssertionError(f"the page did not show {what} within {deadline:.0f} s (screenshot {path})")
+
+
+@contextlib.asynccontextmanager
+async def tab(browser: Chromium, url: str, shots: str, name: str) -> AsyncIterator[Tab]:
+    port = browser.ws_url.split("/")[2]
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
+        async with s.put(f"http://{port}/json/new?{url}") as r:
+            target = await r.json()
+        async with s.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            t = Tab(ws, shots, name)
+            await t.wait_for("document.readyState === 'complete' && !!document.getElementById('ps-table')", "the page")
+            yield t
+
+
+@pytest.fixture
+def browser() -> Iterator[tuple[Chromium, str]]:
+    """A headless chromium and a directory for its screenshots (kept, and named, when a test fails)."""
+    problem = chromium_problem()
+    if problem:
+        pytest.skip(problem)
+    shots = tempfile.mkdtemp(prefix="gpt-shots-")
+    b = Chromium()
+    try:
+        yield b, shots
+    finally:
+        b.stop()
+    if not os.listdir(shots):
+        os.rmdir(shots)
+
+
+async def start_sleep(c: LocalCluster, node: str) -> tuple[int, int]:
+    """A ``sleep`` started through the client API on ``node``: (job id, its gpid)."""
+    k = client.Cluster(c.socket)
+    job = await k.exec(["sleep", "300"], "./**", include=node, batch=True, timeout=60, localbin=True)
+    for _ in range(100):
+        rows, _ = await k.ps(include=node)
+        mine = [r["gpid"] for r in rows if r["job"] == job.id and r["cmd"].startswith("sleep")]
+        if mine:
+            return job.id, mine[0]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the sleep of job {job.id} never showed in ps")
+
+
+def test_processes_page_in_chromium_ends_a_sleep_by_its_signal_button(
+    cluster16: LocalCluster, web16: Web, browser: tuple[Chromium, str]
+) -> None:
+    async def go() -> tuple[int, str]:
+        job, gpid = await start_sleep(cluster16, "node3")
+        try:
+            async with tab(browser[0], web16.url, browser[1], "processes-page") as t:
+                await t.js("document.querySelector('a[data-tab=procs]').click(); true")
+                row = f"document.querySelector('#ps-table tr[data-gpid=\"{gpid}\"]')"
+                cmd = await t.wait_for(f"{row} && {row}.querySelector('td.cmd').textContent", f"gpid {gpid}")
+                await t.js(f"{row}.querySelector('button[data-sig=TERM]').click(); true")
+                await t.wait_for(f"!{row}", f"gpid {gpid} gone from the forest")
+                shown_error = str(await t.js("document.getElementById('ps-error').textContent"))
+        finally:
+            with contextlib.suppress(GprocError):  # "no such job" once the button ended it
+                await client.Cluster(cluster16.socket).kill(job=job, sig=9)
+        r = cluster16.gproc("wait", str(gpid))
+        return r.returncode, f"{cmd!r} {shown_error!r} {r.stderr}"
+
+    status, seen = asyncio.run(go())
+    assert status == 143, seen  # 128 + SIGTERM: the button's signal ended it, not the clean-up's KILL
+    assert "sleep 300" in seen and "''" in seen, seen
+
+
+class WebAs:
+    """``gproc web`` serving as another user: a forked child that drops to ``uid`` and serves (that
+    user cannot read root's Python packages, so the child imports nothing after the fork)."""
+
+    def __init__(self, c: LocalCluster, uid: int) -> None:
+        import encodings.idna  # noqa: F401  (aiohttp encodes host names with it)
+
+        from gproc.web import server
+
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.setsid()
+                os.close(r)
+                sys.stdout = os.fdopen(w, "w")  # where serve prints its address (pytest holds the old one)
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+                asyncio.run(server.serve("127.0.0.1:0", c.socket))
+            finally:
+                os._exit(1)
+        os.close(w)
+        self.pid = pid
+        with os.fdopen(r) as f:
+            ready, _, _ = select.select([f], [], [], 30)
+            line = f.readline() if ready else ""  # its address once it listens (EOF if it died)
+        m = re.search(r"(http://\S+)", line)
+        if m is None:
+            self.stop()
+            raise AssertionError(f"gproc web as uid {uid} did not start: {line!r}")
+        self.url = m.group(1)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+
+
+@needs_root
+def test_processes_page_shows_the_masters_refusal_for_another_users_process(browser: tuple[Chromium, str]) -> None:
+    """``gproc web`` run by nobody lists root's sleep without signal buttons; a signal sent anyway (as
+    a crafted request would) is refused by the master, and the page shows ``gproc kill``'s line."""
+    c, d = start_cluster(2, 2)
+    os.chmod(os.path.dirname(c.socket), 0o755)  # let nobody reach the master's socket
+    w = None
+    try:
+        w = WebAs(c, NOBODY)
+
+        async def go() -> tuple[Any, Any, str]:
+            _, gpid = await start_sleep(c, "node1")
+            async with tab(browser[0], w.url, browser[1], "processes-refused") as t:
+                await t.js("document.querySelector('a[data-tab=procs]').click(); true")
+                row = f"document.querySelector('#ps-table tr[data-gpid=\"{gpid}\"]')"
+                await t.wait_for(f"!!{row}", f"root's gpid {gpid}")
+                buttons = await t.js(f"{row}.querySelectorAll('button').length")
+                answer = await t.js(f"signalProcess({gpid}, 'KILL')")
+                shown = await t.wait_for("document.getElementById('ps-error').textContent", "the refusal")
+            cli = c.gproc("kill", "-KILL", str(gpid))  # what the CLI says, for the same request, as root it succeeds
+            return buttons, answer, f"{shown}\n{cli.returncode}"
+
+        buttons, answer, shown = asyncio.run(go())
+    finally:
+        if w is not None:
+            w.stop()
+        stop_cluster(c, d)
+    text, rc = shown.rsplit("\n", 1)
+    assert buttons == 0, "no signal buttons on another user's process"
+    assert answer["error"] == text and re.fullmatch(r"gproc: kill \d+: permission denied", text), (answer, text)
+    assert rc == "0", "root's own sleep was still running after nobody's signal"
+
+
+def test_tree_page_in_chromium_shows_a_frozen_node_lost_within_5s(
+    browser: tuple[Chromium, str], tmpdir_short: str
+) -> None:
+    """64 nodes: 63 of a local cluster and one daemon this test started; SIGSTOP on that one (by its
+    process group) and the tree page marks it lost within the 5 s the liveness rule promises."""
+    c, d = start_cluster(63, 4)
+    victim = w = None
+    try:
+        victim = node("victim", "100", c.master_address, c.key, os.path.join(tmpdir_short, "victim.log"))
+        w = Web(c)
+
+        async def go() -> str:
+            async with tab(browser[0], w.url, browser[1], "tree-frozen") as t:
+                state = "document.querySelector('#tree-body tr[data-node=victim] td:last-child')?.textContent"
+                await t.wait_for(f"{state} === 'up'", "the victim up")
+                summary = await t.wait_for(
+                    "document.getElementById('tree-summary').textContent.includes('64 nodes up')"
+                    " && document.getElementById('tree-summary').textContent",
+                    "64 nodes up",
+                )
+                assert victim is not None
+                victim.signal(signal.SIGSTOP)
+                await t.wait_for(f"{state} === 'lost'", "the frozen victim lost", deadline=5.0)
+                return str(summary)
+
+        summary = asyncio.run(go())
+    finally:
+        if victim is not None:
+            victim.end()  # SIGCONT, then SIGKILL: nothing of it is left stopped
+        if w is not None:
+            w.stop()
+        stop_cluster(c, d)
+    assert "64 nodes up, 0 lost" in summary, summary
+
+
+ODD_ONE = 'echo same; if [ "$GPROC_NAME" = node5 ]; then echo odd; exit 1; fi; echo even'
+
+
+def test_job_page_in_chromium_shows_the_b_and_diff_views_as_gproc_output_does(
+    cluster16: LocalCluster, web16: Web, browser: tuple[Chromium, str]
+) -> None:
+    async def go() -> tuple[int, dict[str, tuple[str, str]]]:
+        k = client.Cluster(cluster16.socket)
+        job = await k.exec(["sh", "-c", ODD_ONE], "./**", batch=True, timeout=60, localbin=True)
+        await k.wait(job=job.id)
+        views = {}
+        async with tab(browser[0], web16.url, browser[1], "job-views") as t:
+            await t.js("document.querySelector('a[data-tab=jobs]').click(); true")
+            link = f"document.querySelector('#jobs-table a[data-job=\"{job.id}\"]')"
+            await t.wait_for(f"!!{link}", f"job {job.id} in the list")
+            await t.js(f"{link}.click(); true")
+            for view in ("b", "diff"):
+                await t.js(f"document.querySelector('#job-views a[data-view={view}]').click(); true")
+                await t.wait_for(f"document.getElementById('job-output').dataset.view === '{view}'", f"the {view} view")
+                views[view] = (
+                    str(await t.js("document.getElementById('job-output').textContent")),
+                    str(await t.js("document.getElementById('job-stderr').textContent")),
+                )
+        return job.id, views
+
+    job, views = asyncio.run(go())
+    for view, switch in (("b", "-b"), ("diff", "--diff")):
+        cli = cluster16.gproc("output", switch, str(job))
+        assert cli.returncode == 1, cli.stderr
+        assert views[view] == (cli.stdout, cli.stderr), (view, views[view], cli.stdout, cli.stderr)
+    assert "node[0-4,6-15] (15)" in views["b"][0] and "node5 (1)" in views["b"][0], views["b"]
+    assert "-even\n+odd\n" in views["diff"][0] and "node5: exit 1" in views["diff"][1], views["diff"]
+
+
+def test_web_signal_and_view_requests_refuse_bad_input_in_one_line(web16: Web) -> None:
+    async def go() -> list[tuple[int, str]]:
+        got = []
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
+            for form in ({"gpid": "7", "sig": "TERM"}, {"gpid": 7, "sig": "HUP"}, {"gpid": 999999, "sig": "TERM"}):
+                async with s.post(web16.base + "api/kill", json=form) as r:
+                    got.append((r.status, (await r.json())["error"]))
+            async with s.post(web16.base + "api/kill", data="gpid=7&sig=TERM") as r:
+                got.append((r.status, (await r.json())["error"]))
+            for path in ("api/output/1?view=tree", "api/output/x?view=b", "api/output/999999?view=b"):
+                async with s.get(web16.base + path) as r:
+                    got.append((r.status, (await r.json())["error"]))
+        return got
+
+    got = asyncio.run(go())
+    assert [status for status, _ in got] == [400, 400, 404, 415, 400, 400, 404], got
+    assert all(msg.startswith("gproc: ") and "\n" not in msg for _, msg in got), got
+    assert "not a gpid" in got[0][1] and "unknown signal 'HUP'" in got[1][1], got
+    assert got[2][1] == "gproc: kill 999999: no such process", got

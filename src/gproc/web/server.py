@@ -11,25 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import io
 import ipaddress
 import json
 import os
+import pwd
 import secrets
 import shlex
+import signal
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
-from gproc import client
+from gproc import client, psview
 from gproc.address import parse_address
+from gproc.display import Display
 from gproc.errors import GprocError, UsageError
 from gproc.web import exposition
 
 REFRESH = 1.0  # seconds between live updates of the tree, the jobs and the metrics
+TREE_REFRESH = 0.5  # the tree is asked more often: a lost node shows within the liveness rule's 5 s
 COMPACT_ABOVE = 256  # nodes: beyond this the tree page shows counts per level, not every node
 COOKIE = "gproc_token"
+SIGNALS = ("TERM", "KILL", "STOP", "CONT")  # the processes page's buttons
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -132,9 +138,28 @@ def tree_view(info: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def from_this_server(request: web.Request) -> str | None:
+    """Why a POST that acts is refused, or None: only JSON sent by a page of this server (a
+    cross-site form cannot send JSON, and a script elsewhere sends its own Origin)."""
+    if request.content_type != "application/json":
+        return "send the form as JSON"
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.split("://", 1)[-1] != request.host:
+        return "commands are started only from this server's pages"
+    return None
+
+
 class App:
     def __init__(self, cluster: client.Cluster) -> None:
         self.c = cluster
+        self.user = user_name(os.getuid())  # ps shows user names: the page offers signals on these rows
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/", self.page)
@@ -142,8 +167,12 @@ class App:
         app.router.add_get("/api/tree", self.tree)
         app.router.add_get("/api/jobs", self.jobs)
         app.router.add_get("/api/nodes", self.node_metrics)
+        app.router.add_get("/api/ps", self.ps)
+        app.router.add_get("/api/output/{job}", self.grouped)
         app.router.add_post("/api/run", self.run)
-        app.router.add_get("/events/tree", self.live(self._tree))
+        app.router.add_post("/api/kill", self.kill)
+        app.router.add_get("/events/ps", self.live(self._ps))
+        app.router.add_get("/events/tree", self.live(self._tree, TREE_REFRESH))
         app.router.add_get("/events/jobs", self.live(self._jobs))
         app.router.add_get("/events/metrics", self.live(self._metrics))
         app.router.add_get("/events/output/{job}", self.output)
@@ -160,6 +189,15 @@ class App:
 
     async def _metrics(self) -> dict[str, Any]:
         return await self.c.metrics()
+
+    async def _ps(self) -> dict[str, Any]:
+        """``gproc ps --forest``: rows in forest order with their ``depth``; ``user`` is whose rows
+        may be signalled from the page (root: every row)."""
+        rows, errors = await self.c.ps()
+        return {"rows": psview.forest(rows), "errors": errors, "user": self.user, "root": os.getuid() == 0}
+
+    async def ps(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(self._ps())
 
     async def tree(self, request: web.Request) -> web.StreamResponse:
         return await self._answer(self._tree())
@@ -179,18 +217,23 @@ class App:
         except GprocError as e:
             return error(400 if isinstance(e, UsageError) else 502, str(e))
 
-    def live(self, get: Callable[[], Awaitable[dict[str, Any]]]) -> Handler:
-        """Server-sent events: ``get()`` every REFRESH seconds until the browser leaves."""
+    def live(self, get: Callable[[], Awaitable[dict[str, Any]]], every: float = REFRESH) -> Handler:
+        """Server-sent events: ``get()`` every ``every`` seconds until the browser leaves, sent when
+        it differs from the last one sent (the page redraws only what changed)."""
 
         async def stream(request: web.Request) -> web.StreamResponse:
             out = sse(request)
+            last = None
             async with out as send:
                 while True:
                     try:
-                        await send(await get())
+                        now = await get()
                     except GprocError as e:
-                        await send({"error": f"gproc: {e}"})
-                    await asyncio.sleep(REFRESH)
+                        now = {"error": f"gproc: {e}"}
+                    if now != last:
+                        await send(now)
+                        last = now
+                    await asyncio.sleep(every)
             return out.resp  # the loop ends when the browser leaves
 
         return stream
@@ -204,13 +247,57 @@ class App:
         body, ctype = exposition.render(snapshot, jobs)
         return web.Response(body=body, headers={"Content-Type": ctype})
 
+    async def kill(self, request: web.Request) -> web.StreamResponse:
+        """A signal button: ``{"gpid", "sig"}`` (sig one of SIGNALS) → ``{"gpid", "sig"}``, or the
+        one-line error ``gproc kill`` prints. The master decides whose processes the user may signal."""
+        why = from_this_server(request)
+        if why is not None:
+            return error(415 if request.content_type != "application/json" else 403, why)
+        try:
+            form = await request.json()
+        except ValueError:
+            return error(400, "the form is not JSON")
+        if not isinstance(form, dict):
+            return error(400, "the form is not a JSON object")
+        gpid, sig = form.get("gpid"), form.get("sig")
+        if not isinstance(gpid, int) or isinstance(gpid, bool) or gpid <= 0:
+            return error(400, f"not a gpid: {gpid!r}")
+        if sig not in SIGNALS:
+            return error(400, f"unknown signal {sig!r} (one of {', '.join(SIGNALS)})")
+        try:
+            r = await self.c.kill([gpid], sig=int(signal.Signals["SIG" + sig]))
+        except GprocError as e:
+            return error(400 if isinstance(e, UsageError) else 502, str(e))
+        for res in r["results"]:
+            if res["code"]:  # as gproc kill says it
+                status = {1: 404, 2: 403}.get(res["code"], 502)
+                return error(status, f"kill {res['gpid']}: {res['error']}")
+        return web.json_response({"gpid": gpid, "sig": sig})
+
+    async def grouped(self, request: web.Request) -> web.StreamResponse:
+        """A job's output as ``gproc output -b`` (``?view=b``) or ``--diff`` (``?view=diff``) prints
+        it, by the CLI's own Display, once the job has ended: ``{"stdout", "stderr", "status"}``."""
+        view = request.query.get("view", "b")
+        if view not in ("b", "diff"):
+            return error(400, f"unknown view {view!r} (b or diff)")
+        try:
+            job = await self.c.output(int(request.match_info["job"]))
+        except ValueError:
+            return error(400, "a job id is a number")
+        except GprocError as e:
+            return error(404, str(e))
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            await Display(gather=True, diff=view == "diff", out=out, err=err).consume(job)
+        except GprocError as e:
+            return error(502, str(e))
+        return web.json_response({"stdout": out.getvalue(), "stderr": err.getvalue(), "status": job.exit_status})
+
     async def run(self, request: web.Request) -> web.StreamResponse:
         """Start a command (a batch job) from the run form: ``{"nodes", "command"}`` → ``{"job"}``."""
-        if request.content_type != "application/json":
-            return error(415, "send the form as JSON")
-        origin = request.headers.get("Origin")
-        if origin is not None and origin.split("://", 1)[-1] != request.host:
-            return error(403, "commands are started only from this server's pages")
+        why = from_this_server(request)
+        if why is not None:
+            return error(415 if request.content_type != "application/json" else 403, why)
         try:
             form = await request.json()
         except ValueError:
