@@ -27,6 +27,7 @@ from gproc.services.execute import ExecService, SpawnGate
 from gproc.services.files import FileService, MasterFiles
 from gproc.services.jobs import JobService, JobStore
 from gproc.services.metrics import MasterMetrics, MetricsService
+from gproc.services.multicast import MasterMulticast, MulticastService
 from gproc.services.procs import MasterProcs, ProcService
 from gproc.services.relay import MasterRelay, NodeSocket
 from gproc.services.ship import Shipper
@@ -54,7 +55,7 @@ def node_services(node: Node, gate: SpawnGate | None = None) -> NodeServices:
     stage = StageService(node)
     execute = ExecService(node, gate or SpawnGate(), procs, stdin, stage)
     files = FileService(node, stage.store)
-    tables = (execute, procs, stdin, stage, files, MetricsService(node))
+    tables = (execute, procs, stdin, stage, files, MetricsService(node), MulticastService(node, stage.store))
     for table in (service.service() for service in tables):
         install(node, table)
     if node.cfg.socket and not node.is_master:
@@ -96,6 +97,7 @@ def build_master(
     shipper = Shipper(master)
     master.equip(procs, store, shipper, stdin)
     install(master, MasterFiles(master, shipper).service(), master)
+    install(master, MasterMulticast(master, shipper).service(), master)
     return master
 
 
