@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import secrets
 import threading
 from collections import Counter
@@ -55,13 +56,21 @@ def _thread(fn: Callable[[], T]) -> asyncio.Future[T]:
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[T] = loop.create_future()
 
+    def settle(r: T | None, e: BaseException | None) -> None:
+        if fut.done():
+            return
+        if e is not None:
+            fut.set_exception(e)
+        else:
+            fut.set_result(r)  # type: ignore[arg-type]
+
     def run() -> None:
         try:
             r = fn()
         except BaseException as e:  # handed to the awaiting task
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(e))
+            loop.call_soon_threadsafe(settle, None, e)
         else:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(r))
+            loop.call_soon_threadsafe(settle, r, None)
 
     threading.Thread(target=run, name="gproc-multicast", daemon=True).start()
     return fut
@@ -149,10 +158,14 @@ class MulticastService:
             raise StagingError("multicast session already running here")
         self.store.ensure()
         incs: list[Incoming | None] = []
+        fds: list[int | None] = []  # read and write: groups are rebuilt from what arrived, then hashed
         try:
             for h, size, x in files:
-                incs.append(None if self.store.has(h, size) else self.store.begin(h, size, x, f"m{p.session}"))
-            rx = Receiver(p, ch, self._iface(), self.node.rank or 0, [i.fd if i else None for i in incs], IDLE)
+                inc = None if self.store.has(h, size) else self.store.begin(h, size, x, f"m{p.session}")
+                incs.append(inc)
+                flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+                fds.append(None if inc is None else os.open(inc.tmp, flags))
+            rx = Receiver(p, ch, self._iface(), self.node.rank or 0, fds, IDLE)
             if rx.left == 0:
                 op.emit(("ok", "had"))
                 op.give([0] * len(STAT_NAMES))
@@ -172,6 +185,9 @@ class MulticastService:
                 del self.sessions[p.session]
             self._confirm(op, got, files, incs)
         finally:
+            for fd in fds:
+                if fd is not None:
+                    os.close(fd)
             for inc in incs:
                 if inc is not None and inc.fd >= 0:
                     self.store.abort(inc)
@@ -383,3 +399,4 @@ def _by_reason(reasons: dict[int, str]) -> dict[str, set[int]]:
     for r, why in reasons.items():
         out.setdefault(why, set()).add(r)
     return out
+
