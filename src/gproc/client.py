@@ -823,7 +823,9 @@ class _Sending:
                           int(s["k"]), int(s["t"]), float(s["backoff"]), float(s["retry"]))  # fmt: skip
             channels = Channels.pick(int(s["base"]), p.channels, int(s["port"]))
             paths = [ship.sources[h] for h, _size in files]
-            self.sender = Sender(p, channels, str(s["iface"]), paths, float(s["rate"]), int(s["receivers"]), int(s["n"]))
+            self.sender = Sender(
+                p, channels, str(s["iface"]), paths, float(s["rate"]), int(s["receivers"]), int(s["n"])
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise ProtocolError(f"malformed multicast session: {e}") from None
         self.done = asyncio.get_running_loop().run_in_executor(None, self.sender.run)

@@ -472,7 +472,8 @@ class Receiver:
             return
         assert self.sock is not None
         for i in range(0, len(due), mc.MAX_ENTRIES):
-            packet = mc.nak_packet(self.p, self.rank, self.loss.loss(), self.stats.overflow, due[i : i + mc.MAX_ENTRIES])
+            part = due[i : i + mc.MAX_ENTRIES]
+            packet = mc.nak_packet(self.p, self.rank, self.loss.loss(), self.stats.overflow, part)
             with contextlib.suppress(OSError):
                 self.sock.sendto(packet, (self.ch.control, self.ch.port))
                 self.stats.naks += 1

@@ -101,7 +101,8 @@ def _seal(key: bytes, body: bytes) -> bytes:
 
 
 def data_packet(p: Params, group: int, horizon: int, seq: int, share: int, k: int, payload: bytes) -> bytes:
-    return _seal(p.key, _HEAD.pack(MAGIC, VERSION, DATA, p.session) + _DATA.pack(group, horizon, seq, share, k) + payload)
+    head = _HEAD.pack(MAGIC, VERSION, DATA, p.session) + _DATA.pack(group, horizon, seq, share, k)
+    return _seal(p.key, head + payload)
 
 
 def nak_packet(p: Params, rank: int, loss: float, overflow: int, entries: Sequence[tuple[int, int]]) -> bytes:
@@ -369,16 +370,16 @@ class Pacer:
 
     def __post_init__(self) -> None:
         self.current = self.rate
-        self.floor = min(self.floor, self.rate)
+        self.floor = min(self.floor, self.rate / 8)
 
     def wait(self, size: int, now: float) -> float:
         """Seconds to wait before ``size`` bytes may go (0: now, the tokens are taken)."""
         self.tokens = min(self.current * 0.01 + 2 * size, self.tokens + (now - self.stamp) * self.current)
         self.stamp = now
-        if self.tokens >= size:
+        if self.tokens > 0:  # the packet may run the bucket into debt, which the next ones wait out
             self.tokens -= size
             return 0.0
-        return (size - self.tokens) / self.current
+        return -self.tokens / self.current + 1e-6
 
     def reported(self, rank: int, loss: float, overflow: int, receivers: int, now: float) -> None:
         before = self.overflow.get(rank)

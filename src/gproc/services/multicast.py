@@ -266,10 +266,10 @@ class MasterMulticast:
         targets, absent = self.m.selection(req)
         link.send({"t": "job", "job": 0, "n": len(targets), "absent": ",".join(sorted(absent))})
         files: dict[str, tuple[int, bool]] = {}
-        for e in entries:
-            if e.kind == "f":
-                size, x = files.get(e.hash, (e.size, False))
-                files[e.hash] = (size, x or e.executable)
+        for ent in entries:
+            if ent.kind == "f":
+                size, x = files.get(ent.hash, (ent.size, False))
+                files[ent.hash] = (size, x or ent.executable)
         iface = self._iface()
         via: dict[str, set[int]] = {"multicast": set(), "had": set(), "tree": set()}
         stats: dict[str, Any] = {}
@@ -399,4 +399,3 @@ def _by_reason(reasons: dict[int, str]) -> dict[str, set[int]]:
     for r, why in reasons.items():
         out.setdefault(why, set()).add(r)
     return out
-
