@@ -228,9 +228,10 @@ class NetBed:
         self.clear_loss(name)
         if percent <= 0:
             return
+        share = "" if percent >= 100 else f"numgen random mod 10000 < {round(percent * 100)} "
         rule = (
             "table inet gproc_loss {\n chain input {\n type filter hook input priority 0; policy accept;\n"
-            f" meta l4proto udp numgen random mod 10000 < {round(percent * 100)} drop\n }}\n}}\n"
+            f" meta l4proto udp {share}drop\n }}\n}}\n"
         )
         r = subprocess.run(["ip", "netns", "exec", self.hosts[name].netns, "nft", "-f", "-"], input=rule,
                            capture_output=True, text=True, timeout=20)  # fmt: skip
