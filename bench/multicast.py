@@ -77,8 +77,9 @@ class Bench:
 
     def spawn(self, host: str, argv: list[str]) -> subprocess.Popen[bytes]:
         """A receiver in a host's network namespace, its chatter discarded (ended by ``_end``)."""
-        return subprocess.Popen(["ip", "netns", "exec", self.net.hosts[host].netns, *argv], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        quiet = subprocess.DEVNULL
+        return subprocess.Popen(["ip", "netns", "exec", self.net.hosts[host].netns, *argv], stdin=quiet,
+                                stdout=quiet, stderr=quiet, start_new_session=True)  # fmt: skip
 
     def dests(self, tool: str) -> str:
         d = os.path.join(self.work, tool)
@@ -94,7 +95,7 @@ class Bench:
         d = self.dests("gproc")
         r = self.gproc("cp", "--multicast", "--rate", "100M", "--json", "**", src, f"{d}/%h/f")
         rows = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
-        mc = next((x["multicast"] for x in rows if "multicast" in x), {})
+        mc: dict[str, Any] = next((x["multicast"] for x in rows if "multicast" in x), {})
         rec = mc.get("receivers", {})
         n = len(self.net.hosts)
         paths = [os.path.join(d, h, "f") for h in self.net.hosts]
@@ -147,9 +148,9 @@ class Bench:
                 _end(p)
         name = os.path.basename(src)
         paths = [os.path.join(d, h, name) for h in self.net.hosts]
-        out = {"ok": self.verified(paths, want), "status": send.returncode}
+        out: dict[str, Any] = {"ok": self.verified(paths, want), "status": send.returncode}
         if send.returncode:
-            out["error"] = (send.stderr + send.stdout).strip().splitlines()[-int(os.environ.get("UFTP_LINES", "3")) :]
+            out["error"] = (send.stderr + send.stdout).strip().splitlines()[-3:]
         shutil.rmtree(d, ignore_errors=True)
         return out
 

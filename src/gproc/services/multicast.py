@@ -173,8 +173,12 @@ class MulticastService:
                 return
             try:
                 rx.open()
-            except OSError as e:
-                raise StagingError(f"cannot join the multicast session: {e.strerror or e}") from None
+            except OSError as e:  # no multicast on this link: the tree brings the files
+                rx.close()
+                op.give([0] * len(STAT_NAMES))
+                op.emit(("x", f"cannot join the session: {e.strerror or e}"))
+                op.emit(("s", 0, ""))
+                return
             self.sessions[p.session] = rx
             op.emit(("j",))
             try:
@@ -235,11 +239,12 @@ class MasterMulticast:
         return ServiceTable("multicast-master", requests={"mcp": ClientRequest(self.mcp)})
 
     def _iface(self) -> str | None:
-        """The master's address on the link most of its children reach it by."""
+        """The master's address on the link most of its children reach it by (None: no IPv4 link
+        that multicast can use, so the tree carries everything)."""
         seen: Counter[str] = Counter()
         for link in self.m.children.values():
             name = link.transport.get_extra_info("sockname") if link.transport is not None else None
-            if name and ":" not in str(name[0]):
+            if name and ":" not in str(name[0]) and not ipaddress.ip_address(name[0]).is_loopback:
                 seen[str(name[0])] += 1
         return seen.most_common(1)[0][0] if seen else None
 
