@@ -832,7 +832,10 @@ class _Sending:
 
     async def finish(self) -> dict[str, Any]:
         self.sender.stop.set()
-        await self.done
+        try:
+            await self.done
+        except Exception as e:  # the nodes give up on a sender that died and get the files by the tree
+            self.sender.error = f"multicast sender failed: {type(e).__name__}: {e}"
         out: dict[str, Any] = self.sender.stats.as_dict()
         if self.sender.error:
             out["error"] = self.sender.error

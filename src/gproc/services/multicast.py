@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-JOIN_LIMIT = 10.0  # nodes not joined by then are served by the tree
-IDLE = 8.0  # a receiver that hears nothing of its session this long gives up (then: the tree)
+JOIN_LIMIT = 5.0  # the sender starts then even if some node has not joined (it catches up by repair)
+IDLE = 8.0  # a receiver that hears nothing of its session this long gives up (then: the tree); > JOIN_LIMIT
 SESSION_LIMIT = 6 * 3600.0  # no session outlives this
 SENDER_END = 30.0  # the client's sender must report within this once told to stop
 STAT_NAMES = ("naks", "entries", "suppressed", "packets", "bytes", "dropped", "decoded", "overflow")
