@@ -19,6 +19,7 @@ bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -66,6 +67,9 @@ class Bench:
         return subprocess.run([*GPROC, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def up(self) -> None:
+        for stale in (self.env["GPROC_KEY"], self.env["GPROC_MASTER"]):  # the previous bed's
+            if os.path.exists(stale):
+                os.unlink(stale)
         subprocess.run([*GPROC, "keygen"], env=self.env, check=True, capture_output=True, timeout=60)
         n = len(self.net.hosts)
         r = self.gproc("launch", "--ssh", f"h[1-{n}]", "--listen", f"{self.net.gateway}:0", "--bin-root", "/run/xproc")
@@ -100,7 +104,8 @@ class Bench:
         n = len(self.net.hosts)
         paths = [os.path.join(d, h, "f") for h in self.net.hosts]
         out = {"ok": self.verified(paths, want), "naks": rec.get("entries", 0) / n,
-               "nak_packets": rec.get("naks", 0) / n, "via": mc.get("via"), "status": r.returncode}  # fmt: skip
+               "nak_packets": rec.get("naks", 0) / n, "via": mc.get("via"), "status": r.returncode,
+               "sender": mc.get("sender"), "overflow": rec.get("overflow")}  # fmt: skip
         shutil.rmtree(d, ignore_errors=True)
         return out
 
@@ -115,12 +120,13 @@ class Bench:
         recv = [self.spawn(h, ["udp-receiver", "--interface", "eth0", "--portbase", str(port), "--nokbd", *rdv,
                                "--file", os.path.join(d, h, "f")]) for h in self.net.hosts]  # fmt: skip
         try:
-            send = subprocess.run(["udp-sender", "--file", src, "--interface", self.net.bridge, "--portbase", str(port),
+            send = _bounded(["udp-sender", "--file", src, "--interface", self.net.bridge, "--portbase", str(port),
                                    "--min-receivers", str(len(recv)), "--nokbd", "--max-wait", "60", *rdv,
                                    "--max-bitrate", f"{RATE_KBPS // 1000}m"],
-                                  capture_output=True, text=True, timeout=TOOL_LIMIT)  # fmt: skip
-            for p in recv:
-                p.wait(30)
+                             )  # fmt: skip
+            for p in recv:  # a receiver udp-sender left behind never ends: it counts as not verified
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(30)
         finally:
             for p in recv:
                 _end(p)
@@ -140,9 +146,8 @@ class Bench:
                                            "-D", os.path.join(d, h), "-T", tmp]))  # fmt: skip
         try:
             time.sleep(0.5)
-            send = subprocess.run(["uftp", "-I", self.net.gateway, "-p", str(port), "-R", str(RATE_KBPS),
-                                   os.path.basename(src)], cwd=os.path.dirname(src),
-                                  capture_output=True, text=True, timeout=TOOL_LIMIT)  # fmt: skip
+            send = _bounded(["uftp", "-I", self.net.gateway, "-p", str(port), "-R", str(RATE_KBPS),
+                                   os.path.basename(src)], cwd=os.path.dirname(src))  # fmt: skip
         finally:
             for p in recv:
                 _end(p)
@@ -168,6 +173,14 @@ class Bench:
         return out
 
 
+def _bounded(argv: list[str], cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    """A sender run for at most TOOL_LIMIT seconds (then killed: status -1)."""
+    try:
+        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=TOOL_LIMIT)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(argv, -1, "", f"killed after {TOOL_LIMIT:.0f} s")
+
+
 def _end(p: subprocess.Popen[bytes]) -> None:
     if p.poll() is None:
         os.killpg(p.pid, signal.SIGTERM)
@@ -184,8 +197,11 @@ def main() -> int:
     ap.add_argument("--receivers", default="4,8,16")
     ap.add_argument("--loss", default="0,1,5", help="percent")
     ap.add_argument("--tools", default="gproc,udpcast,uftp")
+    ap.add_argument("--limit", type=float, default=600, help="seconds one transfer may take")
     ap.add_argument("--write", action="store_true", help="record the table in bench/RESULTS.md")
     a = ap.parse_args()
+    global TOOL_LIMIT
+    TOOL_LIMIT = a.limit
     rows: list[dict[str, Any]] = []
     work = tempfile.mkdtemp(prefix="gproc-bench-mcast-", dir="/var/tmp")
     try:
