@@ -225,8 +225,9 @@ real = s.recv(65536)  # one of the session's own packets
 sent = 0
 for i in range(400):
     s.sendto(os.urandom(1 + i * 3 % 1500), (group, port))  # garbage
-    forged = bytearray(real)
-    forged[40 + i % (len(real) - 60)] ^= 0xFF  # the session's header, a changed payload
+    forged = bytearray(real)  # the session's header, a group still to come, other bytes
+    forged[12:16] = (int.from_bytes(real[12:16], "big") + 10 + i % 40).to_bytes(4, "big")
+    forged[40 + i % (len(real) - 60)] ^= 0xFF
     s.sendto(bytes(forged), (group, port))
     if i % 8 == 0:
         s.sendto(real, (group, port))  # a replay: only a duplicate
