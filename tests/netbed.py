@@ -90,6 +90,7 @@ class NetBed:
     refuse: Sequence[str] = ()  # hosts whose sshd accepts no key (a login that is refused)
     absent: Sequence[str] = ()  # names with an address on the bridge's subnet and no host behind it
     hide: Mapping[str, Sequence[str]] = field(default_factory=dict)  # host -> directories it does not have
+    multicast: bool = False  # the bridge floods multicast (snooping off), hosts route 224.0.0.0/4 to it
     dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="gproc-netbed-"))
     hosts: dict[str, Host] = field(default_factory=dict)
     bridge: str = ""
@@ -111,6 +112,8 @@ class NetBed:
         self.bridge = f"gpb{tag}"
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{self.gateway}/{net.prefixlen}", "dev", self.bridge)
+        if self.multicast:  # no IGMP querier here: with snooping on, the bridge would drop group traffic
+            _ip("link", "set", "dev", self.bridge, "type", "bridge", "mcast_snooping", "0")
         _ip("link", "set", self.bridge, "up")
         for i, name in enumerate(self.names):
             h = Host(name, str(addrs[10 + i]), f"gproc-{tag}-{name}", f"gv{tag}-{i}")
@@ -122,6 +125,8 @@ class NetBed:
             _ip("-n", h.netns, "addr", "add", f"{h.address}/{net.prefixlen}", "dev", "eth0")
             _ip("-n", h.netns, "link", "set", "eth0", "up")
             _ip("-n", h.netns, "link", "set", "lo", "up")
+            if self.multicast:
+                _ip("-n", h.netns, "route", "add", "224.0.0.0/4", "dev", "eth0")
         self._keys()
         for h in self.hosts.values():
             self.start_sshd(h.name)
@@ -217,6 +222,35 @@ class NetBed:
         own = {h.sshd.pid} if h.sshd is not None and h.sshd.poll() is None else set()
         return [p for p in self.pids(name) if p not in own]
 
+    def loss(self, name: str, percent: float) -> None:
+        """Drop ``percent`` % of the UDP packets that reach a host, at random (0: none). An nftables
+        rule in the host's namespace (``numgen random``): this machine's kernel has no tc netem."""
+        self.clear_loss(name)
+        if percent <= 0:
+            return
+        share = "" if percent >= 100 else f"numgen random mod 10000 < {round(percent * 100)} "
+        rule = (
+            "table inet gproc_loss {\n chain input {\n type filter hook input priority 0; policy accept;\n"
+            f" meta l4proto udp {share}drop\n }}\n}}\n"
+        )
+        r = subprocess.run(["ip", "netns", "exec", self.hosts[name].netns, "nft", "-f", "-"], input=rule,
+                           capture_output=True, text=True, timeout=20)  # fmt: skip
+        if r.returncode != 0:
+            raise RuntimeError(f"nft on {name}: {r.stderr.strip()}")
+
+    def clear_loss(self, name: str) -> None:
+        subprocess.run(["ip", "netns", "exec", self.hosts[name].netns, "nft", "delete", "table", "inet", "gproc_loss"],
+                       capture_output=True, timeout=20)  # fmt: skip
+
+    def rules(self) -> dict[str, str]:
+        """Each host's nftables rules (empty once every loss was cleared)."""
+        out = {}
+        for h in self.hosts.values():
+            r = subprocess.run(["ip", "netns", "exec", h.netns, "nft", "list", "ruleset"], capture_output=True,
+                               text=True, timeout=20)  # fmt: skip
+            out[h.name] = r.stdout.strip()
+        return out
+
     def close(self) -> None:
         """Remove everything ``up`` made (safe after a partial ``up``, and twice)."""
         for h in self.hosts.values():
@@ -245,9 +279,10 @@ def netbed(
     refuse: Sequence[str] = (),
     absent: Sequence[str] = (),
     hide: Mapping[str, Sequence[str]] | None = None,
+    multicast: bool = False,
 ) -> Iterator[NetBed]:
     """A bed that is removed on the way out, also when building it failed half-way."""
-    bed = NetBed(names, refuse=refuse, absent=absent, hide=hide or {})
+    bed = NetBed(names, refuse=refuse, absent=absent, hide=hide or {}, multicast=multicast)
     try:
         yield bed.up()
     finally:

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "wire",
         (
             "errors", "ranks", "groups", "merge", "reduce", "wire", "messages", "address", "credential", "platform",
-            "spawnd", "peers", "calltree", "certs", "runtime", "blocks",
+            "spawnd", "peers", "calltree", "certs", "runtime", "blocks", "multicast", "mcastnet",
             "pids", "nodespec", "postfix", "store", "state", "elf", "bundle", "psview", "filefacts", "eventloop",
         ),
     ),

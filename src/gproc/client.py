@@ -628,6 +628,7 @@ class Group:
         self.absent: list[str] = []
         self.shipped: dict[str, Any] = {}  # cp: what shipping cost (files, bytes, link_bytes, seconds)
         self.synced: dict[str, Any] = {}  # sync: signature bytes at the master, old versions, pieces
+        self.multicast: dict[str, Any] = {}  # cp with multicast: who got what how, what it cost
 
     async def cat(
         self, paths: list[str] | str, agg: str = "equiv", edges: list[float] | None = None
@@ -820,20 +821,30 @@ class Group:
         recursive: bool = False,
         preserve: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        multicast: Multicast | None = None,
     ) -> list[Status]:
         """Copy local ``sources`` to ``dest`` on every node (written atomically, as you; mode, mtime
         and symbolic links kept; ``preserve``: the owner too, when you are root). Returns a status
         per node set: 0 written, 1 refused by the node (the reason in ``error``), 255 unreachable.
-        ``progress(sent, total)``: bytes sent into the tree so far, of those some node lacks."""
+        ``progress(sent, total)``: bytes sent into the tree so far, of those some node lacks.
+
+        With ``multicast`` the bytes go by UDP multicast from this process to the nodes on the
+        master's link, and through the tree to the others (and to any node that gave up on the
+        session); ``self.multicast`` then says which nodes got the files how (``via``: multicast,
+        had, tree), what the sender put on the wire and what the receivers asked for."""
         from gproc.services.fileio import check_paths
 
         sources = [sources] if isinstance(sources, str) else list(sources)
         check_paths([dest])
         ship, meta = copy_tree(sources, recursive)
         conn = await self.cluster.connect()
+        sender: _Sending | None = None
         try:
-            conn.send({"t": "req", "fn": "cp", "tree": [e.to_wire() for e in ship.entries.values()], "meta": meta,
-                       "dest": dest, "owner": preserve, **self.selection})  # fmt: skip
+            req = {"t": "req", "fn": "cp", "tree": [e.to_wire() for e in ship.entries.values()], "meta": meta,
+                   "dest": dest, "owner": preserve, **self.selection}  # fmt: skip
+            if multicast is not None:
+                req.update(fn="mcp", mc=multicast.wire())
+            conn.send(req)
             while True:
                 msg = await conn.receive()
                 t = msg.get("t")
@@ -843,11 +854,21 @@ class Group:
                     self.shipped = {k: msg.get(k, 0) for k in ("files", "bytes", "link_bytes", "seconds")}
                 elif t == "job":
                     self.absent = [a for a in str(msg.get("absent", "")).split(",") if a]
+                elif t == "mgo" and multicast is not None and sender is None:
+                    sender = _Sending(msg.get("s"), ship)
+                elif t == "mstop":
+                    conn.send({"t": "msent", "s": await sender.finish() if sender is not None else {}})
+                    sender = None
                 elif t == "ret":
                     break
         finally:
+            if sender is not None:
+                await sender.finish()
             conn.close()
         r = msg["r"]
+        self.multicast = r.get("multicast") or {}
+        if multicast is not None:
+            self.multicast["files"] = {e.path: e.hash for e in ship.entries.values() if e.kind == "f"}
         out = [Status(a, 1, 255, "absent") for a in r["absent"]]
         out += [Status(nodes, count, int(key[1]), str(key[2])) for key, nodes, count in r["groups"]]
         return out
@@ -885,6 +906,58 @@ class Group:
         self.synced = {k: r.get(k, 0) for k in ("sig_bytes", "versions", "pieces", "piece_bytes")}
         out = [Status(a, 1, 255, "absent") for a in r["absent"]]
         out += [Status(nodes, count, int(key[1]), str(key[2])) for key, nodes, count in r["groups"]]
+        return out
+
+
+@dataclass(frozen=True)
+class Multicast:
+    """How ``Group.cp`` multicasts (SPEC §8): at most ``rate`` bytes/s (less when receivers report
+    that they cannot keep up), groups of ``k`` data packets of ``psize`` bytes, ``n`` repair packets
+    sent with each group until the receivers' reported loss says how many, ``channels``
+    retransmission channels."""
+
+    rate: float = 100e6
+    k: int = 64
+    n: int = 0
+    psize: int = 1400
+    channels: int = 4
+
+    def wire(self) -> dict[str, Any]:
+        return {"rate": self.rate, "k": self.k, "n": self.n, "psize": self.psize, "t": self.channels}
+
+
+class _Sending:
+    """The multicast sender of one ``cp``, in a thread of this process (it reads the files with the
+    caller's rights, on the master's host)."""
+
+    def __init__(self, s: Any, ship: Bundle) -> None:
+        from gproc import multicast as mc
+        from gproc.mcastnet import Channels, Sender
+
+        if not isinstance(s, dict):
+            raise ProtocolError("malformed multicast session")
+        try:
+            files = [(str(h), int(size)) for h, size, _x in s["files"]]
+            p = mc.Params(int(s["sid"]), bytes(s["key"]), tuple(size for _h, size in files), int(s["psize"]),
+                          int(s["k"]), int(s["t"]), float(s["backoff"]), float(s["retry"]))  # fmt: skip
+            channels = Channels.pick(int(s["base"]), p.channels, int(s["port"]))
+            paths = [ship.sources[h] for h, _size in files]
+            self.sender = Sender(
+                p, channels, str(s["iface"]), paths, float(s["rate"]), int(s["receivers"]), int(s["n"])
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProtocolError(f"malformed multicast session: {e}") from None
+        self.done = asyncio.get_running_loop().run_in_executor(None, self.sender.run)
+
+    async def finish(self) -> dict[str, Any]:
+        self.sender.stop.set()
+        try:
+            await self.done
+        except Exception as e:  # the nodes give up on a sender that died and get the files by the tree
+            self.sender.error = f"multicast sender failed: {type(e).__name__}: {e}"
+        out: dict[str, Any] = self.sender.stats.as_dict()
+        if self.sender.error:
+            out["error"] = self.sender.error
         return out
 
 

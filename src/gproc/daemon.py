@@ -27,6 +27,7 @@ from gproc.services.execute import ExecService, SpawnGate
 from gproc.services.files import FileService, MasterFiles
 from gproc.services.jobs import JobService, JobStore
 from gproc.services.metrics import MasterMetrics, MetricsService
+from gproc.services.multicast import MasterMulticast, MulticastService
 from gproc.services.procs import MasterProcs, ProcService
 from gproc.services.relay import MasterRelay, NodeSocket
 from gproc.services.ship import Shipper
@@ -65,6 +66,7 @@ def node_services(node: Node, gate: SpawnGate | None = None) -> NodeServices:
         SyncService(node, stage.store),
         MetricsService(node),
         StackService(node, procs),
+        MulticastService(node, stage.store),
     )
     for table in (service.service() for service in tables):
         install(node, table)
@@ -109,6 +111,7 @@ def build_master(
     master.equip(procs, store, shipper, stdin)
     install(master, MasterFiles(master, shipper).service(), master)
     install(master, MasterSync(master, shipper).service(), master)
+    install(master, MasterMulticast(master, shipper).service(), master)
     return master
 
 

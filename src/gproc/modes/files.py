@@ -57,6 +57,10 @@ def _cp_switches(p: Parser) -> None:
     _common(p)
     p.add_argument("--recursive", action="store_true", help="-r, -R: copy directories and what they hold")
     p.add_argument("--preserve", action="store_true", help="-p: keep the owner too (mode, mtime and links always)")
+    p.add_argument("--multicast", action="store_true", help="send the bytes once by UDP multicast (with FEC)")
+    p.add_argument("--rate", metavar="R", help="--multicast: at most R bytes/s (k, M, G: x1000; default 100M)")
+    p.add_argument("--fec", metavar="K,N", help="--multicast: K data packets per group (default 64), N repair "
+                   "packets sent with each until the receivers' loss says how many (default 0)")  # fmt: skip
 
 
 def _sync_switches(p: Parser) -> None:
@@ -181,10 +185,12 @@ async def _cat_stat(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
 async def _cp(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
     usage = "gproc cp [-r] [-p] NODES SRC... DEST" if mode == "cp" else "gproc gather [-r] NODES SRC... DESTDIR"
     nodes, rest = _file_nodes(opts, pos, 2, usage)
+    multicast = _multicast(opts) if mode == "cp" else None
     g = _group(opts, nodes)
     if mode == "cp":
-        with _progress(not opts.json and sys.stderr.isatty()) as bar:
-            statuses = await g.cp(rest[:-1], rest[-1], recursive=opts.recursive, preserve=opts.preserve, progress=bar)
+        with _progress(not opts.json and sys.stderr.isatty() and multicast is None) as bar:
+            statuses = await g.cp(rest[:-1], rest[-1], recursive=opts.recursive, preserve=opts.preserve, progress=bar,
+                                  multicast=multicast)  # fmt: skip
     else:
         statuses = await g.gather(rest[:-1], rest[-1], recursive=opts.recursive)
     worst = 0
@@ -194,6 +200,16 @@ async def _cp(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
             print(json.dumps({"nodes": st.nodes, "count": st.count, "status": st.status, "error": st.error}))
         elif st.status:
             print(f"gproc: {st.nodes}: {st.error}", file=sys.stderr)
+    if multicast is not None:
+        if opts.json:
+            print(json.dumps({"multicast": g.multicast}))
+        else:
+            via = g.multicast.get("via", {})
+            for how in ("multicast", "had", "tree"):
+                if how in via:
+                    print(f"{via[how]}: {'already had the files' if how == 'had' else 'by ' + how}", file=sys.stderr)
+            for why, nodes in g.multicast.get("gave_up", {}).items():
+                print(f"{nodes}: left the multicast session: {why}", file=sys.stderr)
     return worst
 
 
@@ -213,6 +229,26 @@ async def _sync(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
     if opts.json:
         print(json.dumps({"shipped": g.shipped, **g.synced}))
     return worst
+
+
+def _multicast(opts: argparse.Namespace) -> client.Multicast | None:
+    """The --multicast switches (UsageError for a bad --rate or --fec, before anything is sent)."""
+    from gproc.services.multicast import parse_rate
+
+    if not opts.multicast:
+        if opts.rate or opts.fec:
+            raise UsageError("--rate and --fec go with --multicast")
+        return None
+    rate = parse_rate(opts.rate) if opts.rate else client.Multicast.rate
+    k, n = client.Multicast.k, client.Multicast.n
+    if opts.fec:
+        try:
+            k, n = (int(x) for x in opts.fec.split(","))
+        except ValueError:
+            raise UsageError(f"--fec: not K,N: {opts.fec!r}") from None
+        if not (1 <= k <= 128 and 0 <= n <= 127):
+            raise UsageError("--fec K,N: K data packets per group (1-128), N repair packets with each (0-127)")
+    return client.Multicast(rate=rate, k=k, n=n)
 
 
 async def _grep_tail(mode: str, opts: argparse.Namespace, pos: list[str]) -> int:
@@ -333,7 +369,7 @@ MODES = (
         ("cp [-r] [-p] NODES SRC... DEST  copy to NODES (atomic, as you; mode, mtime, links kept; -p owner)",),
         _cp_switches,
         _runner("cp", _cp),
-        usage="gproc cp [-r] [-p] [--json] NODES SRC... DEST",
+        usage="gproc cp [-r] [-p] [--json] [--multicast [--rate R] [--fec K,N]] NODES SRC... DEST",
         description="Copy files from here to NODES through the tree; each node's file appears whole or not at all.",
         epilog=PATHS,
         short=(*RECURSIVE, ("p", "--preserve")),
