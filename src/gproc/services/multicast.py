@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from gproc import multicast as mc
 from gproc import ranks as rankset
-from gproc import wire
 from gproc.errors import ProtocolError, StagingError, UsageError
 from gproc.mcastnet import Channels, Received, Receiver
+from gproc.messages import Body, Selected
 from gproc.reduce import Each, Sum
 from gproc.services import fileio
-from gproc.services.base import ClientRequest, MasterApi, ServiceTable, with_ticks
+from gproc.services.base import ClientRequest, MasterApi, ServiceTable, typed, with_ticks
 from gproc.store import HASH_RE, MAX_SIZE, Incoming, Store, parse_manifest
 
 if TYPE_CHECKING:
@@ -76,11 +76,30 @@ def _thread(fn: Callable[[], T]) -> asyncio.Future[T]:
     return fut
 
 
-def params_from(body: dict[str, Any]) -> tuple[mc.Params, Channels, list[tuple[str, int, bool]]]:
+class RecvBody(Body):
+    """The ``mrecv`` op: receive the session ``s`` (groups, port, key, parameters, files) into the store."""
+
+    s: dict[str, Any]
+
+
+class StopBody(Body):
+    """The ``mstop`` op: end session ``sid`` here (its client left)."""
+
+    sid: int
+
+
+class McpRequest(Selected, kw_only=True):
+    """``mcp``: ``cp --multicast`` of the client's tree to DEST on the selected nodes (§10.2)."""
+
+    tree: list[Any]
+    meta: dict[str, Any]
+    dest: str
+    mc: dict[str, Any]
+    owner: bool = False
+
+
+def params_from(s: dict[str, Any]) -> tuple[mc.Params, Channels, list[tuple[str, int, bool]]]:
     """The session an ``mrecv`` op describes (ProtocolError when malformed)."""
-    s = body.get("s")
-    if not isinstance(s, dict):
-        raise ProtocolError("malformed multicast session")
     files = s.get("files")
     if not (isinstance(files, list) and files and all(_file_item(f) for f in files)):
         raise ProtocolError("malformed multicast file list")
@@ -126,7 +145,7 @@ class MulticastService:
     def service(self) -> ServiceTable:
         return ServiceTable(
             "multicast",
-            ops={"mrecv": self.mrecv, "mstop": self.mstop},
+            ops={"mrecv": typed(RecvBody, self.mrecv), "mstop": typed(StopBody, self.mstop)},
             reducers={"mrecv": Each([Sum() for _ in STAT_NAMES])},
             stop=self.close,
         )
@@ -135,10 +154,9 @@ class MulticastService:
         for r in self.sessions.values():
             r.stop.set()
 
-    def mstop(self, op: Op) -> None:
+    def mstop(self, op: Op, b: StopBody) -> None:
         """End a session here (its client left)."""
-        sid = op.body.get("sid")
-        r = self.sessions.get(sid) if isinstance(sid, int) else None
+        r = self.sessions.get(b.sid)
         if r is not None:
             r.stop.set()
         op.emit(("s", 0, ""))
@@ -152,8 +170,8 @@ class MulticastService:
             raise StagingError("multicast needs an IPv4 link to the parent")
         return str(name[0])
 
-    async def mrecv(self, op: Op) -> None:
-        p, ch, files = params_from(op.body)
+    async def mrecv(self, op: Op, b: RecvBody) -> None:
+        p, ch, files = params_from(b.s)
         if p.session in self.sessions:
             raise StagingError("multicast session already running here")
         self.store.ensure()
@@ -236,7 +254,7 @@ class MasterMulticast:
         self.shipper = shipper
 
     def service(self) -> ServiceTable:
-        return ServiceTable("multicast-master", requests={"mcp": ClientRequest(self.mcp)})
+        return ServiceTable("multicast-master", requests={"mcp": ClientRequest(self.mcp, body=McpRequest)})
 
     def _iface(self) -> str | None:
         """The master's address on the link most of its children reach it by (None: no IPv4 link
@@ -248,16 +266,12 @@ class MasterMulticast:
                 seen[str(name[0])] += 1
         return seen.most_common(1)[0][0] if seen else None
 
-    async def mcp(self, link: Link, req: wire.Message, cred: PeerCred) -> None:
-        tree, meta, dest, opts = req.get("tree"), req.get("meta"), req.get("dest"), req.get("mc")
-        if not isinstance(dest, str):
-            raise UsageError("no destination given")
+    async def mcp(self, link: Link, req: McpRequest, cred: PeerCred) -> None:
+        tree, meta, dest, opts = req.tree, req.meta, req.dest, req.mc
         try:
             fileio.check_template(dest)
         except fileio.PathError as e:
             raise UsageError(str(e)) from None
-        if not isinstance(meta, dict) or not isinstance(opts, dict):
-            raise UsageError("bad copy request")
         entries = parse_manifest(tree)
         if not entries:
             raise UsageError("nothing to copy")
@@ -297,7 +311,7 @@ class MasterMulticast:
             groups += [[list(key), self.m.fold(ranks), len(ranks)] for key, ranks in bad.items()]
         if ready:
             body = {"uid": cred.uid, "gid": cred.gid, "dest": dest, "tree": tree, "meta": meta,
-                    "owner": req.get("owner") is True, "gather": True}  # fmt: skip
+                    "owner": req.owner, "gather": True}  # fmt: skip
             whole = await with_ticks(link, self.m.request("finstall", body, ready).wait())
             assert whole is not None
             groups += [[key, self.m.fold_intervals(enc), rankset.count(enc)] for key, enc in whole.groups]
