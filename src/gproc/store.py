@@ -435,20 +435,12 @@ class Store:
             return False
         if inc.sha.hexdigest() != inc.hash:
             raise StagingError(f"file {inc.hash[:16]}… arrived corrupted (hash mismatch)")
-        try:
-            os.fchmod(inc.fd, 0o555 if inc.executable else 0o444)
-            os.close(inc.fd)
-            inc.fd = -1
-            os.replace(inc.tmp, self.path(inc.hash, inc.executable))
-        except OSError as e:
-            raise StagingError(f"cannot store {inc.hash[:16]}…: {e.strerror}") from None
-        self._unreserve(inc)
-        self._stored(self.name(inc.hash, inc.executable), inc.size)
+        self.seal(inc)
         return True
 
     def seal(self, inc: Incoming) -> None:
-        """Put a file that arrived out of order (multicast: written at offsets, then read back and
-        its hash verified by the caller) into the store."""
+        """Put a complete, verified file into the store (``write``'s last chunk; multicast: a file
+        written at offsets, then read back and its hash verified by the caller)."""
         try:
             os.fchmod(inc.fd, 0o555 if inc.executable else 0o444)
             os.close(inc.fd)
