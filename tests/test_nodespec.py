@@ -223,6 +223,8 @@ def test_clustershell_syntax() -> None:
         ("r[0-999]n[0-9999]", "wider than"),  # each range is narrow, together they are not
         ("n888[8-11848]", "wider than"),  # ClusterShell joins the 888 to both bounds: 88 million names
         ("4[1-50000000000000,4,./3-8[5]l", "brackets inside brackets"),  # ClusterShell asserted
+        # a pattern is compiled once per name its brackets make: this one held the loop for 30 s
+        ("**8[8-11848]", "may expand to at most"),
     ],
 )
 def test_hostlist_errors(include: str, fragment: str) -> None:

@@ -29,6 +29,7 @@ from ClusterShell.NodeUtils import (
 from gproc.errors import NodeSpecError, NoMatchError
 
 __all__ = [
+    "MAX_GLOB_PATTERNS",
     "MAX_HOSTLIST_RANGE",
     "Step",
     "Tree",
@@ -48,6 +49,9 @@ _RANGE_ITEM = re.compile(r"\s*([0-9]+)(?:-([0-9]+))?(?:/[0-9]+)?\s*")
 _LEAD_DIGITS = re.compile(r"[0-9]*$")
 _TOP_COMMA = re.compile(r",(?![^[]*\])")
 MAX_HOSTLIST_RANGE = 1_000_000
+# ClusterShell matches a pattern with * or ? by compiling one regular expression per name its
+# brackets expand to (1-3 ms each): node[1-20000]* would hold the master's loop for half a minute
+MAX_GLOB_PATTERNS = 1_000
 """Most names a hostlist may expand to: ClusterShell expands ranges in memory."""
 
 
@@ -239,6 +243,8 @@ def _nodeset(spec: str, names: Iterable[str], option: str) -> NodeSet:
         raise bad("bad range in brackets (expected items such as 1, 3-7 or 0-10/2)")
     if size > MAX_HOSTLIST_RANGE:
         raise bad(f"its ranges are wider than {MAX_HOSTLIST_RANGE} names")
+    if size > MAX_GLOB_PATTERNS and ("*" in spec or "?" in spec):
+        raise bad(f"a pattern with * or ? may expand to at most {MAX_GLOB_PATTERNS} names")
     resolver = GroupResolver(_AllNames("gproc", {"all": names}, allgroups="all"))
     try:
         return NodeSet(spec, resolver=resolver)
