@@ -31,6 +31,10 @@ from gproc.display import Display
 from gproc.errors import GprocError, UsageError
 from gproc.web import exposition
 
+# read once, when the server is imported: a server that then drops to another user (or loses its
+# installation under it) still serves its page
+PAGE = resources.files("gproc.web").joinpath("index.html").read_text(encoding="utf-8")
+
 REFRESH = 1.0  # seconds between live updates of the tree, the jobs and the metrics
 TREE_REFRESH = 0.5  # the tree is asked more often: a lost node shows within the liveness rule's 5 s
 COMPACT_ABOVE = 256  # nodes: beyond this the tree page shows counts per level, not every node
@@ -178,8 +182,7 @@ class App:
         app.router.add_get("/events/output/{job}", self.output)
 
     async def page(self, request: web.Request) -> web.StreamResponse:
-        html = resources.files("gproc.web").joinpath("index.html").read_text()
-        return web.Response(text=html, content_type="text/html")
+        return web.Response(text=PAGE, content_type="text/html")
 
     async def _tree(self) -> dict[str, Any]:
         return tree_view(await self.c.info())
