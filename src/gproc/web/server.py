@@ -149,6 +149,20 @@ def user_name(uid: int) -> str:
         return str(uid)
 
 
+async def read_form(request: web.Request) -> dict[str, Any] | web.Response:
+    """A form this server's own page posted, as a JSON object; else the error response to give."""
+    why = from_this_server(request)
+    if why is not None:
+        return error(415 if request.content_type != "application/json" else 403, why)
+    try:
+        form = await request.json()
+    except ValueError:
+        return error(400, "the form is not JSON")
+    if not isinstance(form, dict):
+        return error(400, "the form is not a JSON object")
+    return form
+
+
 def from_this_server(request: web.Request) -> str | None:
     """Why a POST that acts is refused, or None: only JSON sent by a page of this server (a
     cross-site form cannot send JSON, and a script elsewhere sends its own Origin)."""
@@ -253,15 +267,9 @@ class App:
     async def kill(self, request: web.Request) -> web.StreamResponse:
         """A signal button: ``{"gpid", "sig"}`` (sig one of SIGNALS) → ``{"gpid", "sig"}``, or the
         one-line error ``gproc kill`` prints. The master decides whose processes the user may signal."""
-        why = from_this_server(request)
-        if why is not None:
-            return error(415 if request.content_type != "application/json" else 403, why)
-        try:
-            form = await request.json()
-        except ValueError:
-            return error(400, "the form is not JSON")
-        if not isinstance(form, dict):
-            return error(400, "the form is not a JSON object")
+        form = await read_form(request)
+        if isinstance(form, web.Response):
+            return form
         gpid, sig = form.get("gpid"), form.get("sig")
         if not isinstance(gpid, int) or isinstance(gpid, bool) or gpid <= 0:
             return error(400, f"not a gpid: {gpid!r}")
@@ -298,15 +306,9 @@ class App:
 
     async def run(self, request: web.Request) -> web.StreamResponse:
         """Start a command (a batch job) from the run form: ``{"nodes", "command"}`` → ``{"job"}``."""
-        why = from_this_server(request)
-        if why is not None:
-            return error(415 if request.content_type != "application/json" else 403, why)
-        try:
-            form = await request.json()
-        except ValueError:
-            return error(400, "the form is not JSON")
-        if not isinstance(form, dict):
-            return error(400, "the form is not a JSON object")
+        form = await read_form(request)
+        if isinstance(form, web.Response):
+            return form
         nodes, command = form.get("nodes") or None, form.get("command")
         if not isinstance(command, str) or not command.strip():
             return error(400, "no command given")
