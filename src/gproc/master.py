@@ -173,11 +173,14 @@ class Master(Node):
     # ---- topology --------------------------------------------------------------------------------
 
     async def master_call(self, fn: str, args: dict[str, Any], via: TreeLink | None) -> Any:
-        if fn != "attach":
-            call = self.calls.get(fn)
-            if call is None:
-                raise RegistrationError(f"unknown call {fn[:40]!r}")
-            return await call(args)
+        if fn == "attach":
+            return self.register(args)
+        call = self.calls.get(fn)
+        if call is None:
+            raise RegistrationError(f"unknown call {fn[:40]!r}")
+        return await call(args)
+
+    def register(self, args: dict[str, Any]) -> dict[str, Any]:
         att = convert(args, AttachCall, "attach", RegistrationError)
         name, nid, parent, instance, addr = att.name, att.id, att.parent, att.instance, att.addr
         if not NAME_RE.match(name) or not ID_RE.match(nid):

@@ -1138,12 +1138,46 @@ class Node:
     async def master_call(self, fn: str, args: dict[str, Any], via: TreeLink | None) -> Any:
         raise RegistrationError(f"{fn}: only the master answers calls")
 
+    def register(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The master's side of ``attach``: enter a node in the topology, answer its rank."""
+        raise RegistrationError("attach: only the master registers nodes")
+
+    def _attach_claim(self, link: TreeLink, args: dict[str, Any]) -> dict[str, Any]:
+        """An ``attach`` that came up ``link`` may speak only for that link's subtree: with no parent
+        it is the child's own reannounce (its parent is this node), else the parent it names must be
+        a node reached through ``link``. Without this a child could place any name anywhere in the
+        topology, where nothing would ever report it lost."""
+        parent = args.get("parent")
+        if parent is None:
+            if args.get("name") != link.peer.get("name") or args.get("id") != link.peer.get("id"):
+                raise RegistrationError("attach: a child reannounces only itself")
+            return {**args, "parent": self.rank}
+        if type(parent) is not int or parent not in self.subtree.get(link, ()):
+            raise RegistrationError(f"attach: parent {str(parent)[:40]} is not under this link")
+        return args
+
     def _on_call(self, link: TreeLink, msg: wire.Message) -> None:
         call = CallMsg.decode(msg)
         cid, fn, args = call.id, call.fn, call.args
-        if fn == "attach" and args.get("parent") is None:  # a child's reannounce: its parent is this node
-            args = {**args, "parent": self.rank}
+        if fn == "attach":
+            try:
+                args = self._attach_claim(link, args)
+            except RegistrationError as e:
+                self.log.warning("refused an attach from child %s: %s", link.peer.get("name"), e)
+                link.send(RetMsg.failed(cid, e))
+                return
             msg = {**msg, "a": args}
+            if self.is_master:
+                # answered at once, in the order of the link's messages: a detach that follows this
+                # call on the same link must find the node registered, not be overtaken by it
+                try:
+                    result = self.register(args)
+                except GprocError as e:
+                    link.send(RetMsg.failed(cid, e))
+                    return
+                self._route_add(result["rank"], link)
+                link.send({"t": "ret", "id": cid, "r": result})
+                return
         if self.is_master:
             self.spawn(self._answer_call(link, cid, fn, args))
             return
@@ -1158,8 +1192,6 @@ class Node:
         try:
             result = await self.master_call(fn, args, link)
             reply: wire.Message = {"t": "ret", "id": cid, "r": result}
-            if fn == "attach":
-                self._route_add(result["rank"], link)
         except GprocError as e:
             reply = RetMsg.failed(cid, e)
         link.send(reply)
@@ -1170,8 +1202,8 @@ class Node:
         if relay is not None:
             link, orig, fn = relay
             r = ret.result
-            if fn == "attach" and isinstance(r, dict) and isinstance(r.get("rank"), int):
-                self._route_add(r["rank"], link)
+            if fn == "attach" and isinstance(r, dict) and isinstance(r.get("rank"), int) and not link.closed:
+                self._route_add(r["rank"], link)  # a child gone meanwhile was reported lost already
             link.send({**msg, "id": orig})
             return
         fut = self._calls.get(ret.id)

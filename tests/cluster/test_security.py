@@ -134,6 +134,46 @@ def test_registered_child_sending_garbage_is_dropped_alone(cluster16: LocalClust
     still_serves(cluster16)
 
 
+def test_child_cannot_register_nodes_outside_its_subtree(cluster16: LocalCluster) -> None:
+    """A registered child of an interior node asks for attaches it may not make: another node
+    placed straight under the master, and a reannounce in another's name. Both are refused, and when
+    its link goes it is reported lost with nothing left behind that nobody would ever report."""
+    rows = [json.loads(x) for x in cluster16.gproc("i", "--json").stdout.splitlines() if x.strip()]
+    node0 = next(r["address"] for r in rows if r["name"] == "node0")
+    s = tls_connect(node0, cluster16.key)
+    s.sendall(wire.pack(wire.hello("node", name="intruder", id="78", instance="x")))
+    s.settimeout(5)
+    buf = b""
+    while buf.count(b"welcome") == 0:
+        chunk = s.recv(65536)
+        assert chunk, "node0 closed a valid registration"
+        buf += chunk
+    calls = [
+        {"name": "ghost", "id": "79", "instance": "y", "parent": 0},  # not under this link
+        {"name": "ghost", "id": "79", "instance": "y"},  # a reannounce, but not of itself
+        {"name": "ghost", "id": "79", "instance": "y", "parent": [0]},
+    ]
+    for i, a in enumerate(calls, 1):
+        s.sendall(wire.pack({"t": "call", "id": i, "fn": "attach", "a": a}))
+    rets: dict[int, dict] = {}
+    while len(rets) < len(calls):
+        chunk = s.recv(65536)
+        assert chunk, "node0 closed the link instead of refusing the calls"
+        buf += chunk
+        rets = {m["id"]: m for m in messages(buf) if m.get("t") == "ret"}
+    assert all(r.get("err") and "r" not in r for r in rets.values()), rets
+    s.close()
+    for _ in range(100):
+        rows = [json.loads(x) for x in cluster16.gproc("i", "--json").stdout.splitlines() if x.strip()]
+        if [r["state"] for r in rows if r["name"] == "intruder"] == ["lost"]:
+            break
+    assert [r["state"] for r in rows if r["name"] == "intruder"] == ["lost"], rows
+    assert not [r for r in rows if r["name"] == "ghost"], rows
+    ping = cluster16.gproc("ping", "--json")
+    assert ping.returncode == 0 and json.loads(ping.stdout)["counts"] == {"ok": 16}, ping.stdout
+    still_serves(cluster16)
+
+
 def test_client_socket_survives_garbage(cluster16: LocalCluster) -> None:
     for payload in (
         os.urandom(100),
