@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "errors", "ranks", "groups", "merge", "reduce", "wire", "messages", "address", "credential", "platform",
             "spawnd", "peers", "calltree", "certs", "runtime", "blocks", "multicast", "mcastnet",
-            "pids", "nodespec", "postfix", "store", "state", "elf", "bundle", "psview", "filefacts", "eventloop",
+            "pids", "nodespec", "postfix", "store", "state", "elf", "libdw", "bundle", "psview", "filefacts", "eventloop",
         ),
     ),
     ("overlay", ("overlay",)),

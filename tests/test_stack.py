@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 
+from gproc import libdw
 from gproc.modes.stack import render
 from gproc.services.stack import (
     StackReader,
@@ -84,7 +87,8 @@ class Counting(StackReader):
 
 
 @pytest.mark.skipif(not shutil.which("eu-stack"), reason="needs eu-stack")
-def test_the_reader_names_a_second_process_from_the_first() -> None:
+def test_the_reader_names_a_second_process_from_the_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(libdw, "load", lambda: "not used here")  # the eu-stack path
     procs = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]  # Popen returns once sleep runs
     try:
         reader = Counting()
@@ -95,6 +99,50 @@ def test_the_reader_names_a_second_process_from_the_first() -> None:
         assert got[procs[0].pid] == got[procs[1].pid] == got[procs[2].pid] == full, got
         assert len(full[0]) >= 3 and len(reader.names) >= len(full[0])  # the places of the first, named
         assert reader.fulls == 1  # the other two named from what the first taught
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def state(pid: int) -> str:
+    """A process's state letter (/proc/PID/stat): S asleep, T stopped, R running."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0]
+
+
+@pytest.mark.skipif(
+    not shutil.which("eu-stack") or not isinstance(libdw.load(), libdw.Libdw), reason="needs libdw and eu-stack"
+)
+def test_libdw_in_process_reads_what_eu_stack_reads() -> None:
+    """The same frames, names and places as elfutils' own eu-stack, for a running and a stopped
+    process; a place is named once, and the processes run on after being read."""
+    dw = libdw.load()
+    assert isinstance(dw, libdw.Libdw)
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    try:
+        for p in procs:  # past the dynamic loader, asleep
+            for _ in range(500):
+                if state(p.pid) == "S":
+                    break
+                time.sleep(0.01)
+        procs[1].send_signal(signal.SIGSTOP)
+        eu = subprocess.run(["eu-stack", "-b", "-m", "-p", str(procs[0].pid)], capture_output=True, text=True)
+        symbols: dict[libdw.Place, str] = {}
+        for p in procs:
+            frames = dw.frames(p.pid, symbols)
+            assert [[(place, name) for place, name, _ in t] for t in frames] == [
+                [(place, name) for place, name, _ in t] for t in parse_eu_frames(eu.stdout)
+            ]
+            assert len(symbols) == len(frames[0])  # the second process's places were named by the first
+        assert state(procs[1].pid) == "T"  # a stopped process is left stopped
+        assert asyncio.run(StackReader().read([procs[0].pid])) == {procs[0].pid: parse_eu_stack(eu.stdout)}
+        procs[1].send_signal(signal.SIGCONT)
+        for p in procs:  # not left stopped by the attach
+            p.terminate()
+            assert p.wait(timeout=10) == -signal.SIGTERM
+        with pytest.raises(libdw.DwError, match="process ended"):
+            dw.frames(procs[0].pid, symbols)
     finally:
         for p in procs:
             p.kill()

@@ -4,8 +4,9 @@ paths with node sets (STAT's idea; the reducer is ``calltree.CallTree``): ``gpro
 Node side (``StackService``): the ``stack`` op. The node finds the selected processes in its process
 table (``ProcService``: a job's processes, forked ones included, or gpids), keeps those of the
 caller (root: any), reads each one's stack with an unwinder from the distribution and gives it to
-the op's reducer. The native unwinder is elfutils' ``eu-stack`` (gdb when it is missing); a Python
-process is read with ``py-spy dump`` where py-spy is installed, which gives its Python frames.
+the op's reducer. Native stacks are read with elfutils' libdw in this process (``gproc.libdw``),
+else with ``eu-stack`` (gdb when that is missing too); a Python process is read with ``py-spy
+dump`` where py-spy is installed, which gives its Python frames.
 
 =========== ========================================= =============================================
 op kind     body                                      keys besides the reduced tree
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from gproc import libdw
 from gproc import ranks as rankset
 from gproc.calltree import Calls, CallTree, classes, walk
 from gproc.errors import GprocError, UsageError
@@ -183,9 +185,9 @@ def _some(stacks: Any) -> Any:
 
 class StackReader:
     """Reads the stacks of a node's processes: Python frames by py-spy for a Python process, native
-    frames by eu-stack (gdb without elfutils).
+    frames by libdw in this process (``gproc.libdw``), else by eu-stack (gdb without elfutils).
 
-    Naming the symbols is most of what eu-stack costs (``-q`` takes a fifth of the time), and the
+    With eu-stack, naming the symbols is most of what it costs (``-q`` takes a fifth of the time), and the
     processes of a job run the same program and libraries, mostly in the same few places. So every
     process is unwound with ``-q``; only a process with a place not named before is unwound again
     in full, and the names it gives are kept (by build id and offset) for the next ones."""
@@ -194,11 +196,21 @@ class StackReader:
 
     def __init__(self) -> None:
         self.names: dict[Place, str] = {}
+        self.symbols: dict[Place, str] = {}  # libdw's: the symbol, "" where the module has none
 
     def _first(self, pid: int) -> Stacks | Unnamed:
         py_spy, eu_stack, gdb = shutil.which("py-spy"), shutil.which("eu-stack"), shutil.which("gdb")
         if py_spy and is_python(pid):
             return _some(parse_py_spy(_run([py_spy, "dump", "--json", "--pid", str(pid)], "py-spy")))
+        dw = libdw.load()
+        if isinstance(dw, libdw.Libdw):
+            if len(self.symbols) > self.MAX_NAMES:
+                self.symbols.clear()
+            try:
+                frames = dw.frames(pid, self.symbols)
+            except libdw.DwError as e:
+                raise UnwindError(str(e)) from None
+            return [[_label(n, mod) for _, n, mod in reversed(t)] for t in frames]
         if eu_stack:
             return Unnamed(_some(parse_eu_frames(_run([eu_stack, "-q", "-b", "-m", "-p", str(pid)], "eu-stack"))))
         if gdb:
