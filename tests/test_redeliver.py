@@ -285,16 +285,16 @@ def test_a_refused_reannounce_is_tried_again(tmp_path: Path) -> None:
         leaf = net.node("leaf", [mid.listen_address], listen=False)  # type: ignore[list-item]
         await net.start(leaf)
         await net.attached(leaf)
-        call = master.master_call
+        register = master.register
         refused: list[str] = []
 
-        async def refuse_once(fn: str, args: dict[str, Any], via: Any) -> Any:
-            if fn == "attach" and args.get("name") == "leaf" and not refused:
-                refused.append(fn)
+        def refuse_once(args: dict[str, Any]) -> dict[str, Any]:
+            if args.get("name") == "leaf" and not refused:
+                refused.append("attach")
                 raise RegistrationError("retry: unknown parent")
-            return await call(fn, args, via)
+            return register(args)
 
-        master.master_call = refuse_once  # type: ignore[method-assign]
+        master.register = refuse_once  # type: ignore[method-assign]
         assert mid.parent is not None and leaf.rank is not None
         mid.parent.abort()
         async with asyncio.timeout(30):

@@ -127,6 +127,10 @@ def test_libdw_in_process_reads_what_eu_stack_reads() -> None:
                     break
                 time.sleep(0.01)
         procs[1].send_signal(signal.SIGSTOP)
+        for _ in range(500):  # stopped before it is read: a stop on its way could be taken by the attach
+            if state(procs[1].pid) == "T":
+                break
+            time.sleep(0.01)
         eu = subprocess.run(["eu-stack", "-b", "-m", "-p", str(procs[0].pid)], capture_output=True, text=True)
         symbols: dict[libdw.Place, str] = {}
         for p in procs:
@@ -135,7 +139,11 @@ def test_libdw_in_process_reads_what_eu_stack_reads() -> None:
                 [(place, name) for place, name, _ in t] for t in parse_eu_frames(eu.stdout)
             ]
             assert len(symbols) == len(frames[0])  # the second process's places were named by the first
-        assert state(procs[1].pid) == "T"  # a stopped process is left stopped
+        for _ in range(500):  # a stopped process is left stopped (libdw detaches with a SIGSTOP)
+            if state(procs[1].pid) == "T":
+                break
+            time.sleep(0.01)
+        assert state(procs[1].pid) == "T"
         assert asyncio.run(StackReader().read([procs[0].pid])) == {procs[0].pid: parse_eu_stack(eu.stdout)}
         procs[1].send_signal(signal.SIGCONT)
         for p in procs:  # not left stopped by the attach

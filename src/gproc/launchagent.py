@@ -51,6 +51,7 @@ DEFAULT_PORT = 6666
 SHIP_MODES = ("auto", "always", "never")
 NEED = "gproc-needs-its-runtime"  # what the first session says when the host needs the runtime
 _NEED_STATUS = 75  # and its exit status (EX_TEMPFAIL)
+_NO_GPROC = 76  # the probe's Python has no usable gproc (the next way is tried)
 SHIP_EXTRA_TIMEOUT = 120.0  # what a hop may take beyond its start for moving the runtime
 
 
@@ -273,8 +274,10 @@ def probe_script(req: dict[str, Any]) -> str:
     mode = rt.get("mode", "auto")
     if mode == "never" or not rt.get("id"):
         return f"exec {py} -m gproc.launchagent"
+    # one interpreter start, not two: the agent itself tells (by its status) that gproc would not import
+    agent = f"import sys\ntry:\n from gproc import launchagent\nexcept ImportError:\n sys.exit({_NO_GPROC})\nsys.exit(launchagent.main())"
     lines = [] if mode == "always" else [
-        f'if [ -x {py} ] && {py} -c "import gproc" </dev/null >/dev/null 2>&1; then exec {py} -m gproc.launchagent; fi'
+        f"if [ -x {py} ]; then {py} -c {shlex.quote(agent)}; s=$?; [ $s -eq {_NO_GPROC} ] || exit $s; fi"
     ]  # fmt: skip
     lines += [
         f"d={_base(rt)}/{rt['id']}",
