@@ -7,15 +7,15 @@ forks into ``K`` processes (``K`` = processes / nodes), and each waits in ``paus
 exactly ``P`` distinct call paths whatever its size. For each size (64, 256, 1,024 processes with
 ``P`` = 2; 1,024 with ``P`` = 8) the benchmark measures:
 
-* the time of ``Cluster.stack(job=…)`` (every process unwound by eu-stack on its node, the stacks
+* the time of ``Cluster.stack(job=…)`` (every process unwound on its node, by libdw in the daemon
+  unless ``GPROC_NO_LIBDW`` is set for the cluster, then by eu-stack; the stacks
   merged in the tree, the answer at the client), the median of ``--runs``, and once the whole
   ``gproc stack %JOB`` command (Python's start included);
 * ``bytes_in``: the reply bytes that reached the master, the same reducer value however many
   processes share the paths;
 * as a reference for the unwinder's own share, ``eu-stack`` alone on every process of the job, as
   many at a time as the machine has cores, with symbol names and without (``-q``, what gproc runs
-  on each process before naming the places from a per-node table): on one machine the latter bounds
-  the time from below (a real cluster unwinds on every node at once, each its own processes).
+  on each process where libdw cannot be loaded, before naming the places from a per-node table).
 
     python bench/stack.py [--nodes 64] [--sizes 64,256,1024] [--runs 3] [--no-write]
 """
@@ -191,8 +191,9 @@ def report(rows: list[dict[str, Any]], cmd: str) -> str:
             f"1,024 processes: {r['time']:.2f} s against the {TARGET:g} s target "
             f"({verdict} on this machine). eu-stack alone, run on the same "
             f"processes {cores} at a time, takes {r['eu_stack']:.2f} s, or {r['eu_quick']:.2f} s without naming "
-            "symbols (gproc unwinds every process that way and names each node's places once); here all "
-            f"1,024 processes share {cores} cores, on a cluster each node unwinds only its own.",
+            "symbols: gproc reads each process with libdw inside its node daemon (no process start) and names "
+            f"each node's places once. Here all 1,024 processes share {cores} cores; on a cluster each node "
+            "reads only its own.",
         ]
     same = [r for r in rows if r["paths"] == rows[0]["paths"]]
     if len(same) > 1:
