@@ -433,13 +433,12 @@ class Master(Node):
         """Per tree link (named by the node below it): bytes and frames it carried down so far, and
         the file bytes that node stored; nodes with equal counts are grouped."""
         rows: list[dict[str, Any]] = []
-        async for part in self.request("counters", {}, self.up_ranks()):
-            for key, enc in part.groups:
-                if key[0] == "c":
-                    rows.append(
-                        {"nodes": self.fold_intervals(enc), "count": rankset.count(enc), "bytes_in": key[1],
-                         "frames_in": key[2], "file_bytes": key[3], "stored_at": key[4]}
-                    )  # fmt: skip
+        for key, enc in (await self.request("counters", {}, self.up_ranks())).groups:
+            if key[0] == "c":
+                rows.append(
+                    {"nodes": self.fold_intervals(enc), "count": rankset.count(enc), "bytes_in": key[1],
+                     "frames_in": key[2], "file_bytes": key[3], "stored_at": key[4]}
+                )  # fmt: skip
         return rows
 
     def selection(self, req: Selected | wire.Message) -> tuple[set[int], set[str]]:
@@ -456,10 +455,9 @@ class Master(Node):
             targets = self.up_ranks()
         counts: dict[str, int] = {}
         t0 = time.perf_counter()
-        async for part in self.request("noop", {}, targets):
-            for key, enc in part.groups:
-                k = "ok" if key[1] == 0 else str(key[2])
-                counts[k] = counts.get(k, 0) + rankset.count(enc)
+        for key, enc in (await self.request("noop", {}, targets)).groups:
+            k = "ok" if key[1] == 0 else str(key[2])
+            counts[k] = counts.get(k, 0) + rankset.count(enc)
         link.send(
             {
                 "t": "ret",

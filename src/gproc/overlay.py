@@ -734,6 +734,7 @@ class Request:
     ) -> None:
         self.reducer = reducer
         self.ended = False
+        self._whole = False  # only the whole is awaited: wake the waiter at the end, not for every part
         self._parts: collections.deque[Reply] = collections.deque()
         self._wake = asyncio.Event()
         self.op = node.start_op(op_id, kind, body, targets, self._sink, reducer=reducer)
@@ -743,7 +744,8 @@ class Request:
             value = self.reducer.decode(value)
         self._parts.append(Reply(groups, value, end))
         self.ended = self.ended or end
-        self._wake.set()
+        if end or not self._whole:
+            self._wake.set()
 
     def __aiter__(self) -> Request:
         return self
@@ -758,13 +760,18 @@ class Request:
 
     async def wait(self, timeout: float | None = None) -> Reply:
         """Every reply merged into one (groups in arrival order)."""
+        self._whole = True
+        async with asyncio.timeout(timeout):
+            while not self.ended:
+                self._wake.clear()
+                await self._wake.wait()
         r = self.reducer
         whole = Reply([], r.identity() if r is not None else None, True)
-        async with asyncio.timeout(timeout):
-            async for part in self:
-                whole.groups.extend(part.groups)
-                if r is not None and part.value is not None:
-                    whole.value = r.merge(whole.value, part.value)
+        while self._parts:
+            part = self._parts.popleft()
+            whole.groups.extend(part.groups)
+            if r is not None and part.value is not None:
+                whole.value = r.merge(whole.value, part.value)
         return whole
 
     def __await__(self) -> Generator[Any, None, Reply]:

@@ -90,13 +90,12 @@ class Shipper:
     ) -> dict[str, set[int]]:
         need: dict[str, set[int]] = {}
         body = HaveBody(h=[(h, size, x) for h, (size, x) in files.items()], j=job)  # j: the files stay for it
-        async for part in self.m.request("have", body.wire(), targets):
-            for key, enc in part.groups:
-                ranks = rankset.decode(enc)
-                if key[0] == "n":
-                    need.setdefault(key[1], set()).update(ranks)
-                elif key[0] == "s" and key[1] != 0:
-                    failed.add(tuple(key), ranks)
+        for key, enc in (await self.m.request("have", body.wire(), targets)).groups:
+            ranks = rankset.decode(enc)
+            if key[0] == "n":
+                need.setdefault(key[1], set()).update(ranks)
+            elif key[0] == "s" and key[1] != 0:
+                failed.add(tuple(key), ranks)
         return need
 
     async def _stream(
@@ -149,10 +148,9 @@ class Shipper:
 
     async def _put(self, body: PutBody, targets: set[int], failed: Groups, release: Callable[[], None]) -> None:
         try:
-            async for part in self.m.request("put", body.wire(), targets):
-                for key, enc in part.groups:
-                    if key[0] == "s" and key[1] != 0:
-                        failed.add(tuple(key), rankset.decode(enc))
+            for key, enc in (await self.m.request("put", body.wire(), targets)).groups:
+                if key[0] == "s" and key[1] != 0:
+                    failed.add(tuple(key), rankset.decode(enc))
         finally:
             release()
 
