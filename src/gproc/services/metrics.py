@@ -8,7 +8,9 @@ few hundred bytes for 10 nodes or 10,000. ``gproc top``, ``gproc web`` and ``/me
 
 from __future__ import annotations
 
+import heapq
 import os
+import pwd
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -125,6 +127,13 @@ class ProctopRequest(Selected):
     k: int = 10
 
 
+def _name(p: psutil.Process) -> str:
+    try:
+        return p.name() or "?"
+    except psutil.Error:
+        return "?"
+
+
 class MetricsService:
     """On every node: the ``metrics`` op, and ``proctop`` (its busiest processes)."""
 
@@ -132,6 +141,7 @@ class MetricsService:
         self.node = node
         self.cpu_seen: dict[tuple[int, float], float] = {}  # (pid, start time) -> CPU seconds at the last proctop
         self.seen_at = 0.0
+        self.users: dict[int, str] = {}  # uid -> user name
 
     def service(self) -> ServiceTable:
         return ServiceTable(
@@ -149,24 +159,40 @@ class MetricsService:
             return
         now = time.time()
         seen, dt = {}, now - self.seen_at
-        rows: list[tuple[float, str]] = []
-        for p in psutil.process_iter(["pid", "name", "username", "cpu_times", "create_time"]):
+        # every process's CPU time comes from one read of /proc/PID/stat; names and users (more reads,
+        # and a look-up in the user database each) only for the k that are shown
+        rows: list[tuple[float, int, psutil.Process]] = []
+        for p in psutil.process_iter(["cpu_times", "create_time"]):
             info = p.info
             if info["cpu_times"] is None or info["create_time"] is None:
                 continue
             cpu = info["cpu_times"].user + info["cpu_times"].system
-            key = (info["pid"], info["create_time"])
+            key = (p.pid, info["create_time"])
             seen[key] = cpu
             prev = self.cpu_seen.get(key)
             span = dt if prev is not None else max(now - info["create_time"], 1e-3)
-            pct = round(100.0 * (cpu - (prev or 0.0)) / span, 1)
-            rows.append(
-                (pct, f"{self.node.cfg.name} {info['pid']} {info['username'] or '?'} {info['name'] or '?'}"[:200])
-            )
+            rows.append((round(100.0 * (cpu - (prev or 0.0)) / span, 1), p.pid, p))
+        for pct, pid, p in heapq.nlargest(k, rows, key=lambda r: (r[0], r[1])):
+            op.give((pct, f"{self.node.cfg.name} {pid} {self._user(pid)} {_name(p)}"[:200]))
         self.cpu_seen, self.seen_at = seen, now
-        for row in sorted(rows, reverse=True)[:k]:
-            op.give(row)
         op.emit(("s", 0, ""))
+
+    def _user(self, pid: int) -> str:
+        """The name of the user a process runs as (its /proc directory's owner), "?" when gone."""
+        try:
+            uid = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            return "?"
+        name = self.users.get(uid)
+        if name is None:
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                name = str(uid)
+            if len(self.users) > 1000:
+                self.users.clear()
+            self.users[uid] = name
+        return name
 
     def metrics(self, op: Op, b: MetricsBody) -> None:
         path = b.path
