@@ -1182,6 +1182,10 @@ class Node:
                 except GprocError as e:
                     link.send(RetMsg.failed(cid, e))
                     return
+                except Exception:  # the master survives any registration
+                    self.log.exception("attach failed")
+                    link.send(RetMsg.failed(cid, RegistrationError("internal error in the master (see its log)")))
+                    return
                 self._route_add(result["rank"], link)
                 link.send({"t": "ret", "id": cid, "r": result})
                 return

@@ -35,6 +35,19 @@ def tls_connect(addr: str, key: str) -> ssl.SSLSocket:
     return credential.client_context(key).wrap_socket(raw, server_hostname="gproc")
 
 
+def registered(addr: str, key: str, nid: str) -> tuple[ssl.SSLSocket, bytes]:
+    """A raw peer that registered as node "intruder" under ``addr``: its socket and what it read."""
+    s = tls_connect(addr, key)
+    s.sendall(wire.pack(wire.hello("node", name="intruder", id=nid, instance="x")))
+    s.settimeout(5)
+    buf = b""
+    while buf.count(b"welcome") == 0:
+        chunk = s.recv(65536)
+        assert chunk, f"{addr} closed a valid registration"
+        buf += chunk
+    return s, buf
+
+
 def closed_by_peer(sock: socket.socket) -> bool:
     sock.settimeout(5)
     try:
@@ -118,14 +131,7 @@ def test_authenticated_but_malformed_peer_is_closed(cluster16: LocalCluster, fra
 
 def test_registered_child_sending_garbage_is_dropped_alone(cluster16: LocalCluster) -> None:
     """A peer that registers properly and then misbehaves loses its link; everyone else carries on."""
-    s = tls_connect(cluster16.master_address, cluster16.key)
-    s.sendall(wire.pack(wire.hello("node", name="intruder", id="77", instance="x")))
-    s.settimeout(5)
-    buf = b""
-    while buf.count(b"welcome") == 0:
-        chunk = s.recv(65536)
-        assert chunk, "the master closed a valid registration"
-        buf += chunk
+    s, _ = registered(cluster16.master_address, cluster16.key, "77")
     s.sendall(wire.pack({"t": "op", "op": 1, "k": "exec", "b": {}, "tg": [0, 0]}))  # ops never travel up
     assert closed_by_peer(s)
     s.close()
@@ -140,14 +146,7 @@ def test_child_cannot_register_nodes_outside_its_subtree(cluster16: LocalCluster
     its link goes it is reported lost with nothing left behind that nobody would ever report."""
     rows = [json.loads(x) for x in cluster16.gproc("i", "--json").stdout.splitlines() if x.strip()]
     node0 = next(r["address"] for r in rows if r["name"] == "node0")
-    s = tls_connect(node0, cluster16.key)
-    s.sendall(wire.pack(wire.hello("node", name="intruder", id="78", instance="x")))
-    s.settimeout(5)
-    buf = b""
-    while buf.count(b"welcome") == 0:
-        chunk = s.recv(65536)
-        assert chunk, "node0 closed a valid registration"
-        buf += chunk
+    s, buf = registered(node0, cluster16.key, "78")
     calls = [
         {"name": "ghost", "id": "79", "instance": "y", "parent": 0},  # not under this link
         {"name": "ghost", "id": "79", "instance": "y"},  # a reannounce, but not of itself
