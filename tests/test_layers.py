@@ -19,8 +19,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "wire",
         (
             "errors", "ranks", "groups", "merge", "reduce", "wire", "messages", "address", "credential", "platform",
-            "spawnd", "peers", "calltree", "certs", "runtime", "blocks", "multicast", "mcastnet",
-            "pids", "nodespec", "postfix", "store", "state", "elf", "libdw", "bundle", "psview", "filefacts", "eventloop",
+            "spawnd", "peers", "calltree", "certs", "runtime", "blocks", "multicast", "mcastnet", "libdw",
+            "pids", "nodespec", "postfix", "store", "state", "elf", "bundle", "psview", "filefacts", "eventloop",
         ),
     ),
     ("overlay", ("overlay",)),

@@ -275,7 +275,10 @@ def probe_script(req: dict[str, Any]) -> str:
     if mode == "never" or not rt.get("id"):
         return f"exec {py} -m gproc.launchagent"
     # one interpreter start, not two: the agent itself tells (by its status) that gproc would not import
-    agent = f"import sys\ntry:\n from gproc import launchagent\nexcept ImportError:\n sys.exit({_NO_GPROC})\nsys.exit(launchagent.main())"
+    agent = (
+        f"import sys\ntry:\n from gproc import launchagent\nexcept ImportError:\n sys.exit({_NO_GPROC})\n"
+        "sys.exit(launchagent.main())"
+    )
     lines = [] if mode == "always" else [
         f"if [ -x {py} ]; then {py} -c {shlex.quote(agent)}; s=$?; [ $s -eq {_NO_GPROC} ] || exit $s; fi"
     ]  # fmt: skip

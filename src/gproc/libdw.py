@@ -111,9 +111,9 @@ class Libdw:
                 got = modules.get(m)
                 if got is None:
                     start, bias = _Addr(), _Addr()
-                    path = (
-                        lib.dwfl_module_info(m, None, C.byref(start), None, None, None, None, None) or b""
-                    ).decode(errors="replace")
+                    path = (lib.dwfl_module_info(m, None, C.byref(start), None, None, None, None, None) or b"").decode(
+                        errors="replace"
+                    )
                     lib.dwfl_module_getelf(m, C.byref(bias))  # the build id is read from the file
                     bits, vaddr = C.POINTER(C.c_ubyte)(), _Addr()
                     n = lib.dwfl_module_build_id(m, C.byref(bits), C.byref(vaddr))
