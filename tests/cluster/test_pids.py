@@ -4,6 +4,7 @@ from inside the tree, a master restart, and the allocation stress test."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
@@ -327,6 +328,41 @@ def test_master_restart_keeps_blocks_and_routes() -> None:
             p.kill()
             p.wait()
         stop_cluster(c, d)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_stopping_the_nodes_ends_what_a_finished_job_left_in_its_session() -> None:
+    """A job's program has ended, its background processes run on (as after a shell script's end).
+    `gproc down` ends them with the nodes; a process that called setsid has left the job and stays."""
+    c, d = start_cluster(2, 2)
+    left: list[int] = []
+    escaped: list[int] = []
+    try:
+        line = "sleep 300 & echo $!; (sleep 300 & echo $!); setsid sleep 300 & echo s$!"
+        r = c.gproc("e", "--json", "**", "sh", "-c", line)
+        assert r.returncode == 0, r.stderr
+        pids = [str(x["data"]).strip() for x in map(json.loads, r.stdout.splitlines()) if "data" in x]
+        left = [int(p) for p in pids if not p.startswith("s")]
+        escaped = [int(p[1:]) for p in pids if p.startswith("s")]
+        assert len(left) == 4 and len(escaped) == 2, pids
+        assert all(alive(p) for p in left + escaped)
+    finally:
+        stop_cluster(c, d)
+        try:
+            wait_until(lambda: not any(alive(p) for p in left), 10.0, "the job's leftovers end with the nodes")
+            assert all(alive(p) for p in escaped), "a process that left its job's session was killed"
+        finally:
+            for p in left + escaped:  # what the test started, by pid, also when it failed
+                if alive(p):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(p, signal.SIGKILL)
 
 
 STARTS, NODES, BLOCK = 100_000, 64, 64

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import signal
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -216,7 +217,22 @@ class ProcService:
             "allocate": typed(AllocateBody, self._allocate),
             "pidstat": typed(Body, self._pidstat),
         }
-        return ServiceTable("procs", ops=ops, start=self.start)
+        return ServiceTable("procs", ops=ops, start=self.start, stop=self.end_leftovers)
+
+    def end_leftovers(self) -> None:
+        """The node stops: what its jobs forked and left running in their sessions (a background
+        process of a job whose program has ended) is killed, as the jobs' own programs are. Only
+        processes found in the jobs' sessions a moment ago, and still the same (start time), are
+        killed; a process that called setsid has left its job and is left alone."""
+        self.scan()
+        for p in list(self.table.live.values()):
+            if p.root:
+                continue  # a job's own program: ended with its job (ExecService)
+            try:
+                if abs(psutil.Process(p.pid).create_time() - p.created) < 0.01:
+                    os.kill(p.pid, signal.SIGKILL)
+            except (psutil.Error, OSError):
+                continue
 
     async def start(self) -> None:
         """Fetch blocks as soon as the node is attached (the master's ids come from its own table)."""
