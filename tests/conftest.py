@@ -75,6 +75,25 @@ def stop_cluster(c: LocalCluster, d: str) -> None:
 
 
 @pytest.fixture(scope="module")
+def c8() -> Iterator[LocalCluster]:
+    """Eight nodes in three levels (fanout 2): node6 and node7 are three hops below the master."""
+    c, d = start_cluster(8, 2)
+    try:
+        yield c
+    finally:
+        stop_cluster(c, d)
+
+
+@pytest.fixture
+def work() -> Iterator[str]:
+    """A directory every user may enter (files inside say who may read them)."""
+    d = tempfile.mkdtemp(prefix="gpw-", dir="/tmp")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
 def cluster16() -> Iterator[LocalCluster]:
     """Sixteen nodes, fanout 4: a two-level tree (4 interior nodes, 12 leaves)."""
     c, d = start_cluster(16, 4)

@@ -8,14 +8,11 @@ import hashlib
 import json
 import os
 import queue
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,24 +27,6 @@ from gproc.services import fileio  # noqa: F401
 NODES = [f"node{i}" for i in range(8)]
 ROOT = os.geteuid() == 0
 NOBODY = 65534
-
-
-@pytest.fixture(scope="module")
-def c8() -> Iterator[LocalCluster]:
-    c, d = start_cluster(8, 2)
-    try:
-        yield c
-    finally:
-        stop_cluster(c, d)
-
-
-@pytest.fixture
-def work() -> Iterator[str]:
-    """A directory every user may enter (files inside say who may read them)."""
-    d = tempfile.mkdtemp(prefix="gpf-", dir="/tmp")
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def per_node(work: str, name: str, contents: dict[str, str]) -> str:

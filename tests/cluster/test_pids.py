@@ -12,7 +12,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,16 +25,6 @@ from gproc import bundle as _bundle  # noqa: F401  (loaded before as_user drops 
 from gproc import ranks as rankset
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-def c8() -> Iterator[LocalCluster]:
-    """Eight nodes in three levels (fanout 2): node6 and node7 are three hops below the master."""
-    c, d = start_cluster(8, 2)
-    try:
-        yield c
-    finally:
-        stop_cluster(c, d)
 
 
 def api(c: LocalCluster, fn: Callable[[Cluster], Any]) -> Any:

@@ -6,16 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import stat
-import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from ClusterShell.NodeSet import NodeSet
 from tests.cluster.users import as_user
-from tests.conftest import LocalCluster, start_cluster, stop_cluster
+from tests.conftest import LocalCluster
 
 from gproc import Cluster, blocks, bundle, store  # noqa: F401  (loaded before a test drops to nobody)
 from gproc.errors import UsageError
@@ -24,23 +21,6 @@ from gproc.services import fileio, syncio  # noqa: F401
 NODES = [f"node{i}" for i in range(8)]
 MiB = 1 << 20
 NOBODY = 65534
-
-
-@pytest.fixture(scope="module")
-def c8() -> Iterator[LocalCluster]:
-    c, d = start_cluster(8, 2)
-    try:
-        yield c
-    finally:
-        stop_cluster(c, d)
-
-
-@pytest.fixture
-def work() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="gps-", dir="/tmp")
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def links(c: LocalCluster) -> dict[str, tuple[int, int]]:
