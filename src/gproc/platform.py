@@ -93,6 +93,14 @@ def tcp_received(sock: Any) -> tuple[int, int] | None:
     return received, segs_in
 
 
+def user_name(uid: int) -> str:
+    """A user's name, or the number where this host does not know it."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def user_groups(uid: int, gid: int) -> list[int]:
     """Supplementary groups a job of ``uid`` switches to (empty if the user is unknown on this node,
     and when the daemon runs as ``uid`` already: then no switch happens and the lookup is wasted)."""

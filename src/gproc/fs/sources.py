@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from gproc import platform
 from gproc.client import Cluster, FileAnswer, Listing
 from gproc.fs.dialers import Dialers
 from gproc.fs.names import class_name
@@ -162,7 +163,7 @@ class Sources:
             rows, _errors = await self.cluster(who).ps(**self._group_args())
             if who[0] == 0:
                 return {r["gpid"]: r for r in rows}
-            mine = {str(who[0]), user_name(who[0])}
+            mine = {str(who[0]), platform.user_name(who[0])}
             return {r["gpid"]: r for r in rows if r.get("user") in mine}
 
         return await self._cached(self._key(who, "ps"), make)
@@ -177,13 +178,6 @@ class Sources:
 
     def _group_args(self) -> dict[str, Any]:
         return {"nodes": self.selection["nodes"], "include": self.selection["w"], "exclude": self.selection["x"]}
-
-
-def user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 def user_id(name: str, default: int) -> int:

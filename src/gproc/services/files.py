@@ -29,7 +29,6 @@ import contextlib
 import grp
 import itertools
 import os
-import pwd
 import secrets
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any
@@ -304,7 +303,7 @@ class FileService:
             if op.reducer is not None:
                 op.give(r[field] if field in STAT_FIELDS else r["size"])
             else:
-                r["owner"], r["group"] = _user_name(r["owner"]), _group_name(r["group"])
+                r["owner"], r["group"] = platform.user_name(r["owner"]), _group_name(r["group"])
                 keys = ("type", "size", "mtime", "mode", "owner", "group", "sha256", "target")
                 op.emit(("t", template, *(r[k] for k in keys)))
 
@@ -463,13 +462,6 @@ class FileService:
             op.emit(("s", 1, str(r["err"])))
         else:
             op.emit(("s", 0, ""))
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 def _group_name(gid: int) -> str:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import heapq
 import os
-import pwd
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
+from gproc import platform
 from gproc import ranks as rankset
 from gproc.errors import UsageError
 from gproc.messages import Body, Selected
@@ -185,10 +185,7 @@ class MetricsService:
             return "?"
         name = self.users.get(uid)
         if name is None:
-            try:
-                name = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                name = str(uid)
+            name = platform.user_name(uid)
             if len(self.users) > 1000:
                 self.users.clear()
             self.users[uid] = name

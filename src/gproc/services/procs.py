@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pwd
 import signal
 import time
 from collections import OrderedDict
@@ -185,13 +184,6 @@ class AllocateRequest(Selected, kw_only=True):
 
     n: int
     interval: float = 0.0
-
-
-def _user(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 # ---- node side -------------------------------------------------------------------------------------
@@ -374,7 +366,8 @@ class ProcService:
         cmd = " ".join(argv) if argv and uid in (0, puid) else f"[{name}]"
         elapsed = max(time.time() - created, 1e-6)
         cpu = round(min(100.0 * cpu_s / elapsed, 100.0 * (os.cpu_count() or 1)), 1)
-        row = PsRow("p", p.gpid, p.parent, p.pid, _user(puid), stat, cpu, rss, round(cpu_s, 2), p.job, cmd[:MAX_CMD])
+        user = platform.user_name(puid)
+        row = PsRow("p", p.gpid, p.parent, p.pid, user, stat, cpu, rss, round(cpu_s, 2), p.job, cmd[:MAX_CMD])
         return msgspec.structs.astuple(row)
 
     def _ps(self, op: Op, b: PsBody) -> None:

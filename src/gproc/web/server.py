@@ -15,7 +15,6 @@ import io
 import ipaddress
 import json
 import os
-import pwd
 import secrets
 import shlex
 import signal
@@ -25,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gproc import client, psview
+from gproc import client, platform, psview
 from gproc.address import parse_address
 from gproc.display import Display
 from gproc.errors import GprocError, UsageError
@@ -142,13 +141,6 @@ def tree_view(info: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
 async def read_form(request: web.Request) -> dict[str, Any] | web.Response:
     """A form this server's own page posted, as a JSON object; else the error response to give."""
     why = from_this_server(request)
@@ -177,7 +169,7 @@ def from_this_server(request: web.Request) -> str | None:
 class App:
     def __init__(self, cluster: client.Cluster) -> None:
         self.c = cluster
-        self.user = user_name(os.getuid())  # ps shows user names: the page offers signals on these rows
+        self.user = platform.user_name(os.getuid())  # ps shows user names: the page offers signals on these rows
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/", self.page)
