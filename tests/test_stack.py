@@ -74,6 +74,28 @@ def test_eu_stack_places_are_build_id_and_offset_the_same_in_every_process() -> 
     ]
 
 
+def state(pid: int) -> str:
+    """A process's state letter (/proc/PID/stat): S asleep, T stopped, R running."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0]
+
+
+def wait_state(pid: int, want: str) -> None:
+    """Until the process is in state ``want`` (at most 5 s; the test's own assertions say the rest)."""
+    for _ in range(500):
+        if state(pid) == want:
+            return
+        time.sleep(0.01)
+
+
+def sleepers(n: int) -> list[subprocess.Popen[bytes]]:
+    """``n`` sleep processes, each past the dynamic loader and asleep: one place to unwind from."""
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(n)]
+    for p in procs:
+        wait_state(p.pid, "S")
+    return procs
+
+
 class Counting(StackReader):
     """A reader that counts its full (symbol-naming) unwinds."""
 
@@ -89,7 +111,7 @@ class Counting(StackReader):
 @pytest.mark.skipif(not shutil.which("eu-stack"), reason="needs eu-stack")
 def test_the_reader_names_a_second_process_from_the_first(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(libdw, "load", lambda: "not used here")  # the eu-stack path
-    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]  # Popen returns once sleep runs
+    procs = sleepers(3)  # in the same place: a process still in the loader would need names of its own
     try:
         reader = Counting()
         got = asyncio.run(reader.read([p.pid for p in procs]))
@@ -105,12 +127,6 @@ def test_the_reader_names_a_second_process_from_the_first(monkeypatch: pytest.Mo
             p.wait()
 
 
-def state(pid: int) -> str:
-    """A process's state letter (/proc/PID/stat): S asleep, T stopped, R running."""
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rpartition(")")[2].split()[0]
-
-
 @pytest.mark.skipif(
     not shutil.which("eu-stack") or not isinstance(libdw.load(), libdw.Libdw), reason="needs libdw and eu-stack"
 )
@@ -119,18 +135,10 @@ def test_libdw_in_process_reads_what_eu_stack_reads() -> None:
     process; a place is named once, and the processes run on after being read."""
     dw = libdw.load()
     assert isinstance(dw, libdw.Libdw)
-    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    procs = sleepers(2)
     try:
-        for p in procs:  # past the dynamic loader, asleep
-            for _ in range(500):
-                if state(p.pid) == "S":
-                    break
-                time.sleep(0.01)
         procs[1].send_signal(signal.SIGSTOP)
-        for _ in range(500):  # stopped before it is read: a stop on its way could be taken by the attach
-            if state(procs[1].pid) == "T":
-                break
-            time.sleep(0.01)
+        wait_state(procs[1].pid, "T")  # stopped before it is read: a stop on its way could be taken by the attach
         eu = subprocess.run(["eu-stack", "-b", "-m", "-p", str(procs[0].pid)], capture_output=True, text=True)
         symbols: dict[libdw.Place, str] = {}
         for p in procs:
@@ -139,10 +147,7 @@ def test_libdw_in_process_reads_what_eu_stack_reads() -> None:
                 [(place, name) for place, name, _ in t] for t in parse_eu_frames(eu.stdout)
             ]
             assert len(symbols) == len(frames[0])  # the second process's places were named by the first
-        for _ in range(500):  # a stopped process is left stopped (libdw detaches with a SIGSTOP)
-            if state(procs[1].pid) == "T":
-                break
-            time.sleep(0.01)
+        wait_state(procs[1].pid, "T")  # a stopped process is left stopped (libdw detaches with a SIGSTOP)
         assert state(procs[1].pid) == "T"
         assert asyncio.run(StackReader().read([procs[0].pid])) == {procs[0].pid: parse_eu_stack(eu.stdout)}
         procs[1].send_signal(signal.SIGCONT)
