@@ -20,7 +20,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "errors", "ranks", "groups", "merge", "reduce", "wire", "messages", "address", "credential", "platform",
             "spawnd", "peers", "calltree", "certs", "runtime", "blocks", "multicast", "mcastnet", "libdw",
-            "pids", "nodespec", "postfix", "store", "state", "elf", "bundle", "psview", "filefacts", "eventloop",
+            "pids", "nodespec", "postfix", "store", "privateview", "state", "elf", "bundle", "psview", "filefacts",
+            "eventloop",
         ),
     ),
     ("overlay", ("overlay",)),

@@ -92,3 +92,7 @@ def from_wire(msg: dict[str, object], default: type[GprocError] = RemoteError) -
     """The error a reply carries, of the kind it was raised as (``default`` for a kind unknown here)."""
     cls = _kinds().get(str(msg.get("kind")), default)
     return cls(str(msg.get("msg", "error"))[:2000])
+
+
+class NamespaceError(OSError):
+    """A private mount namespace could not be set up (no privilege, or not supported here)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import functools
 import json
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gproc import eventloop, peers, spawnd
+from gproc.errors import NamespaceError, StagingError
 
 T = TypeVar("T")
 
@@ -352,11 +352,19 @@ def _process(started: Started, loop: asyncio.AbstractEventLoop, watch: bool = Tr
     return proc
 
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where gproc is imported from
+# The starter runs isolated (-I -S) and imports gproc only for a private view, from where this one is.
 _STARTER_LOADER = (
     "import importlib.util as u, sys\n"
+    "sys.path.insert(0, sys.argv[3])\n"
     "s = u.spec_from_file_location('gproc_spawnd', sys.argv[1]); m = u.module_from_spec(s)\n"
     "s.loader.exec_module(m); sys.exit(m.main(int(sys.argv[2])))\n"
 )
+
+
+def starter_argv(fd: int) -> list[str]:
+    """The command of a program starter serving the socket ``fd``."""
+    return [sys.executable, "-I", "-S", "-c", _STARTER_LOADER, spawnd.__file__, str(fd), _ROOT]
 
 
 class StarterGone(OSError):
@@ -378,7 +386,7 @@ class Starter:
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._child = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _STARTER_LOADER, spawnd.__file__, str(theirs.fileno())],
+                starter_argv(theirs.fileno()),
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 process_group=0,  # a terminal's Ctrl-C is the daemon's to handle; it ends when we close
@@ -391,6 +399,8 @@ class Starter:
         self._sock.setblocking(False)
         self._seq = 0
         self._procs: dict[int, Process] = {}
+        self._waiting: dict[int, tuple[asyncio.Future[Process], list[int], str]] = {}  # start_in_view's
+        self._view_slots = asyncio.Semaphore(VIEWS_IN_FLIGHT)
         self.alive = True
         loop.add_reader(self._sock.fileno(), self._read_some)
 
@@ -399,35 +409,109 @@ class Starter:
         return self._child.pid
 
     def start(self, cmd: Command) -> Process:
+        """Start ``cmd`` and return once the starter named its pid (it answers right after
+        ``posix_spawn``)."""
+        seq, path, mine = self._send(cmd, None)
+        try:
+            reply = self._reply(seq)
+        except BaseException:
+            _close_all(mine)
+            raise
+        return self._started(reply, mine, path)
+
+    async def start_in_view(self, cmd: Command, view: dict[str, Any]) -> Process:
+        """Start ``cmd`` in a private view the starter builds first (see ``gproc.privateview``);
+        the event loop runs on meanwhile. NamespaceError or StagingError when the view cannot be made."""
+        async with self._view_slots:  # what the starter's socket holds is bounded
+            seq, path, mine = self._send(cmd, view)
+            fut = self._loop.create_future()
+            self._waiting[seq] = (fut, mine, path)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await fut
+            except TimeoutError:
+                self.close()
+                raise StarterGone(errno.ETIMEDOUT, f"the starter did not answer in {self.timeout:g} s") from None
+
+    def _send(self, cmd: Command, view: dict[str, Any] | None) -> tuple[int, str, list[int]]:
+        """Send a start request with the program's three descriptors; returns (seq, path, our ends)."""
         if not self.alive:
             raise StarterGone(errno.ECHILD, "the program starter has ended")
         path = cmd.path()
         self._seq += 1
-        req = json.dumps({"s": self._seq, "path": path, "argv": cmd.argv, "env": cmd.env, "cwd": cmd.own_cwd()})
-        data = req.encode()
+        req: dict[str, Any] = {"s": self._seq, "path": path, "argv": cmd.argv, "env": cmd.env}
+        if view is None:
+            req["cwd"] = cmd.own_cwd()
+        else:  # the directory is in the view, entered there
+            req.update(cwd=cmd.cwd, view=view)
+        data = json.dumps(req).encode()
         if len(data) > spawnd.MAX_MESSAGE:
             raise StarterGone(errno.E2BIG, "request too large for the program starter")
         mine, theirs = cmd._pipes()
         try:
-            try:
-                socket.send_fds(self._sock, [data], theirs)
-            except OSError as e:  # full (it is stuck) or closed (it is gone)
-                self.close()
-                raise StarterGone(e.errno or errno.EPIPE, "the program starter does not take requests") from e
-            finally:
-                _close_all(theirs)
-            reply = self._reply(self._seq)
+            self._send_fds(data, theirs)
         except BaseException:
             _close_all(mine)
             raise
+        finally:
+            _close_all(theirs)
+        return self._seq, path, mine
+
+    def _send_fds(self, data: bytes, fds: list[int]) -> None:
+        """Send one request; while the socket is full (requests in flight), wait for room, at most
+        ``timeout`` seconds (then the starter is taken for stuck)."""
+        deadline = time.monotonic() + self.timeout
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLOUT)
+        while True:
+            try:
+                socket.send_fds(self._sock, [data], fds)
+                return
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left > 0:
+                    poller.poll(left * 1000)
+                    continue
+                err: OSError = BlockingIOError(errno.ETIMEDOUT, "full")
+            except OSError as e:  # closed: it is gone
+                err = e
+            self.close()
+            raise StarterGone(err.errno or errno.EPIPE, "the program starter does not take requests") from err
+
+    def _started(self, reply: dict[str, Any], mine: list[int], path: str) -> Process:
+        """The process a reply names, registered for its exit report; or the error it reports."""
         pid = reply.get("pid")
         if not isinstance(pid, int):
             _close_all(mine)
             err = reply.get("errno")
-            raise OSError(err if isinstance(err, int) else errno.EIO, str(reply.get("error", "cannot start")), path)
+            err = err if isinstance(err, int) else errno.EIO
+            text = str(reply.get("error", "cannot start"))
+            kind = reply.get("kind")
+            if kind == "NamespaceError":
+                raise NamespaceError(err, text)
+            if kind == "StagingError":
+                raise StagingError(text)
+            raise OSError(err, text, path)
         proc = _process(Started(pid, mine[0], mine[1], mine[2]), self._loop, watch=False)
         self._procs[pid] = proc
         return proc
+
+    def _settle(self, seq: int, msg: dict[str, Any]) -> None:
+        """The answer to a ``start_in_view``: its process is registered at once, before any exit
+        report behind the answer is read. One whose caller gave up is ended."""
+        fut, mine, path = self._waiting.pop(seq)
+        try:
+            proc = self._started(msg, mine, path)
+        except Exception as e:
+            if not fut.done():
+                fut.set_exception(e)
+            return
+        if fut.done():  # cancelled meanwhile: do not leave the program behind
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.close_pipes()
+            return
+        fut.set_result(proc)
 
     def _reply(self, seq: int) -> dict[str, Any]:
         """Wait for the answer to request ``seq``, settling the exits that come before it."""
@@ -469,6 +553,8 @@ class Starter:
                 proc = self._procs.pop(msg["x"], None)
                 if proc is not None and isinstance(msg.get("status"), int):
                     proc._set_status(msg["status"])
+            elif isinstance(msg.get("s"), int) and msg["s"] in self._waiting:
+                self._settle(msg["s"], msg)
             elif stop_at_reply:
                 return msg
         return None
@@ -485,6 +571,11 @@ class Starter:
             if not proc.exited.done():
                 proc.exited.set_result(255)
         self._procs.clear()
+        for fut, mine, _path in self._waiting.values():
+            _close_all(mine)
+            if not fut.done():
+                fut.set_exception(StarterGone(errno.ECHILD, "the program starter has ended"))
+        self._waiting.clear()
         self._child.poll()  # it ends on its own when it sees the socket closed; reaped then or later
 
 
@@ -493,6 +584,7 @@ class Starter:
 # descriptor costs the child ~0.1 µs with warm caches and ~0.2 µs on a loaded machine (measured on
 # 2-core EPYC: 2,000 descriptors, idle: 833 µs direct vs 888 µs through the starter).
 STARTER_ABOVE = 1000
+VIEWS_IN_FLIGHT = 16  # private starts a starter is asked for at once (each request is a few KB)
 STARTER_RESTARTS = 3  # starters that may die before a process starts all its programs itself
 
 
@@ -526,20 +618,34 @@ class Spawner:
             return _process(cmd.posix_spawn(self.home), loop)
         return _process(cmd.popen(), loop)
 
-    def _use_starter(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Does this start go through the starter? While the process holds more than
-        ``starter_above`` descriptors (counted at most once a second: ~0.1 µs per descriptor), and
-        until starters have died ``STARTER_RESTARTS`` times."""
+    async def start_private(self, cmd: Command, view: dict[str, Any], enter: Callable[[], None]) -> Process:
+        """Start ``cmd`` in a private mount namespace: built by the starter from ``view`` (the wire
+        form of a ``gproc.privateview.PrivateView``) when this process starts through one, else by
+        ``enter`` in a thread of this process."""
+        loop = asyncio.get_running_loop()
+        same_user = cmd.uid is None or cmd.uid == os.geteuid()
+        if same_user and hasattr(os, "posix_spawn") and self._use_starter(loop, private=True):
+            assert self.starter is not None
+            try:
+                return await self.starter.start_in_view(cmd, view)
+            except StarterGone:
+                pass
+        return await spawn_private(enter, cmd)
+
+    def _use_starter(self, loop: asyncio.AbstractEventLoop, private: bool = False) -> bool:
+        """Does this start go through the starter? A private one always, a plain one while the
+        process holds more than ``starter_above`` descriptors (counted at most once a second: ~0.1 µs
+        per descriptor); until starters have died ``STARTER_RESTARTS`` times."""
         if self.starter_above is None or self._starter_failed:
             return False
         now = time.monotonic()
-        if now - self._fds_checked > 1.0:
+        if not private and now - self._fds_checked > 1.0:
             self._fds_checked = now
             try:
                 self._many_fds = len(os.listdir("/proc/self/fd")) > self.starter_above
             except OSError:
                 self._many_fds = False
-        if not self._many_fds:
+        if not (private or self._many_fds):
             return False
         if self.starter is not None and self.starter.alive:
             return True
@@ -596,23 +702,6 @@ def group_alive(pgid: int) -> bool:
 
 # ---- private mount namespaces (Linux) ------------------------------------------------------------
 
-_CLONE_NEWNS = 0x00020000
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 32, 0x1000, 0x4000, 0x40000
-
-
-def _libc() -> Any:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-class NamespaceError(OSError):
-    """A private mount namespace could not be set up (no privilege, or not supported here)."""
-
-
-def _check(ret: int, what: str, error: type[OSError] = OSError) -> None:
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise error(err, f"{what}: {os.strerror(err)}")
-
 
 def signal_pending(pid: int) -> bool:
     """Has process ``pid`` a signal waiting to be delivered? (A FUSE server that cannot see the
@@ -658,15 +747,6 @@ def private_mounts_possible() -> bool:
     return IS_LINUX and os.geteuid() == 0
 
 
-def bind_mount(source: str, target: str) -> None:
-    """Bind-mount ``source`` on ``target`` (in the calling thread's mount namespace), read-only, no
-    set-id or devices, and executable even when the source's file system is mounted ``noexec``."""
-    libc, t = _libc(), os.fsencode(target)
-    _check(libc.mount(os.fsencode(source), t, None, _MS_BIND, None), "bind mount")
-    flags = _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV
-    _check(libc.mount(None, t, None, flags, None), "remount read-only")
-
-
 async def spawn_built(build: Callable[[], None], cmd: Command) -> Process:
     """Run ``build`` (staging the job's files) and start ``cmd``, in a short-lived thread: staging
     and fork/exec are system calls, so many nodes of one process stage and start side by side
@@ -679,27 +759,13 @@ async def spawn_built(build: Callable[[], None], cmd: Command) -> Process:
     return await _in_thread(work, "gproc-stage")
 
 
-async def spawn_private(tmpfs_at: str, keep: str, build: Callable[[int], None], cmd: Command) -> Process:
-    """Start ``cmd`` in a new mount namespace (propagation private) with a fresh tmpfs at ``tmpfs_at``,
-    filled by ``build`` first. ``build`` gets a descriptor of directory ``keep`` opened in the new
-    namespace before the tmpfs hid it (a bind mount's source must belong to the caller's namespace).
-    The tmpfs and everything mounted in it vanish with the job's last process.
-
-    The namespace is made by a short-lived thread of its own (``unshare(CLONE_NEWNS)`` applies to the
-    calling thread only), so the daemon keeps its own view and spawning stays a vfork away.
-    """
+async def spawn_private(enter: Callable[[], None], cmd: Command) -> Process:
+    """Start ``cmd`` in the private mount namespace ``enter`` makes for the calling thread (see
+    ``gproc.privateview``): in a short-lived thread of its own, so the daemon keeps its own view and
+    spawning stays a vfork away."""
 
     def work() -> Started:
-        libc = _libc()
-        _check(libc.unshare(_CLONE_NEWNS), "unshare", NamespaceError)
-        _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "make / private", NamespaceError)
-        keep_fd = os.open(keep, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            tmpfs = libc.mount(b"tmpfs", os.fsencode(tmpfs_at), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=0700")
-            _check(tmpfs, f"mount tmpfs on {tmpfs_at}", NamespaceError)
-            build(keep_fd)
-        finally:
-            os.close(keep_fd)
+        enter()
         return cmd.popen()
 
     return await _in_thread(work, "gproc-private-mount")

@@ -11,13 +11,17 @@ and it reaps its children and reports every exit status.
 Messages are JSON datagrams on a ``SOCK_SEQPACKET`` pair:
 
 * daemon to starter: ``{"s": seq, "path": ..., "argv": [...], "env": {...}, "cwd": str | null}`` with
-  exactly three descriptors (stdin, stdout, stderr of the program);
-* starter to daemon: ``{"s": seq, "pid": pid}`` or ``{"s": seq, "errno": n, "error": text}``, and
-  ``{"x": pid, "status": waitstatus}`` when a program it started has ended (always after its pid).
+  exactly three descriptors (stdin, stdout, stderr of the program), and optionally ``"view": {...}``:
+  the program runs in a private mount namespace holding its shipped files (``gproc.privateview``),
+  which this process builds, starts the program in, and leaves;
+* starter to daemon: ``{"s": seq, "pid": pid}`` or ``{"s": seq, "errno": n, "error": text, "kind":
+  class}``, and ``{"x": pid, "status": waitstatus}`` when a program it started has ended (always after
+  its pid).
 
-It imports nothing from gproc (the daemon runs it as a file: ``python -I -S -c LOADER FILE FD``) and
-ends when the daemon's end of the socket closes. Its children keep running then, as a daemon's own
-children do when it dies.
+It imports nothing from gproc until the first private view (the daemon runs it as a file:
+``python -I -S -c LOADER FILE FD ROOT``, ROOT being where gproc is imported from) and ends when the
+daemon's end of the socket closes. Its children keep running then, as a daemon's own children do
+when it dies.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import selectors
 import signal
 import socket
 import sys
+from typing import Any
 
 MAX_MESSAGE = 256 * 1024  # requests larger than this (huge environments) are started by the daemon itself
 MALFORMED = {"errno": errno.EINVAL, "error": "malformed start request"}
@@ -39,7 +44,31 @@ MALFORMED = {"errno": errno.EINVAL, "error": "malformed start request"}
 RESET = tuple(s for s in (getattr(signal, n, None) for n in ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGCHLD")) if s)
 
 
-def _start(req: dict[str, object], fds: list[int]) -> dict[str, object]:
+class _Views:
+    """Private views, made by ``gproc.privateview`` (imported at the first)."""
+
+    def __init__(self) -> None:
+        self._builder: Any = None
+
+    def start(self, req: dict[str, Any], fds: list[int]) -> dict[str, object]:
+        try:
+            if self._builder is None:
+                from gproc import privateview
+
+                self._builder = privateview.Builder()
+            view = req.get("view")
+            self._builder.enter(view, json.dumps(view.get("files") if isinstance(view, dict) else None))
+        except Exception as e:  # reported by class: the daemon tells a refused namespace from a bad view
+            err = getattr(e, "errno", None)
+            text = getattr(e, "strerror", None) or str(e)
+            return {"errno": err if isinstance(err, int) else errno.EINVAL, "error": text, "kind": type(e).__name__}
+        try:
+            return _start(req, fds)
+        finally:
+            self._builder.leave()
+
+
+def _start(req: dict[str, Any], fds: list[int]) -> dict[str, object]:
     path, argv, env, cwd = req.get("path"), req.get("argv"), req.get("env"), req.get("cwd")
     if not (isinstance(path, str) and isinstance(argv, list) and isinstance(env, dict) and len(fds) == 3):
         return MALFORMED
@@ -70,6 +99,7 @@ def serve(sock: socket.socket) -> None:
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
+    views = _Views()
     while True:
         for key, _ in sel.select():
             if key.fileobj is sock:
@@ -81,7 +111,10 @@ def serve(sock: socket.socket) -> None:
                     return  # the daemon is gone
                 try:
                     req = json.loads(data)
-                    reply = _start(req, fds) if isinstance(req, dict) else MALFORMED
+                    if not isinstance(req, dict):
+                        reply = MALFORMED
+                    else:
+                        reply = views.start(req, fds) if "view" in req else _start(req, fds)
                     seq = req.get("s") if isinstance(req, dict) else None
                 except ValueError:
                     reply, seq = MALFORMED, None

@@ -192,6 +192,11 @@ def _escapes(links: dict[str, str], start: str, target: str) -> bool:
 # ---- the store ----------------------------------------------------------------------------------
 
 
+def store_name(h: str, executable: bool) -> str:
+    """The store file of content ``h`` in one mode (files shipped executable are kept apart)."""
+    return f"{h}.{'x' if executable else 'r'}"
+
+
 @dataclass
 class Incoming:
     """A file being received: its temp file, running hash and next expected offset."""
@@ -356,7 +361,7 @@ class Store:
             self._held[name] = Held(size, time.time())
 
     def name(self, h: str, executable: bool) -> str:
-        return f"{h}.{'x' if executable else 'r'}"
+        return store_name(h, executable)
 
     def path(self, h: str, executable: bool) -> str:
         return os.path.join(self.dir, self.name(h, executable))

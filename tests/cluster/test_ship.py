@@ -201,6 +201,57 @@ def test_private_staging_lives_only_in_the_jobs_namespace(tree7: LocalCluster, t
     assert not os.path.exists(f"/proc/{pid}")  # the last process is gone, and its namespace with it
 
 
+@needs_private
+def test_jobs_of_one_program_on_one_node_write_apart(tree7: LocalCluster, tmp_path: Path) -> None:
+    # Jobs of the same bundle, at the same time, on one node, all through that process's program
+    # starter: each writes the same name in its working directory (inside its view) and reads back
+    # its own; the starter itself stays in the node's namespace.
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    script = (
+        f"echo $GPROC_JOBID > mine; touch {flags}/$GPROC_JOBID; while [ ! -e {flags}/go ]; do sleep 0.05; done;"
+        " cat mine; readlink /proc/self/ns/mnt"
+    )
+
+    async def one(c: Cluster) -> tuple[int | None, str]:
+        job = await c.exec(["sh", "-c", script], None, include="node3", cwd=str(tmp_path))
+        events = [ev async for ev in job]
+        return job.id, per_node(events).get("node3", "") + str(statuses(events))
+
+    async def release() -> None:
+        async with asyncio.timeout(30):
+            while len(os.listdir(flags)) < 3:  # all three running at once
+                await asyncio.sleep(0.05)
+        (flags / "go").touch()
+
+    async def go() -> list[tuple[int | None, str]]:
+        c = Cluster(tree7.socket)
+        *outs, _ = await asyncio.gather(one(c), one(c), one(c), release())
+        return outs
+
+    outs = asyncio.run(go())
+    namespaces = set()
+    for job_id, out in outs:
+        lines = out.split("\n")
+        assert lines[0] == str(job_id), outs  # its own file, not a neighbour's
+        namespaces.add(lines[1])
+    assert len(namespaces) == 3, outs
+    assert os.readlink("/proc/self/ns/mnt") not in namespaces
+    starters = [p for p in os.listdir("/proc") if p.isdigit() and _is_starter_of(p, tree7.rundir)]
+    assert starters and all(os.readlink(f"/proc/{p}/ns/mnt") == os.readlink("/proc/self/ns/mnt") for p in starters)
+
+
+def _is_starter_of(pid: str, rundir: str) -> bool:
+    """Is ``pid`` a program starter of a node daemon process of the cluster run from ``rundir``?"""
+    try:
+        if b"spawnd" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return False
+        ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        return rundir.encode() in Path(f"/proc/{ppid}/cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False
+
+
 def test_job_directory_removed_when_the_last_process_exits(tree7: LocalCluster, tmp_path: Path) -> None:
     release = tmp_path / "release"
     wait = f"(while [ ! -e {release} ]; do sleep 0.1; done) >/dev/null 2>&1 & echo $GPROC_BINROOT"

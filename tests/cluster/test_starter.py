@@ -161,15 +161,9 @@ def test_starter_survives_malformed_requests() -> None:
     # a peer that sends garbage, wrong descriptors or nothing gets errors, and the starter keeps serving
     import json
     import subprocess
-    import sys
-
-    from gproc import spawnd
 
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    p = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-c", platform._STARTER_LOADER, spawnd.__file__, str(theirs.fileno())],
-        pass_fds=[theirs.fileno()],
-    )
+    p = subprocess.Popen(platform.starter_argv(theirs.fileno()), pass_fds=[theirs.fileno()])
     theirs.close()
     mine.settimeout(10)
     try:
@@ -185,7 +179,11 @@ def test_starter_survives_malformed_requests() -> None:
         assert json.loads(mine.recv(65536))["errno"]  # one descriptor instead of three
         os.close(r)
         os.close(w)
-        fds = [os.open(os.devnull, os.O_RDWR) for _ in range(3)]
+
+        def devnulls() -> list[int]:
+            return [os.open(os.devnull, os.O_RDWR) for _ in range(3)]
+
+        fds = devnulls()
         socket.send_fds(mine, [request(3)], fds)
         for fd in fds:
             os.close(fd)
@@ -193,6 +191,22 @@ def test_starter_survives_malformed_requests() -> None:
         assert reply["s"] == 3 and reply["pid"] > 0
         ended = json.loads(mine.recv(65536))
         assert ended == {"x": reply["pid"], "status": 0}
+        if os.geteuid() == 0:  # private views: bad ones are refused, one failing half-way is left
+            home = os.readlink("/proc/self/ns/mnt")
+            views: list[object] = [
+                "junk",
+                {"at": 1},
+                {"at": "/nonexistent-gproc", "keep": "/", "files": [["f", "../x", 0, 0, 0]], "uid": 0, "gid": 0},
+                {"at": "/nonexistent-gproc", "keep": "/nonexistent-gproc", "files": [], "uid": 0, "gid": 0},
+            ]
+            for seq, view in enumerate(views, 10):
+                req = json.loads(request(seq))
+                socket.send_fds(mine, [json.dumps({**req, "view": view}).encode()], fds := devnulls())
+                for fd in fds:
+                    os.close(fd)
+                reply = json.loads(mine.recv(65536))
+                assert reply["s"] == seq and "pid" not in reply and reply["kind"], reply
+                assert os.readlink(f"/proc/{p.pid}/ns/mnt") == home  # back in its own namespace
     finally:
         mine.close()  # it ends when its socket closes
         assert p.wait(timeout=10) == 0

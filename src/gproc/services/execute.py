@@ -183,7 +183,9 @@ class ExecService:
                     make_cwd=True,  # the client's directory, made as the job's user when missing
                 )
             else:
-                proc = await self.stage.start(job, b.bundle, argv, env, uid, gid, stdin=want_stdin)
+                proc = await self.stage.start(
+                    job, b.bundle, argv, env, uid, gid, stdin=want_stdin, spawner=self.gate.spawner
+                )
         except StagingError as e:
             op.emit(("s", 255, f"staging failed: {e}"))
             return

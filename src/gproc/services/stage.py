@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import os
 import posixpath
 import secrets
@@ -25,9 +26,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gproc import platform, wire
+from gproc import platform, privateview, wire
 from gproc.errors import StagingError
 from gproc.messages import Body
+from gproc.privateview import PrivateView
 from gproc.services.base import ServiceTable, typed
 from gproc.store import (
     HASH_RE,
@@ -180,9 +182,19 @@ class StageService:
     # ---- running from the view ----
 
     async def start(
-        self, job: int, bundle: Any, argv: list[str], env: dict[str, str], uid: int, gid: int, *, stdin: bool = False
+        self,
+        job: int,
+        bundle: Any,
+        argv: list[str],
+        env: dict[str, str],
+        uid: int,
+        gid: int,
+        *,
+        stdin: bool = False,
+        spawner: platform.Spawner | None = None,
     ) -> platform.Process:
-        """Stage the job's bundle and start it; StagingError or OSError when it cannot."""
+        """Stage the job's bundle and start it (through ``spawner``'s program starter where it has
+        one); StagingError or OSError when it cannot."""
         if not isinstance(bundle, dict):
             raise StagingError("bad bundle")
         store, pin = self.store, object()
@@ -194,7 +206,7 @@ class StageService:
             store.unpin(("put", job))
             self.put_pins.pop(job, None)
         try:
-            proc = await self._start(job, bundle, argv, env, uid, gid, stdin)
+            proc = await self._start(job, bundle, argv, env, uid, gid, stdin, spawner)
         except BaseException as e:
             store.unpin(pin)
             if not isinstance(e, OSError):
@@ -210,14 +222,25 @@ class StageService:
         return proc
 
     async def _start(
-        self, job: int, bundle: dict[str, Any], argv: list[str], env: dict[str, str], uid: int, gid: int, stdin: bool
+        self,
+        job: int,
+        bundle: dict[str, Any],
+        argv: list[str],
+        env: dict[str, str],
+        uid: int,
+        gid: int,
+        stdin: bool,
+        spawner: platform.Spawner | None,
     ) -> platform.Process:
         private = bool(bundle.get("private")) and platform.private_mounts_possible() and not self.private_failed
         if private:
             launch = self.prepare(bundle, argv, env, uid, gid, self.store.root, stdin)
+            view = PrivateView(self.store.root, self.store.dir, bundle.get("files"), uid, gid)
+            enter = functools.partial(privateview.enter, view, launch.entries)
             try:
-                build = lambda store_fd: self._build(launch, self._bind_placer(store_fd))  # noqa: E731
-                return await platform.spawn_private(self.store.root, self.store.dir, build, launch.cmd)
+                if spawner is not None:
+                    return await spawner.start_private(launch.cmd, view.to_wire(), enter)
+                return await platform.spawn_private(enter, launch.cmd)
             except platform.NamespaceError as e:
                 self.node.log.warning("private mount namespace refused (%s): staging in a per-job directory", e)
                 self.private_failed = True
@@ -262,17 +285,6 @@ class StageService:
         with View(launch.view) as v:
             v.build(launch.entries, place)
             v.give(launch.uid, launch.gid)
-
-    def _bind_placer(self, store_fd: int) -> Placer:
-        """In the job's new mount namespace, on its fresh tmpfs: store files are bind-mounted."""
-
-        def place(e: Entry, dirfd: int, name: str) -> None:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            os.close(os.open(name, flags, 0o400, dir_fd=dirfd))
-            src = f"/proc/self/fd/{store_fd}/{self.store.name(e.hash, e.executable)}"
-            platform.bind_mount(src, f"/proc/self/fd/{dirfd}/{name}")
-
-        return place
 
     async def _remove_when_done(self, proc: platform.Process, root: str) -> None:
         """Remove a job's directory once its last process (the whole process group) is gone."""
