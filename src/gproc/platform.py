@@ -584,6 +584,12 @@ class Starter:
 # descriptor costs the child ~0.1 µs with warm caches and ~0.2 µs on a loaded machine (measured on
 # 2-core EPYC: 2,000 descriptors, idle: 833 µs direct vs 888 µs through the starter).
 STARTER_ABOVE = 1000
+# Open descriptors from which a process builds private views through its starter: more than a daemon
+# of one node holds with a few jobs running. The starter spares such a process a thread, a copy of its
+# descriptor table and the interpreter lock for every shipped job it starts (2.3-2.5x a -localbin
+# launch at 64-256 local nodes in one process, 1.5-1.6x through the starter); for a daemon of one
+# node it would be one more process for nothing.
+PRIVATE_STARTER_ABOVE = 32
 VIEWS_IN_FLIGHT = 16  # private starts a starter is asked for at once (each request is a few KB)
 STARTER_RESTARTS = 3  # starters that may die before a process starts all its programs itself
 
@@ -602,7 +608,7 @@ class Spawner:
         self.starter: Starter | None = None
         self._starter_failed = False
         self._fds_checked = -1.0
-        self._many_fds = False
+        self._fds = 0  # descriptors this process held at the last count
         self._deaths = 0
 
     def start(self, cmd: Command) -> Process:
@@ -633,19 +639,20 @@ class Spawner:
         return await spawn_private(enter, cmd)
 
     def _use_starter(self, loop: asyncio.AbstractEventLoop, private: bool = False) -> bool:
-        """Does this start go through the starter? A private one always, a plain one while the
-        process holds more than ``starter_above`` descriptors (counted at most once a second: ~0.1 µs
-        per descriptor); until starters have died ``STARTER_RESTARTS`` times."""
+        """Does this start go through the starter? While the process holds more than
+        ``starter_above`` descriptors (``PRIVATE_STARTER_ABOVE`` for a private start: one hosting a
+        dozen nodes or more), counted at most once a second (~0.1 µs per descriptor); until starters
+        have died ``STARTER_RESTARTS`` times."""
         if self.starter_above is None or self._starter_failed:
             return False
         now = time.monotonic()
-        if not private and now - self._fds_checked > 1.0:
+        if now - self._fds_checked > 1.0:
             self._fds_checked = now
             try:
-                self._many_fds = len(os.listdir("/proc/self/fd")) > self.starter_above
+                self._fds = len(os.listdir("/proc/self/fd"))
             except OSError:
-                self._many_fds = False
-        if not (private or self._many_fds):
+                self._fds = 0
+        if self._fds <= (min(PRIVATE_STARTER_ABOVE, self.starter_above) if private else self.starter_above):
             return False
         if self.starter is not None and self.starter.alive:
             return True

@@ -202,10 +202,19 @@ def test_private_staging_lives_only_in_the_jobs_namespace(tree7: LocalCluster, t
 
 
 @needs_private
-def test_jobs_of_one_program_on_one_node_write_apart(tree7: LocalCluster, tmp_path: Path) -> None:
-    # Jobs of the same bundle, at the same time, on one node, all through that process's program
-    # starter: each writes the same name in its working directory (inside its view) and reads back
-    # its own; the starter itself stays in the node's namespace.
+@pytest.mark.parametrize("starter_above", [0, -1], ids=["starter", "thread"])
+def test_jobs_of_one_program_on_one_node_write_apart(starter_above: int, tmp_path: Path) -> None:
+    # Jobs of the same bundle, at the same time, on one node, their views built by that process's
+    # program starter (which then stays in the node's namespace) or by threads of the daemon: each
+    # writes the same name in its working directory (inside its view) and reads back its own.
+    c, d = start_cluster(4, 2, starter_above=starter_above)
+    try:
+        _write_apart(c, tmp_path, starter_above == 0)
+    finally:
+        stop_cluster(c, d)
+
+
+def _write_apart(cluster: LocalCluster, tmp_path: Path, starter: bool) -> None:
     flags = tmp_path / "flags"
     flags.mkdir()
     script = (
@@ -225,7 +234,7 @@ def test_jobs_of_one_program_on_one_node_write_apart(tree7: LocalCluster, tmp_pa
         (flags / "go").touch()
 
     async def go() -> list[tuple[int | None, str]]:
-        c = Cluster(tree7.socket)
+        c = Cluster(cluster.socket)
         *outs, _ = await asyncio.gather(one(c), one(c), one(c), release())
         return outs
 
@@ -237,8 +246,9 @@ def test_jobs_of_one_program_on_one_node_write_apart(tree7: LocalCluster, tmp_pa
         namespaces.add(lines[1])
     assert len(namespaces) == 3, outs
     assert os.readlink("/proc/self/ns/mnt") not in namespaces
-    starters = [p for p in os.listdir("/proc") if p.isdigit() and _is_starter_of(p, tree7.rundir)]
-    assert starters and all(os.readlink(f"/proc/{p}/ns/mnt") == os.readlink("/proc/self/ns/mnt") for p in starters)
+    starters = [p for p in os.listdir("/proc") if p.isdigit() and _is_starter_of(p, cluster.rundir)]
+    assert bool(starters) == starter
+    assert all(os.readlink(f"/proc/{p}/ns/mnt") == os.readlink("/proc/self/ns/mnt") for p in starters)
 
 
 def _is_starter_of(pid: str, rundir: str) -> bool:
