@@ -466,3 +466,48 @@ def test_arbitrary_bytes_give_result_or_staging_error(data: bytes) -> None:
         except StagingError:
             return
         assert files[0].path == path
+
+
+def _ld_cache(entries: list[tuple[int, str, str, int]]) -> bytes:
+    """A new-format ld.so.cache: (flags, name, path, hwcap) entries, strings sharing tails as
+    ldconfig stores them (a name that ends a path is not stored again)."""
+    import struct
+
+    strings = b""
+    offsets: dict[str, int] = {}
+    header = 48 + 24 * len(entries)
+
+    def place(s: str) -> int:
+        nonlocal strings
+        if s not in offsets:
+            found = strings.find(s.encode() + b"\0")
+            if found < 0:
+                found = len(strings)
+                strings += s.encode() + b"\0"
+            offsets[s] = header + found
+        return offsets[s]
+
+    for _, _, path, _ in entries:  # paths first, so names can be their tails
+        place(path)
+    table = b"".join(struct.pack("<iIIIQ", f, place(name), place(path), 0, hw) for f, name, path, hw in entries)
+    head = b"glibc-ld.so.cache1.1" + struct.pack("<IIB3xI12x", len(entries), len(strings), 2, 0)
+    return head + table + strings
+
+
+def test_ld_cache_lookup_in_order_with_shared_tails() -> None:
+    from gproc.elf import LdCache
+
+    data = _ld_cache([
+        (0x303, "libxlibc.so.6", "/lib/x86_64-linux-gnu/libxlibc.so.6", 0),  # "libc.so.6" is stored in it
+        (0x303, "libm.so.6", "/lib/x86_64-linux-gnu/libm.so.6", 0),
+        (0x303, "libc.so.6", "/opt/first/libc.so.6", 0),
+        (0x303, "libc.so.6", "/lib/x86_64-linux-gnu/libc.so.6", 0),
+        (0x303, "libc.so.6", "/lib/hwcap/libc.so.6", 1 << 40),  # an hwcap entry: not a baseline one
+        (0x000, "libold.so.1", "/lib/libold.so.1", 0),  # not libc6 ELF
+    ])  # fmt: skip
+    c = LdCache(data)
+    assert c.get("libc.so.6", []) == ["/opt/first/libc.so.6", "/lib/x86_64-linux-gnu/libc.so.6"]
+    assert c.get("libxlibc.so.6", []) == ["/lib/x86_64-linux-gnu/libxlibc.so.6"]
+    assert c.get("libm.so.6", []) == ["/lib/x86_64-linux-gnu/libm.so.6"]
+    assert c.get("libold.so.1", []) == [] and c.get("x86_64-linux-gnu", ["none"]) == ["none"]
+    assert c and not LdCache(b"") and not LdCache(b"glibc-ld.so.cache1.1 truncated")

@@ -334,7 +334,7 @@ class _Closure:
         self.path_env = path_env
         self.files: dict[str, BundleFile] = {}
         self.objs: dict[str, _Obj] = {}
-        self._cache: dict[str, list[str]] | None = None
+        self._cache: LdCache | None = None
         self._conf_dirs: list[str] | None = None
         self._layouts: dict[Ident, tuple[str, list[str]]] = {}
         self._platforms: dict[str, str | None] = {}  # by interpreter (host path): the $PLATFORM it uses
@@ -528,14 +528,14 @@ class _Closure:
         dirs = ([] if cache else self.conf_dirs()) + env.defaults
         yield from ((d, posixpath.join(d, name)) for d in dirs)
 
-    def cache(self) -> dict[str, list[str]]:
-        """Entries of ROOT's /etc/ld.so.cache (new format, baseline entries); empty if none."""
+    def cache(self) -> LdCache:
+        """ROOT's /etc/ld.so.cache (new format, baseline entries); empty (false) if none."""
         if self._cache is None:
             try:
                 with open(self.tree.host("/etc/ld.so.cache"), "rb") as f:
-                    self._cache = _parse_cache(f.read())
+                    self._cache = LdCache(f.read())
             except OSError:
-                self._cache = {}
+                self._cache = LdCache(b"")
         return self._cache
 
     def conf_dirs(self) -> list[str]:
@@ -584,24 +584,45 @@ class _Env:
     defaults: list[str]
 
 
-def _parse_cache(data: bytes) -> dict[str, list[str]]:
-    """Map library name -> paths, in ld.so's lookup order, from an ld.so.cache (new format)."""
-    start = data.find(_CACHE_MAGIC)
-    if start < 0 or len(data) < start + 48:
-        return {}
-    endian = "<" if data[start + 28] != 3 else ">"  # flags: 2 = little endian, 3 = big endian
-    (nlibs,) = struct.unpack_from(endian + "I", data, start + 20)
-    out: dict[str, list[str]] = {}
+class LdCache:
+    """An ld.so.cache (new format): ``get(name)`` gives a library name's paths in ld.so's lookup
+    order (baseline entries). Names are looked up in the string table when asked for, not decoded
+    all at once: parsing the ~1,300 entries of a Debian cache into a map took 3.7 ms, most of a
+    cached ``gproc e``'s client work."""
 
-    def string(off: int) -> str:
-        end = data.find(b"\0", start + off)
-        return os.fsdecode(data[start + off : end])
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._entries: list[tuple[int, int]] = []  # (key, value) string offsets from the table's start
+        self._start = start = data.find(_CACHE_MAGIC)
+        if start < 0 or len(data) < start + 48:
+            return
+        endian = "<" if data[start + 28] != 3 else ">"  # flags: 2 = little endian, 3 = big endian
+        (nlibs,) = struct.unpack_from(endian + "I", data, start + 20)
+        n = min(nlibs, (len(data) - start - 48) // 24)
+        table = data[start + 48 : start + 48 + 24 * n]
+        self._entries = [
+            (key, value)
+            for flags, key, value, _, hwcap in struct.iter_unpack(endian + "iIIIQ", table)
+            if flags & 0xFF == 3 and hwcap == 0 and key < len(data) and value < len(data)  # FLAG_ELF_LIBC6
+        ]
 
-    for i in range(min(nlibs, (len(data) - start - 48) // 24)):
-        flags, key, value, _, hwcap = struct.unpack_from(endian + "iIIIQ", data, start + 48 + 24 * i)
-        if flags & 0xFF == 3 and hwcap == 0 and key < len(data) and value < len(data):  # FLAG_ELF_LIBC6
-            out.setdefault(string(key), []).append(string(value))
-    return out
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def get(self, name: str, default: list[str]) -> list[str]:
+        """The paths of library ``name``, in the cache's order (``default`` when it has none)."""
+        data, start, want = self._data, self._start, os.fsencode(name) + b"\0"
+        keys: set[int] = set()  # offsets where a string reading exactly ``name`` starts (strings share tails)
+        at = data.find(want, start)
+        while at >= 0:
+            keys.add(at - start)
+            at = data.find(want, at + 1)
+        paths = [self._string(value) for key, value in self._entries if key in keys]
+        return paths or default
+
+    def _string(self, off: int) -> str:
+        end = self._data.find(b"\0", self._start + off)
+        return os.fsdecode(self._data[self._start + off : end])
 
 
 def load_plan(
