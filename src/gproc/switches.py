@@ -202,7 +202,7 @@ def _own_switches(mode: Mode, tok: str) -> list[str]:
 def split_argv(argv: Sequence[str], modes: dict[str, Mode]) -> CommandLine:
     """Split into switches, mode and positionals. Switches may come before or after the mode (as the
     seed's did); for exec everything from the command on is the command's own and is left untouched."""
-    values = frozenset().union(*(m.value_switches for m in modes.values()))
+    all_values: frozenset[str] | None = None  # of every mode: built (every parser) only when needed
     line = CommandLine([], None, [])
     args = list(argv)
     i = 0
@@ -226,7 +226,13 @@ def split_argv(argv: Sequence[str], modes: dict[str, Mode]) -> CommandLine:
             norm = normalize(tok)
             name = norm.partition("=")[0]
             line.switches.append(norm)
-            if "=" not in norm and name in (values if mode is None else mode.value_switches):
+            if mode is None:  # a switch before the mode: any mode's value switch takes the next token
+                if all_values is None:
+                    all_values = frozenset().union(*(m.value_switches for m in modes.values()))
+                takes_value = name in all_values
+            else:
+                takes_value = name in mode.value_switches
+            if "=" not in norm and takes_value:
                 if i + 1 >= len(args):
                     raise UsageError(f"{tok} needs a value")
                 line.switches.append(args[i + 1])
