@@ -13,6 +13,11 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
+# Every command a benchmark times runs as from an installed gproc, whose modules are compiled once:
+# with PYTHONDONTWRITEBYTECODE set (as on some development machines) a changed or fresh checkout is
+# compiled from source at every start, ~10-40 ms of each CLI command and of each daemon's start.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 
 def machine(load: bool = False) -> str:
     """CPUs (model), memory, OS and kernel; with ``load``, the 1-minute load average now."""
