@@ -9,11 +9,13 @@ of the programs it had started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -210,3 +212,40 @@ def test_starter_survives_malformed_requests() -> None:
     finally:
         mine.close()  # it ends when its socket closes
         assert p.wait(timeout=10) == 0
+
+
+@pytest.mark.skipif(not platform.private_mounts_possible(), reason="private views need Linux and root")
+def test_a_private_start_given_up_by_its_caller_leaves_no_program(tmp_path: Path) -> None:
+    # The daemon stops waiting (its task is cancelled: the node stops) while the starter builds the
+    # view: the program it then starts is ended, not left running with nobody reading its output.
+    from gproc.privateview import PrivateView
+
+    (tmp_path / "store").mkdir()
+    (tmp_path / "bin").mkdir()
+    view = PrivateView(str(tmp_path / "bin"), str(tmp_path / "store"), [["d", "/", 0o755]], 0, 0).to_wire()
+
+    async def main() -> tuple[list[int], list[int]]:
+        starter = platform.Starter(asyncio.get_running_loop())
+        try:
+            ok = await starter.start_in_view(platform.Command(["/bin/sleep", "30"], None, {}), view)
+            running = [c.pid for c in psutil.Process(starter.pid).children()]  # the one not given up
+            os.kill(ok.pid, signal.SIGKILL)
+            await ok.exited
+            ok.close_pipes()
+            task = asyncio.ensure_future(starter.start_in_view(platform.Command(["/bin/sleep", "30"], None, {}), view))
+            await asyncio.sleep(0)  # the request is sent
+            task.cancel()
+            left: list[int] = [0]
+            async with asyncio.timeout(10):
+                while starter._waiting or left:  # its answer settled, then its program ended
+                    await asyncio.sleep(0.05)
+                    left = [c.pid for c in psutil.Process(starter.pid).children() if c.status() != psutil.STATUS_ZOMBIE]
+            return running, left
+        finally:
+            with contextlib.suppress(psutil.Error):  # whatever a failed run left (ours, by pid)
+                for child in psutil.Process(starter.pid).children():
+                    child.kill()
+            starter.close()
+
+    running, left = asyncio.run(main())
+    assert len(running) == 1 and left == []
