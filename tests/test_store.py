@@ -338,3 +338,20 @@ def test_bounded_store_counts_files_from_before_and_in_flight(tmp_path: Path) ->
     store.abort(inc)
     store.abort(store.begin(big, 80, False, "t"))  # now it fits, once the old file is gone
     assert store.used_bytes() == 0 and names_in(store) == set()
+
+
+def test_manifests_are_parsed_once_per_content_and_bad_ones_every_time() -> None:
+    from gproc.store import Manifests
+
+    m = Manifests(kept=2)
+    one = [["d", "/", 0o755], ["f", "/bin/x", "a" * 64, 3, 0o755]]
+    first = m.parse(one)
+    assert m.parse([list(e) for e in one]) is first  # an equal manifest (another copy): the same parse
+    assert m.parse([["d", "/", 0o700]]) is not first
+    m.parse([["d", "/", 0o711]])
+    assert m.parse(one) is not first  # the least recently used fell out (kept=2)
+    assert m.parse(one) == first
+    bad = [["f", "/../x", "a" * 64, 3, 0o755]]
+    for _ in range(2):  # refused each time, never kept
+        with pytest.raises(StagingError):
+            m.parse(bad)

@@ -18,14 +18,12 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from gproc.errors import NamespaceError, StagingError
-from gproc.store import Entry, Placer, View, parse_manifest, store_name
+from gproc.store import Entry, Manifests, Placer, View, store_name
 
-PARSED_KEPT = 64  # manifests kept parsed by a starter (jobs of one program repeat the same one)
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 0x1000, 0x4000, 0x40000
 
@@ -116,23 +114,17 @@ def _bind_placer(store_fd: int) -> Placer:
 
 
 class Builder:
-    """The program starter's side: builds views from their wire form, parsing each distinct manifest
-    once, and returns to the starter's own namespace after each start."""
+    """The program starter's side: builds views from their wire form (each distinct manifest parsed
+    once) and returns to the starter's own namespace after each start."""
 
     def __init__(self) -> None:
         self.home_ns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-        self._parsed: OrderedDict[str, list[Entry]] = OrderedDict()
+        self._manifests = Manifests()
 
-    def enter(self, raw: Any, key: str) -> None:
-        """Build the view described by ``raw``; ``key`` names its manifest (its JSON text)."""
+    def enter(self, raw: Any) -> None:
+        """Build the view described by ``raw`` (a ``PrivateView`` on the wire)."""
         view = PrivateView.from_wire(raw)
-        entries = self._parsed.get(key)
-        if entries is None:
-            entries = self._parsed[key] = parse_manifest(view.files)
-            if len(self._parsed) > PARSED_KEPT:
-                self._parsed.popitem(last=False)
-        else:
-            self._parsed.move_to_end(key)
+        entries = self._manifests.parse(view.files)
         try:
             enter(view, entries)
         except BaseException:

@@ -56,8 +56,7 @@ class _Views:
                 from gproc import privateview
 
                 self._builder = privateview.Builder()
-            view = req.get("view")
-            self._builder.enter(view, json.dumps(view.get("files") if isinstance(view, dict) else None))
+            self._builder.enter(req.get("view"))
         except Exception as e:  # reported by class: the daemon tells a refused namespace from a bad view
             err = getattr(e, "errno", None)
             text = getattr(e, "strerror", None) or str(e)

@@ -249,3 +249,40 @@ def test_a_private_start_given_up_by_its_caller_leaves_no_program(tmp_path: Path
 
     running, left = asyncio.run(main())
     assert len(running) == 1 and left == []
+
+
+@pytest.mark.skipif(not platform.private_mounts_possible(), reason="private views need Linux and root")
+def test_private_starts_wait_for_a_place_and_give_it_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # At most VIEWS_IN_FLIGHT requests are at the starter; the others wait their turn, one that gives
+    # up while waiting takes no place with it, and every place is back at the end.
+    from gproc.privateview import PrivateView
+
+    monkeypatch.setattr(platform, "VIEWS_IN_FLIGHT", 2)
+    (tmp_path / "store").mkdir()
+    (tmp_path / "bin").mkdir()
+    view = PrivateView(str(tmp_path / "bin"), str(tmp_path / "store"), [["d", "/", 0o755]], 0, 0).to_wire()
+
+    async def main() -> tuple[list[int], int, int]:
+        starter = platform.Starter(asyncio.get_running_loop())
+        most = 0
+
+        async def one() -> int:
+            nonlocal most
+            proc = await starter.start_in_view(platform.Command(["/bin/true"], None, {}), view)
+            most = max(most, starter._in_flight)
+            status = await proc.exited
+            proc.close_pipes()
+            return status
+
+        try:
+            tasks = [asyncio.ensure_future(one()) for _ in range(8)]
+            await asyncio.sleep(0)
+            tasks[5].cancel()  # still waiting for a place
+            done = await asyncio.gather(*tasks, return_exceptions=True)
+            statuses = [d for d in done if isinstance(d, int)]
+            return statuses, most, starter._in_flight + len(starter._slot_waiters)
+        finally:
+            starter.close()
+
+    statuses, most, left = asyncio.run(main())
+    assert statuses == [0] * 7 and most <= 2 and left == 0

@@ -36,12 +36,12 @@ from gproc.store import (
     MAX_SIZE,
     Entry,
     Incoming,
+    Manifests,
     Placer,
     Store,
     View,
     check_path,
     link_placer,
-    parse_manifest,
     remove_tree,
 )
 
@@ -95,6 +95,7 @@ class StageService:
         self.bytes_received = 0  # file bytes this node stored for itself
         self.stored_at = 0.0  # time.monotonic() when the last file was stored (benchmarks compare nodes)
         self.job_dirs: set[str] = set()
+        self.manifests = Manifests()  # a job's nodes and a program's jobs carry the same manifest
 
     def service(self) -> ServiceTable:
         return ServiceTable(
@@ -267,7 +268,7 @@ class StageService:
         stdin: bool = False,
     ) -> Launch:
         """Check a bundle against the store and work out the command; nothing is written yet."""
-        entries = parse_manifest(bundle.get("files"))
+        entries = self.manifests.parse(bundle.get("files"))
         self.store.ensure()
         for e in entries:
             if e.kind == "f":
