@@ -642,8 +642,7 @@ class Spawner:
 
     def start(self, cmd: Command) -> Process:
         loop = asyncio.get_running_loop()
-        same_user = cmd.uid is None or cmd.uid == os.geteuid()
-        if same_user and hasattr(os, "posix_spawn"):
+        if not cmd.switches_user() and hasattr(os, "posix_spawn"):
             if self._use_starter(loop):
                 assert self.starter is not None
                 try:
@@ -658,8 +657,7 @@ class Spawner:
         form of a ``gproc.privateview.PrivateView``) when this process starts through one, else by
         ``enter`` in a thread of this process."""
         loop = asyncio.get_running_loop()
-        same_user = cmd.uid is None or cmd.uid == os.geteuid()
-        if same_user and hasattr(os, "posix_spawn") and self._use_starter(loop, private=True):
+        if not cmd.switches_user() and hasattr(os, "posix_spawn") and self._use_starter(loop, private=True):
             assert self.starter is not None
             try:
                 return await self.starter.start_in_view(cmd, view)
